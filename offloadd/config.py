@@ -1,0 +1,505 @@
+"""Parse and validate offloadd's TOML configuration into frozen values.
+
+Why: every later layer (model, plan, render) trusts these values, so all
+checking happens here, once, and each failure is a single ConfigError line
+that names the key path, the bad value and what would be valid.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import fnmatch
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from offloadd.errors import ConfigError
+
+INT32_MIN = -(2**31)
+INT32_MAX = 2**31 - 1
+
+# IFNAMSIZ is 16 including the terminating NUL.
+IFNAME_MAX = 15
+
+_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")
+
+# Words the nft parser treats as keywords where offloadd writes names; a table,
+# flowtable or set called like this would make the rendered script unparsable.
+NFT_KEYWORDS: frozenset[str] = frozenset(
+    {
+        "accept", "add", "arp", "bridge", "chain", "counter", "create", "ct",
+        "delete", "destroy", "devices", "drop", "element", "ether", "filter",
+        "flags", "flow", "flowtable", "flush", "fwd", "get", "hook", "inet",
+        "insert", "ip", "ip6", "list", "map", "meta", "nat", "netdev", "offload",
+        "policy", "priority", "rename", "replace", "reset", "route", "rule", "set",
+        "table", "tcp", "type", "udp", "vlan",
+    }
+)  # fmt: skip
+
+# IFLA_INFO_KIND values worth offloading; "ether" stands for a plain device
+# (physical NIC) that reports no kind at all.
+LINK_KINDS: frozenset[str] = frozenset(
+    {
+        "bond", "bridge", "dummy", "ether", "geneve", "gre", "gretap", "ip6gre",
+        "ip6tnl", "ipip", "ipvlan", "macvlan", "macvtap", "ppp", "pppoe", "sit",
+        "team", "tun", "veth", "vlan", "vrf", "vxlan", "wireguard",
+    }
+)  # fmt: skip
+
+PROTOCOLS: tuple[str, ...] = ("tcp", "udp")
+
+
+class Family(enum.Enum):
+    INET = "inet"
+
+
+class PriorityMode(enum.Enum):
+    """Only AUTO has a meaning beyond the number; see DaemonConfig.priority."""
+
+    AUTO = "auto"
+
+
+class OnExit(enum.Enum):
+    REMOVE = "remove"
+    KEEP = "keep"
+
+
+class Hardware(enum.Enum):
+    OFF = "off"
+    AUTO = "auto"
+    REQUIRED = "required"
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    table: str = "offloadd"
+    family: Family = Family.INET
+    # AUTO: computed at apply time so offloadd's rule runs after every other
+    # forward base chain (their verdicts, e.g. drop, must win).
+    priority: PriorityMode | int = PriorityMode.AUTO
+    on_exit: OnExit = OnExit.REMOVE
+
+
+@dataclass(frozen=True)
+class FlowtableConfig:
+    name: str
+    devices: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    kinds: frozenset[str] = frozenset()
+    protocols: tuple[str, ...] = PROTOCOLS
+    counter: bool = True
+    hardware: Hardware = Hardware.OFF
+    elephant_packets: int = 0
+    priority: int = 0
+
+    @property
+    def hw_name(self) -> str:
+        """Kernel name of the hardware flowtable (hardware = auto/required)."""
+        return f"{self.name}_hw"
+
+    def kernel_names(self) -> tuple[str, ...]:
+        """Names of the kernel flowtables this configured flowtable becomes."""
+        if self.hardware is Hardware.OFF:
+            return (self.name,)
+        if self.hardware is Hardware.REQUIRED:
+            return (self.hw_name,)
+        return (self.hw_name, self.name)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    host: str = "127.0.0.1"
+    port: int = 9468
+
+    @property
+    def listen(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    socket: Path = Path("/run/offloadd/control.sock")
+    group: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    flowtables: tuple[FlowtableConfig, ...]
+    daemon: DaemonConfig = DaemonConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    control: ControlConfig = ControlConfig()
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+    return parse_config(text, source=str(path))
+
+
+def parse_config(text: str, source: str = "<string>") -> Config:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib puts "(at line N, column M)" in its message already.
+        raise ConfigError(f"{source}: TOML syntax error: {exc}") from None
+    try:
+        return _parse_doc(doc)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+# --- internals -------------------------------------------------------------
+
+
+def _q(value: object) -> str:
+    """Show a value the way it was written in TOML, on one line."""
+    if isinstance(value, str):
+        return '"' + value.encode("unicode_escape").decode("ascii").replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_q(v) for v in value) + "]"
+    return repr(value).replace("\n", " ")
+
+
+def _choices(values: object) -> str:
+    assert isinstance(values, (tuple, list, frozenset, set))
+    return ", ".join(_q(v) for v in sorted(values))
+
+
+_TYPE_NAMES: Mapping[type, str] = {
+    str: "a string",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a float",
+    list: "an array",
+    dict: "a table",
+}
+
+
+def _type_name(value: object) -> str:
+    for typ, name in _TYPE_NAMES.items():
+        if type(value) is typ:
+            return name
+    return f"a {type(value).__name__}"
+
+
+class _Section:
+    """A TOML table being read, remembering its path for error messages."""
+
+    def __init__(self, data: Mapping[str, Any], path: str, known: tuple[str, ...]) -> None:
+        self._data = data
+        self._path = path
+        for key in data:
+            if key not in known:
+                self._unknown(key, known)
+
+    def _unknown(self, key: str, known: tuple[str, ...]) -> None:
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"unknown key {self.key(key)}; {hint}known keys: {', '.join(known)}")
+
+    def key(self, key: str) -> str:
+        return f"{self._path}.{key}" if self._path else key
+
+    def has(self, key: str) -> bool:
+        return key in self._data
+
+    def get(self, key: str, typ: type, default: Any) -> Any:
+        if key not in self._data:
+            return default
+        value = self._data[key]
+        # bool is an int subclass in Python but not in TOML.
+        if type(value) is not typ:
+            raise ConfigError(
+                f"{self.key(key)}: {_q(value)} is {_type_name(value)}; "
+                f"it must be {_TYPE_NAMES.get(typ, typ.__name__)}"
+            )
+        return value
+
+    def str_list(self, key: str) -> tuple[str, ...]:
+        items = self.get(key, list, [])
+        for i, item in enumerate(items):
+            if type(item) is not str:
+                raise ConfigError(
+                    f"{self.key(key)}[{i}]: {_q(item)} is {_type_name(item)}; it must be a string"
+                )
+        return tuple(items)
+
+
+def _parse_doc(doc: Mapping[str, Any]) -> Config:
+    top = _Section(doc, "", ("daemon", "flowtable", "metrics", "control"))
+    daemon = _parse_daemon(_subtable(top, "daemon"))
+    metrics = _parse_metrics(_subtable(top, "metrics"))
+    control = _parse_control(_subtable(top, "control"))
+
+    raw_fts = top.get("flowtable", list, [])
+    if not raw_fts:
+        raise ConfigError(
+            "flowtable: no flowtable configured; add at least one [[flowtable]] with a name"
+        )
+    flowtables: list[FlowtableConfig] = []
+    for i, raw in enumerate(raw_fts):
+        if type(raw) is not dict:
+            raise ConfigError(f"flowtable[{i}]: must be a table ([[flowtable]]), not {_q(raw)}")
+        flowtables.append(_parse_flowtable(raw, f"flowtable[{i}]"))
+    _check_unique_names(flowtables)
+    return Config(flowtables=tuple(flowtables), daemon=daemon, metrics=metrics, control=control)
+
+
+def _subtable(top: _Section, key: str) -> Mapping[str, Any]:
+    value: Mapping[str, Any] = top.get(key, dict, {})
+    return value
+
+
+def _check_identifier(path: str, value: str) -> str:
+    if not _IDENT_RE.match(value):
+        raise ConfigError(
+            f"{path}: {_q(value)} is not a valid name; use 1-32 letters, digits or '_', "
+            "not starting with a digit"
+        )
+    if value in NFT_KEYWORDS:
+        raise ConfigError(
+            f"{path}: {_q(value)} is an nft keyword; choose another name (e.g. {value}_ft)"
+        )
+    return value
+
+
+def _enum(section: _Section, key: str, enum_type: type[enum.Enum], default: Any) -> Any:
+    raw = section.get(key, str, None)
+    if raw is None:
+        return default
+    try:
+        return enum_type(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{section.key(key)}: {_q(raw)} is not valid; "
+            f"use one of {', '.join(_q(m.value) for m in enum_type)}"
+        ) from None
+
+
+def _int_in(section: _Section, key: str, default: int, lo: int, hi: int) -> int:
+    value: int = section.get(key, int, default)
+    if not lo <= value <= hi:
+        raise ConfigError(f"{section.key(key)}: {value} is out of range; use {lo}..{hi}")
+    return value
+
+
+def _parse_daemon(data: Mapping[str, Any]) -> DaemonConfig:
+    s = _Section(data, "daemon", ("table", "family", "priority", "on_exit"))
+    table = _check_identifier(s.key("table"), s.get("table", str, DaemonConfig.table))
+    family = _enum(s, "family", Family, Family.INET)
+    priority: PriorityMode | int = PriorityMode.AUTO
+    if s.has("priority"):
+        raw = data["priority"]
+        if type(raw) is int:
+            priority = _int_in(s, "priority", 0, INT32_MIN, INT32_MAX)
+        elif raw != "auto":
+            raise ConfigError(
+                f'daemon.priority: {_q(raw)} is not valid; use "auto" or an integer '
+                f"in {INT32_MIN}..{INT32_MAX}"
+            )
+    on_exit = _enum(s, "on_exit", OnExit, OnExit.REMOVE)
+    return DaemonConfig(table=table, family=family, priority=priority, on_exit=on_exit)
+
+
+_FT_KEYS = (
+    "name", "devices", "exclude", "kinds", "protocols", "counter", "hardware",
+    "elephant_packets", "priority",
+)  # fmt: skip
+
+
+def _parse_flowtable(data: Mapping[str, Any], path: str) -> FlowtableConfig:
+    s = _Section(data, path, _FT_KEYS)
+    if not s.has("name"):
+        raise ConfigError(f"{path}.name: missing; every flowtable needs a name")
+    name = _check_identifier(s.key("name"), s.get("name", str, ""))
+    devices = _patterns(s, "devices")
+    exclude = _patterns(s, "exclude")
+    kinds = _kinds(s)
+    if not devices and not kinds:
+        raise ConfigError(f"{path}: empty device set; give devices = [...] or kinds = [...]")
+    exact = [d for d in devices if not _is_glob(d)]
+    all_exact = bool(exact) and len(exact) == len(devices) and not kinds
+    if all_exact and all(any(fnmatch.fnmatchcase(d, x) for x in exclude) for d in exact):
+        raise ConfigError(
+            f"{path}.exclude: excludes every device in {path}.devices, so the "
+            "flowtable can never match; drop the exclusion or add devices"
+        )
+    protocols = _protocols(s)
+    hardware = _enum(s, "hardware", Hardware, Hardware.OFF)
+    return FlowtableConfig(
+        name=name,
+        devices=devices,
+        exclude=exclude,
+        kinds=kinds,
+        protocols=protocols,
+        counter=s.get("counter", bool, True),
+        hardware=hardware,
+        elephant_packets=_int_in(s, "elephant_packets", 0, 0, 2**63 - 1),
+        priority=_int_in(s, "priority", 0, INT32_MIN, INT32_MAX),
+    )
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def _patterns(s: _Section, key: str) -> tuple[str, ...]:
+    patterns = s.str_list(key)
+    seen: set[str] = set()
+    for i, pattern in enumerate(patterns):
+        where = f"{s.key(key)}[{i}]"
+        problem = _pattern_problem(pattern)
+        if problem:
+            raise ConfigError(f"{where}: {_q(pattern)} {problem}")
+        if pattern in seen:
+            raise ConfigError(f"{where}: {_q(pattern)} is listed twice; remove the duplicate")
+        seen.add(pattern)
+    return patterns
+
+
+def _pattern_problem(pattern: str) -> str | None:
+    if not pattern:
+        return 'is empty; use an interface name or a glob like "eth*"'
+    if any(c.isspace() for c in pattern) or "/" in pattern or ":" in pattern:
+        return "contains whitespace, '/' or ':', which no interface name can"
+    if not pattern.isprintable() or '"' in pattern or "\\" in pattern:
+        return "contains a quote, backslash or control character; use a plain name or glob"
+    if not _is_glob(pattern):
+        if len(pattern.encode()) > IFNAME_MAX:
+            return f"is longer than {IFNAME_MAX} bytes, the kernel's limit for interface names"
+        return None
+    # fnmatch silently treats an unclosed '[' as a literal; here that is a typo.
+    i = 0
+    while i < len(pattern):
+        if pattern[i] == "[":
+            j = i + 1
+            if j < len(pattern) and pattern[j] == "!":
+                j += 1
+            if j < len(pattern) and pattern[j] == "]":
+                j += 1
+            close = pattern.find("]", j)
+            if close < 0:
+                return "has an unclosed '['; close the bracket, e.g. \"lan[0-9]\""
+            if close == i + 1 or (close == i + 2 and pattern[i + 1] == "!"):
+                return 'has an empty bracket expression; put characters in it, e.g. "[0-9]"'
+            i = close + 1
+        elif pattern[i] == "]":
+            return "has a ']' without a matching '['"
+        else:
+            i += 1
+    return None
+
+
+def _kinds(s: _Section) -> frozenset[str]:
+    kinds = s.str_list("kinds")
+    for i, kind in enumerate(kinds):
+        if kind not in LINK_KINDS:
+            close = difflib.get_close_matches(kind, LINK_KINDS, n=1)
+            hint = f"did you mean {_q(close[0])}? " if close else ""
+            raise ConfigError(
+                f"{s.key('kinds')}[{i}]: {_q(kind)} is not a known link kind; {hint}"
+                f"use one of {_choices(LINK_KINDS)}"
+            )
+    if len(set(kinds)) != len(kinds):
+        raise ConfigError(f"{s.key('kinds')}: {_q(list(kinds))} has duplicates; list each once")
+    return frozenset(kinds)
+
+
+def _protocols(s: _Section) -> tuple[str, ...]:
+    if not s.has("protocols"):
+        return PROTOCOLS
+    protos = s.str_list("protocols")
+    if not protos:
+        raise ConfigError(f'{s.key("protocols")}: is empty; use ["tcp"], ["udp"] or both')
+    for i, proto in enumerate(protos):
+        if proto not in PROTOCOLS:
+            raise ConfigError(
+                f'{s.key("protocols")}[{i}]: {_q(proto)} is not valid; use "tcp" or "udp"'
+            )
+    if len(set(protos)) != len(protos):
+        raise ConfigError(f"{s.key('protocols')}: {_q(list(protos))} has duplicates")
+    # Canonical order keeps the rendered rule (and so the plan) stable.
+    return tuple(p for p in PROTOCOLS if p in protos)
+
+
+def _check_unique_names(flowtables: list[FlowtableConfig]) -> None:
+    owner: dict[str, int] = {}
+    for i, ft in enumerate(flowtables):
+        if ft.name in owner:
+            raise ConfigError(
+                f"flowtable[{i}].name: {_q(ft.name)} is already used by "
+                f"flowtable[{owner[ft.name]}]; names must be unique"
+            )
+        owner[ft.name] = i
+    # A hardware flowtable is named "<name>_hw", which may clash with a
+    # configured name; the kernel has one namespace for both.
+    kernel_owner: dict[str, int] = {}
+    for i, ft in enumerate(flowtables):
+        for kname in ft.kernel_names():
+            if kname in kernel_owner and kernel_owner[kname] != i:
+                j = kernel_owner[kname]
+                first, second = sorted((i, j))
+                raise ConfigError(
+                    f"flowtable[{second}].name: kernel flowtable {_q(kname)} would be made "
+                    f"by both flowtable[{first}] and flowtable[{second}] "
+                    "(hardware flowtables are named <name>_hw); rename one"
+                )
+            kernel_owner[kname] = i
+
+
+def _parse_metrics(data: Mapping[str, Any]) -> MetricsConfig:
+    s = _Section(data, "metrics", ("listen", "port"))
+    listen = s.get("listen", str, None)
+    host, port = MetricsConfig.host, MetricsConfig.port
+    if listen is not None:
+        host, port = _parse_listen(listen)
+    if s.has("port"):
+        given = _int_in(s, "port", port, 1, 65535)
+        if listen is not None and given != port:
+            raise ConfigError(
+                f"metrics.port: {given} contradicts metrics.listen {_q(listen)}; "
+                "give the port in one of them only"
+            )
+        port = given
+    return MetricsConfig(host=host, port=port)
+
+
+def _parse_listen(listen: str) -> tuple[str, int]:
+    bad = f'metrics.listen: {_q(listen)} is not valid; use "host:port" (e.g. "127.0.0.1:9468", "[::1]:9468") with port 1..65535'  # noqa: E501
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([A-Za-z0-9.\-]*):(\d{1,5})", listen)
+    if not m:
+        raise ConfigError(bad)
+    host = m.group(1) if m.group(1) is not None else m.group(3)
+    port = int(m.group(2) if m.group(2) is not None else m.group(4))
+    if not 1 <= port <= 65535:
+        raise ConfigError(bad)
+    return host, port
+
+
+def _parse_control(data: Mapping[str, Any]) -> ControlConfig:
+    s = _Section(data, "control", ("socket", "group"))
+    socket = s.get("socket", str, str(ControlConfig.socket))
+    if not socket.startswith("/") or "\x00" in socket:
+        raise ConfigError(
+            f"control.socket: {_q(socket)} is not valid; use an absolute path "
+            '(e.g. "/run/offloadd/control.sock")'
+        )
+    group = s.get("group", str, "")
+    if group and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]{0,31}\$?", group):
+        raise ConfigError(
+            f'control.group: {_q(group)} is not a valid group name; use e.g. "offloadd" '
+            'or "" for root only'
+        )
+    return ControlConfig(socket=Path(socket), group=group)
