@@ -1,0 +1,330 @@
+"""Desired and current kernel state as plain values, and the pure function
+that turns configuration plus the current links into the desired state.
+
+Why: keeping "what should the kernel hold" free of any kernel access makes it
+testable without root and lets the planner diff two values instead of poking
+at live objects.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from offloadd.config import INT32_MAX, INT32_MIN, Config, FlowtableConfig, Hardware
+from offloadd.errors import ConfigError
+
+CHAIN_NAME = "forward"
+SET_SUFFIX = "_ifs"
+IFNAME_MAX = 15
+
+
+# One enum for config and model; config owns it because model imports config.
+HardwareMode = Hardware
+
+
+@dataclass(frozen=True)
+class Link:
+    index: int
+    name: str
+    kind: str | None  # IFLA_INFO_KIND; None = plain device ("ether" in config)
+    up: bool = True
+
+
+@dataclass(frozen=True)
+class FlowtableState:
+    name: str
+    devices: frozenset[str]
+    hardware: bool
+    counter: bool
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class SetState:
+    """An ifname set; always `type ifname`, so only the elements vary."""
+
+    name: str
+    elements: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class ChainState:
+    """offloadd's forward base chain; rules are nft rule text, in order."""
+
+    priority: int
+    rules: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TableState:
+    name: str
+    family: str
+    flowtables: tuple[FlowtableState, ...] = ()
+    sets: tuple[SetState, ...] = ()
+    chain: ChainState | None = None
+
+    def __post_init__(self) -> None:
+        # Canonical order makes equal states compare equal however built.
+        fts = tuple(sorted(self.flowtables, key=lambda f: f.name))
+        sets = tuple(sorted(self.sets, key=lambda s: s.name))
+        for kind, names in (("flowtable", [f.name for f in fts]), ("set", [s.name for s in sets])):
+            dups = sorted({n for n in names if names.count(n) > 1})
+            if dups:
+                raise ValueError(f"table {self.name}: duplicate {kind} names {dups}")
+        object.__setattr__(self, "flowtables", fts)
+        object.__setattr__(self, "sets", sets)
+
+    def flowtable(self, name: str) -> FlowtableState | None:
+        return next((f for f in self.flowtables if f.name == name), None)
+
+    def set(self, name: str) -> SetState | None:
+        return next((s for s in self.sets if s.name == name), None)
+
+
+class NoteKind(enum.Enum):
+    ALSO_MATCHES = "also_matches"  # informational: first flowtable wins
+    NOT_HW_CAPABLE = "not_hw_capable"  # hardware = required, device left out
+    UNSAFE_NAME = "unsafe_name"  # name cannot be written safely in an nft script
+
+
+@dataclass(frozen=True)
+class DeviceDecision:
+    """Why a device is (or is not) in a kernel flowtable, for status/metrics."""
+
+    device: str
+    flowtable: str | None  # kernel flowtable name; None = left out
+    hardware: bool
+    reason: str
+    selector: str  # the configured [[flowtable]] name that matched
+
+
+@dataclass(frozen=True)
+class DeviceNote:
+    device: str
+    selector: str
+    kind: NoteKind
+    message: str
+
+    @property
+    def is_problem(self) -> bool:
+        return self.kind is not NoteKind.ALSO_MATCHES
+
+
+@dataclass(frozen=True)
+class DesiredResult:
+    table: TableState
+    decisions: tuple[DeviceDecision, ...] = ()
+    notes: tuple[DeviceNote, ...] = ()
+
+    @property
+    def problems(self) -> tuple[DeviceNote, ...]:
+        return tuple(n for n in self.notes if n.is_problem)
+
+
+def is_safe_ifname(name: str) -> bool:
+    """True if `name` can be written as "name" in an nft script.
+
+    The kernel accepts quotes and other oddities in interface names, but nft's
+    quoted strings have no escapes, so such names cannot be expressed at all.
+    """
+    return (
+        0 < len(name.encode()) <= IFNAME_MAX
+        and name.isprintable()
+        and not any(c.isspace() or c in '"\\/' for c in name)
+    )
+
+
+def set_name(flowtable: str) -> str:
+    return f"{flowtable}{SET_SUFFIX}"
+
+
+def _kind_label(link: Link) -> str:
+    return link.kind if link.kind is not None else "ether"
+
+
+def selector_matches(ft: FlowtableConfig, link: Link) -> bool:
+    """The selector's matching semantics, exclude included."""
+    return _included(ft, link) is not None and _excluded_by(ft, link) is None
+
+
+def _included(ft: FlowtableConfig, link: Link) -> str | None:
+    """Why the devices/kinds part matches, or None."""
+    pattern = next((p for p in ft.devices if fnmatch.fnmatchcase(link.name, p)), None)
+    if ft.devices and pattern is None:
+        return None
+    if ft.kinds and _kind_label(link) not in ft.kinds:
+        return None
+    parts = []
+    if pattern is not None:
+        parts.append(f"name matches {pattern!r}")
+    if ft.kinds:
+        parts.append(f"kind {_kind_label(link)!r}")
+    return " and ".join(parts)
+
+
+def _excluded_by(ft: FlowtableConfig, link: Link) -> str | None:
+    return next((p for p in ft.exclude if fnmatch.fnmatchcase(link.name, p)), None)
+
+
+def offload_rule(flowtable: str, protocols: Iterable[str], elephant_packets: int) -> str:
+    """The forward-chain rule that adds matching flows to `flowtable`.
+
+    The iifname/oifname guard keeps flows whose devices are not both in the
+    flowtable from being marked offloaded (nothing would forward them).
+    """
+    protos = tuple(protocols)
+    l4 = protos[0] if len(protos) == 1 else "{ " + ", ".join(protos) + " }"
+    ifs = "@" + set_name(flowtable)
+    parts = [f"meta l4proto {l4}", f"iifname {ifs}", f"oifname {ifs}"]
+    if elephant_packets > 0:
+        parts.append(f"ct packets > {elephant_packets}")
+    parts.append(f"flow add @{flowtable}")
+    return " ".join(parts)
+
+
+def auto_forward_priority(other_forward_chain_priorities: Iterable[int]) -> int:
+    """A forward priority after every other forward base chain (and >= 0).
+
+    Running last means every other chain's verdict (drop, reject) has already
+    been applied to a packet before its flow can be offloaded.
+    """
+    highest = max(other_forward_chain_priorities, default=-1)
+    if highest >= INT32_MAX:
+        raise ConfigError(
+            f'daemon.priority: "auto" needs a priority above {highest}, which exceeds '
+            f"{INT32_MAX}; set daemon.priority to an integer in {INT32_MIN}..{INT32_MAX}"
+        )
+    return max(0, highest + 1)
+
+
+def _capable(hw_capable: Callable[[str], bool] | Mapping[str, bool], device: str) -> bool:
+    if isinstance(hw_capable, Mapping):
+        return bool(hw_capable.get(device, False))
+    return hw_capable(device)
+
+
+@dataclass(frozen=True)
+class _KernelFlowtable:
+    name: str
+    hardware: bool
+    selector: FlowtableConfig
+
+
+def desired_state(
+    config: Config,
+    links: Iterable[Link],
+    hw_capable: Callable[[str], bool] | Mapping[str, bool],
+    forward_priority: int,
+) -> DesiredResult:
+    """What offloadd's table should hold for these links.
+
+    Every configured flowtable yields its kernel flowtables (and sets) even
+    when no device matches yet, so a device appearing later changes only
+    device lists and set elements, never the chain: flows already offloaded
+    survive.
+    """
+    links_sorted = sorted(links, key=lambda link: link.name)
+    members: dict[str, set[str]] = {}
+    kernel_fts: list[_KernelFlowtable] = []
+    for sel in config.flowtables:
+        for kname in sel.kernel_names():
+            kernel_fts.append(_KernelFlowtable(kname, kname == sel.hw_name, sel))
+            members[kname] = set()
+
+    decisions: list[DeviceDecision] = []
+    notes: list[DeviceNote] = []
+    owner: dict[str, str] = {}  # device -> selector name that claimed it
+    for sel in config.flowtables:
+        mode = sel.hardware
+        for link in links_sorted:
+            why = _included(sel, link)
+            if why is None:
+                continue
+            pattern = _excluded_by(sel, link)
+            if pattern is not None:
+                decisions.append(
+                    DeviceDecision(
+                        link.name, None, False, f"{why}, but excluded by {pattern!r}", sel.name
+                    )
+                )
+                continue
+            if link.name in owner:
+                notes.append(
+                    DeviceNote(
+                        link.name,
+                        sel.name,
+                        NoteKind.ALSO_MATCHES,
+                        f"{link.name} also matches flowtable {sel.name!r}; "
+                        f"kept in {owner[link.name]!r}",
+                    )
+                )
+                continue
+            # The kernel refuses one device in two flowtables of a table
+            # (EEXIST), so the first configured flowtable keeps it.
+            owner[link.name] = sel.name
+            if not is_safe_ifname(link.name):
+                msg = f"{link.name!r} cannot be written safely in an nft script; left out"
+                notes.append(DeviceNote(link.name, sel.name, NoteKind.UNSAFE_NAME, msg))
+                decisions.append(DeviceDecision(link.name, None, False, msg, sel.name))
+                continue
+            decision = _place(sel, mode, link.name, why, hw_capable)
+            decisions.append(decision)
+            if decision.flowtable is None:
+                notes.append(
+                    DeviceNote(link.name, sel.name, NoteKind.NOT_HW_CAPABLE, decision.reason)
+                )
+            else:
+                members[decision.flowtable].add(link.name)
+
+    # Hardware rules first: a flow is offloaded by the first rule that adds it.
+    ordered = [k for k in kernel_fts if k.hardware] + [k for k in kernel_fts if not k.hardware]
+    flowtables = tuple(
+        FlowtableState(
+            k.name, frozenset(members[k.name]), k.hardware, k.selector.counter, k.selector.priority
+        )
+        for k in kernel_fts
+    )
+    sets = tuple(SetState(set_name(k.name), frozenset(members[k.name])) for k in kernel_fts)
+    rules = tuple(
+        offload_rule(k.name, k.selector.protocols, k.selector.elephant_packets) for k in ordered
+    )
+    table = TableState(
+        name=config.daemon.table,
+        family=config.daemon.family.value,
+        flowtables=flowtables,
+        sets=sets,
+        chain=ChainState(priority=forward_priority, rules=rules),
+    )
+    return DesiredResult(table=table, decisions=tuple(decisions), notes=tuple(notes))
+
+
+def _place(
+    sel: FlowtableConfig,
+    mode: HardwareMode,
+    device: str,
+    why: str,
+    hw_capable: Callable[[str], bool] | Mapping[str, bool],
+) -> DeviceDecision:
+    if mode is HardwareMode.OFF:
+        return DeviceDecision(device, sel.name, False, f"{why}; hardware = off", sel.name)
+    capable = _capable(hw_capable, device)
+    if capable:
+        return DeviceDecision(
+            device, sel.hw_name, True, f"{why}; can offload in hardware", sel.name
+        )
+    if mode is HardwareMode.AUTO:
+        return DeviceDecision(
+            device, sel.name, False, f"{why}; cannot offload in hardware, software", sel.name
+        )
+    # A non-capable device in a hardware flowtable makes the kernel refuse the
+    # whole transaction, so it is left out and reported instead.
+    return DeviceDecision(
+        device,
+        None,
+        False,
+        f"{why}; hardware = required but {device} cannot offload in hardware; left out",
+        sel.name,
+    )

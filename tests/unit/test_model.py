@@ -1,0 +1,239 @@
+"""desired_state: selector semantics, hardware split, first-flowtable-wins,
+and the auto forward priority."""
+
+from __future__ import annotations
+
+import pytest
+
+from offloadd.config import Config, FlowtableConfig, Hardware, parse_config
+from offloadd.errors import ConfigError
+from offloadd.model import (
+    ChainState,
+    FlowtableState,
+    Link,
+    NoteKind,
+    SetState,
+    TableState,
+    auto_forward_priority,
+    desired_state,
+    is_safe_ifname,
+    offload_rule,
+    selector_matches,
+)
+
+LINKS = (
+    Link(1, "eth0", None),
+    Link(2, "eth1", None),
+    Link(3, "wan0", "vlan"),
+    Link(4, "wan9", "vlan"),
+    Link(5, "lan3", "bridge"),
+    Link(6, "lan10", "bridge"),
+    Link(7, "veth0", "veth"),
+    Link(8, "wg0", "wireguard"),
+)
+
+
+def _config(*fts: FlowtableConfig) -> Config:
+    return Config(flowtables=fts)
+
+
+def _devices(config: Config, links: tuple[Link, ...] = LINKS) -> dict[str, frozenset[str]]:
+    result = desired_state(config, links, {}, 0)
+    return {ft.name: ft.devices for ft in result.table.flowtables}
+
+
+@pytest.mark.parametrize(
+    ("ft", "expected"),
+    [
+        (FlowtableConfig("a", devices=("eth0",)), {"eth0"}),
+        (FlowtableConfig("a", devices=("eth*",)), {"eth0", "eth1"}),
+        (FlowtableConfig("a", devices=("lan[0-9]",)), {"lan3"}),  # not lan10
+        (FlowtableConfig("a", devices=("wan*",), exclude=("wan9",)), {"wan0"}),
+        (FlowtableConfig("a", kinds=frozenset({"vlan"})), {"wan0", "wan9"}),
+        (FlowtableConfig("a", kinds=frozenset({"ether"})), {"eth0", "eth1"}),
+        (
+            FlowtableConfig("a", kinds=frozenset({"ether", "bridge"}), exclude=("lan1*",)),
+            {"eth0", "eth1", "lan3"},
+        ),
+        # devices AND kinds: both must match
+        (
+            FlowtableConfig("a", devices=("*0",), kinds=frozenset({"vlan", "veth"})),
+            {"wan0", "veth0"},
+        ),
+        (FlowtableConfig("a", devices=("nomatch*",)), set()),
+    ],
+)
+def test_selector_semantics(ft: FlowtableConfig, expected: set[str]) -> None:
+    assert _devices(_config(ft))["a"] == expected
+    assert {link.name for link in LINKS if selector_matches(ft, link)} == expected
+
+
+def test_excluded_device_has_a_decision() -> None:
+    ft = FlowtableConfig("a", devices=("wan*",), exclude=("wan9",))
+    result = desired_state(_config(ft), LINKS, {}, 0)
+    by_dev = {d.device: d for d in result.decisions}
+    assert by_dev["wan9"].flowtable is None
+    assert "excluded by 'wan9'" in by_dev["wan9"].reason
+    assert by_dev["wan0"].flowtable == "a"
+    assert "eth0" not in by_dev  # matched nothing: no decision
+
+
+def test_off_builds_one_software_flowtable_set_and_rule() -> None:
+    config = parse_config(
+        '[daemon]\ntable = "t"\n[[flowtable]]\nname = "lan"\ndevices = ["eth*"]\n'
+        'protocols = ["tcp"]\nelephant_packets = 7\ncounter = false\npriority = -3\n'
+    )
+    result = desired_state(config, LINKS, lambda _: True, 42)
+    assert result.table == TableState(
+        name="t",
+        family="inet",
+        flowtables=(FlowtableState("lan", frozenset({"eth0", "eth1"}), False, False, -3),),
+        sets=(SetState("lan_ifs", frozenset({"eth0", "eth1"})),),
+        chain=ChainState(
+            42,
+            ("meta l4proto tcp iifname @lan_ifs oifname @lan_ifs ct packets > 7 flow add @lan",),
+        ),
+    )
+
+
+def test_auto_splits_by_capability_and_hw_rule_comes_first() -> None:
+    ft = FlowtableConfig("lan", devices=("eth*", "wan0"), hardware=Hardware.AUTO)
+    result = desired_state(_config(ft), LINKS, {"eth0": True, "wan0": False}, 0)
+    table = result.table
+    hw, sw = table.flowtable("lan_hw"), table.flowtable("lan")
+    assert hw is not None and sw is not None
+    assert (hw.devices, hw.hardware) == (frozenset({"eth0"}), True)
+    assert (sw.devices, sw.hardware) == (frozenset({"eth1", "wan0"}), False)
+    assert table.set("lan_hw_ifs") == SetState("lan_hw_ifs", frozenset({"eth0"}))
+    assert table.chain is not None
+    assert table.chain.rules == (
+        offload_rule("lan_hw", ("tcp", "udp"), 0),
+        offload_rule("lan", ("tcp", "udp"), 0),
+    )
+    decisions = {d.device: d for d in result.decisions}
+    assert decisions["eth0"].hardware and decisions["eth0"].flowtable == "lan_hw"
+    assert not decisions["eth1"].hardware and decisions["eth1"].flowtable == "lan"
+    assert result.problems == ()
+
+
+def test_hardware_rules_precede_software_rules_across_flowtables() -> None:
+    config = _config(
+        FlowtableConfig("a", devices=("eth0",)),
+        FlowtableConfig("b", devices=("eth1",), hardware=Hardware.REQUIRED),
+    )
+    table = desired_state(config, LINKS, {"eth1": True}, 0).table
+    assert table.chain is not None
+    assert [r.rsplit("@", 1)[1] for r in table.chain.rules] == ["b_hw", "a"]
+
+
+def test_required_leaves_out_and_reports_non_capable_devices() -> None:
+    ft = FlowtableConfig("lan", devices=("eth*",), hardware=Hardware.REQUIRED)
+    result = desired_state(_config(ft), LINKS, lambda dev: dev == "eth0", 0)
+    assert [f.name for f in result.table.flowtables] == ["lan_hw"]
+    assert result.table.flowtables[0].devices == frozenset({"eth0"})
+    assert [(p.device, p.kind) for p in result.problems] == [("eth1", NoteKind.NOT_HW_CAPABLE)]
+    assert "cannot offload in hardware" in result.problems[0].message
+
+
+def test_capability_mapping_missing_key_means_not_capable() -> None:
+    ft = FlowtableConfig("lan", devices=("eth0",), hardware=Hardware.AUTO)
+    table = desired_state(_config(ft), LINKS, {}, 0).table
+    assert table.flowtable("lan") == FlowtableState("lan", frozenset({"eth0"}), False, True)
+
+
+def test_device_matching_two_flowtables_stays_in_first() -> None:
+    config = _config(
+        FlowtableConfig("a", devices=("wan*",)),
+        FlowtableConfig("b", kinds=frozenset({"vlan"})),
+    )
+    result = desired_state(config, LINKS, {}, 0)
+    assert result.table.flowtable("a") == FlowtableState(
+        "a", frozenset({"wan0", "wan9"}), False, True
+    )
+    assert result.table.flowtable("b") == FlowtableState("b", frozenset(), False, True)
+    notes = [(n.device, n.kind) for n in result.notes]
+    assert notes == [("wan0", NoteKind.ALSO_MATCHES), ("wan9", NoteKind.ALSO_MATCHES)]
+    assert result.notes[0].message == "wan0 also matches flowtable 'b'; kept in 'a'"
+    assert result.problems == ()
+
+
+def test_device_excluded_by_first_goes_to_second() -> None:
+    config = _config(
+        FlowtableConfig("a", devices=("wan*",), exclude=("wan9",)),
+        FlowtableConfig("b", kinds=frozenset({"vlan"})),
+    )
+    devices = _devices(config)
+    assert devices == {"a": {"wan0"}, "b": {"wan9"}}
+
+
+def test_no_device_in_two_flowtables_with_auto() -> None:
+    config = _config(
+        FlowtableConfig("a", devices=("eth*",), hardware=Hardware.AUTO),
+        FlowtableConfig("b", devices=("*",)),
+    )
+    table = desired_state(config, LINKS, {"eth0": True}, 0).table
+    seen: list[str] = [d for ft in table.flowtables for d in ft.devices]
+    assert len(seen) == len(set(seen)) == len(LINKS)
+
+
+def test_empty_flowtables_still_exist_so_device_changes_stay_small() -> None:
+    config = _config(FlowtableConfig("a", devices=("none*",), hardware=Hardware.AUTO))
+    table = desired_state(config, (), {}, 7).table
+    assert [f.name for f in table.flowtables] == ["a", "a_hw"]
+    assert [s.name for s in table.sets] == ["a_hw_ifs", "a_ifs"]
+    assert table.chain is not None and len(table.chain.rules) == 2
+
+
+def test_unsafe_kernel_names_are_left_out_and_reported() -> None:
+    links = (Link(1, 'ev"il', None), Link(2, "eth0", None))
+    result = desired_state(_config(FlowtableConfig("a", devices=("*",))), links, {}, 0)
+    assert result.table.flowtables[0].devices == frozenset({"eth0"})
+    assert [p.kind for p in result.problems] == [NoteKind.UNSAFE_NAME]
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("eth0", True),
+        ("a.b-c@d", True),
+        ("", False),
+        ('a"b', False),
+        ("a b", False),
+        ("a\\b", False),
+        ("a\nb", False),
+        ("x" * 16, False),
+        ("x" * 15, True),
+    ],
+)
+def test_is_safe_ifname(name: str, ok: bool) -> None:
+    assert is_safe_ifname(name) is ok
+
+
+def test_offload_rule_forms() -> None:
+    assert offload_rule("lan", ("tcp", "udp"), 0) == (
+        "meta l4proto { tcp, udp } iifname @lan_ifs oifname @lan_ifs flow add @lan"
+    )
+    assert offload_rule("x", ("udp",), 3) == (
+        "meta l4proto udp iifname @x_ifs oifname @x_ifs ct packets > 3 flow add @x"
+    )
+
+
+@pytest.mark.parametrize(
+    ("others", "expected"),
+    [((), 0), ((-300, -150), 0), ((0,), 1), ((10, 300, -5), 301), ((2**31 - 2,), 2**31 - 1)],
+)
+def test_auto_forward_priority(others: tuple[int, ...], expected: int) -> None:
+    assert auto_forward_priority(others) == expected
+
+
+def test_auto_forward_priority_overflow() -> None:
+    with pytest.raises(ConfigError, match=r"daemon\.priority"):
+        auto_forward_priority([2**31 - 1])
+
+
+def test_table_state_is_canonical_and_rejects_duplicates() -> None:
+    a = FlowtableState("a", frozenset(), False, True)
+    b = FlowtableState("b", frozenset(), False, True)
+    assert TableState("t", "inet", (b, a)) == TableState("t", "inet", (a, b))
+    with pytest.raises(ValueError, match="duplicate flowtable"):
+        TableState("t", "inet", (a, a))

@@ -1,0 +1,333 @@
+"""compute_plan: minimal, ordered, idempotent; checked against the strict
+in-memory simulator apply_plan, which refuses what the kernel refuses."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from offloadd.config import Config, FlowtableConfig, Hardware
+from offloadd.errors import NftError
+from offloadd.model import (
+    ChainState,
+    FlowtableState,
+    Link,
+    SetState,
+    TableState,
+    desired_state,
+    offload_rule,
+)
+from offloadd.plan import (
+    AddFlowtableDevices,
+    AddSetElements,
+    CreateChain,
+    CreateFlowtable,
+    CreateSet,
+    CreateTable,
+    DeleteChain,
+    DeleteFlowtable,
+    DeleteSet,
+    DeleteTable,
+    Op,
+    Plan,
+    RemoveFlowtableDevices,
+    RemoveSetElements,
+    UpdateFlowtableFlags,
+    apply_plan,
+    chain_references,
+    compute_plan,
+    teardown_plan,
+)
+
+CONFIG = Config(
+    flowtables=(
+        FlowtableConfig("a", devices=("eth*", "wan*")),
+        FlowtableConfig("b", devices=("lan*",), hardware=Hardware.AUTO),
+    )
+)
+
+
+def _links(*names: str) -> tuple[Link, ...]:
+    return tuple(Link(i, n, None) for i, n in enumerate(names, 1))
+
+
+def _desired(*names: str, config: Config = CONFIG, priority: int = 0) -> TableState:
+    capable = {"lan0": True}
+    return desired_state(config, _links(*names), capable, priority).table
+
+
+def _kinds(plan: Plan) -> list[type]:
+    return [type(op) for op in plan.ops]
+
+
+def _check(current: TableState | None, desired: TableState) -> Plan:
+    plan = compute_plan(desired, current)
+    assert apply_plan(current, plan) == desired
+    assert compute_plan(desired, desired).is_empty
+    return plan
+
+
+def test_fresh_table_creates_everything_in_valid_order() -> None:
+    desired = _desired("eth0", "lan0", "lan1")
+    plan = _check(None, desired)
+    kinds = _kinds(plan)
+    assert kinds[0] is CreateTable
+    assert kinds[-1] is CreateChain
+    assert kinds.count(CreateFlowtable) == 3  # a, b, b_hw
+    assert kinds.count(CreateSet) == 3
+    # Sets are created before elements are added to them.
+    assert max(i for i, k in enumerate(kinds) if k is CreateSet) < min(
+        i for i, k in enumerate(kinds) if k is AddSetElements
+    )
+
+
+def test_same_state_gives_empty_plan() -> None:
+    desired = _desired("eth0", "lan0")
+    assert compute_plan(desired, desired) == Plan()
+    assert compute_plan(desired, desired).is_empty
+
+
+def test_device_added_touches_only_devices_and_set_elements() -> None:
+    before = _desired("eth0", "lan0")
+    after = _desired("eth0", "eth1", "lan0")
+    plan = _check(before, after)
+    assert plan.ops == (
+        AddFlowtableDevices(after.flowtables[0], frozenset({"eth1"})),
+        AddSetElements("a_ifs", frozenset({"eth1"})),
+    )
+
+
+def test_device_removed_touches_only_devices_and_set_elements() -> None:
+    before = _desired("eth0", "eth1", "lan1")
+    after = _desired("eth0", "lan1")
+    plan = _check(before, after)
+    assert plan.ops == (
+        RemoveFlowtableDevices(before.flowtables[0], frozenset({"eth1"})),
+        RemoveSetElements("a_ifs", frozenset({"eth1"})),
+    )
+
+
+def test_device_moving_between_flowtables_is_removed_before_added() -> None:
+    before = _desired("lan5")  # lan* -> b (software)
+    wider = Config(
+        flowtables=(FlowtableConfig("a", devices=("eth*", "wan*", "lan5")), CONFIG.flowtables[1])
+    )
+    after = _desired("lan5", config=wider)
+    plan = _check(before, after)
+    kinds = _kinds(plan)
+    assert set(kinds) == {
+        RemoveFlowtableDevices,
+        AddFlowtableDevices,
+        RemoveSetElements,
+        AddSetElements,
+    }
+    assert kinds.index(RemoveFlowtableDevices) < kinds.index(AddFlowtableDevices)
+    # The same ops in the opposite order would be refused by the kernel.
+    swapped = Plan(tuple(reversed(plan.ops)))
+    with pytest.raises(NftError, match="another flowtable"):
+        apply_plan(before, swapped)
+
+
+def test_counter_change_updates_flags_only() -> None:
+    before = _desired("eth0")
+    config = Config(flowtables=(replace(CONFIG.flowtables[0], counter=False), CONFIG.flowtables[1]))
+    after = _desired("eth0", config=config)
+    plan = _check(before, after)
+    assert _kinds(plan) == [UpdateFlowtableFlags]
+
+
+def test_forward_priority_change_replaces_only_the_chain() -> None:
+    before = _desired("eth0", priority=0)
+    after = _desired("eth0", priority=10)
+    plan = _check(before, after)
+    assert _kinds(plan) == [DeleteChain, CreateChain]
+
+
+def test_hardware_flag_change_recreates_flowtable_around_the_chain() -> None:
+    ft = FlowtableState("x", frozenset({"eth0"}), False, True)
+    chain = ChainState(0, (offload_rule("x", ("tcp",), 0),))
+    before = TableState("t", "inet", (ft,), (SetState("x_ifs", frozenset({"eth0"})),), chain)
+    after = replace(before, flowtables=(replace(ft, hardware=True),))
+    plan = _check(before, after)
+    assert _kinds(plan) == [DeleteChain, DeleteFlowtable, CreateFlowtable, CreateChain]
+
+
+def test_flowtable_priority_change_recreates_flowtable() -> None:
+    ft = FlowtableState("x", frozenset({"eth0"}), False, True, 0)
+    before = TableState("t", "inet", (ft,))
+    after = replace(before, flowtables=(replace(ft, priority=5),))
+    assert _kinds(_check(before, after)) == [DeleteFlowtable, CreateFlowtable]
+
+
+def test_hardware_mode_change_in_config() -> None:
+    before = _desired("eth0", "lan0", "lan1")
+    config = Config(
+        flowtables=(CONFIG.flowtables[0], replace(CONFIG.flowtables[1], hardware=Hardware.OFF))
+    )
+    after = _desired("eth0", "lan0", "lan1", config=config)
+    plan = _check(before, after)
+    kinds = _kinds(plan)
+    assert kinds[0] is DeleteChain and kinds[-1] is CreateChain
+    assert DeleteFlowtable(name="b_hw") in plan.ops
+    assert DeleteSet(name="b_hw_ifs") in plan.ops
+
+
+def test_removed_flowtable_deleted_after_its_rule() -> None:
+    before = _desired("eth0", "lan0")
+    after = _desired("eth0", config=Config(flowtables=(CONFIG.flowtables[0],)))
+    plan = _check(before, after)
+    kinds = _kinds(plan)
+    assert kinds.index(DeleteChain) < kinds.index(DeleteFlowtable)
+    assert kinds.index(DeleteChain) < kinds.index(DeleteSet)
+
+
+def test_mismatched_table_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="not the desired"):
+        compute_plan(TableState("a", "inet"), TableState("b", "inet"))
+
+
+def test_teardown() -> None:
+    plan = teardown_plan("offloadd", "inet")
+    assert plan.ops == (DeleteTable("offloadd", "inet"),)
+    current = replace(_desired("eth0"), name="offloadd")
+    assert apply_plan(current, plan) is None
+
+
+def test_chain_references() -> None:
+    chain = ChainState(0, (offload_rule("a", ("tcp",), 0), "iifname @s1 accept"))
+    assert chain_references(chain) == (frozenset({"a"}), frozenset({"a_ifs", "s1"}))
+    assert chain_references(None) == (frozenset(), frozenset())
+
+
+# --- the simulator refuses what the kernel refuses --------------------------
+
+FT = FlowtableState("x", frozenset({"eth0"}), False, True)
+BASE = TableState(
+    "t",
+    "inet",
+    (FT,),
+    (SetState("x_ifs", frozenset({"eth0"})),),
+    ChainState(0, (offload_rule("x", ("tcp",), 0),)),
+)
+
+
+@pytest.mark.parametrize(
+    ("op", "match"),
+    [
+        (CreateTable("t", "inet"), "exists"),
+        (CreateFlowtable(replace(FT, name="y")), "another flowtable"),
+        (CreateFlowtable(FT), "exists"),
+        (AddFlowtableDevices(replace(FT, hardware=True), frozenset({"eth1"})), "hardware"),
+        (AddFlowtableDevices(replace(FT, name="nope"), frozenset({"eth1"})), "no flowtable"),
+        (RemoveFlowtableDevices(FT, frozenset({"eth9"})), "no devices"),
+        (UpdateFlowtableFlags(replace(FT, hardware=True)), "hardware"),
+        (DeleteFlowtable("x"), "in use"),
+        (DeleteSet("x_ifs"), "in use"),
+        (CreateSet("x_ifs"), "exists"),
+        (AddSetElements("x_ifs", frozenset({"eth0"})), "exist"),
+        (RemoveSetElements("x_ifs", frozenset({"eth1"})), "no elements"),
+        (AddSetElements("nope", frozenset({"eth1"})), "no set"),
+        (CreateChain(ChainState(0)), "exists"),
+        (DeleteTable("other", "inet"), "no table"),
+    ],
+)
+def test_simulator_refuses(op: Op, match: str) -> None:
+    with pytest.raises(NftError, match=match):
+        apply_plan(BASE, Plan((op,)))
+
+
+def test_simulator_refuses_chain_with_missing_references() -> None:
+    bare = replace(BASE, chain=None)
+    with pytest.raises(NftError, match="missing"):
+        apply_plan(bare, Plan((CreateChain(ChainState(0, ("flow add @zz",))),)))
+    with pytest.raises(NftError, match="no such table"):
+        apply_plan(None, Plan((DeleteChain(),)))
+
+
+def test_add_devices_resends_counter() -> None:
+    new = apply_plan(
+        BASE, Plan((AddFlowtableDevices(replace(FT, counter=False), frozenset({"eth1"})),))
+    )
+    assert new is not None
+    assert new.flowtable("x") == FlowtableState("x", frozenset({"eth0", "eth1"}), False, False)
+
+
+# --- properties --------------------------------------------------------------
+
+FT_NAMES = ("a", "b", "c", "a_hw")
+SET_NAMES = ("a_ifs", "b_ifs", "s")
+DEVICES = ("e0", "e1", "e2", "e3", "e4")
+
+
+@st.composite
+def table_states(draw: st.DrawFn) -> TableState:
+    """Consistent states: disjoint flowtable devices, rules reference what exists."""
+    names = draw(st.lists(st.sampled_from(FT_NAMES), unique=True))
+    owner = {d: draw(st.integers(-1, len(names) - 1)) for d in DEVICES}
+    fts = tuple(
+        FlowtableState(
+            name,
+            frozenset(d for d, o in owner.items() if o == i),
+            draw(st.booleans()),
+            draw(st.booleans()),
+            draw(st.sampled_from((0, -10))),
+        )
+        for i, name in enumerate(names)
+    )
+    set_names = draw(st.lists(st.sampled_from(SET_NAMES), unique=True))
+    sets = tuple(SetState(s, frozenset(draw(st.sets(st.sampled_from(DEVICES))))) for s in set_names)
+    chain = None
+    if draw(st.booleans()):
+        rules: list[str] = []
+        for _ in range(draw(st.integers(0, 3))):
+            parts = ["meta l4proto tcp"]
+            if set_names:
+                s = draw(st.sampled_from(set_names))
+                parts.append(f"iifname @{s} oifname @{s}")
+            if names:
+                parts.append(f"flow add @{draw(st.sampled_from(names))}")
+            else:
+                parts.append("accept")
+            rules.append(" ".join(parts))
+        chain = ChainState(draw(st.sampled_from((0, 5))), tuple(rules))
+    return TableState("t", "inet", fts, sets, chain)
+
+
+@settings(max_examples=400, deadline=None)
+@given(current=st.none() | table_states(), desired=table_states())
+def test_plan_applied_to_current_yields_desired(
+    current: TableState | None, desired: TableState
+) -> None:
+    plan = compute_plan(desired, current)
+    assert apply_plan(current, plan) == desired
+    assert compute_plan(desired, desired).is_empty
+    assert compute_plan(desired, current) == plan  # deterministic
+    if current is not None and current.chain == desired.chain:
+        # The chain is only rebuilt when something it references goes away.
+        used = chain_references(current.chain)[0]
+        gone = {op.name for op in plan.ops if isinstance(op, DeleteFlowtable)}
+        assert (DeleteChain() in plan.ops) == bool(gone & used)
+
+
+LINK_NAMES = ("eth0", "eth1", "wan0", "lan0", "lan1", "lan2", "other0")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    before=st.sets(st.sampled_from(LINK_NAMES)),
+    after=st.sets(st.sampled_from(LINK_NAMES)),
+)
+def test_link_changes_never_touch_chain_or_flowtable_objects(
+    before: set[str], after: set[str]
+) -> None:
+    current = _desired(*sorted(before))
+    desired = _desired(*sorted(after))
+    plan = compute_plan(desired, current)
+    assert apply_plan(current, plan) == desired
+    allowed = (AddFlowtableDevices, RemoveFlowtableDevices, AddSetElements, RemoveSetElements)
+    assert all(isinstance(op, allowed) for op in plan.ops)
+    # "other0" matches no flowtable, so it alone never produces work.
+    assert plan.is_empty == (before - {"other0"} == after - {"other0"})
