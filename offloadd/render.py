@@ -1,0 +1,127 @@
+"""Render a Plan as a native nft script that libnftables runs as one batch.
+
+Why native syntax and not JSON: libnftables' JSON input ignores flowtable
+flags and counter, and a JSON "delete flowtable" that lists devices deletes
+the whole flowtable. The script is one command per line; libnftables turns
+the whole text into a single atomic transaction.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import assert_never
+
+from offloadd.errors import OffloaddError
+from offloadd.model import CHAIN_NAME, FlowtableState, is_safe_ifname
+from offloadd.plan import (
+    AddFlowtableDevices,
+    AddSetElements,
+    CreateChain,
+    CreateFlowtable,
+    CreateSet,
+    CreateTable,
+    DeleteChain,
+    DeleteFlowtable,
+    DeleteSet,
+    DeleteTable,
+    Op,
+    Plan,
+    RemoveFlowtableDevices,
+    RemoveSetElements,
+    UpdateFlowtableFlags,
+)
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_FAMILIES = frozenset({"inet", "ip", "ip6", "netdev", "bridge", "arp"})
+
+
+class RenderError(OffloaddError, ValueError):
+    """A name cannot be written safely into an nft script (e.g. has a quote)."""
+
+
+def _ident(kind: str, name: str) -> str:
+    # Table/flowtable/set names are validated by config, but current state
+    # comes from the kernel and may hold anything someone else put there.
+    if not _IDENT.match(name):
+        raise RenderError(f"{kind} name {name!r} cannot be written in an nft script")
+    return name
+
+
+def _devices(devices: Iterable[str]) -> str:
+    quoted = []
+    for dev in sorted(devices):
+        # nft quoted strings have no escapes; refuse what would break out.
+        if not is_safe_ifname(dev):
+            raise RenderError(f"interface name {dev!r} cannot be written in an nft script")
+        quoted.append(f'"{dev}"')
+    return "{ " + ", ".join(quoted) + " }"
+
+
+def _flowtable_block(ft: FlowtableState, devices: Iterable[str] | None) -> str:
+    parts = [f"hook ingress priority {ft.priority};"]
+    devs = tuple(devices) if devices is not None else ()
+    if devs:
+        parts.append(f"devices = {_devices(devs)};")
+    # Always re-sent in full: nft replaces a flowtable's flags on every add.
+    if ft.hardware:
+        parts.append("flags offload;")
+    if ft.counter:
+        parts.append("counter;")
+    return "{ " + " ".join(parts) + " }"
+
+
+def render(plan: Plan, family: str, table: str) -> str:
+    if family not in _FAMILIES:
+        raise RenderError(f"family {family!r} is not an nft family")
+    where = f"{family} {_ident('table', table)}"
+    lines: list[str] = []
+    for op in plan.ops:
+        lines.extend(_render_op(op, family, table, where))
+    return "".join(line + "\n" for line in lines)
+
+
+def _render_op(op: Op, family: str, table: str, where: str) -> list[str]:
+    if isinstance(op, CreateTable | DeleteTable):
+        if (op.family, op.name) != (family, table):
+            raise RenderError(f"plan is for table {op.family} {op.name}, not {where}")
+        verb = "add" if isinstance(op, CreateTable) else "delete"
+        return [f"{verb} table {where}"]
+    if isinstance(op, CreateFlowtable):
+        ft = op.ft
+        block = _flowtable_block(ft, ft.devices)
+        return [f"add flowtable {where} {_ident('flowtable', ft.name)} {block}"]
+    if isinstance(op, AddFlowtableDevices):
+        block = _flowtable_block(op.ft, op.devices)
+        return [f"add flowtable {where} {_ident('flowtable', op.ft.name)} {block}"]
+    if isinstance(op, UpdateFlowtableFlags):
+        block = _flowtable_block(op.ft, None)
+        return [f"add flowtable {where} {_ident('flowtable', op.ft.name)} {block}"]
+    if isinstance(op, RemoveFlowtableDevices):
+        # The kernel identifies the hooks to drop by hook and priority too.
+        block = f"{{ hook ingress priority {op.ft.priority}; devices = {_devices(op.devices)}; }}"
+        return [f"delete flowtable {where} {_ident('flowtable', op.ft.name)} {block}"]
+    if isinstance(op, DeleteFlowtable):
+        return [f"delete flowtable {where} {_ident('flowtable', op.name)}"]
+    if isinstance(op, CreateSet):
+        return [f"add set {where} {_ident('set', op.name)} {{ type ifname; }}"]
+    if isinstance(op, AddSetElements | RemoveSetElements):
+        verb = "add" if isinstance(op, AddSetElements) else "delete"
+        return [f"{verb} element {where} {_ident('set', op.set)} {_devices(op.elements)}"]
+    if isinstance(op, DeleteSet):
+        return [f"delete set {where} {_ident('set', op.name)}"]
+    if isinstance(op, DeleteChain):
+        # Flushing first keeps this valid on kernels that refuse to delete a
+        # chain that still has rules (EBUSY).
+        return [f"flush chain {where} {CHAIN_NAME}", f"delete chain {where} {CHAIN_NAME}"]
+    if not isinstance(op, CreateChain):
+        assert_never(op)
+    chain = op.chain
+    for rule in chain.rules:
+        if "\n" in rule or ";" in rule:
+            raise RenderError(f"rule {rule!r} would split into several commands")
+    return [
+        f"add chain {where} {CHAIN_NAME} "
+        f"{{ type filter hook forward priority {chain.priority}; policy accept; }}",
+        *(f"add rule {where} {CHAIN_NAME} {rule}" for rule in chain.rules),
+    ]

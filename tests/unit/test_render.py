@@ -1,0 +1,140 @@
+"""render(): the nft script for each plan scenario matches its golden file.
+
+Goldens live in tests/unit/golden/<scenario>.nft. After an intended change
+to the rendered syntax, rewrite them with
+
+    OFFLOADD_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/unit/test_render.py
+
+and review the diff before committing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from offloadd.config import Config, FlowtableConfig, Hardware
+from offloadd.model import FlowtableState, Link, TableState, desired_state
+from offloadd.plan import (
+    AddSetElements,
+    CreateTable,
+    DeleteFlowtable,
+    Plan,
+    RemoveFlowtableDevices,
+    compute_plan,
+    teardown_plan,
+)
+from offloadd.render import RenderError, render
+
+GOLDEN = Path(__file__).parent / "golden"
+TABLE = "offloadd"
+
+A = FlowtableConfig("wan", devices=("eth*",), protocols=("tcp",), elephant_packets=10)
+B = FlowtableConfig("lan", devices=("lan*",), hardware=Hardware.AUTO, priority=-5)
+CONFIG = Config(flowtables=(A, B))
+CAPABLE = {"lan0": True}
+
+
+def _state(*links: str, config: Config = CONFIG, priority: int = 100) -> TableState:
+    state = desired_state(
+        config, [Link(i, n, None) for i, n in enumerate(links)], CAPABLE, priority
+    ).table
+    return replace(state, name=TABLE)
+
+
+def _with(a: FlowtableConfig = A, b: FlowtableConfig = B) -> Config:
+    return Config(flowtables=(a, b))
+
+
+BASE = ("eth0", "lan0", "lan1")
+
+SCENARIOS: dict[str, Callable[[], Plan]] = {
+    "fresh_create": lambda: compute_plan(_state(*BASE), None),
+    "add_device": lambda: compute_plan(_state(*BASE, "eth1"), _state(*BASE)),
+    "remove_device": lambda: compute_plan(_state("eth0", "lan0"), _state(*BASE)),
+    "device_moves": lambda: compute_plan(
+        _state(*BASE, config=_with(a=replace(A, devices=("eth*", "lan1")))), _state(*BASE)
+    ),
+    "counter_change": lambda: compute_plan(
+        _state(*BASE, config=_with(b=replace(B, counter=False))), _state(*BASE)
+    ),
+    "priority_change": lambda: compute_plan(_state(*BASE, priority=-50), _state(*BASE)),
+    "hardware_mode_change": lambda: compute_plan(
+        _state(*BASE, config=_with(b=replace(B, hardware=Hardware.REQUIRED))), _state(*BASE)
+    ),
+    "teardown": lambda: teardown_plan(TABLE, "inet"),
+    # Same kernel name, hardware flag flipped ("lan_hw" configured with
+    # hardware = "off" becomes the hardware flowtable of "lan"): the kernel
+    # cannot change `flags offload` in place.
+    "hardware_flag_flip": lambda: compute_plan(
+        _state("lan0", config=Config(flowtables=(replace(B, hardware=Hardware.REQUIRED),))),
+        _state(
+            "lan0", config=Config(flowtables=(replace(B, name="lan_hw", hardware=Hardware.OFF),))
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_golden(scenario: str) -> None:
+    text = render(SCENARIOS[scenario](), "inet", TABLE)
+    path = GOLDEN / f"{scenario}.nft"
+    if os.environ.get("OFFLOADD_UPDATE_GOLDEN") == "1":
+        path.write_text(text)
+    assert path.exists(), f"{path} missing; run with OFFLOADD_UPDATE_GOLDEN=1"
+    assert text == path.read_text()
+
+
+def test_golden_files_have_no_strays() -> None:
+    assert {p.stem for p in GOLDEN.glob("*.nft")} == set(SCENARIOS)
+
+
+def test_empty_plan_renders_nothing() -> None:
+    assert render(Plan(), "inet", TABLE) == ""
+
+
+def test_flowtable_without_devices_omits_devices_clause() -> None:
+    text = render(compute_plan(_state(), None), "inet", TABLE)
+    assert "add flowtable inet offloadd wan { hook ingress priority 0; counter; }\n" in text
+    assert "devices" not in text
+
+
+def test_hardware_flowtable_has_flags_offload() -> None:
+    text = render(compute_plan(_state("lan0"), None), "inet", TABLE)
+    assert (
+        "add flowtable inet offloadd lan_hw { hook ingress priority -5; "
+        'devices = { "lan0" }; flags offload; counter; }'
+    ) in text
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        Plan((AddSetElements("lan_ifs", frozenset({'ev"il'})),)),
+        Plan((AddSetElements("lan_ifs", frozenset({"a b"})),)),
+        Plan(
+            (
+                RemoveFlowtableDevices(
+                    FlowtableState("x", frozenset(), False, True), frozenset({"x\ny"})
+                ),
+            )
+        ),
+        Plan((DeleteFlowtable("bad name"),)),
+        Plan((DeleteFlowtable("x; flush ruleset"),)),
+        Plan((CreateTable("other", "inet"),)),
+    ],
+)
+def test_unsafe_or_mismatched_names_are_refused(plan: Plan) -> None:
+    with pytest.raises(RenderError):
+        render(plan, "inet", TABLE)
+
+
+def test_bad_table_or_family_refused() -> None:
+    with pytest.raises(RenderError):
+        render(Plan(), "inet", "t;x")
+    with pytest.raises(RenderError):
+        render(Plan(), "inet6", TABLE)
