@@ -1,0 +1,49 @@
+# offloadd — the two commands a newcomer needs: `make test` and `make demo`.
+# Everything installs itself (apt packages, venv, Debian kernels) on first use;
+# run as root on Debian 12.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+KERNELS := 6.1 6.12
+KERNEL ?= 6.1
+
+.PHONY: test-native test setup test-unit test-host lint test-vm test-vms lab-shell vagrant-validate clean
+
+## make test: everything CI runs — setup, lint, unit tests, host checks, the
+## integration suite in the VM on every kernel, the Vagrantfile check.
+test: setup lint test-unit test-host vagrant-validate test-vms
+	@echo '== integration results per kernel =='
+	@$(PY) lab/check_results.py --summary $(KERNELS)
+
+setup:
+	@lab/setup.sh
+
+lint: setup
+	$(VENV)/bin/ruff check offloadd tests lab bench
+	$(VENV)/bin/mypy
+
+test-unit: setup
+	$(PY) -m pytest tests/unit -q
+
+# Needs root on the real machine: the capability probe against the host kernel.
+test-host: setup
+	$(PY) -m pytest tests/host -q
+
+## make test-vm KERNEL=6.1|6.12 [PYTEST_ARGS=...]: integration suite in one VM.
+test-vm: setup
+	lab/vm-test.sh $(KERNEL) $(PYTEST_ARGS)
+
+test-vms: setup
+	@rc=0; for k in $(KERNELS); do lab/vm-test.sh $$k $(PYTEST_ARGS) || rc=1; done; exit $$rc
+
+## make test-native: the integration suite on this machine's own kernel (a
+## Vagrant box, a gateway with flowtables); fails if the kernel cannot.
+test-native: setup
+	lab/native-test.sh $(PYTEST_ARGS)
+
+vagrant-validate: setup
+	cd $(CURDIR) && VAGRANT_CHECKPOINT_DISABLE=1 vagrant validate --ignore-provider
+
+clean:
+	rm -rf build dist *.egg-info

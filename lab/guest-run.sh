@@ -1,0 +1,18 @@
+#!/bin/bash
+# Runs inside the lab VM (as root, kernel under test): records what the guest
+# is, then runs the integration suite with JUnit output into the rw results dir.
+set -u
+out=$1
+export OFFLOADD_KERNEL_CONFIG=$2   # ground truth for the capability test
+shift 2
+export PYTHONDONTWRITEBYTECODE=1   # the shared root filesystem is read-only
+uname -r > "$out/kernel"
+nft --version > "$out/nft-version" 2>&1
+# Boot time as the guest saw it, for the issue notes.
+cut -d' ' -f1 /proc/uptime > "$out/guest_uptime_at_start"
+.venv/bin/python -m pytest tests/integration -p no:cacheprovider \
+    -o junit_suite_name="integration-$(uname -r)" \
+    --junitxml="$out/junit.xml" -rfEs "$@"
+rc=$?
+echo "$rc" > "$out/guest_rc"
+exit "$rc"

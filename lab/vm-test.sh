@@ -1,0 +1,38 @@
+#!/bin/bash
+# Boots the lab VM on one Debian kernel (virtme-ng, TCG: nested KVM hangs on
+# these machines) and runs the integration suite inside it. The guest shares
+# the host's root filesystem read-only; results come back through --rwdir as
+# JUnit XML plus the guest's exit status, and check_results.py refuses a run
+# that collected nothing, skipped anything, or left no readable result.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+. "$here/common.sh"
+
+series=${1:?usage: vm-test.sh KERNEL [pytest args...]  (KERNEL: ${LAB_KERNELS// /|})}
+shift
+case " $LAB_KERNELS " in *" $series "*) ;; *) die "unknown kernel '$series'; use one of: $LAB_KERNELS" ;; esac
+
+kdir=$(kernel_dir "$series")
+[ -n "$kdir" ] || die "kernel $series is not fetched yet: run lab/setup.sh (or make setup)"
+ver=$(basename "$kdir")
+
+out="$repo/build/results/$series"
+rm -rf "$out"
+mkdir -p "$out"
+
+log "kernel $series ($ver): booting VM"
+start=$(date +%s.%N)
+set +e
+PATH="$repo/.venv/bin:$PATH" timeout "${OFFLOADD_VM_TIMEOUT:-1500}" \
+    vng --run "$kdir/boot/vmlinuz-$ver" --disable-kvm \
+        --cpus "${OFFLOADD_VM_CPUS:-2}" --memory "${OFFLOADD_VM_MEMORY:-2G}" \
+        --rwdir "$out" --cwd "$repo" \
+        -- "$here/guest-run.sh" "$out" "$kdir/boot/config-$ver" "$@" </dev/null 2>&1 | tee "$out/console.log" | sed -u "s/^/[vm $series] /"
+vng_rc=${PIPESTATUS[0]}
+set -e
+end=$(date +%s.%N)
+python3 -c "print(round($end - $start))" > "$out/wall_seconds"
+
+"$repo/.venv/bin/python" "$here/check_results.py" --kernel "$series" --vng-rc "$vng_rc" "$out"

@@ -1,0 +1,31 @@
+"""Fixtures for the integration suite, which runs inside the lab VM as root.
+
+There is no skipping here: on a host that cannot run these tests they fail,
+because a skipped kernel test would hide a broken harness.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.lab.topology import Lab, lab_topology
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("integration tests need root and the lab VM: run `make test-vm KERNEL=6.1`")
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    with lab_topology() as topo:
+        yield topo

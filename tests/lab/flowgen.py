@@ -1,0 +1,104 @@
+"""Standalone traffic generator run inside a lab namespace (no project imports).
+
+udp-echo   echoes every datagram back (so conntrack sees replies: ESTABLISHED)
+udp-flows  opens K UDP flows and keeps each sending every INTERVAL seconds for
+           SECONDS, then prints a JSON summary of datagrams sent and echoed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import select
+import socket
+import sys
+import time
+
+
+def _family(addr: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def udp_echo(bind: str, port: int) -> None:
+    s = socket.socket(_family(bind), socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    s.bind((bind, port))
+    print("ready", flush=True)
+    while True:
+        data, peer = s.recvfrom(65535)
+        s.sendto(data, peer)
+
+
+def udp_flows(dst: str, port: int, *, flows: int, seconds: float, interval: float,
+              size: int) -> dict[str, int]:
+    socks = []
+    for _ in range(flows):
+        s = socket.socket(_family(dst), socket.SOCK_DGRAM)
+        s.connect((dst, port))
+        s.setblocking(False)
+        socks.append(s)
+    payload = b"x" * size
+    sent = received = 0
+    end = time.monotonic() + seconds
+    next_send = time.monotonic()
+    while True:
+        now = time.monotonic()
+        if now >= next_send:
+            if now >= end:
+                break
+            for s in socks:
+                try:
+                    s.send(payload)
+                    sent += 1
+                except BlockingIOError:
+                    pass
+            next_send = now + interval
+        ready, _, _ = select.select(socks, [], [], max(0.0, min(next_send, end) - now))
+        for s in ready:
+            try:
+                while True:
+                    s.recv(65535)
+                    received += 1
+            except (BlockingIOError, ConnectionRefusedError):
+                pass
+    # Let the last replies in.
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select(socks, [], [], 0.1)
+        for s in ready:
+            try:
+                while True:
+                    s.recv(65535)
+                    received += 1
+            except (BlockingIOError, ConnectionRefusedError):
+                pass
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return {"sent": sent, "received": received, "first_port": min(ports), "flows": flows}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="mode", required=True)
+    e = sub.add_parser("udp-echo")
+    e.add_argument("--bind", required=True)
+    e.add_argument("--port", type=int, required=True)
+    f = sub.add_parser("udp-flows")
+    f.add_argument("--dst", required=True)
+    f.add_argument("--port", type=int, required=True)
+    f.add_argument("--flows", type=int, default=1)
+    f.add_argument("--seconds", type=float, default=5)
+    f.add_argument("--interval", type=float, default=0.05)
+    f.add_argument("--size", type=int, default=64)
+    a = ap.parse_args()
+    if a.mode == "udp-echo":
+        udp_echo(a.bind, a.port)
+        return 0
+    print(json.dumps(udp_flows(a.dst, a.port, flows=a.flows, seconds=a.seconds,
+                                interval=a.interval, size=a.size)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""A network namespace handle that runs real commands inside it.
+
+Thin on purpose: the tests drive the real ``ip``, ``nft``, ``conntrack`` and
+``iperf3`` binaries, so what they check is what an operator would see.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class CommandError(RuntimeError):
+    """A lab command failed; the message carries its stderr."""
+
+
+@dataclass(frozen=True)
+class Netns:
+    name: str
+
+    def argv(self, cmd: Sequence[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *cmd]
+
+    def run(self, *cmd: str, check: bool = True, timeout: float = 60,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(self.argv(cmd), capture_output=True, text=True,
+                              timeout=timeout, input=input, check=False)
+        if check and proc.returncode != 0:
+            raise CommandError(f"[{self.name}] {' '.join(cmd)} -> exit {proc.returncode}: "
+                               f"{proc.stderr.strip() or proc.stdout.strip()}")
+        return proc
+
+    def out(self, *cmd: str, timeout: float = 60) -> str:
+        return self.run(*cmd, timeout=timeout).stdout
+
+    def popen(self, *cmd: str, **kw: object) -> subprocess.Popen[str]:
+        return subprocess.Popen(self.argv(cmd), text=True, **kw)  # type: ignore[call-overload, no-any-return]
+
+    def sh(self, script: str, timeout: float = 60) -> str:
+        """Runs a shell script (``set -e``) inside the namespace: one process start."""
+        return self.run("sh", "-ec", script, timeout=timeout).stdout
+
+    def sysctl(self, key: str, value: str | int) -> None:
+        self.run("sysctl", "-q", "-w", f"{key}={value}")
+
+    def nft(self, script: str) -> str:
+        return self.run("nft", "-f", "-", input=script).stdout
+
+
+def create_netns(name: str) -> Netns:
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True,
+                   capture_output=True)
+    return Netns(name)
+
+
+def delete_netns(ns: Netns) -> None:
+    # Killing what still runs inside lets the namespace (and its veths) go.
+    pids = subprocess.run(["ip", "netns", "pids", ns.name], capture_output=True,
+                          text=True, check=False).stdout.split()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), 9)
+    subprocess.run(["ip", "netns", "delete", ns.name], capture_output=True, check=False)
+
+
+def host_run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, check=False, timeout=60)
+    if check and proc.returncode != 0:
+        raise CommandError(f"{' '.join(cmd)} -> exit {proc.returncode}: {proc.stderr.strip()}")
+    return proc

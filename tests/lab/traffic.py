@@ -1,0 +1,107 @@
+"""Real traffic through the lab: iperf3 for TCP, flowgen.py for UDP flows.
+
+Servers are context managers that always stop their process; clients can run
+in the background so a test can look at conntrack while packets still flow.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.lab.netns import CommandError, Netns
+
+FLOWGEN = str(Path(__file__).with_name("flowgen.py"))
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_listening(ns: Netns, port: int, udp: bool, timeout: float = 20) -> None:
+    flag = "-lun" if udp else "-ltn"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if f":{port} " in ns.out("ss", flag):
+            return
+        time.sleep(0.1)
+    raise CommandError(f"[{ns.name}] nothing listening on port {port} after {timeout}s")
+
+
+@contextmanager
+def iperf3_server(ns: Netns, port: int = 5201) -> Iterator[None]:
+    proc = ns.popen("iperf3", "-s", "-p", str(port), stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL)
+    try:
+        _wait_listening(ns, port, udp=False)
+        yield
+    finally:
+        _stop(proc)
+
+
+@dataclass
+class Background:
+    """A client running in the background; ``result()`` waits and parses its JSON."""
+
+    proc: subprocess.Popen[str]
+
+    def result(self, timeout: float = 120) -> dict[str, Any]:
+        out, err = self.proc.communicate(timeout=timeout)
+        if self.proc.returncode != 0:
+            raise CommandError(f"traffic client exit {self.proc.returncode}: {err or out}")
+        return json.loads(out)  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+def iperf3_client(ns: Netns, dst: str, seconds: float, port: int = 5201,
+                  extra: tuple[str, ...] = ()) -> Background:
+    proc = ns.popen("iperf3", "-c", dst, "-p", str(port), "-t", str(seconds), "-J", *extra,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return Background(proc)
+
+
+@contextmanager
+def udp_echo_server(ns: Netns, bind: str, port: int = 7000) -> Iterator[None]:
+    proc = ns.popen(sys.executable, FLOWGEN, "udp-echo", "--bind", bind, "--port", str(port),
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_listening(ns, port, udp=True)
+        yield
+    finally:
+        _stop(proc)
+
+
+def udp_flows(ns: Netns, dst: str, *, port: int = 7000, flows: int = 1, seconds: float = 5,
+              interval: float = 0.05, size: int = 64) -> Background:
+    proc = ns.popen(sys.executable, FLOWGEN, "udp-flows", "--dst", dst, "--port", str(port),
+                    "--flows", str(flows), "--seconds", str(seconds),
+                    "--interval", str(interval), "--size", str(size),
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return Background(proc)
+
+
+def wait_for(pred: Any, timeout: float, interval: float = 0.2, what: str = "condition") -> Any:
+    """Polls ``pred`` until it returns something truthy; raises with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
