@@ -1,0 +1,413 @@
+"""The machine's network interfaces as a stream of snapshots.
+
+Why: flowtable device lists must follow interfaces as they appear, vanish,
+get renamed or move between namespaces. The kernel reports every change on
+the rtnetlink link group, but a busy moment (a VPN concentrator bringing up
+hundreds of tunnels) produces thousands of messages, and re-planning nft for
+each would be wasteful. So the watcher keeps a table of links, coalesces a
+burst of messages into one snapshot, and recovers from a receive-buffer
+overrun (ENOBUFS: messages were lost) by dumping all links again.
+
+Kernel access sits behind the small ``LinkSocket`` protocol so the parsing,
+table and coalescing logic can be tested without root against a fake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from offloadd.errors import ConfigError, KernelError, MissingDependencyError
+from offloadd.model import Link
+
+RTM_NEWLINK = 16
+RTM_DELLINK = 17
+AF_UNSPEC = 0
+IFF_UP = 0x1
+IFF_LOOPBACK = 0x8
+ARPHRD_PPP = 512
+ARPHRD_LOOPBACK = 772
+# Value of pyroute2's RTMGRP_LINK; kept here so the pure parts need no pyroute2.
+RTMGRP_LINK = 0x1
+
+DEFAULT_QUIET = 0.05
+DEFAULT_MAX_DELAY = 0.5
+# A dump cannot overrun (the kernel paces it), but a broken socket could keep
+# failing; give up after this many consecutive failed resyncs.
+MAX_RESYNC_ATTEMPTS = 5
+
+
+class NetlinkOverrunError(KernelError):
+    """The socket's receive buffer overflowed (ENOBUFS): link messages were lost."""
+
+
+class NlMsg(Protocol):
+    """What is read from an rtnetlink link message.
+
+    pyroute2's ``ifinfmsg`` fits (its ``get`` resolves both fields and NLA
+    names), and so does a plain ``dict`` in tests.
+    """
+
+    def get(self, key: str, /) -> Any: ...
+
+
+class LinkSocket(Protocol):
+    """One rtnetlink socket for link messages; reopened by making a new one."""
+
+    async def open(self) -> None:
+        """Create the socket (not yet subscribed)."""
+
+    async def bind(self) -> None:
+        """Subscribe to the link multicast group; messages queue from now on."""
+
+    async def dump(self) -> Sequence[NlMsg]:
+        """All links of this network namespace (RTM_NEWLINK messages)."""
+
+    async def recv(self) -> Sequence[NlMsg]:
+        """The next messages from the group; raises NetlinkOverrunError on ENOBUFS."""
+
+    def close(self) -> None:
+        """Release the socket; safe to call after an error and more than once."""
+
+
+def _msg_type(msg: NlMsg) -> int | None:
+    header = msg.get("header")
+    if header is None:
+        return None
+    value = header.get("type")
+    return int(value) if value is not None else None
+
+
+def _family(msg: NlMsg) -> int:
+    return int(msg.get("family") or AF_UNSPEC)
+
+
+def link_from_msg(msg: NlMsg) -> Link | None:
+    """The Link an RTM_NEWLINK message describes, or None if it is none of ours.
+
+    None for loopback (nothing to offload), for messages without a name, and
+    for AF_BRIDGE messages: the bridge module reports port changes with
+    family AF_BRIDGE, and those describe bridge-port state, not the device.
+
+    ``up`` is IFF_UP, the administrative state set by ``ip link set up``;
+    operstate follows carrier (a veth whose peer is down is
+    LOWERLAYERDOWN, an empty bridge is DOWN) and would churn snapshots on
+    every cable event, while a flowtable accepts a device either way. It is
+    only reported, never used to select devices.
+    """
+    if _family(msg) != AF_UNSPEC:
+        return None
+    index = msg.get("index")
+    name = msg.get("IFLA_IFNAME")
+    if index is None or not name:
+        return None
+    ifi_type = int(msg.get("ifi_type") or 0)
+    flags = int(msg.get("flags") or 0)
+    if ifi_type == ARPHRD_LOOPBACK or flags & IFF_LOOPBACK:
+        return None
+    linkinfo = msg.get("IFLA_LINKINFO")
+    # IFLA_INFO_SLAVE_KIND (a NIC enslaved to a bridge) is deliberately not
+    # read: it names the master's kind, not the device's.
+    kind = linkinfo.get("IFLA_INFO_KIND") if linkinfo is not None else None
+    if kind is None and ifi_type == ARPHRD_PPP:
+        # pppd creates its devices through ioctls, so they carry no linkinfo.
+        kind = "ppp"
+    return Link(index=int(index), name=str(name), kind=str(kind) if kind else None,
+                up=bool(flags & IFF_UP))
+
+
+class LinkTable:
+    """Links by index, updated from link messages; no kernel access."""
+
+    def __init__(self, links: Iterable[Link] = ()) -> None:
+        self._by_index: dict[int, Link] = {link.index: link for link in links}
+
+    def __len__(self) -> int:
+        return len(self._by_index)
+
+    def get(self, index: int) -> Link | None:
+        return self._by_index.get(index)
+
+    def links(self) -> tuple[Link, ...]:
+        """Sorted by name (then index), so equal tables give equal tuples."""
+        return tuple(sorted(self._by_index.values(), key=lambda x: (x.name, x.index)))
+
+    def apply(self, msg: NlMsg) -> bool:
+        """Applies one message; True if a link appeared, vanished or changed.
+
+        Renames keep the index, so they update in place. Up/down counts as a
+        change (status shows it) although device selection ignores it. A
+        DELLINK carrying IFLA_NEW_NETNSID is a move to another namespace: for
+        this namespace the device is gone all the same.
+        """
+        if _family(msg) != AF_UNSPEC:
+            return False
+        mtype = _msg_type(msg)
+        index = msg.get("index")
+        if index is None:
+            return False
+        index = int(index)
+        if mtype == RTM_DELLINK:
+            return self._by_index.pop(index, None) is not None
+        if mtype != RTM_NEWLINK:
+            return False
+        link = link_from_msg(msg)
+        old = self._by_index.get(index)
+        if link is None:
+            return self._by_index.pop(index, None) is not None
+        self._by_index[index] = link
+        return old != link
+
+    def replace(self, dump: Iterable[NlMsg]) -> bool:
+        """Replaces the content with a full dump; True if anything differs."""
+        fresh = LinkTable()
+        for msg in dump:
+            fresh.apply(msg)
+        changed = fresh._by_index != self._by_index
+        self._by_index = fresh._by_index
+        return changed
+
+
+@dataclass(frozen=True)
+class LinkSnapshot:
+    links: tuple[Link, ...]  # sorted by name
+    generation: int  # 1 for the first snapshot, +1 for each one after
+    resync: bool  # content comes from a full dump (start, or after an overrun)
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(link.name for link in self.links)
+
+
+@dataclass
+class WatcherStats:
+    """Counters for metrics; mutated only by the watcher that owns them."""
+
+    events_total: int = 0  # link messages received from the multicast group
+    resyncs_total: int = 0  # full re-dumps after an overrun
+    snapshots_total: int = 0
+
+
+class PyrouteLinkSocket:
+    """LinkSocket over pyroute2's AsyncIPRoute, in the process's own netns."""
+
+    def __init__(self, rcvbuf: int | None = None) -> None:
+        self._rcvbuf = rcvbuf
+        self._ipr: Any = None
+
+    async def open(self) -> None:
+        try:
+            from pyroute2 import AsyncIPRoute  # noqa: PLC0415
+        except ImportError as e:
+            raise MissingDependencyError(
+                "offloadd needs pyroute2 >= 0.9 (pip install 'pyroute2>=0.9,<0.10')"
+            ) from e
+        # pyroute2 sets SO_RCVBUF from this (the kernel doubles it and clamps
+        # it to net.core.rmem_max); a tiny value lets tests provoke ENOBUFS.
+        kw: dict[str, Any] = {} if self._rcvbuf is None else {"rcvbuf": self._rcvbuf}
+        self._ipr = AsyncIPRoute(**kw)
+
+    def _sock(self) -> Any:
+        if self._ipr is None:
+            raise KernelError(errno.EBADF, "link socket is not open")
+        return self._ipr
+
+    async def bind(self) -> None:
+        try:
+            await self._sock().bind(groups=RTMGRP_LINK)
+        except Exception as e:
+            raise _translate(e) from e
+
+    async def dump(self) -> list[NlMsg]:
+        try:
+            return [m async for m in await self._sock().link("dump")]
+        except Exception as e:
+            raise _translate(e) from e
+
+    async def recv(self) -> list[NlMsg]:
+        while True:
+            try:
+                # get() with no sequence number ends after one datagram.
+                batch: list[NlMsg] = [m async for m in self._sock().get()]
+            except Exception as e:
+                raise _translate(e) from e
+            if batch:
+                return batch
+
+    def close(self) -> None:
+        ipr, self._ipr = self._ipr, None
+        if ipr is not None:
+            # After ENOBUFS pyroute2 marks the socket failed and parts of its
+            # teardown re-raise that error; the fd is released regardless.
+            with contextlib.suppress(Exception):
+                ipr.close()
+
+
+def _translate(e: Exception) -> Exception:
+    """pyroute2's errors as offloadd's: OSError (0.9.7) or NetlinkError (code)."""
+    code = getattr(e, "errno", None) or getattr(e, "code", None)
+    if not isinstance(code, int):
+        return KernelError(errno.EIO, f"rtnetlink link socket: {e!r}")
+    if code == errno.ENOBUFS:
+        return NetlinkOverrunError(code, "netlink receive buffer overrun: link messages lost")
+    return KernelError(code, f"rtnetlink link socket: {e}")
+
+
+class _Reader:
+    """One open LinkSocket plus at most one outstanding recv().
+
+    The recv stays pending across timeouts instead of being cancelled, so a
+    batch that arrives just as a quiet period ends is never dropped.
+    """
+
+    def __init__(self, factory: Callable[[], LinkSocket]) -> None:
+        self._factory = factory
+        self._sock: LinkSocket | None = None
+        self._pending: asyncio.Task[Sequence[NlMsg]] | None = None
+
+    async def connect(self) -> Sequence[NlMsg]:
+        """(Re)opens, subscribes, then dumps; returns the dump.
+
+        Subscribing before dumping means a change racing the dump is queued
+        as a message and applied after it, instead of being lost.
+        """
+        for attempt in range(1, MAX_RESYNC_ATTEMPTS + 1):
+            await self.close()
+            sock = self._factory()
+            self._sock = sock
+            await sock.open()
+            await sock.bind()
+            try:
+                return await sock.dump()
+            except NetlinkOverrunError:
+                if attempt == MAX_RESYNC_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def next(self, timeout: float | None) -> Sequence[NlMsg] | None:
+        """The next batch, or None if `timeout` seconds pass without one."""
+        if self._sock is None:
+            raise KernelError(errno.EBADF, "link socket is not open")
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(self._sock.recv())
+        done, _ = await asyncio.wait({self._pending}, timeout=timeout)
+        if not done:
+            return None
+        task, self._pending = self._pending, None
+        return task.result()
+
+    async def close(self) -> None:
+        task, self._pending = self._pending, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+
+class LinkWatcher:
+    """Yields a LinkSnapshot at start and after each burst of link changes.
+
+    A burst ends when `quiet` seconds pass without a message, or `max_delay`
+    seconds after its first message, whichever comes first; one snapshot is
+    yielded per burst, and only if something visible changed (or a resync
+    happened). On an overrun the socket is replaced and links are dumped
+    again; the snapshot ending that burst has ``resync=True``.
+
+    Use with ``contextlib.aclosing(watcher.snapshots())`` so the socket is
+    closed when the consumer stops.
+    """
+
+    def __init__(
+        self,
+        *,
+        quiet: float = DEFAULT_QUIET,
+        max_delay: float = DEFAULT_MAX_DELAY,
+        rcvbuf: int | None = None,
+        socket_factory: Callable[[], LinkSocket] | None = None,
+    ) -> None:
+        if not quiet > 0:
+            raise ConfigError(f"link watcher: quiet must be > 0 seconds, got {quiet}")
+        if not max_delay >= quiet:
+            raise ConfigError(
+                f"link watcher: max_delay ({max_delay}) must be >= quiet ({quiet})"
+            )
+        self.quiet = quiet
+        self.max_delay = max_delay
+        self.stats = WatcherStats()
+        self._factory: Callable[[], LinkSocket] = (
+            socket_factory if socket_factory is not None
+            else (lambda: PyrouteLinkSocket(rcvbuf=rcvbuf))
+        )
+
+    async def snapshots(self) -> AsyncGenerator[LinkSnapshot, None]:
+        loop = asyncio.get_running_loop()
+        table = LinkTable()
+        reader = _Reader(self._factory)
+        generation = 0
+
+        def snapshot(resync: bool) -> LinkSnapshot:
+            nonlocal generation
+            generation += 1
+            self.stats.snapshots_total += 1
+            return LinkSnapshot(table.links(), generation, resync)
+
+        def apply(batch: Sequence[NlMsg]) -> bool:
+            self.stats.events_total += len(batch)
+            changed = False
+            for msg in batch:
+                changed |= table.apply(msg)
+            return changed
+
+        async def resync() -> None:
+            self.stats.resyncs_total += 1
+            table.replace(await reader.connect())
+
+        try:
+            table.replace(await reader.connect())
+            yield snapshot(resync=True)
+            while True:
+                changed = resynced = False
+                try:
+                    batch = await reader.next(None)
+                    assert batch is not None  # no timeout given
+                    start = loop.time()
+                    changed = apply(batch)
+                except NetlinkOverrunError:
+                    start = loop.time()
+                    await resync()
+                    resynced = True
+                deadline = start + self.max_delay
+                while (remaining := deadline - loop.time()) > 0:
+                    try:
+                        more = await reader.next(min(self.quiet, remaining))
+                    except NetlinkOverrunError:
+                        await resync()
+                        resynced = True
+                        continue
+                    if more is None:
+                        break
+                    changed |= apply(more)
+                if changed or resynced:
+                    yield snapshot(resync=resynced)
+        finally:
+            await reader.close()
+
+
+async def current_links(socket_factory: Callable[[], LinkSocket] | None = None,
+                        ) -> tuple[Link, ...]:
+    """The links of this network namespace now, sorted by name (one dump)."""
+    sock = socket_factory() if socket_factory is not None else PyrouteLinkSocket()
+    try:
+        await sock.open()
+        table = LinkTable()
+        table.replace(await sock.dump())
+        return table.links()
+    finally:
+        sock.close()
