@@ -10,7 +10,10 @@ uname -r > "$out/kernel"
 nft --version > "$out/nft-version" 2>&1
 # Boot time as the guest saw it, for the issue notes.
 cut -d' ' -f1 /proc/uptime > "$out/guest_uptime_at_start"
-.venv/bin/python -m pytest tests/integration -p no:cacheprovider \
+# Test paths given on the command line replace the whole suite.
+suite=tests/integration
+for a in "$@"; do case "$a" in tests/*) suite= ;; esac; done
+.venv/bin/python -m pytest $suite -p no:cacheprovider \
     -o junit_suite_name="integration-$(uname -r)" \
     --junitxml="$out/junit.xml" -rfEs "$@"
 rc=$?

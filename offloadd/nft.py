@@ -72,7 +72,6 @@ class Nft:
     def __init__(self, binding: ModuleType | None = None) -> None:
         mod = binding or load_binding()
         self._ctx: Any = mod.Nftables()
-        self._ctx.set_handle_output(True)
 
     def run(self, script: str, *, dry_run: bool = False) -> None:
         """Runs ``script`` as one atomic batch; raises NftError and applies nothing on failure."""

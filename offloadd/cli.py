@@ -1,0 +1,130 @@
+"""``offloadd``: the daemon's command line (foreground run, --check).
+
+Every failure an operator can cause or meet ends in one line on stderr and a
+documented exit status, never a traceback: 0 ok, 1 runtime or kernel failure,
+2 bad configuration or arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from offloadd import __version__
+from offloadd.backend import NftBackend
+from offloadd.capability import probe
+from offloadd.config import Config, load_config
+from offloadd.daemon import Daemon, Snapshot
+from offloadd.errors import ConfigError, OffloaddError
+from offloadd.links import LinkWatcher, current_links
+from offloadd.nft import Nft
+from offloadd.render import render
+
+DEFAULT_CONFIG = Path("/etc/offloadd/offloadd.toml")
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_CONFIG = 2
+
+log = logging.getLogger("offloadd")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_CONFIG, f"offloadd: {message} (see offloadd --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="offloadd", description=(
+        "Keep nftables flowtables in step with this machine's interfaces. Runs in the "
+        "foreground; SIGHUP reloads the config, SIGTERM stops (and removes offloadd's "
+        "table unless daemon.on_exit = \"keep\")."),
+        epilog="Exit status: 0 ok, 1 runtime or kernel failure, 2 bad config or arguments.")
+    p.add_argument("--config", "-c", type=Path, default=DEFAULT_CONFIG,
+                   help=f"configuration file (default {DEFAULT_CONFIG})")
+    p.add_argument("--check", action="store_true",
+                   help="validate the config, print the nft transaction that would be "
+                        "applied now, and exit without applying it")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"], help="default: info")
+    p.add_argument("--version", action="version", version=f"offloadd {__version__}")
+    return p
+
+
+def _fail(code: int, msg: str) -> int:
+    print(f"offloadd: {msg}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="offloadd: %(levelname)s: %(message)s")
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        return _fail(EXIT_CONFIG, str(e))
+    try:
+        if args.check:
+            return check(config)
+        return asyncio.run(run(args.config, config))
+    except OffloaddError as e:
+        return _fail(EXIT_RUNTIME, str(e))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def check(config: Config) -> int:
+    """Prints the plan for the current links and kernel state; applies nothing."""
+    backend = NftBackend(config.daemon.family.value, config.daemon.table)
+    daemon = Daemon(Path("-"), config, backend, links=_NoLinks())
+    daemon.status.links = asyncio.run(current_links())
+    desired, current, plan = daemon.plan_once()
+    print(f"# config OK: {len(config.flowtables)} flowtable(s); table "
+          f"{config.daemon.family.value} {config.daemon.table} "
+          f"{'exists' if current else 'does not exist yet'}")
+    for d in desired.decisions:
+        print(f"# {d.device}: {d.flowtable or 'not offloaded'} ({d.reason})")
+    for n in desired.problems:
+        print(f"# warning: {n.message}")
+    if plan.is_empty:
+        print("# nothing to change")
+    else:
+        print(render(plan, config.daemon.family.value, config.daemon.table), end="")
+    return EXIT_OK
+
+
+class _NoLinks:
+    """--check plans from one dump; it never watches."""
+
+    async def snapshots(self) -> AsyncIterator[Snapshot]:
+        return
+        yield
+
+
+async def run(config_path: Path, config: Config) -> int:
+    nft = Nft()
+    cap = probe(nft)
+    if not cap.can_flowtable:
+        return _fail(EXIT_RUNTIME, cap.reason)
+    backend = NftBackend(config.daemon.family.value, config.daemon.table, nft)
+    # A small receive buffer provokes netlink overruns (ENOBUFS) on purpose
+    # in tests of the resync path.
+    rcvbuf = os.environ.get("OFFLOADD_NETLINK_RCVBUF")
+    watcher = LinkWatcher(rcvbuf=int(rcvbuf) if rcvbuf else None)
+    daemon = Daemon(config_path, config, backend, watcher,
+                    on_ready=lambda: log.info("ready: table %s %s reconciled",
+                                              config.daemon.family.value, config.daemon.table))
+    try:
+        await daemon.run()
+    finally:
+        daemon.teardown()
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""The event loop: link snapshots and signals in, reconciles out.
+
+Level-triggered on purpose: every reconcile starts from the whole current
+link set and the table as the kernel has it, so a lost event, a restart or a
+failed apply is repaired by the next pass. Each pass is read current → pure
+plan → one transaction → read back and verify.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from offloadd.config import Config, Hardware, OnExit, PriorityMode, load_config
+from offloadd.errors import ConfigError, DeviceVanishedError, OffloaddError, VerifyError
+from offloadd.model import DesiredResult, Link, TableState, auto_forward_priority, desired_state
+from offloadd.plan import Plan, compute_plan, teardown_plan
+
+log = logging.getLogger("offloadd")
+
+RETRY_VANISHED_S = 0.2
+RETRY_FAILED_S = 5.0
+
+
+class Snapshot(Protocol):
+    @property
+    def links(self) -> tuple[Link, ...]: ...
+
+
+class LinkSource(Protocol):
+    def snapshots(self) -> AsyncIterator[Snapshot]: ...
+
+
+class Backend(Protocol):
+    def read(self) -> TableState | None: ...
+
+    def other_forward_priorities(self) -> list[int]: ...
+
+    def hw_capable(self, device: str) -> tuple[bool, str]: ...
+
+    def apply(self, plan: Plan) -> str: ...
+
+    def ensure_accounting(self) -> None: ...
+
+
+@dataclass
+class Status:
+    """What the daemon knows about itself, for status and metrics (owned by Daemon)."""
+
+    config_path: Path
+    started: float = field(default_factory=time.time)
+    links: tuple[Link, ...] = ()
+    desired: DesiredResult | None = None
+    reconciles_total: int = 0
+    reconcile_failures_total: int = 0
+    transactions_total: int = 0
+    last_reconcile_seconds: float = 0.0
+    last_reconcile_time: float = 0.0
+    last_error: str = ""
+    recent_errors: list[str] = field(default_factory=list)
+    reloads_total: int = 0
+    reloads_rejected_total: int = 0
+    hw_reasons: dict[str, str] = field(default_factory=dict)
+
+
+def describe_diff(desired: TableState, current: TableState | None) -> str:
+    """A one-line desired-vs-current summary for the log on verify mismatch."""
+    if current is None:
+        return "table is missing"
+    parts = []
+    for ft in desired.flowtables:
+        have = current.flowtable(ft.name)
+        if have != ft:
+            parts.append(f"flowtable {ft.name}: want {ft} have {have}")
+    for st in desired.sets:
+        have_set = current.set(st.name)
+        if have_set != st:
+            parts.append(f"set {st.name}: want {sorted(st.elements)} have "
+                         f"{sorted(have_set.elements) if have_set else None}")
+    if desired.chain != current.chain:
+        parts.append(f"chain: want {desired.chain} have {current.chain}")
+    return "; ".join(parts) or "differs outside flowtables/sets/chain"
+
+
+class Daemon:
+    def __init__(self, config_path: Path, config: Config, backend: Backend,
+                 links: LinkSource,
+                 on_ready: Callable[[], None] = lambda: None) -> None:
+        self.config = config
+        self.backend = backend
+        self.link_source = links
+        self.status = Status(config_path=config_path)
+        self._on_ready = on_ready
+        self._ready = False
+        self._hw_cache: dict[str, bool] = {}
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._reload_requested = False
+
+    # -- one reconcile pass -------------------------------------------------
+    def _hw_capable(self, device: str) -> bool:
+        if device not in self._hw_cache:
+            ok, why = self.backend.hw_capable(device)
+            self._hw_cache[device] = ok
+            self.status.hw_reasons[device] = why
+        return self._hw_cache[device]
+
+    def _forward_priority(self) -> int:
+        prio = self.config.daemon.priority
+        if isinstance(prio, PriorityMode):
+            return auto_forward_priority(self.backend.other_forward_priorities())
+        return prio
+
+    def plan_once(self) -> tuple[DesiredResult, TableState | None, Plan]:
+        if any(f.elephant_packets for f in self.config.flowtables):
+            self.backend.ensure_accounting()
+        current = self.backend.read()
+        uses_hw = any(f.hardware is not Hardware.OFF for f in self.config.flowtables)
+        hw = self._hw_capable if uses_hw else (lambda _d: False)
+        desired = desired_state(self.config, self.status.links, hw, self._forward_priority())
+        return desired, current, compute_plan(desired.table, current)
+
+    def reconcile(self) -> Plan:
+        """One pass: read, plan, apply as one transaction, read back and verify.
+
+        Raises OffloaddError on failure; nothing is half-applied because the
+        kernel takes the batch whole or not at all.
+        """
+        t0 = time.monotonic()
+        self.status.reconciles_total += 1
+        try:
+            desired, _current, plan = self.plan_once()
+            self.status.desired = desired
+            if not plan.is_empty:
+                script = self.backend.apply(plan)
+                self.status.transactions_total += 1
+                log.info("applied %d operations:\n%s", len(plan.ops), script.rstrip())
+            after = self.backend.read()
+            if after != desired.table:
+                raise VerifyError("kernel state differs after apply: "
+                                  + describe_diff(desired.table, after))
+        except OffloaddError as e:
+            self.status.reconcile_failures_total += 1
+            self._record_error(str(e))
+            raise
+        finally:
+            self.status.last_reconcile_seconds = time.monotonic() - t0
+            self.status.last_reconcile_time = time.time()
+        return plan
+
+    def _record_error(self, msg: str) -> None:
+        self.status.last_error = msg
+        self.status.recent_errors = [*self.status.recent_errors[-9:],
+                                     f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {msg}"]
+
+    def _safe_reconcile(self) -> None:
+        try:
+            self.reconcile()
+        except DeviceVanishedError as e:
+            # A device went away between plan and apply: the kernel applied
+            # nothing. The watcher is about to report it; plan again then.
+            log.warning("transaction refused (%s); re-planning shortly", e)
+            self._retry_later()
+            return
+        except OffloaddError as e:
+            log.error("reconcile failed: %s", e)
+            self._retry_later(RETRY_FAILED_S)
+            return
+        if not self._ready:
+            self._ready = True
+            self._on_ready()
+
+    # -- reload / stop ------------------------------------------------------
+    def reload(self) -> bool:
+        """Loads the config file again; a bad one is refused and nothing changes."""
+        try:
+            new = load_config(self.status.config_path)
+        except ConfigError as e:
+            self.status.reloads_rejected_total += 1
+            self._record_error(f"reload refused: {e}")
+            log.error("reload refused, keeping the running config: %s", e)
+            return False
+        if (new.daemon.table, new.daemon.family) != (self.config.daemon.table,
+                                                     self.config.daemon.family):
+            self.status.reloads_rejected_total += 1
+            msg = ("reload refused: daemon.table/family cannot change while running; "
+                   "restart offloadd to move to another table")
+            self._record_error(msg)
+            log.error("%s", msg)
+            return False
+        self.config = new
+        self._hw_cache.clear()
+        self.status.reloads_total += 1
+        log.info("config reloaded from %s", self.status.config_path)
+        return True
+
+    def _retry_later(self, delay: float = RETRY_VANISHED_S) -> None:
+        asyncio.get_running_loop().call_later(delay, self._wake.set)
+
+    def request_reload(self) -> None:
+        self._reload_requested = True
+        self._wake.set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def teardown(self) -> None:
+        if self.config.daemon.on_exit is OnExit.KEEP:
+            log.info("leaving table %s in place (on_exit = keep)", self.config.daemon.table)
+            return
+        if self.backend.read() is None:
+            return
+        self.backend.apply(teardown_plan(self.config.daemon.table,
+                                         self.config.daemon.family.value))
+        log.info("table %s removed; flows use the normal forward path",
+                 self.config.daemon.table)
+
+    # -- the loop -----------------------------------------------------------
+    async def _consume_links(self) -> None:
+        snaps = self.link_source.snapshots()
+        try:
+            async for snap in snaps:
+                self.status.links = tuple(snap.links)
+                self._wake.set()
+        finally:
+            # Closes the netlink socket when the loop stops.
+            aclose = getattr(snaps, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def run(self, signals: Sequence[signal.Signals] = (signal.SIGHUP, signal.SIGTERM,
+                                                             signal.SIGINT)) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in signals:
+            handler = self.request_reload if sig == signal.SIGHUP else self.request_stop
+            loop.add_signal_handler(sig, handler)
+        watcher = asyncio.create_task(self._consume_links(), name="links")
+        watcher.add_done_callback(lambda _t: self._wake.set())
+        try:
+            while not self._stop.is_set():
+                await self._wake.wait()
+                self._wake.clear()
+                if watcher.done():
+                    exc = watcher.exception()
+                    raise exc if exc else OffloaddError("the link watcher stopped")
+                if self._stop.is_set():
+                    break
+                if self._reload_requested:
+                    self._reload_requested = False
+                    self.reload()
+                self._safe_reconcile()
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            for sig in signals:
+                loop.remove_signal_handler(sig)

@@ -1,0 +1,89 @@
+"""Turns libnftables listings into the model's TableState (pure parsing).
+
+JSON carries tables, sets, chains and flowtable devices; it does not carry a
+flowtable's ``flags offload`` or ``counter``, so those come from the native
+listing, and rules are compared as the text nft prints for them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from offloadd.model import CHAIN_NAME, ChainState, FlowtableState, SetState, TableState
+
+# Families whose "forward" hook sits in the IP forward path that offloaded
+# packets skip (bridge/netdev forward hooks are a different path).
+_IP_FAMILIES = frozenset({"ip", "ip6", "inet"})
+_BLOCK = re.compile(r"^\t(flowtable|chain|set|map) (\S+) \{\n(.*?)^\t\}", re.M | re.S)
+
+
+def _as_list(v: Any) -> list[str]:
+    if v is None:
+        return []
+    if isinstance(v, str):
+        return [v]
+    return [str(x) for x in v]
+
+
+def _blocks(text: str, kind: str) -> dict[str, list[str]]:
+    """Body lines of each ``kind`` block of a native table listing."""
+    out: dict[str, list[str]] = {}
+    for m in _BLOCK.finditer(text):
+        if m.group(1) == kind:
+            lines = [ln.strip() for ln in m.group(3).splitlines()]
+            out[m.group(2).strip('"')] = [ln for ln in lines if ln and not ln.startswith("#")]
+    return out
+
+
+def parse_table(items: Iterable[Mapping[str, Any]], text: str, family: str,
+                name: str) -> TableState | None:
+    """offloadd's table from ``list table`` JSON items plus its native text."""
+    items = list(items)
+    if not any("table" in i and i["table"].get("name") == name
+               and i["table"].get("family") == family for i in items):
+        return None
+    ft_text = _blocks(text, "flowtable")
+    chain_text = _blocks(text, "chain")
+    flowtables = []
+    sets = []
+    chain: ChainState | None = None
+    for item in items:
+        if "flowtable" in item:
+            ft = item["flowtable"]
+            if ft.get("table") != name:
+                continue
+            body = ft_text.get(ft["name"], [])
+            flowtables.append(FlowtableState(
+                name=ft["name"], devices=frozenset(_as_list(ft.get("dev"))),
+                hardware=any(ln.startswith("flags") and "offload" in ln for ln in body),
+                counter="counter" in body, priority=int(ft.get("prio", 0))))
+        elif "set" in item:
+            st = item["set"]
+            if st.get("table") != name:
+                continue
+            sets.append(SetState(name=st["name"], elements=frozenset(_as_list(st.get("elem")))))
+        elif "chain" in item:
+            ch = item["chain"]
+            if ch.get("table") != name or ch.get("name") != CHAIN_NAME:
+                continue
+            body = chain_text.get(CHAIN_NAME, [])
+            rules = tuple(ln for ln in body if not ln.startswith("type "))
+            chain = ChainState(priority=int(ch.get("prio", 0)), rules=rules)
+    return TableState(name=name, family=family, flowtables=tuple(flowtables),
+                      sets=tuple(sets), chain=chain)
+
+
+def other_forward_priorities(items: Iterable[Mapping[str, Any]], own_family: str,
+                             own_table: str) -> list[int]:
+    """Priorities of every IP forward base chain that is not offloadd's own."""
+    out = []
+    for item in items:
+        ch = item.get("chain")
+        if not ch or ch.get("hook") != "forward" or ch.get("family") not in _IP_FAMILIES:
+            continue
+        if ch.get("family") == own_family and ch.get("table") == own_table:
+            continue
+        out.append(int(ch.get("prio", 0)))
+    return out

@@ -1,0 +1,175 @@
+"""offloadd itself, run in the lab router: devices follow the config, flows offload.
+
+Each test starts the real daemon in the router namespace and changes links
+with the real ``ip`` command; the kernel's own listings are the oracle.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.lab import conntrack
+from tests.lab.daemon import offloadd, table_exists
+from tests.lab.nftns import nft_list
+from tests.lab.topology import Lab
+from tests.lab.traffic import iperf3_client, iperf3_server, udp_echo_server, udp_flows, wait_for
+
+BASIC = """
+[[flowtable]]
+name = "ft"
+devices = ["lan*", "wan*"]
+"""
+
+
+def _offloaded(lab: Lab, family: int, proto: str, dport: int) -> list[conntrack.CtEntry]:
+    return [e for e in conntrack.entries(lab.router, family)
+            if e.proto == proto and e.dport == dport and e.offloaded]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_daemon_offloads_tcp_and_udp(lab: Lab, tmp_path: Path, family: int) -> None:
+    with offloadd(lab.router, BASIC, tmp_path) as d:
+        d.wait_devices("ft", {"lan0", "lan1", "wan0"})
+        dst = lab.server_addr(family)
+        with iperf3_server(lab.server), udp_echo_server(lab.server, "::"):
+            tcp = iperf3_client(lab.client, dst, seconds=5)
+            udp = udp_flows(lab.client, dst, flows=3, seconds=5, interval=0.05)
+            try:
+                wait_for(lambda: _offloaded(lab, family, "tcp", 5201), 8,
+                         what="offloaded tcp flow")
+                wait_for(lambda: len(_offloaded(lab, family, "udp", 7000)) == 3, 8,
+                         what="3 offloaded udp flows")
+                tcp.result()
+                udp.result()
+            finally:
+                tcp.stop()
+                udp.stop()
+
+
+def test_devices_follow_create_delete_rename_and_netns_move(lab: Lab, tmp_path: Path) -> None:
+    r = lab.router
+    with offloadd(r, BASIC, tmp_path) as d:
+        base = {"lan0", "lan1", "wan0"}
+        d.wait_devices("ft", base)
+        r.run("ip", "link", "add", "lan5", "type", "veth", "peer", "name", "x5")
+        d.wait_devices("ft", base | {"lan5"})
+        r.run("ip", "link", "set", "lan5", "name", "zz5")          # renamed out of the selector
+        d.wait_devices("ft", base)
+        r.run("ip", "link", "set", "x5", "name", "wan7")           # renamed into it
+        d.wait_devices("ft", base | {"wan7"})
+        r.run("ip", "link", "set", "wan7", "netns", lab.client2.name)  # moved away
+        d.wait_devices("ft", base)
+        r.run("ip", "link", "add", "lan6", "type", "veth", "peer", "name", "x6")
+        d.wait_devices("ft", base | {"lan6"})
+        r.run("ip", "link", "del", "lan6")
+        d.wait_devices("ft", base)
+        r.run("ip", "link", "add", "lan6", "type", "veth", "peer", "name", "x6")
+        d.wait_devices("ft", base | {"lan6"})   # re-created with the same name: back in
+        assert d.proc.poll() is None
+
+
+def test_vlan_and_bridge_devices(lab: Lab, tmp_path: Path) -> None:
+    config = BASIC + """
+[[flowtable]]
+name = "bridges"
+kinds = ["bridge"]
+"""
+    r = lab.router
+    with offloadd(r, config, tmp_path) as d:
+        d.wait_devices("ft", {"lan0", "lan1", "wan0"})
+        d.wait_devices("bridges", set())
+        r.run("ip", "link", "add", "link", "wan0", "name", "wan0.10", "type", "vlan", "id", "10")
+        r.run("ip", "link", "add", "br0", "type", "bridge")
+        d.wait_devices("ft", {"lan0", "lan1", "wan0", "wan0.10"})
+        d.wait_devices("bridges", {"br0"})
+
+
+def test_admin_drop_still_drops_and_other_tables_untouched(lab: Lab, tmp_path: Path) -> None:
+    r = lab.router
+    r.nft("""
+table ip admin {
+    chain admin_forward {
+        type filter hook forward priority 10; policy accept;
+        tcp dport 5202 drop
+    }
+}
+table inet bystander {
+    chain by_forward { type filter hook forward priority -5; policy accept; }
+}
+""")
+    before = r.out("nft", "list", "table", "ip", "admin") + r.out("nft", "list", "table",
+                                                                   "inet", "bystander")
+    with offloadd(r, BASIC, tmp_path) as d:
+        d.wait_devices("ft", {"lan0", "lan1", "wan0"})
+        chains = [i["chain"] for i in nft_list(r, "chains") if "chain" in i]
+        ours = next(c for c in chains if c["table"] == "offloadd")
+        assert ours["prio"] == 11, "offload rule must run after every other forward chain"
+        dst = lab.server_addr(4)
+        with iperf3_server(lab.server, 5202), iperf3_server(lab.server, 5201):
+            blocked = lab.client.run("iperf3", "-c", dst, "-p", "5202", "-t", "2",
+                                     "--connect-timeout", "3000", check=False, timeout=30)
+            assert blocked.returncode != 0, "the admin's drop rule was bypassed"
+            ok = iperf3_client(lab.client, dst, seconds=4)
+            wait_for(lambda: _offloaded(lab, 4, "tcp", 5201), 8, what="offloaded flow")
+            ok.result()
+        assert not [e for e in conntrack.entries(r, 4) if e.dport == 5202 and e.offloaded]
+    after = r.out("nft", "list", "table", "ip", "admin") + r.out("nft", "list", "table",
+                                                                  "inet", "bystander")
+    assert after == before
+    assert not table_exists(r)  # SIGTERM removed offloadd's own table
+
+
+def test_flow_below_elephant_threshold_is_not_offloaded(lab: Lab, tmp_path: Path) -> None:
+    config = BASIC + "elephant_packets = 40\n"
+    with offloadd(lab.router, config, tmp_path) as d:
+        d.wait_devices("ft", {"lan0", "lan1", "wan0"})
+        dst = lab.server_addr(4)
+        with udp_echo_server(lab.server, "0.0.0.0"):
+            # 10 packets each way: stays below the threshold.
+            mouse = udp_flows(lab.client, dst, flows=1, seconds=1, interval=0.1)
+            mouse.result()
+            udp = [e for e in conntrack.entries(lab.router, 4) if e.dport == 7000]
+            assert udp and not any(e.offloaded for e in udp), udp
+            elephant = udp_flows(lab.client, dst, flows=1, seconds=4, interval=0.02)
+            wait_for(lambda: len(_offloaded(lab, 4, "udp", 7000)) == 1, 8,
+                     what="the elephant flow offloaded")
+            elephant.result()
+
+
+def test_sighup_reload_and_bad_reload_keeps_state(lab: Lab, tmp_path: Path) -> None:
+    with offloadd(lab.router, BASIC, tmp_path) as d:
+        d.wait_devices("ft", {"lan0", "lan1", "wan0"})
+        d.config.write_text(BASIC.replace('"lan*", ', ""))
+        d.signal(signal.SIGHUP)
+        d.wait_devices("ft", {"wan0"})
+        d.config.write_text(BASIC.replace('devices', 'devcies'))
+        d.signal(signal.SIGHUP)
+        wait_for(lambda: "reload refused" in d.log_text(), 10, what="reload refused")
+        assert d.proc.poll() is None
+        d.wait_devices("ft", {"wan0"})
+
+
+def test_keep_on_exit_then_restart_adopts_without_disturbing_flows(lab: Lab,
+                                                                   tmp_path: Path) -> None:
+    config = '[daemon]\non_exit = "keep"\n' + BASIC
+    dst = lab.server_addr(4)
+    with udp_echo_server(lab.server, "0.0.0.0"):
+        flows = udp_flows(lab.client, dst, flows=4, seconds=14, interval=0.05)
+        try:
+            with offloadd(lab.router, config, tmp_path) as d:
+                d.wait_devices("ft", {"lan0", "lan1", "wan0"})
+                wait_for(lambda: len(_offloaded(lab, 4, "udp", 7000)) == 4, 8,
+                         what="4 offloaded flows")
+                ids = {e.id for e in _offloaded(lab, 4, "udp", 7000)}
+                assert d.stop() == 0
+            assert table_exists(lab.router)
+            with offloadd(lab.router, config, tmp_path) as d2:
+                d2.wait_devices("ft", {"lan0", "lan1", "wan0"})
+                assert "applied" not in d2.log_text(), d2.log_text()
+                assert {e.id for e in _offloaded(lab, 4, "udp", 7000)} == ids
+            flows.result(timeout=30)
+        finally:
+            flows.stop()

@@ -1,0 +1,110 @@
+"""Runs the real offloadd inside a lab namespace, as an operator would.
+
+The daemon is started with ``ip netns exec`` so it sees only that namespace's
+links and tables; its stderr goes to a log file that a failing test prints.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.lab.netns import Netns
+from tests.lab.nftns import nft_list
+from tests.lab.traffic import wait_for
+
+
+@dataclass
+class RunningDaemon:
+    ns: Netns
+    proc: subprocess.Popen[str]
+    config: Path
+    log: Path
+    table: str = "offloadd"
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def members(self, flowtable: str) -> tuple[frozenset[str] | None, frozenset[str] | None]:
+        """(flowtable devices, ifname set elements) as the kernel lists them now."""
+        devs = elems = None
+        for item in nft_list(self.ns, "ruleset"):
+            ft = item.get("flowtable")
+            if ft and ft["table"] == self.table and ft["name"] == flowtable:
+                dev = ft.get("dev", [])
+                devs = frozenset([dev] if isinstance(dev, str) else dev)
+            st = item.get("set")
+            if st and st["table"] == self.table and st["name"] == f"{flowtable}_ifs":
+                el = st.get("elem", [])
+                elems = frozenset([el] if isinstance(el, str) else el)
+        return devs, elems
+
+    def flowtable_devices(self, name: str) -> frozenset[str] | None:
+        return self.members(name)[0]
+
+    def wait_devices(self, flowtable: str, want: set[str] | frozenset[str],
+                     timeout: float = 20) -> None:
+        """Waits until flowtable and its ifname set both hold exactly ``want``."""
+        def ok() -> bool:
+            return self.members(flowtable) == (frozenset(want), frozenset(want))
+        try:
+            wait_for(ok, timeout, interval=0.3,
+                     what=f"flowtable {flowtable} devices == {sorted(want)}")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; now {self.flowtable_devices(flowtable)}\n"
+                                 f"--- offloadd log ---\n{self.log_text()[-3000:]}") from None
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("offloadd did not stop on SIGTERM") from None
+        return self.proc.returncode
+
+
+def table_exists(ns: Netns, table: str = "offloadd", family: str = "inet") -> bool:
+    return any(i.get("table", {}).get("name") == table and i["table"]["family"] == family
+               for i in nft_list(ns, "tables"))
+
+
+@contextmanager
+def offloadd(ns: Netns, config_text: str, workdir: Path, table: str = "offloadd",
+             wait_ready: bool = True) -> Iterator[RunningDaemon]:
+    config = workdir / "offloadd.toml"
+    config.write_text(config_text)
+    log = workdir / f"offloadd-{time.monotonic_ns()}.log"
+    with log.open("w") as logf:
+        proc = ns.popen(sys.executable, "-m", "offloadd.cli", "--config", str(config),
+                        "--log-level", "debug", stdout=logf, stderr=subprocess.STDOUT)
+    d = RunningDaemon(ns, proc, config, log, table)
+    try:
+        if wait_ready:
+            try:
+                wait_for(lambda: "ready:" in d.log_text() or proc.poll() is not None, 30,
+                         what="offloadd to report ready")
+            except AssertionError:
+                raise AssertionError(f"offloadd not ready:\n{d.log_text()}") from None
+            if proc.poll() is not None:
+                raise AssertionError(f"offloadd exited {proc.returncode}:\n{d.log_text()}")
+        yield d
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -1,0 +1,71 @@
+"""In-memory stand-ins for the kernel edges, for unit tests of the daemon.
+
+The fake table applies plans with the pure simulator, which refuses what the
+kernel would refuse, so a daemon bug that builds an invalid batch fails here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from offloadd.errors import DeviceVanishedError
+from offloadd.model import Link, TableState
+from offloadd.plan import Plan, apply_plan
+from offloadd.render import render
+
+
+@dataclass
+class FakeBackend:
+    family: str = "inet"
+    table: str = "offloadd"
+    state: TableState | None = None
+    others: list[int] = field(default_factory=list)
+    hw: dict[str, bool] = field(default_factory=dict)
+    applied: list[Plan] = field(default_factory=list)
+    vanish_next: int = 0
+    corrupt_reads: bool = False
+    accounting: bool = False
+
+    def read(self) -> TableState | None:
+        if self.corrupt_reads and self.state is not None:
+            return TableState(self.state.name, self.state.family)
+        return self.state
+
+    def other_forward_priorities(self) -> list[int]:
+        return list(self.others)
+
+    def hw_capable(self, device: str) -> tuple[bool, str]:
+        ok = self.hw.get(device, False)
+        return ok, "fake: capable" if ok else "fake: not capable"
+
+    def ensure_accounting(self) -> None:
+        self.accounting = True
+
+    def apply(self, plan: Plan) -> str:
+        if self.vanish_next:
+            self.vanish_next -= 1
+            raise DeviceVanishedError("nft refused the transaction: No such file or directory")
+        self.state = apply_plan(self.state, plan)
+        self.applied.append(plan)
+        return render(plan, self.family, self.table)
+
+
+@dataclass(frozen=True)
+class Snap:
+    links: tuple[Link, ...]
+
+
+class FakeLinks:
+    """Yields the snapshots pushed into it, like the watcher after a quiet point."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[Link, ...]] = asyncio.Queue()
+
+    def push(self, *links: Link) -> None:
+        self.queue.put_nowait(tuple(links))
+
+    async def snapshots(self) -> AsyncIterator[Snap]:
+        while True:
+            yield Snap(await self.queue.get())

@@ -1,0 +1,58 @@
+"""Parsing real nft 1.0.6 listings (captured in the lab VM) into TableState."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from offloadd.model import ChainState, FlowtableState, SetState
+from offloadd.nftstate import other_forward_priorities, parse_table
+
+DATA = Path(__file__).with_name("data")
+
+
+def _items() -> list[dict[str, object]]:
+    return list(json.loads((DATA / "table.json").read_text())["nftables"])
+
+
+def test_parse_captured_table() -> None:
+    state = parse_table(_items(), (DATA / "table.nft").read_text(), "inet", "offloadd")
+    assert state is not None
+    assert state.flowtable("ft") == FlowtableState("ft", frozenset({"lan0", "wan0"}),
+                                                   hardware=False, counter=True, priority=0)
+    assert state.flowtable("hw") == FlowtableState("hw", frozenset({"lan1"}), False, True, -5)
+    assert state.flowtable("empty") == FlowtableState("empty", frozenset(), False, False, 0)
+    assert state.set("ft_ifs") == SetState("ft_ifs", frozenset({"lan0", "wan0"}))
+    assert state.set("empty_ifs") == SetState("empty_ifs", frozenset())
+    assert state.chain == ChainState(100, (
+        "meta l4proto { tcp, udp } iifname @ft_ifs oifname @ft_ifs flow add @ft",
+        "meta l4proto tcp iifname @empty_ifs oifname @empty_ifs ct packets > 10 flow add @empty",
+    ))
+
+
+def test_flags_offload_line_means_hardware() -> None:
+    text = (DATA / "table.nft").read_text().replace(
+        "devices = { lan1 }\n", "devices = { lan1 }\n\t\tflags offload\n")
+    state = parse_table(_items(), text, "inet", "offloadd")
+    assert state is not None and state.flowtable("hw") is not None
+    assert state.flowtable("hw").hardware  # type: ignore[union-attr]
+
+
+def test_absent_table_is_none() -> None:
+    assert parse_table(_items(), "", "inet", "other") is None
+
+
+def test_other_forward_priorities_excludes_own_and_non_ip() -> None:
+    items: list[dict[str, Any]] = [
+        {"chain": {"family": "inet", "table": "offloadd", "name": "forward", "hook": "forward",
+                   "prio": 11}},
+        {"chain": {"family": "ip", "table": "fw", "name": "f", "hook": "forward", "prio": 10}},
+        {"chain": {"family": "ip6", "table": "fw6", "name": "f", "hook": "forward",
+                   "prio": -3}},
+        {"chain": {"family": "bridge", "table": "br", "name": "f", "hook": "forward",
+                   "prio": 500}},
+        {"chain": {"family": "inet", "table": "x", "name": "in", "hook": "input", "prio": 900}},
+        {"chain": {"family": "inet", "table": "x", "name": "regular"}},
+    ]
+    assert sorted(other_forward_priorities(items, "inet", "offloadd")) == [-3, 10]
