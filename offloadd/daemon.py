@@ -13,15 +13,17 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from offloadd.config import Config, Hardware, OnExit, PriorityMode, load_config
+from offloadd.control import ControlServer, Handler
 from offloadd.errors import ConfigError, DeviceVanishedError, OffloaddError, VerifyError
 from offloadd.model import DesiredResult, Link, TableState, auto_forward_priority, desired_state
 from offloadd.plan import Plan, compute_plan, teardown_plan
+from offloadd.report import status_report
+from offloadd.status import Status
 
 log = logging.getLogger("offloadd")
 
@@ -32,6 +34,9 @@ RETRY_FAILED_S = 5.0
 class Snapshot(Protocol):
     @property
     def links(self) -> tuple[Link, ...]: ...
+
+    @property
+    def resync(self) -> bool: ...
 
 
 class LinkSource(Protocol):
@@ -48,26 +53,6 @@ class Backend(Protocol):
     def apply(self, plan: Plan) -> str: ...
 
     def ensure_accounting(self) -> None: ...
-
-
-@dataclass
-class Status:
-    """What the daemon knows about itself, for status and metrics (owned by Daemon)."""
-
-    config_path: Path
-    started: float = field(default_factory=time.time)
-    links: tuple[Link, ...] = ()
-    desired: DesiredResult | None = None
-    reconciles_total: int = 0
-    reconcile_failures_total: int = 0
-    transactions_total: int = 0
-    last_reconcile_seconds: float = 0.0
-    last_reconcile_time: float = 0.0
-    last_error: str = ""
-    recent_errors: list[str] = field(default_factory=list)
-    reloads_total: int = 0
-    reloads_rejected_total: int = 0
-    hw_reasons: dict[str, str] = field(default_factory=dict)
 
 
 def describe_diff(desired: TableState, current: TableState | None) -> str:
@@ -137,6 +122,7 @@ class Daemon:
         self.status.reconciles_total += 1
         try:
             desired, _current, plan = self.plan_once()
+            self._report_problems(desired)
             self.status.desired = desired
             if not plan.is_empty:
                 script = self.backend.apply(plan)
@@ -154,6 +140,13 @@ class Daemon:
             self.status.last_reconcile_seconds = time.monotonic() - t0
             self.status.last_reconcile_time = time.time()
         return plan
+
+    def _report_problems(self, desired: DesiredResult) -> None:
+        """Logs device problems once, when they first appear (not every pass)."""
+        old = set(self.status.desired.problems) if self.status.desired else set()
+        for note in desired.problems:
+            if note not in old:
+                log.warning("flowtable %s: %s", note.selector, note.message)
 
     def _record_error(self, msg: str) -> None:
         self.status.last_error = msg
@@ -204,6 +197,26 @@ class Daemon:
     def _retry_later(self, delay: float = RETRY_VANISHED_S) -> None:
         asyncio.get_running_loop().call_later(delay, self._wake.set)
 
+    # -- control socket commands ----------------------------------------------
+    def control_handlers(self) -> dict[str, Handler]:
+        return {"status": self._cmd_status, "reload": self._cmd_reload}
+
+    async def _cmd_status(self, _req: Mapping[str, Any]) -> Any:
+        try:
+            kernel = self.backend.read()
+        except OffloaddError as e:
+            kernel = None
+            self._record_error(f"status: cannot read the table: {e}")
+        return status_report(self.status, self.config.daemon.table,
+                             self.config.daemon.family.value, kernel)
+
+    async def _cmd_reload(self, _req: Mapping[str, Any]) -> Any:
+        if not self.reload():
+            raise ConfigError(self.status.last_error)
+        self._safe_reconcile()
+        return {"reloaded": True, "config": str(self.status.config_path),
+                "last_error": self.status.last_error}
+
     def request_reload(self) -> None:
         self._reload_requested = True
         self._wake.set()
@@ -228,6 +241,10 @@ class Daemon:
         snaps = self.link_source.snapshots()
         try:
             async for snap in snaps:
+                if snap.resync and self.status.links:
+                    self.status.resyncs_total += 1
+                    log.warning("netlink receive buffer overrun (ENOBUFS): links re-read "
+                                "from a full dump")
                 self.status.links = tuple(snap.links)
                 self._wake.set()
         finally:
@@ -237,8 +254,14 @@ class Daemon:
                 await aclose()
 
     async def run(self, signals: Sequence[signal.Signals] = (signal.SIGHUP, signal.SIGTERM,
-                                                             signal.SIGINT)) -> None:
+                                                             signal.SIGINT),
+                  control: bool = True) -> None:
         loop = asyncio.get_running_loop()
+        server = None
+        if control:
+            server = ControlServer(self.config.control.socket, self.control_handlers(),
+                                   self.config.control.group)
+            await server.start()
         for sig in signals:
             handler = self.request_reload if sig == signal.SIGHUP else self.request_stop
             loop.add_signal_handler(sig, handler)
@@ -258,6 +281,8 @@ class Daemon:
                     self.reload()
                 self._safe_reconcile()
         finally:
+            if server is not None:
+                await server.close()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher

@@ -40,3 +40,17 @@ def test_probe_matches_kernel_config() -> None:
         assert proc.returncode == 1, line
         assert line.startswith("no: ") and "cannot create flowtables" in line, line
         assert "CONFIG_NF_FLOW_TABLE" in line, line
+
+
+def test_daemon_refuses_to_start_with_one_line_on_a_kernel_without_flowtables(
+        tmp_path: Path) -> None:
+    if kernel_config_has_flowtables(_kernel_config()):
+        pytest.fail("this check is for kernels without flowtables; use make test-native here")
+    cfg = tmp_path / "offloadd.toml"
+    cfg.write_text('[[flowtable]]\nname = "ft"\ndevices = ["eth*"]\n')
+    proc = subprocess.run([sys.executable, "-m", "offloadd.cli", "--config", str(cfg)],
+                          capture_output=True, text=True, check=False, timeout=60)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "cannot create flowtables" in lines[0] and "CONFIG_NF_FLOW_TABLE" in lines[0]

@@ -7,6 +7,7 @@ with the real ``ip`` command; the kernel's own listings are the oracle.
 from __future__ import annotations
 
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,12 @@ def test_keep_on_exit_then_restart_adopts_without_disturbing_flows(lab: Lab,
             flows.result(timeout=30)
         finally:
             flows.stop()
+
+
+def test_check_prints_plan_and_applies_nothing(lab: Lab, tmp_path: Path) -> None:
+    cfg = tmp_path / "offloadd.toml"
+    cfg.write_text(BASIC)
+    proc = lab.router.run(sys.executable, "-m", "offloadd.cli", "--check", "--config", str(cfg))
+    assert "add table inet offloadd" in proc.stdout
+    assert 'devices = { "lan0", "lan1", "wan0" }' in proc.stdout, proc.stdout
+    assert not table_exists(lab.router)

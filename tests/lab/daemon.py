@@ -6,6 +6,7 @@ links and tables; its stderr goes to a log file that a failing test prints.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -60,6 +61,11 @@ class RunningDaemon:
             raise AssertionError(f"{e}; now {self.flowtable_devices(flowtable)}\n"
                                  f"--- offloadd log ---\n{self.log_text()[-3000:]}") from None
 
+    def ctl(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        """Runs offloadctl (in the daemon's namespace) against this daemon's config."""
+        return self.ns.run(sys.executable, "-m", "offloadd.ctl", "--config", str(self.config),
+                           *args, check=check)
+
     def signal(self, sig: signal.Signals) -> None:
         self.proc.send_signal(sig)
 
@@ -81,14 +87,19 @@ def table_exists(ns: Netns, table: str = "offloadd", family: str = "inet") -> bo
 
 
 @contextmanager
-def offloadd(ns: Netns, config_text: str, workdir: Path, table: str = "offloadd",
-             wait_ready: bool = True) -> Iterator[RunningDaemon]:
+def offloadd(ns: Netns, config_text: str, workdir: Path, *, table: str = "offloadd",
+             wait_ready: bool = True,
+             env: dict[str, str] | None = None) -> Iterator[RunningDaemon]:
     config = workdir / "offloadd.toml"
+    if "[control]" not in config_text:
+        # Each test's daemon gets its own control socket.
+        config_text += f'\n[control]\nsocket = "{workdir}/control.sock"\n'
     config.write_text(config_text)
     log = workdir / f"offloadd-{time.monotonic_ns()}.log"
     with log.open("w") as logf:
         proc = ns.popen(sys.executable, "-m", "offloadd.cli", "--config", str(config),
-                        "--log-level", "debug", stdout=logf, stderr=subprocess.STDOUT)
+                        "--log-level", "debug", stdout=logf, stderr=subprocess.STDOUT,
+                        env={**os.environ, **(env or {})})
     d = RunningDaemon(ns, proc, config, log, table)
     try:
         if wait_ready:

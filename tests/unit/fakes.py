@@ -55,6 +55,7 @@ class FakeBackend:
 @dataclass(frozen=True)
 class Snap:
     links: tuple[Link, ...]
+    resync: bool = False
 
 
 class FakeLinks:

@@ -120,7 +120,7 @@ def test_loop_follows_snapshots_and_retries_vanished_device(tmp_path: Path) -> N
         d, b = _daemon(tmp_path)
         links = d.link_source
         assert isinstance(links, FakeLinks)
-        task = asyncio.create_task(d.run(signals=()))
+        task = asyncio.create_task(d.run(signals=(), control=False))
         links.push(LAN0, WAN0)
         await asyncio.sleep(0.05)
         assert b.state is not None and b.state.flowtable("ft").devices == {"lan0", "wan0"}  # type: ignore[union-attr]

@@ -1,0 +1,152 @@
+"""The control socket: a small versioned JSON protocol between offloadctl and the daemon.
+
+One request per connection, one JSON object per line each way:
+    -> {"version": 1, "command": "status"}
+    <- {"version": 1, "ok": true, "result": {...}}
+    <- {"version": 1, "ok": false, "error": "unknown command 'x'; known: reload, status"}
+Anything malformed, oversized or unknown gets an error reply and the daemon
+keeps running: a client can never take the daemon down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import json
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from offloadd.errors import OffloaddError
+
+PROTOCOL_VERSION = 1
+MAX_REQUEST_BYTES = 64 * 1024
+READ_TIMEOUT_S = 5.0
+
+log = logging.getLogger("offloadd")
+
+Handler = Callable[[Mapping[str, Any]], Awaitable[Any]]
+
+
+class ControlError(OffloaddError, OSError):
+    """The control socket could not be set up or reached."""
+
+
+def _reply(ok: bool, payload: Any) -> bytes:
+    body: dict[str, Any] = {"version": PROTOCOL_VERSION, "ok": ok}
+    body["result" if ok else "error"] = payload
+    return (json.dumps(body, sort_keys=True, default=str) + "\n").encode()
+
+
+async def handle_request(raw: bytes, handlers: Mapping[str, Handler]) -> bytes:
+    """Answers one raw request line; never raises."""
+    if len(raw) > MAX_REQUEST_BYTES:
+        return _reply(False, f"request larger than {MAX_REQUEST_BYTES} bytes")
+    try:
+        req = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        return _reply(False, f"request is not JSON: {e}")
+    if not isinstance(req, dict):
+        return _reply(False, "request must be a JSON object")
+    version = req.get("version")
+    if version != PROTOCOL_VERSION:
+        return _reply(False, f"unsupported protocol version {version!r}; "
+                             f"this daemon speaks {PROTOCOL_VERSION}")
+    command = req.get("command")
+    handler = handlers.get(command) if isinstance(command, str) else None
+    if handler is None:
+        return _reply(False, f"unknown command {command!r}; known: {', '.join(sorted(handlers))}")
+    try:
+        return _reply(True, await handler(req))
+    except OffloaddError as e:
+        return _reply(False, str(e))
+    except Exception as e:  # a handler bug must not kill the daemon
+        log.exception("control command %s failed", command)
+        return _reply(False, f"internal error in {command}: {type(e).__name__}: {e}")
+
+
+class ControlServer:
+    def __init__(self, path: Path, handlers: Mapping[str, Handler], group: str = "") -> None:
+        self.path = path
+        self.handlers = handlers
+        self.group = group
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        gid = -1
+        if self.group:
+            try:
+                gid = grp.getgrnam(self.group).gr_gid
+            except KeyError:
+                raise ControlError(f"control.group: no such group {self.group!r}; create it "
+                                   "or set group = \"\" for root only") from None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                if self.path.is_socket():
+                    self.path.unlink()
+            old = os.umask(0o177 if gid < 0 else 0o117)
+            try:
+                self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+            finally:
+                os.umask(old)
+            if gid >= 0:
+                os.chown(self.path, -1, gid)
+        except OSError as e:
+            raise ControlError(f"cannot listen on control socket {self.path}: "
+                               f"{e.strerror or e}") from e
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            try:
+                raw = await asyncio.wait_for(reader.readline(), READ_TIMEOUT_S)
+            except (asyncio.LimitOverrunError, ValueError):
+                raw = b"x" * (MAX_REQUEST_BYTES + 1)
+            except (TimeoutError, ConnectionError):
+                return
+            writer.write(await handle_request(raw.rstrip(b"\n"), self.handlers))
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def request(path: Path, command: str, timeout: float = 10.0, **args: Any) -> Any:
+    """Client side (offloadctl): sends one request, returns its result or raises."""
+    body = json.dumps({"version": PROTOCOL_VERSION, "command": command, **args}) + "\n"
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(path))
+            s.sendall(body.encode())
+            chunks = []
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise ControlError(f"offloadd is not running (no daemon at {path})") from None
+    except PermissionError:
+        raise ControlError(f"permission denied on {path}: run as root or as a member of "
+                           "the group set in control.group") from None
+    except OSError as e:
+        raise ControlError(f"control socket {path}: {e.strerror or e}") from e
+    try:
+        reply = json.loads(b"".join(chunks))
+    except ValueError:
+        raise ControlError(f"offloadd sent an unreadable reply on {path}") from None
+    if not reply.get("ok"):
+        raise ControlError(str(reply.get("error", "request failed")))
+    return reply.get("result")

@@ -1,0 +1,237 @@
+"""``offloadctl``: the operator's console view of offloadd.
+
+Asks the daemon over its control socket; when the daemon is down, shows what
+can be read from the kernel directly and says so. Human output by default,
+``--json`` for scripts.
+
+Exit status: 0 ok; 1 the operation failed (reload refused, kernel error);
+2 bad arguments or config; 3 the daemon is not running (status still prints
+what the kernel shows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from offloadd import __version__
+from offloadd.backend import NftBackend
+from offloadd.config import Config, load_config
+from offloadd.control import ControlError, request
+from offloadd.daemon import Daemon
+from offloadd.errors import ConfigError, OffloaddError
+from offloadd.links import current_links
+from offloadd.nftstate import other_forward_priorities
+from offloadd.render import render
+
+DEFAULT_CONFIG = Path("/etc/offloadd/offloadd.toml")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DOWN = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"offloadctl: {message} (see offloadctl --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="offloadctl", description="Look at and steer a running offloadd.",
+                epilog="Exit status: 0 ok, 1 operation failed, 2 bad arguments or config, "
+                       "3 daemon not running.")
+    p.add_argument("--config", "-c", type=Path, default=DEFAULT_CONFIG,
+                   help=f"offloadd's config file, for the socket path and table name "
+                        f"(default {DEFAULT_CONFIG})")
+    p.add_argument("--socket", type=Path, help="control socket (default: from the config)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--version", action="version", version=f"offloadctl {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           parser_class=_Parser)
+    sub.add_parser("status", help="daemon, flowtables, devices (hardware/software, why), "
+                                  "last reconcile and recent errors")
+    sub.add_parser("reload", help="make the daemon re-read its config (a bad one is refused)")
+    chk = sub.add_parser("check", help="validate a config file, show the plan, warn about "
+                                       "forward chains that offloaded packets would skip")
+    chk.add_argument("file", type=Path, nargs="?", help="config to check (default: --config)")
+    return p
+
+
+def _fail(code: int, msg: str) -> int:
+    print(f"offloadctl: {msg}", file=sys.stderr)
+    return code
+
+
+def _emit(args: argparse.Namespace, data: Any, human: str) -> None:
+    if args.json:
+        json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(human)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "check":
+            return cmd_check(args)
+        config = _config_for_socket(args)
+        sock = args.socket or config.control.socket
+        if args.command == "status":
+            return cmd_status(args, config, sock)
+        return cmd_reload(args, sock)
+    except ConfigError as e:
+        return _fail(EXIT_USAGE, str(e))
+    except OffloaddError as e:
+        return _fail(EXIT_FAILED, str(e))
+
+
+def _config_for_socket(args: argparse.Namespace) -> Config:
+    return load_config(args.config)
+
+
+# -- status ---------------------------------------------------------------------
+def cmd_status(args: argparse.Namespace, config: Config, sock: Path) -> int:
+    try:
+        report = request(sock, "status")
+        report["daemon"]["running"] = True
+        _emit(args, report, format_status(report))
+        return EXIT_OK
+    except ControlError as e:
+        down_reason = str(e)
+    report = kernel_only_status(config)
+    report["daemon"] = {"running": False, "reason": down_reason}
+    _emit(args, report, format_status(report))
+    return EXIT_DOWN
+
+
+def kernel_only_status(config: Config) -> dict[str, Any]:
+    """What the kernel itself shows when the daemon cannot be asked."""
+    fam, name = config.daemon.family.value, config.daemon.table
+    table = NftBackend(fam, name).read()
+    fts = [{"name": ft.name, "hardware": ft.hardware, "counter": ft.counter,
+            "desired": None, "attached": sorted(ft.devices), "in_sync": None, "devices": []}
+           for ft in (table.flowtables if table else ())]
+    return {"table": {"family": fam, "name": name, "exists": table is not None,
+                      "forward_priority": table.chain.priority if table and table.chain
+                      else None},
+            "flowtables": fts, "left_out": [], "problems": []}
+
+
+def format_status(r: dict[str, Any]) -> str:
+    out = []
+    d = r["daemon"]
+    if d.get("running"):
+        out.append(f"offloadd {d['version']}: running (up {_ago(d['uptime_seconds'])}), "
+                   f"config {d['config']}")
+    else:
+        out.append(f"offloadd: NOT RUNNING ({d.get('reason')}); showing the kernel's view")
+    t = r["table"]
+    if t["exists"]:
+        out.append(f"table {t['family']} {t['name']}: offload rule at forward priority "
+                   f"{t['forward_priority']}")
+    else:
+        out.append(f"table {t['family']} {t['name']}: absent (nothing is offloaded)")
+    for ft in r["flowtables"]:
+        kind = "hardware" if ft["hardware"] else "software"
+        if ft["desired"] is None:
+            sync = f"{len(ft['attached'])} attached"
+        else:
+            state = "in sync" if ft["in_sync"] else "OUT OF SYNC"
+            sync = f"{len(ft['attached'])}/{len(ft['desired'])} devices attached, {state}"
+        out.append(f"flowtable {ft['name']} ({kind}{', counter' if ft['counter'] else ''}): "
+                   f"{sync}")
+        if ft["devices"]:
+            for dev in ft["devices"]:
+                mark = "" if dev["device"] in ft["attached"] else "  [NOT ATTACHED]"
+                out.append(f"  {dev['device']:<15} {dev['mode']:<8} {dev['reason']}{mark}")
+        else:
+            out.extend(f"  {name}" for name in ft["attached"])
+    if r.get("left_out"):
+        out.append("not offloaded:")
+        out.extend(f"  {x['device']:<15} {x['reason']}" for x in r["left_out"])
+    for p in r.get("problems", []):
+        out.append(f"warning: {p}")
+    rec = r.get("reconcile")
+    if rec:
+        when = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["last_timestamp"]))
+                if rec["last_timestamp"] else "never")
+        out.append(f"reconcile: {rec['total']} runs, {rec['failures_total']} failed, "
+                   f"{rec['transactions_total']} transactions; last {when} "
+                   f"({rec['last_duration_seconds'] * 1000:.1f} ms)")
+        errors = rec["recent_errors"]
+        out.append("recent errors: " + ("none" if not errors else ""))
+        out.extend(f"  {e}" for e in errors)
+    return "\n".join(out) + "\n"
+
+
+def _ago(seconds: float) -> str:
+    s = int(seconds)
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+# -- reload ---------------------------------------------------------------------
+def cmd_reload(args: argparse.Namespace, sock: Path) -> int:
+    try:
+        result = request(sock, "reload")
+    except ControlError as e:
+        if "not running" in str(e):
+            return _fail(EXIT_DOWN, str(e))
+        return _fail(EXIT_FAILED, str(e))
+    _emit(args, result, f"reloaded {result['config']}\n")
+    return EXIT_OK
+
+
+# -- check ----------------------------------------------------------------------
+def cmd_check(args: argparse.Namespace) -> int:
+    path = args.file or args.config
+    config = load_config(path)
+    backend = NftBackend(config.daemon.family.value, config.daemon.table)
+    daemon = Daemon(path, config, backend, links=_NoLinks())
+    daemon.status.links = asyncio.run(current_links())
+    desired, current, plan = daemon.plan_once()
+    chains = [i["chain"] for i in backend.nft.list_json("chains") if "chain" in i]
+    others = [c for c in chains if c.get("hook") == "forward"
+              and not (c.get("table") == config.daemon.table
+                       and c.get("family") == config.daemon.family.value)]
+    warnings = [
+        f"forward chain {c['family']} {c['table']} {c['name']} (priority {c.get('prio')}) "
+        "does not see offloaded packets: rules there act only on a flow's first packets"
+        for c in others if c.get("family") in ("ip", "ip6", "inet")
+    ]
+    priorities = other_forward_priorities(chains, config.daemon.family.value,
+                                          config.daemon.table)
+    script = "" if plan.is_empty else render(plan, config.daemon.family.value,
+                                             config.daemon.table)
+    data: dict[str, Any] = {"config": str(path), "valid": True,
+            "table_exists": current is not None,
+            "forward_priority": desired.table.chain.priority if desired.table.chain else None,
+            "other_forward_priorities": sorted(priorities),
+            "devices": [{"device": d.device, "flowtable": d.flowtable, "reason": d.reason}
+                        for d in desired.decisions],
+            "warnings": warnings + [n.message for n in desired.problems],
+            "plan": script.splitlines()}
+    human = [f"{path}: valid; {len(config.flowtables)} flowtable(s)"]
+    human += [f"  {d['device']:<15} -> {d['flowtable'] or 'not offloaded'} ({d['reason']})"
+              for d in data["devices"]]
+    human += [f"warning: {w}" for w in data["warnings"]]
+    human.append("plan: nothing to change" if plan.is_empty else "plan (one transaction):")
+    human += [f"  {line}" for line in data["plan"]]
+    _emit(args, data, "\n".join(human) + "\n")
+    return EXIT_OK
+
+
+class _NoLinks:
+    async def snapshots(self) -> Any:
+        return
+        yield
+
+
+if __name__ == "__main__":
+    sys.exit(main())

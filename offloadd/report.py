@@ -1,0 +1,65 @@
+"""The status report: what offloadctl shows and the control socket returns.
+
+Pure: built from the daemon's Status and the table as the kernel has it, so
+the same shape is unit-tested here and served by the daemon.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from offloadd import __version__
+from offloadd.model import TableState
+from offloadd.status import Status
+
+
+def status_report(status: Status, table_name: str, family: str,
+                  kernel: TableState | None, now: float | None = None) -> dict[str, Any]:
+    now = time.time() if now is None else now
+    desired = status.desired
+    flowtables = []
+    for ft in (desired.table.flowtables if desired else ()):
+        have = kernel.flowtable(ft.name) if kernel else None
+        devices = [
+            {"device": d.device, "mode": "hardware" if d.hardware else "software",
+             "reason": d.reason,
+             "hw_probe": status.hw_reasons.get(d.device, "")}
+            for d in (desired.decisions if desired else ()) if d.flowtable == ft.name
+        ]
+        flowtables.append({
+            "name": ft.name,
+            "hardware": ft.hardware,
+            "counter": ft.counter,
+            "desired": sorted(ft.devices),
+            "attached": sorted(have.devices) if have else [],
+            "in_sync": have is not None and have.devices == ft.devices,
+            "devices": devices,
+        })
+    left_out = [
+        {"device": d.device, "selector": d.selector, "reason": d.reason}
+        for d in (desired.decisions if desired else ()) if d.flowtable is None
+    ]
+    return {
+        "daemon": {
+            "version": __version__,
+            "config": str(status.config_path),
+            "uptime_seconds": round(now - status.started, 1),
+        },
+        "table": {"family": family, "name": table_name, "exists": kernel is not None,
+                  "forward_priority": kernel.chain.priority if kernel and kernel.chain else None},
+        "flowtables": flowtables,
+        "left_out": left_out,
+        "problems": [n.message for n in (desired.problems if desired else ())],
+        "reconcile": {
+            "total": status.reconciles_total,
+            "failures_total": status.reconcile_failures_total,
+            "transactions_total": status.transactions_total,
+            "last_duration_seconds": round(status.last_reconcile_seconds, 6),
+            "last_timestamp": status.last_reconcile_time,
+            "last_error": status.last_error,
+            "recent_errors": list(status.recent_errors),
+        },
+        "links": {"count": len(status.links), "resyncs_total": status.resyncs_total},
+        "reloads": {"total": status.reloads_total, "rejected_total": status.reloads_rejected_total},
+    }

@@ -1,0 +1,34 @@
+"""What the daemon knows about itself, shared by status reports and metrics.
+
+A plain mutable record owned by the Daemon; readers (control socket, metrics
+collector) only look at it from the same event loop thread.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from offloadd.model import DesiredResult, Link
+
+
+@dataclass
+class Status:
+    """What the daemon knows about itself, for status and metrics (owned by Daemon)."""
+
+    config_path: Path
+    started: float = field(default_factory=time.time)
+    links: tuple[Link, ...] = ()
+    desired: DesiredResult | None = None
+    reconciles_total: int = 0
+    reconcile_failures_total: int = 0
+    transactions_total: int = 0
+    last_reconcile_seconds: float = 0.0
+    last_reconcile_time: float = 0.0
+    last_error: str = ""
+    recent_errors: list[str] = field(default_factory=list)
+    resyncs_total: int = 0
+    reloads_total: int = 0
+    reloads_rejected_total: int = 0
+    hw_reasons: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,99 @@
+"""offloadctl against a running daemon in the lab router, human and --json output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.lab.daemon import offloadd
+from tests.lab.topology import Lab
+
+CONFIG = """
+[[flowtable]]
+name = "ft"
+devices = ["lan*", "wan*"]
+exclude = ["lan1"]
+"""
+
+
+def test_status_reload_check_and_daemon_down(lab: Lab, tmp_path: Path) -> None:
+    with offloadd(lab.router, CONFIG, tmp_path) as d:
+        d.wait_devices("ft", {"lan0", "wan0"})
+        human = d.ctl("status")
+        assert human.returncode == 0, human.stderr
+        assert "offloadd 0.1.0: running" in human.stdout
+        assert "flowtable ft (software, counter): 2/2 devices attached, in sync" in human.stdout
+        assert "lan1" in human.stdout and "excluded by 'lan1'" in human.stdout
+        js = json.loads(d.ctl("--json", "status", check=True).stdout)
+        ft = js["flowtables"][0]
+        assert js["daemon"]["running"] is True
+        assert ft["attached"] == ["lan0", "wan0"] and ft["in_sync"] is True
+        assert {x["device"]: x["mode"] for x in ft["devices"]} == {"lan0": "software",
+                                                                   "wan0": "software"}
+
+        # A good reload applies; a bad one is refused with the reason and changes nothing.
+        d.config.write_text(d.config.read_text().replace('exclude = ["lan1"]', ""))
+        ok = d.ctl("reload")
+        assert ok.returncode == 0 and "reloaded" in ok.stdout, ok.stderr
+        d.wait_devices("ft", {"lan0", "lan1", "wan0"})
+        good = d.config.read_text()
+        d.config.write_text(good.replace('name = "ft"', 'name = "ft"\nhardware = "maybe"'))
+        bad = d.ctl("--json", "reload")
+        assert bad.returncode == 1
+        assert bad.stderr.startswith("offloadctl: reload refused:") and "hardware" in bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1
+        d.wait_devices("ft", {"lan0", "lan1", "wan0"})
+        d.config.write_text(good)
+
+        # check: a valid config prints the plan (nothing to change now) and warns
+        # about other forward chains.
+        lab.router.nft("table ip admin { chain admin_forward { type filter hook forward "
+                       "priority 0; policy accept; } }")
+        chk = json.loads(d.ctl("--json", "check", check=True).stdout)
+        assert chk["valid"] and chk["plan"] == []
+        assert any("ip admin admin_forward" in w for w in chk["warnings"])
+        bad_file = tmp_path / "bad.toml"
+        bad_file.write_text('[[flowtable]]\nname = "x"\ndevices = []\n')
+        res = d.ctl("check", str(bad_file))
+        assert res.returncode == 2 and "empty device set" in res.stderr
+
+        # Fuzzed control-socket input never kills the daemon.
+        sock = str(tmp_path / "control.sock")
+        for payload in [b"", b"\n", b"{", b"[]\n", b'{"version": 9}\n',
+                        b'{"version": 1, "command": "nope"}\n', b"\xff\xfe\n",
+                        b"x" * 200_000 + b"\n", b'{"version": 1, "command": 5}\n']:
+            reply = _raw(lab, sock, payload)
+            if payload.strip():
+                assert '"ok": false' in reply, (payload[:40], reply)
+        assert d.proc.poll() is None
+        assert d.ctl("status").returncode == 0
+
+    down = d.ctl("status")
+    assert down.returncode == 3
+    assert "NOT RUNNING" in down.stdout and "absent" in down.stdout
+
+
+_RAW = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(10)
+s.connect(sys.argv[1])
+try:
+    s.sendall(sys.stdin.buffer.read())
+    s.shutdown(socket.SHUT_WR)
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+except OSError as e:
+    data = repr(e).encode()
+sys.stdout.write(data.decode(errors="replace"))
+"""
+
+
+def _raw(lab: Lab, path: str, payload: bytes) -> str:
+    proc = subprocess.run(lab.router.argv([sys.executable, "-c", _RAW, path]), input=payload,
+                          capture_output=True, timeout=30, check=False)
+    return proc.stdout.decode(errors="replace")
+
