@@ -1,0 +1,416 @@
+"""Prometheus metrics for offloadd, read from their sources at scrape time.
+
+Why: the values that matter (offloaded flows, attached devices) live in the
+kernel and change without offloadd doing anything, so they are read when
+Prometheus asks rather than pushed from the loop. Each source sits behind a
+small Protocol so the collector is testable with fakes; a failing source
+reports ``offloadd_source_up 0`` and drops only its own metrics, so a scrape
+never fails because conntrack or nftables could not be read.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from typing import Any, Protocol
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from offloadd import __version__
+from offloadd.config import MetricsConfig
+from offloadd.conntrack import ConntrackTotals, OffloadCounts
+from offloadd.errors import OffloaddError
+from offloadd.model import DesiredResult, TableState
+from offloadd.status import Status
+
+log = logging.getLogger("offloadd.metrics")
+
+SOURCES = ("conntrack", "nftables", "links")
+
+
+class MetricsError(OffloaddError, OSError):
+    """The metrics endpoint cannot be served (address in use, bad TLS files)."""
+
+
+# -- sources ------------------------------------------------------------------
+
+class FlowCounter(Protocol):
+    """conntrack, as the metrics need it (offloadd.conntrack.ConntrackCounter)."""
+
+    def offloaded(self) -> OffloadCounts: ...
+
+    def totals(self) -> ConntrackTotals: ...
+
+
+class LinkStats(Protocol):
+    """The link watcher's counters (offloadd.links.WatcherStats has these)."""
+
+    @property
+    def events_total(self) -> int: ...
+
+    @property
+    def resyncs_total(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class DaemonCounters:
+    reconciles_total: int = 0
+    reconcile_failures_total: int = 0
+    transactions_total: int = 0
+    last_reconcile_seconds: float = 0.0
+    last_reconcile_time: float = 0.0  # Unix time; 0 = no reconcile yet
+    config_reloads_total: int = 0
+    config_reloads_rejected_total: int = 0
+    started: float = 0.0  # Unix time
+
+
+class DaemonView(Protocol):
+    """What the daemon knows about itself, read-only, from the scrape thread."""
+
+    def counters(self) -> DaemonCounters: ...
+
+    def desired(self) -> DesiredResult | None:
+        """The last planned state (None before the first reconcile)."""
+
+    def attached(self) -> TableState | None:
+        """offloadd's table as the kernel has it now (None: no table); may raise."""
+
+    def links(self) -> LinkStats:
+        """The link watcher's counters; may raise if the watcher is gone."""
+
+
+class StatusView:
+    """DaemonView over the daemon's Status.
+
+    read_table runs in the scrape thread: it must not share a libnftables
+    context with the event loop (contexts are not thread-safe), so give it its
+    own (or a lock).
+    """
+
+    def __init__(self, status: Status, read_table: Callable[[], TableState | None],
+                 link_stats: LinkStats) -> None:
+        self._status = status
+        self._read_table = read_table
+        self._link_stats = link_stats
+
+    def counters(self) -> DaemonCounters:
+        s = self._status
+        return DaemonCounters(
+            reconciles_total=s.reconciles_total,
+            reconcile_failures_total=s.reconcile_failures_total,
+            transactions_total=s.transactions_total,
+            last_reconcile_seconds=s.last_reconcile_seconds,
+            last_reconcile_time=s.last_reconcile_time,
+            config_reloads_total=s.reloads_total,
+            config_reloads_rejected_total=s.reloads_rejected_total,
+            started=s.started)
+
+    def desired(self) -> DesiredResult | None:
+        return self._status.desired
+
+    def attached(self) -> TableState | None:
+        return self._read_table()
+
+    def links(self) -> LinkStats:
+        return self._link_stats
+
+
+# -- the collector --------------------------------------------------------------
+
+_Family = GaugeMetricFamily | CounterMetricFamily
+
+
+@dataclass(frozen=True)
+class _Spec:
+    name: str
+    doc: str
+    labels: tuple[str, ...] = ()
+    counter: bool = False
+
+    def family(self) -> _Family:
+        if self.counter:
+            return CounterMetricFamily(self.name, self.doc, labels=self.labels)
+        return GaugeMetricFamily(self.name, self.doc, labels=self.labels)
+
+
+def _g(name: str, doc: str, *labels: str) -> _Spec:
+    return _Spec(name, doc, labels)
+
+
+def _c(name: str, doc: str) -> _Spec:
+    return _Spec(name, doc, (), counter=True)
+
+
+BUILD_INFO = _g("offloadd_build_info", "offloadd's version; always 1.", "version")
+START_TIME = _g("offloadd_start_time_seconds", "When offloadd started (Unix time).")
+SOURCE_UP = _g("offloadd_source_up",
+               "1 if the source could be read at this scrape, 0 if not (its metrics are "
+               "then left out).", "source")
+OFFLOADED = _g("offloadd_offloaded_flows",
+               "conntrack entries offloaded to a flowtable, in software (IPS_OFFLOAD only) "
+               "or hardware (IPS_HW_OFFLOAD).", "family", "mode")
+CT_ENTRIES = _g("offloadd_conntrack_entries", "Entries in the conntrack table.")
+CT_LIMIT = _g("offloadd_conntrack_entries_limit",
+              "nf_conntrack_max (left out where it cannot be read).")
+FT_DEVICES = _g("offloadd_flowtable_devices",
+                "Devices of each flowtable: desired by offloadd, or attached in the kernel.",
+                "flowtable", "state")
+DEVICE_INFO = _g("offloadd_device_info",
+                 "A device placed in a flowtable, in hardware or software mode, and why; "
+                 "always 1.", "flowtable", "device", "mode", "reason")
+IN_SYNC = _g("offloadd_kernel_state_matches",
+             "1 if offloadd's table in the kernel equals the desired state, else 0.")
+RECONCILES = _c("offloadd_reconciles_total", "Reconcile passes started.")
+FAILURES = _c("offloadd_reconcile_failures_total", "Reconcile passes that failed.")
+TRANSACTIONS = _c("offloadd_transactions_total", "nftables transactions applied.")
+LAST_DURATION = _g("offloadd_last_reconcile_duration_seconds",
+                   "How long the last reconcile pass took.")
+LAST_TIME = _g("offloadd_last_reconcile_timestamp_seconds",
+               "When the last reconcile pass ended (Unix time).")
+LINK_EVENTS = _c("offloadd_link_events_total", "rtnetlink link messages received.")
+LINK_RESYNCS = _c("offloadd_link_resyncs_total",
+                  "Full link re-reads after a netlink receive buffer overrun (ENOBUFS).")
+RELOADS = _c("offloadd_config_reloads_total", "Configuration reloads applied.")
+RELOADS_REJECTED = _c("offloadd_config_reloads_rejected_total",
+                      "Configuration reloads refused (the running config was kept).")
+
+SPECS = (BUILD_INFO, START_TIME, SOURCE_UP, OFFLOADED, CT_ENTRIES, CT_LIMIT, FT_DEVICES,
+         DEVICE_INFO, IN_SYNC, RECONCILES, FAILURES, TRANSACTIONS, LAST_DURATION, LAST_TIME,
+         LINK_EVENTS, LINK_RESYNCS, RELOADS, RELOADS_REJECTED)
+
+
+class OffloaddCollector:
+    """Reads every source once per scrape; concurrent scrapes are serialised so
+    a burst of them cannot stack conntrack dumps on the kernel."""
+
+    def __init__(self, view: DaemonView, flows: FlowCounter, version: str = __version__) -> None:
+        self._view = view
+        self._flows = flows
+        self._version = version
+        self._lock = threading.Lock()
+        self._was_up = dict.fromkeys(SOURCES, True)
+
+    def describe(self) -> Iterator[Metric]:
+        # Names without touching the kernel: registration and ?name[]= filters use them.
+        for spec in SPECS:
+            yield spec.family()
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            fams = {spec.name: spec.family() for spec in SPECS}
+            fams[BUILD_INFO.name].add_metric([self._version], 1)
+            counters = self._view.counters()
+            up = {"conntrack": self._conntrack(fams), "nftables": self._nftables(fams),
+                  "links": self._links(fams)}
+            self._daemon(fams, counters)
+            for source in SOURCES:
+                fams[SOURCE_UP.name].add_metric([source], 1 if up[source] else 0)
+            # Families with no samples are left out of the exposition entirely.
+            metrics = [m for m in fams.values() if m.samples]
+        yield from metrics
+
+    # Each source: add its samples, return whether it could be read. A source
+    # failing must never fail the scrape, hence the broad except.
+    def _conntrack(self, fams: dict[str, _Family]) -> bool:
+        ok = True
+        try:
+            counts = self._flows.offloaded()
+        except Exception as e:
+            ok = self._down("conntrack", e)
+        else:
+            for label, per in (("ipv4", counts.ipv4), ("ipv6", counts.ipv6)):
+                fams[OFFLOADED.name].add_metric([label, "software"], per.software)
+                fams[OFFLOADED.name].add_metric([label, "hardware"], per.hardware)
+        try:
+            totals = self._flows.totals()
+        except Exception as e:
+            ok = self._down("conntrack", e)
+        else:
+            fams[CT_ENTRIES.name].add_metric([], totals.count)
+            if totals.limit is not None:
+                fams[CT_LIMIT.name].add_metric([], totals.limit)
+        return self._up("conntrack") if ok else False
+
+    def _nftables(self, fams: dict[str, _Family]) -> bool:
+        desired = self._view.desired()
+        if desired is not None:
+            for ft in desired.table.flowtables:
+                fams[FT_DEVICES.name].add_metric([ft.name, "desired"], len(ft.devices))
+            for d in desired.decisions:
+                if d.flowtable is not None:
+                    mode = "hardware" if d.hardware else "software"
+                    fams[DEVICE_INFO.name].add_metric([d.flowtable, d.device, mode, d.reason], 1)
+        try:
+            attached = self._view.attached()
+        except Exception as e:
+            return self._down("nftables", e)
+        names = {ft.name for ft in desired.table.flowtables} if desired else set()
+        have = {ft.name: len(ft.devices) for ft in attached.flowtables} if attached else {}
+        for name in sorted(names | have.keys()):
+            fams[FT_DEVICES.name].add_metric([name, "attached"], have.get(name, 0))
+        if desired is not None:
+            fams[IN_SYNC.name].add_metric([], 1 if attached == desired.table else 0)
+        return self._up("nftables")
+
+    def _links(self, fams: dict[str, _Family]) -> bool:
+        try:
+            stats = self._view.links()
+            events, resyncs = stats.events_total, stats.resyncs_total
+        except Exception as e:
+            return self._down("links", e)
+        fams[LINK_EVENTS.name].add_metric([], events)
+        fams[LINK_RESYNCS.name].add_metric([], resyncs)
+        return self._up("links")
+
+    def _daemon(self, fams: dict[str, _Family], c: DaemonCounters) -> None:
+        fams[START_TIME.name].add_metric([], c.started)
+        for spec, value in ((RECONCILES, c.reconciles_total),
+                            (FAILURES, c.reconcile_failures_total),
+                            (TRANSACTIONS, c.transactions_total),
+                            (RELOADS, c.config_reloads_total),
+                            (RELOADS_REJECTED, c.config_reloads_rejected_total)):
+            fams[spec.name].add_metric([], value)
+        if c.last_reconcile_time:
+            fams[LAST_DURATION.name].add_metric([], c.last_reconcile_seconds)
+            fams[LAST_TIME.name].add_metric([], c.last_reconcile_time)
+
+    # Logged on change only: a scrape every 15 s must not repeat the same line.
+    def _down(self, source: str, e: Exception) -> bool:
+        if self._was_up[source]:
+            log.warning("metrics: cannot read %s: %s", source, e)
+        self._was_up[source] = False
+        return False
+
+    def _up(self, source: str) -> bool:
+        if not self._was_up[source]:
+            log.info("metrics: %s readable again", source)
+        self._was_up[source] = True
+        return True
+
+
+def register(registry: CollectorRegistry, view: DaemonView, flows: FlowCounter,
+             version: str = __version__) -> OffloaddCollector:
+    """Creates offloadd's collector and registers it on `registry` (never the global one)."""
+    collector = OffloaddCollector(view, flows, version)
+    registry.register(collector)
+    return collector
+
+
+# -- serving --------------------------------------------------------------------
+#
+# prometheus_client's start_http_server is not used: with TLS it wraps the
+# listening socket, so the handshake runs in the accept loop with no timeout
+# and one idle TCP connection stalls every scrape (measured: a scrape then
+# times out). Here the handshake runs in the connection's own thread, under a
+# timeout, and plain HTTP connections get the same timeout.
+
+CONNECTION_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """HTTPS for the endpoint; with client_cafile and client_auth_required, mutual TLS."""
+
+    certfile: Path
+    keyfile: Path
+    client_cafile: Path | None = None
+    client_auth_required: bool = False
+
+
+def tls_context(tls: TlsOptions) -> ssl.SSLContext:
+    """The server context, checked before anything binds (bad files fail here)."""
+    if tls.client_auth_required and tls.client_cafile is None:
+        raise MetricsError("metrics: client_auth_required needs a client CA file "
+                           "(client_cafile)")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(certfile=tls.certfile, keyfile=tls.keyfile)
+        if tls.client_cafile is not None:
+            ctx.load_verify_locations(cafile=tls.client_cafile)
+            ctx.verify_mode = (ssl.CERT_REQUIRED if tls.client_auth_required
+                               else ssl.CERT_OPTIONAL)
+    except (OSError, ValueError) as e:
+        raise MetricsError(f"metrics: cannot load TLS files (certfile {tls.certfile}, keyfile "
+                           f"{tls.keyfile}, client_cafile {tls.client_cafile}): "
+                           f"{getattr(e, 'strerror', None) or e}") from e
+    return ctx
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # a scrape every few seconds does not belong in the journal
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], family: socket.AddressFamily,
+                 context: ssl.SSLContext | None) -> None:
+        self.address_family = family
+        self.context = context
+        super().__init__(address, _QuietHandler)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # Runs in the connection's thread, so a slow client only stalls itself.
+        request.settimeout(CONNECTION_TIMEOUT_S)
+        if self.context is None:
+            super().finish_request(request, client_address)
+            return
+        try:
+            conn = self.context.wrap_socket(request, server_side=True)
+        except OSError as e:
+            log.debug("metrics: TLS handshake with %s failed: %s", client_address, e)
+            return
+        try:
+            super().finish_request(conn, client_address)
+        finally:
+            conn.close()
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """A running metrics endpoint; close() stops it and frees the port."""
+
+    server: WSGIServer
+    thread: threading.Thread
+    host: str
+    port: int  # the bound port (differs from the config's when that was 0)
+    tls: bool
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+def start_exporter(config: MetricsConfig, registry: CollectorRegistry, *,
+                   tls: TlsOptions | None = None) -> Exporter:
+    """Serves `registry` at /metrics on config.host:config.port from a daemon thread."""
+    context = tls_context(tls) if tls is not None else None
+    try:
+        info = socket.getaddrinfo(config.host, config.port, type=socket.SOCK_STREAM,
+                                  flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV)
+        family, _type, _proto, _canon, sockaddr = info[0]
+        server = _Server((str(sockaddr[0]), int(sockaddr[1])), family, context)
+    except OSError as e:
+        raise MetricsError(f"metrics: cannot serve on {config.listen}: "
+                           f"{e.strerror or e}; change [metrics] host/port") from e
+    server.set_app(make_wsgi_app(registry))
+    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    thread.start()
+    return Exporter(server=server, thread=thread, host=config.host,
+                    port=int(server.server_address[1]), tls=tls is not None)

@@ -1,0 +1,270 @@
+"""The ctnetlink walk on crafted datagrams: filtering kernels, kernels that ignore
+the status filter (< 5.15), errors, entries without timeout/protoinfo.
+
+Why: the host kernel cannot offload, so the offload/hardware split and an old
+kernel's unfiltered answer can only be exercised here, with a fake socket
+that speaks the wire format.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from offloadd import conntrack as ct
+from offloadd.errors import KernelError
+
+NLM_F_MULTI = 0x2
+NESTED = 0x8000
+
+
+def nla(kind: int, payload: bytes) -> bytes:
+    raw = struct.pack("=HH", 4 + len(payload), kind) + payload
+    return raw + b"\0" * (-len(raw) % 4)
+
+
+def tuple_attr(kind: int, family: int, addrs: tuple[str, str], proto: int,
+               ports: tuple[int, int]) -> bytes:
+    src, dst = addrs
+    sport, dport = ports
+    v6 = family == socket.AF_INET6
+    ip = (nla(3 if v6 else 1, socket.inet_pton(family, src))
+          + nla(4 if v6 else 2, socket.inet_pton(family, dst)))
+    pr = (nla(1, bytes([proto])) + nla(2, struct.pack(">H", sport))
+          + nla(3, struct.pack(">H", dport)))
+    return nla(kind | NESTED, nla(1 | NESTED, ip) + nla(2 | NESTED, pr))
+
+
+@dataclass(frozen=True)
+class E:
+    status: int
+    family: int = socket.AF_INET
+    src: str = "10.0.0.1"
+    dst: str = "10.0.0.2"
+    sport: int = 1000
+    dport: int = 443
+    proto: int = 6
+    counters: tuple[int, int, int, int] | None = None  # orig pkts/bytes, reply pkts/bytes
+    id: int = 7
+
+    def message(self) -> bytes:
+        # As an offloaded entry looks: no CTA_TIMEOUT, no CTA_PROTOINFO.
+        fam = self.family
+        body = (tuple_attr(1, fam, (self.src, self.dst), self.proto, (self.sport, self.dport))
+                + tuple_attr(2, fam, (self.dst, self.src), self.proto, (self.dport, self.sport))
+                + nla(3, struct.pack(">I", self.status)))
+        if self.counters:
+            op, ob, rp, rb = self.counters
+            body += nla(9 | NESTED, nla(1, struct.pack(">Q", op)) + nla(2, struct.pack(">Q", ob)))
+            body += nla(10 | NESTED, nla(1, struct.pack(">Q", rp)) + nla(2, struct.pack(">Q", rb)))
+        body += nla(12, struct.pack(">I", self.id))
+        return msg(ct.CT_NEW, struct.pack("=BBH", self.family, 0, 0) + body)
+
+
+def msg(mtype: int, payload: bytes, flags: int = NLM_F_MULTI) -> bytes:
+    raw = struct.pack("=IHHII", 16 + len(payload), mtype, flags, 1, 0) + payload
+    return raw + b"\0" * (-len(raw) % 4)
+
+
+def done() -> bytes:
+    return msg(ct.NLMSG_DONE, struct.pack("=i", 0))
+
+
+def error(code: int) -> bytes:
+    return msg(ct.NLMSG_ERROR, struct.pack("=i", -code) + b"\0" * 16, flags=0)
+
+
+@dataclass
+class FakeKernel:
+    """Answers a dump like ctnetlink: filtering by family and (if it can) by status."""
+
+    entries: list[E]
+    filters_status: bool = True
+    per_datagram: int = 3
+    fail: int = 0  # errno to answer with
+    sent: list[bytes] = field(default_factory=list)
+    sockets: int = 0
+    closed: int = 0
+
+    def factory(self) -> FakeSocket:
+        self.sockets += 1
+        return FakeSocket(self)
+
+    def answer(self, request: bytes) -> list[bytes]:
+        if self.fail:
+            return [error(self.fail)]
+        family = request[16]
+        attrs = {}
+        off = 20
+        while off < len(request):
+            alen, kind = struct.unpack_from("=HH", request, off)
+            attrs[kind] = struct.unpack_from(">I", request, off + 4)[0]
+            off += alen
+        chosen = [e for e in self.entries if not family or e.family == family]
+        if self.filters_status and ct.CTA_STATUS in attrs:
+            mask = attrs.get(ct.CTA_STATUS_MASK, attrs[ct.CTA_STATUS])
+            chosen = [e for e in chosen if e.status & mask == attrs[ct.CTA_STATUS]]
+        msgs = [e.message() for e in chosen]
+        grams = [b"".join(msgs[i:i + self.per_datagram])
+                 for i in range(0, len(msgs), self.per_datagram)]
+        return [*grams, done()]
+
+
+class FakeSocket:
+    def __init__(self, kernel: FakeKernel) -> None:
+        self.kernel = kernel
+        self.queue: list[bytes] = []
+
+    def send(self, data: bytes, /) -> int:
+        self.kernel.sent.append(data)
+        self.queue = self.kernel.answer(data)
+        return len(data)
+
+    def recv_into(self, buffer: bytearray, nbytes: int = 0, flags: int = 0, /) -> int:
+        data = self.queue.pop(0)
+        n = min(len(data), len(buffer))
+        buffer[:n] = data[:n]
+        return len(data) if flags & socket.MSG_TRUNC else n
+
+    def close(self) -> None:
+        self.kernel.closed += 1
+
+
+SW, HW = ct.IPS_OFFLOAD, ct.IPS_OFFLOAD | ct.IPS_HW_OFFLOAD
+PLAIN = ct.IPS_CONFIRMED | ct.IPS_SEEN_REPLY | ct.IPS_ASSURED
+V6 = socket.AF_INET6
+
+
+def mixed() -> list[E]:
+    return [E(PLAIN), E(SW | PLAIN), E(HW | PLAIN), E(SW), E(PLAIN), E(PLAIN),
+            E(SW, family=V6, src="fd00::1", dst="fd00::2"),
+            E(HW, family=V6, src="fd00::1", dst="fd00::3"),
+            E(PLAIN, family=V6, src="fd00::1", dst="fd00::4")]
+
+
+@pytest.mark.parametrize("filters", [True, False])
+def test_count_offloaded_one_dump_either_kernel(filters: bool) -> None:
+    k = FakeKernel(mixed(), filters_status=filters)
+    got = ct.count_offloaded(socket_factory=k.factory)
+    assert got == ct.OffloadCounts(ipv4=ct.FlowCounts(2, 1), ipv6=ct.FlowCounts(1, 1))
+    assert len(k.sent) == 1 and k.sent[0][16] == socket.AF_UNSPEC
+    assert k.closed == k.sockets == 1
+    assert ct.count_flows(socket.AF_INET6, socket_factory=k.factory) == ct.FlowCounts(1, 1)
+    assert ct.count_flows(socket.AF_INET, socket_factory=k.factory).total == 3
+
+
+def test_dump_request_carries_status_filter() -> None:
+    req = ct.dump_request(socket.AF_INET, ct.IPS_OFFLOAD, ct.IPS_OFFLOAD | ct.IPS_HW_OFFLOAD)
+    length, mtype, flags, _seq, _pid = struct.unpack_from("=IHHII", req)
+    assert (length, mtype, flags) == (len(req), (1 << 8) | 1, 0x301)
+    assert req[16] == socket.AF_INET
+    assert req[20:] == (struct.pack("=HH", 8, 3) + struct.pack(">I", 1 << 14)
+                        + struct.pack("=HH", 8, 26) + struct.pack(">I", 3 << 14))
+    assert len(ct.dump_request(socket.AF_INET)) == 20  # mask 0: no filter, every entry
+
+
+@pytest.mark.parametrize("filters", [True, False])
+@pytest.mark.parametrize("trust", [True, False, None])
+def test_count_by_status_right_whatever_the_kernel_does(filters: bool, trust: bool | None
+                                                        ) -> None:
+    entries = [E(PLAIN)] * 5 + [E(ct.IPS_CONFIRMED)] * 4
+    k = FakeKernel(entries, filters_status=filters, per_datagram=2)
+    n = ct.count_by_status(socket.AF_INET, ct.IPS_SEEN_REPLY, ct.IPS_SEEN_REPLY,
+                           filtered=trust, socket_factory=k.factory)
+    assert n == 5
+    assert k.closed == k.sockets
+
+
+def test_ignored_filter_detected_in_a_later_datagram() -> None:
+    # Matching entries first, so only a later datagram's first entry gives it away.
+    entries = [E(SW)] * 4 + [E(PLAIN)] * 4
+    k = FakeKernel(entries, filters_status=False, per_datagram=4)
+    assert ct.count_by_status(socket.AF_INET, SW, SW, filtered=True,
+                              socket_factory=k.factory) == 4
+    assert k.sockets == 2 == k.closed  # redone, verifying every entry
+
+
+def test_count_all_walks_headers_only() -> None:
+    k = FakeKernel(mixed(), per_datagram=4)
+    assert ct.count_by_status(socket.AF_INET, 0, 0, socket_factory=k.factory) == 6
+    assert ct.count_by_status(socket.AF_UNSPEC, 0, 0, socket_factory=k.factory) == 9
+
+
+@pytest.mark.parametrize(("release", "want"), [("5.10.0-21-amd64", False), ("5.15.0", True),
+                                               ("6.1.0-18-amd64", True), ("4.19.1", False),
+                                               ("weird", False)])
+def test_kernel_filters_status(release: str, want: bool) -> None:
+    assert ct.kernel_filters_status(release) is want
+
+
+@pytest.mark.parametrize(("code", "words"), [(errno.EPERM, "CAP_NET_ADMIN"),
+                                             (errno.EOPNOTSUPP, "nf_conntrack_netlink"),
+                                             (errno.EINVAL, "EINVAL")])
+def test_kernel_errors_are_one_line_kernel_errors(code: int, words: str) -> None:
+    k = FakeKernel([], fail=code)
+    with pytest.raises(ct.ConntrackError) as info:
+        ct.count_offloaded(socket_factory=k.factory)
+    assert isinstance(info.value, KernelError) and isinstance(info.value, OSError)
+    assert words in str(info.value) and "\n" not in str(info.value)
+    assert k.closed == 1
+
+
+def test_truncated_datagram_is_an_error() -> None:
+    class Huge(FakeSocket):
+        def recv_into(self, buffer: bytearray, nbytes: int = 0, flags: int = 0, /) -> int:
+            return len(buffer) + 1 if flags & socket.MSG_TRUNC else len(buffer)
+
+    k = FakeKernel([])
+    with pytest.raises(ct.ConntrackError, match="exceeds"):
+        ct.count_by_status(socket.AF_INET, 0, 0, socket_factory=lambda: Huge(k))
+
+
+def test_list_offloaded_parses_and_orders_by_bytes() -> None:
+    entries = [E(SW, sport=1, counters=(1, 100, 1, 50)),
+               E(HW, sport=2, counters=(10, 9000, 8, 4000), proto=17),
+               E(PLAIN, sport=3, counters=(99, 10**9, 99, 10**9)),  # not offloaded
+               E(SW, sport=4),  # no accounting extension
+               E(SW, sport=5, counters=(5, 2000, 5, 2000))]
+    for filters in (True, False):
+        k = FakeKernel(entries, filters_status=filters)
+        flows = ct.list_offloaded(socket.AF_INET, 3, socket_factory=k.factory)
+        assert [f.orig.sport for f in flows] == [2, 5, 1]
+        top = flows[0]
+        assert top.hardware and top.proto_name == "udp" and top.bytes == 13000
+        assert top.orig == ct.FlowTuple("10.0.0.1", "10.0.0.2", 17, 2, 443)
+        assert top.reply == ct.FlowTuple("10.0.0.2", "10.0.0.1", 17, 443, 2)
+        assert (top.orig_packets, top.orig_bytes, top.reply_packets, top.reply_bytes) == (
+            10, 9000, 8, 4000)
+        assert top.id == 7
+    k = FakeKernel(entries)
+    last = ct.list_offloaded(socket.AF_INET, 10, socket_factory=k.factory)[-1]
+    assert last.orig.sport == 4 and last.orig_bytes is None and last.bytes == 0
+    assert ct.list_offloaded(socket.AF_INET, 0, socket_factory=k.factory) == []
+
+
+def test_list_ipv6() -> None:
+    k = FakeKernel(mixed())
+    flows = ct.list_offloaded(V6, 5, socket_factory=k.factory)
+    assert {(f.orig.src, f.orig.dst, f.hardware) for f in flows} == {
+        ("fd00::1", "fd00::2", False), ("fd00::1", "fd00::3", True)}
+
+
+def test_totals(tmp_path: Path) -> None:
+    count, mx = tmp_path / "count", tmp_path / "max"
+    count.write_text("42\n")
+    assert ct.conntrack_totals(count, (mx,)) == ct.ConntrackTotals(42, None)
+    mx.write_text("262144\n")
+    assert ct.conntrack_totals(count, (tmp_path / "nope", mx)) == ct.ConntrackTotals(42, 262144)
+    with pytest.raises(ct.ConntrackError, match="nf_conntrack"):
+        ct.conntrack_totals(tmp_path / "nope", (mx,))
+
+
+def test_counter_is_the_metrics_source() -> None:
+    k = FakeKernel(mixed())
+    counter = ct.ConntrackCounter(socket_factory=k.factory)
+    assert counter.offloaded().ipv4 == ct.FlowCounts(2, 1)

@@ -1,0 +1,268 @@
+"""The collector on fake sources: exact exposition, failing sources, promtool lint.
+
+Why: metric names and labels are an interface dashboards and alerts depend
+on, so they are pinned here sample by sample; and a source failing must cost
+only its own metrics, never the scrape.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+
+from offloadd import __version__
+from offloadd.conntrack import ConntrackTotals, FlowCounts, OffloadCounts
+from offloadd.links import WatcherStats
+from offloadd.metrics import (
+    SOURCES,
+    SPECS,
+    DaemonCounters,
+    LinkStats,
+    StatusView,
+    register,
+)
+from offloadd.model import (
+    DesiredResult,
+    DeviceDecision,
+    FlowtableState,
+    SetState,
+    TableState,
+)
+from offloadd.status import Status
+
+
+class BoomError(RuntimeError):
+    pass
+
+
+COUNTS = OffloadCounts(FlowCounts(120, 30), FlowCounts(7, 0))
+TOTALS = ConntrackTotals(5000, 262144)
+COUNTERS = DaemonCounters(
+    reconciles_total=12, reconcile_failures_total=2, transactions_total=5,
+    last_reconcile_seconds=0.25, last_reconcile_time=1_700_000_000.5,
+    config_reloads_total=3, config_reloads_rejected_total=1, started=1_699_999_000.0)
+
+
+@dataclass
+class FakeFlows:
+    counts: OffloadCounts = COUNTS
+    totals_: ConntrackTotals = TOTALS
+    fail: bool = False
+    calls: int = 0
+
+    def offloaded(self) -> OffloadCounts:
+        self.calls += 1
+        if self.fail:
+            raise BoomError("ctnetlink: EPERM")
+        return self.counts
+
+    def totals(self) -> ConntrackTotals:
+        if self.fail:
+            raise BoomError("no /proc")
+        return self.totals_
+
+
+def table(lan: frozenset[str], hw: frozenset[str]) -> TableState:
+    return TableState("offloadd", "inet", flowtables=(
+        FlowtableState("lan", lan, hardware=False, counter=True),
+        FlowtableState("lan_hw", hw, hardware=True, counter=True)),
+        sets=(SetState("lan_ifs", lan), SetState("lan_hw_ifs", hw)))
+
+
+DESIRED = DesiredResult(
+    table=table(frozenset({"eth1", "eth2"}), frozenset({"eth0"})),
+    decisions=(
+        DeviceDecision("eth0", "lan_hw", True, "name matches 'eth*'; can offload in hardware",
+                       "lan"),
+        DeviceDecision("eth1", "lan", False,
+                       "name matches 'eth*'; cannot offload in hardware, software", "lan"),
+        DeviceDecision("eth2", "lan", False,
+                       "name matches 'eth*'; cannot offload in hardware, software", "lan"),
+        DeviceDecision("eth9", None, False, "name matches 'eth*', but excluded by 'eth9'",
+                       "lan"),
+    ))
+
+
+@dataclass
+class FakeView:
+    desired_: DesiredResult | None = DESIRED
+    kernel: TableState | None = field(
+        default_factory=lambda: table(frozenset({"eth1"}), frozenset({"eth0"})))
+    counters_: DaemonCounters = COUNTERS
+    stats: WatcherStats = field(default_factory=lambda: WatcherStats(events_total=40,
+                                                                      resyncs_total=1))
+    nft_fails: bool = False
+    links_fail: bool = False
+
+    def counters(self) -> DaemonCounters:
+        return self.counters_
+
+    def desired(self) -> DesiredResult | None:
+        return self.desired_
+
+    def attached(self) -> TableState | None:
+        if self.nft_fails:
+            raise BoomError("libnftables: Operation not permitted")
+        return self.kernel
+
+    def links(self) -> LinkStats:
+        if self.links_fail:
+            raise BoomError("watcher gone")
+        return self.stats
+
+
+def scrape(view: FakeView, flows: FakeFlows) -> str:
+    reg = CollectorRegistry()
+    register(reg, view, flows, version="1.2.3")
+    return generate_latest(reg).decode()
+
+
+def samples(text: str) -> set[str]:
+    return {ln for ln in text.splitlines() if ln and not ln.startswith("#")}
+
+
+REASON_SW = "name matches 'eth*'; cannot offload in hardware, software"
+EXPECTED = {
+    'offloadd_build_info{version="1.2.3"} 1.0',
+    "offloadd_start_time_seconds 1.699999e+09",
+    'offloadd_source_up{source="conntrack"} 1.0',
+    'offloadd_source_up{source="nftables"} 1.0',
+    'offloadd_source_up{source="links"} 1.0',
+    'offloadd_offloaded_flows{family="ipv4",mode="software"} 120.0',
+    'offloadd_offloaded_flows{family="ipv4",mode="hardware"} 30.0',
+    'offloadd_offloaded_flows{family="ipv6",mode="software"} 7.0',
+    'offloadd_offloaded_flows{family="ipv6",mode="hardware"} 0.0',
+    "offloadd_conntrack_entries 5000.0",
+    "offloadd_conntrack_entries_limit 262144.0",
+    'offloadd_flowtable_devices{flowtable="lan",state="desired"} 2.0',
+    'offloadd_flowtable_devices{flowtable="lan_hw",state="desired"} 1.0',
+    'offloadd_flowtable_devices{flowtable="lan",state="attached"} 1.0',
+    'offloadd_flowtable_devices{flowtable="lan_hw",state="attached"} 1.0',
+    'offloadd_device_info{device="eth0",flowtable="lan_hw",mode="hardware",'
+    "reason=\"name matches 'eth*'; can offload in hardware\"} 1.0",
+    f'offloadd_device_info{{device="eth1",flowtable="lan",mode="software",'
+    f'reason="{REASON_SW}"}} 1.0',
+    f'offloadd_device_info{{device="eth2",flowtable="lan",mode="software",'
+    f'reason="{REASON_SW}"}} 1.0',
+    "offloadd_kernel_state_matches 0.0",
+    "offloadd_reconciles_total 12.0",
+    "offloadd_reconcile_failures_total 2.0",
+    "offloadd_transactions_total 5.0",
+    "offloadd_last_reconcile_duration_seconds 0.25",
+    "offloadd_last_reconcile_timestamp_seconds 1.7000000005e+09",
+    "offloadd_link_events_total 40.0",
+    "offloadd_link_resyncs_total 1.0",
+    "offloadd_config_reloads_total 3.0",
+    "offloadd_config_reloads_rejected_total 1.0",
+}
+
+
+def test_exposition_exact() -> None:
+    text = scrape(FakeView(), FakeFlows())
+    assert samples(text) == EXPECTED
+    assert "# TYPE offloadd_reconciles_total counter" in text
+    assert "# TYPE offloadd_offloaded_flows gauge" in text
+    assert "# HELP offloadd_offloaded_flows conntrack entries offloaded" in text
+
+
+def test_in_sync_table_and_missing_table() -> None:
+    assert "offloadd_kernel_state_matches 1.0" in samples(
+        scrape(FakeView(kernel=DESIRED.table), FakeFlows()))
+    got = samples(scrape(FakeView(kernel=None), FakeFlows()))
+    assert 'offloadd_flowtable_devices{flowtable="lan",state="attached"} 0.0' in got
+    assert "offloadd_kernel_state_matches 0.0" in got
+
+
+def test_before_first_reconcile() -> None:
+    view = FakeView(desired_=None, kernel=None, counters_=DaemonCounters(started=5.0))
+    got = samples(scrape(view, FakeFlows()))
+    names = {ln.split("{")[0].split(" ")[0] for ln in got}
+    assert "offloadd_last_reconcile_timestamp_seconds" not in names
+    assert "offloadd_device_info" not in names and "offloadd_kernel_state_matches" not in names
+    assert "offloadd_reconciles_total 0.0" in got
+    assert 'offloadd_source_up{source="nftables"} 1.0' in got
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_failing_source_reports_down_and_keeps_the_rest(source: str) -> None:
+    view = FakeView(nft_fails=source == "nftables", links_fail=source == "links")
+    flows = FakeFlows(fail=source == "conntrack")
+    got = samples(scrape(view, flows))
+    gone = {
+        "conntrack": ("offloadd_offloaded_flows", "offloadd_conntrack_entries"),
+        "nftables": ('state="attached"', "offloadd_kernel_state_matches"),
+        "links": ("offloadd_link_events_total", "offloadd_link_resyncs_total"),
+    }[source]
+    want = {ln for ln in EXPECTED if not any(g in ln for g in gone)}
+    want = (want - {f'offloadd_source_up{{source="{source}"}} 1.0'}) | {
+        f'offloadd_source_up{{source="{source}"}} 0.0'}
+    assert got == want
+
+
+def test_totals_without_limit() -> None:
+    got = samples(scrape(FakeView(), FakeFlows(totals_=ConntrackTotals(9, None))))
+    assert "offloadd_conntrack_entries 9.0" in got
+    assert not any(ln.startswith("offloadd_conntrack_entries_limit") for ln in got)
+
+
+def test_registration_reads_nothing_and_stays_off_the_global_registry() -> None:
+    flows = FakeFlows()
+    before = set(REGISTRY._names_to_collectors)
+    reg = CollectorRegistry(auto_describe=True)
+    register(reg, FakeView(), flows)
+    assert flows.calls == 0
+    assert set(REGISTRY._names_to_collectors) == before
+    # ?name[]= scrapes work because describe() names every metric.
+    only = samples(generate_latest(reg.restricted_registry(["offloadd_offloaded_flows"]))
+                   .decode())
+    assert len(only) == 4 and all(ln.startswith("offloadd_offloaded_flows{") for ln in only)
+    assert 'offloadd_build_info{version="%s"} 1.0' % __version__ in samples(  # noqa: UP031
+        generate_latest(reg).decode())
+
+
+def test_names_follow_conventions() -> None:
+    for spec in SPECS:
+        assert spec.name.startswith("offloadd_")
+        assert spec.name.endswith("_total") == spec.counter
+        if "time" in spec.name:
+            assert spec.name.endswith("_timestamp_seconds") or spec.name.endswith(
+                "_time_seconds")
+
+
+def test_status_view_reads_the_daemons_status() -> None:
+    st = Status(config_path=Path("/etc/offloadd.toml"), started=10.0, desired=DESIRED,
+                reconciles_total=4, reconcile_failures_total=1, transactions_total=2,
+                last_reconcile_seconds=0.5, last_reconcile_time=20.0, reloads_total=6,
+                reloads_rejected_total=7)
+    ws = WatcherStats(events_total=9, resyncs_total=8)
+    view = StatusView(st, lambda: DESIRED.table, ws)
+    assert view.counters() == DaemonCounters(4, 1, 2, 0.5, 20.0, 6, 7, 10.0)
+    assert view.desired() is DESIRED and view.attached() is DESIRED.table
+    assert view.links() is ws
+    got = samples(scrape_view(view))
+    assert "offloadd_kernel_state_matches 1.0" in got
+    assert "offloadd_link_events_total 9.0" in got
+
+
+def scrape_view(view: StatusView) -> str:
+    reg = CollectorRegistry()
+    register(reg, view, FakeFlows())
+    return generate_latest(reg).decode()
+
+
+def test_promtool_accepts_the_exposition() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is missing: install the Debian package 'prometheus' "
+                    "(apt-get install prometheus); lab/setup.sh should list it")
+    for view, flows in ((FakeView(), FakeFlows()),
+                        (FakeView(nft_fails=True, links_fail=True), FakeFlows(fail=True))):
+        proc = subprocess.run([promtool, "check", "metrics"], input=scrape(view, flows),
+                              capture_output=True, text=True, check=False, timeout=30)
+        assert proc.returncode == 0 and not proc.stdout.strip() and not proc.stderr.strip(), (
+            proc.stdout + proc.stderr)
