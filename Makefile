@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 KERNELS := 6.1 6.12
 KERNEL ?= 6.1
 
-.PHONY: test-native test setup test-unit test-host lint test-vm test-vms lab-shell vagrant-validate clean
+.PHONY: demo bench test-native test setup test-unit test-host lint test-vm test-vms lab-shell vagrant-validate clean
 
 ## make test: everything CI runs — setup, lint, unit tests, host checks, the
 ## integration suite in the VM on every kernel, the Vagrantfile check.
@@ -36,6 +36,15 @@ test-vm: setup
 
 test-vms: setup
 	@rc=0; for k in $(KERNELS); do lab/vm-test.sh $$k $(PYTEST_ARGS) || rc=1; done; exit $$rc
+
+## make demo: the lab VM with offloadd in a router namespace, traffic, a
+## hot-plugged VLAN, then offloadctl status, conntrack and metrics.
+demo: setup
+	lab/vm-run.sh $(KERNEL) "$(CURDIR)/.venv/bin/python" lab/demo.py
+
+## make bench: benchmarks in the lab VM -> bench/results/latest.json
+bench: setup
+	lab/vm-bench.sh $(KERNEL) $(CASES)
 
 ## make test-native: the integration suite on this machine's own kernel (a
 ## Vagrant box, a gateway with flowtables); fails if the kernel cannot.

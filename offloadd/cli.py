@@ -15,15 +15,20 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry
+
 from offloadd import __version__
 from offloadd.backend import NftBackend
 from offloadd.capability import probe
 from offloadd.config import Config, load_config
+from offloadd.conntrack import ConntrackCounter
 from offloadd.daemon import Daemon, Snapshot
 from offloadd.errors import ConfigError, OffloaddError
 from offloadd.links import LinkWatcher, current_links
+from offloadd.metrics import Exporter, StatusView, TlsOptions, register, start_exporter
 from offloadd.nft import Nft
 from offloadd.render import render
+from offloadd.sdnotify import Notifier, journal_logging
 
 DEFAULT_CONFIG = Path("/etc/offloadd/offloadd.toml")
 EXIT_OK = 0
@@ -62,8 +67,8 @@ def _fail(code: int, msg: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="offloadd: %(levelname)s: %(message)s")
+    # The root logger, so pyroute2's messages reach the journal too.
+    journal_logging(logging.getLogger(), level=args.log_level.upper())
     try:
         config = load_config(args.config)
     except ConfigError as e:
@@ -116,14 +121,37 @@ async def run(config_path: Path, config: Config) -> int:
     # in tests of the resync path.
     rcvbuf = os.environ.get("OFFLOADD_NETLINK_RCVBUF")
     watcher = LinkWatcher(rcvbuf=int(rcvbuf) if rcvbuf else None)
-    daemon = Daemon(config_path, config, backend, watcher,
+    daemon = Daemon(config_path, config, backend, links=watcher,
                     on_ready=lambda: log.info("ready: table %s %s reconciled",
-                                              config.daemon.family.value, config.daemon.table))
+                                              config.daemon.family.value, config.daemon.table),
+                    notify=Notifier.from_environ())
+    exporter = _start_metrics(config, daemon, watcher)
     try:
         await daemon.run()
     finally:
+        if exporter is not None:
+            exporter.close()
         daemon.teardown()
     return EXIT_OK
+
+
+def _start_metrics(config: Config, daemon: Daemon, watcher: LinkWatcher) -> Exporter | None:
+    if not config.metrics.enabled:
+        return None
+    m = config.metrics
+    tls = None
+    if m.tls_cert_file is not None and m.tls_key_file is not None:
+        tls = TlsOptions(m.tls_cert_file, m.tls_key_file, m.tls_client_ca_file,
+                         m.tls_client_auth_required)
+    # The scrape runs in the exporter's thread: it gets its own libnftables
+    # context, never the event loop's.
+    scrape_backend = NftBackend(config.daemon.family.value, config.daemon.table)
+    registry = CollectorRegistry()
+    register(registry, StatusView(daemon.status, scrape_backend.read, watcher.stats),
+             ConntrackCounter())
+    exporter = start_exporter(m, registry, tls=tls)
+    log.info("metrics at %s", exporter.url)
+    return exporter
 
 
 if __name__ == "__main__":

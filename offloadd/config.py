@@ -114,6 +114,11 @@ class FlowtableConfig:
 class MetricsConfig:
     host: str = "127.0.0.1"
     port: int = 9468
+    enabled: bool = True
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    tls_client_auth_required: bool = False
 
     @property
     def listen(self) -> str:
@@ -460,7 +465,8 @@ def _check_unique_names(flowtables: list[FlowtableConfig]) -> None:
 
 
 def _parse_metrics(data: Mapping[str, Any]) -> MetricsConfig:
-    s = _Section(data, "metrics", ("listen", "port"))
+    s = _Section(data, "metrics", ("enabled", "listen", "port", "tls_cert_file", "tls_key_file",
+                                   "tls_client_ca_file", "tls_client_auth_required"))
     listen = s.get("listen", str, None)
     host, port = MetricsConfig.host, MetricsConfig.port
     if listen is not None:
@@ -473,7 +479,28 @@ def _parse_metrics(data: Mapping[str, Any]) -> MetricsConfig:
                 "give the port in one of them only"
             )
         port = given
-    return MetricsConfig(host=host, port=port)
+    enabled = s.get("enabled", bool, True)
+    files: dict[str, Path | None] = {}
+    for key in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+        value = s.get(key, str, None)
+        if value is not None and not value.startswith("/"):
+            raise ConfigError(f"metrics.{key}: {_q(value)} is not valid; use an absolute path")
+        files[key] = Path(value) if value is not None else None
+    if (files["tls_cert_file"] is None) != (files["tls_key_file"] is None):
+        raise ConfigError("metrics: tls_cert_file and tls_key_file go together; "
+                          "give both for HTTPS or neither for plain HTTP")
+    client_auth = s.get("tls_client_auth_required", bool, False)
+    if files["tls_client_ca_file"] is not None and files["tls_cert_file"] is None:
+        raise ConfigError("metrics.tls_client_ca_file: needs tls_cert_file and tls_key_file "
+                          "(client certificates are checked only over HTTPS)")
+    if client_auth and files["tls_client_ca_file"] is None:
+        raise ConfigError("metrics.tls_client_auth_required: true needs tls_client_ca_file "
+                          "to check client certificates against")
+    return MetricsConfig(host=host, port=port, enabled=enabled,
+                         tls_cert_file=files["tls_cert_file"],
+                         tls_key_file=files["tls_key_file"],
+                         tls_client_ca_file=files["tls_client_ca_file"],
+                         tls_client_auth_required=client_auth)
 
 
 def _parse_listen(listen: str) -> tuple[str, int]:

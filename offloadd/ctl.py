@@ -16,12 +16,13 @@ import asyncio
 import json
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
 from offloadd import __version__
 from offloadd.backend import NftBackend
-from offloadd.config import Config, load_config
+from offloadd.config import Config, load_config, parse_config
 from offloadd.control import ControlError, request
 from offloadd.daemon import Daemon
 from offloadd.errors import ConfigError, OffloaddError
@@ -89,7 +90,37 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _config_for_socket(args: argparse.Namespace) -> Config:
-    return load_config(args.config)
+    """The config, for where the daemon listens and which table it owns.
+
+    A config file that has just been broken must not stop offloadctl from
+    reaching the daemon (that is when `reload` and `status` matter most), so
+    an invalid file falls back to its [control]/[daemon] keys read leniently.
+    """
+    try:
+        return load_config(args.config)
+    except ConfigError as e:
+        lenient = _lenient(args.config)
+        if lenient is None:
+            raise
+        print(f"offloadctl: warning: {e}", file=sys.stderr)
+        return lenient
+
+
+def _lenient(path: Path) -> Config | None:
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    control, daemon = doc.get("control", {}), doc.get("daemon", {})
+    text = "[[flowtable]]\nname = \"x\"\ndevices = [\"x\"]\n"
+    if isinstance(daemon, dict) and isinstance(daemon.get("table"), str):
+        text = f"[daemon]\ntable = {json.dumps(daemon['table'])}\n" + text
+    if isinstance(control, dict) and isinstance(control.get("socket"), str):
+        text += f"[control]\nsocket = {json.dumps(control['socket'])}\n"
+    try:
+        return parse_config(text, str(path))
+    except ConfigError:
+        return None
 
 
 # -- status ---------------------------------------------------------------------

@@ -23,6 +23,7 @@ from offloadd.errors import ConfigError, DeviceVanishedError, OffloaddError, Ver
 from offloadd.model import DesiredResult, Link, TableState, auto_forward_priority, desired_state
 from offloadd.plan import Plan, compute_plan, teardown_plan
 from offloadd.report import status_report
+from offloadd.sdnotify import Notifier
 from offloadd.status import Status
 
 log = logging.getLogger("offloadd")
@@ -37,6 +38,20 @@ class Snapshot(Protocol):
 
     @property
     def resync(self) -> bool: ...
+
+
+class Notify(Protocol):
+    """The service manager (systemd) side: readiness, status, watchdog."""
+
+    def ready(self, status: str) -> None: ...
+
+    def status(self, text: str) -> None: ...
+
+    def reloading(self) -> None: ...
+
+    def stopping(self) -> None: ...
+
+    async def run_watchdog(self) -> None: ...
 
 
 class LinkSource(Protocol):
@@ -75,14 +90,17 @@ def describe_diff(desired: TableState, current: TableState | None) -> str:
 
 
 class Daemon:
-    def __init__(self, config_path: Path, config: Config, backend: Backend,
+    def __init__(self, config_path: Path, config: Config, backend: Backend, *,
                  links: LinkSource,
-                 on_ready: Callable[[], None] = lambda: None) -> None:
+                 on_ready: Callable[[], None] = lambda: None,
+                 notify: Notify | None = None) -> None:
         self.config = config
         self.backend = backend
         self.link_source = links
         self.status = Status(config_path=config_path)
         self._on_ready = on_ready
+        self.notify: Notify = notify or Notifier(None)
+        self._reloading = False
         self._ready = False
         self._hw_cache: dict[str, bool] = {}
         self._stop = asyncio.Event()
@@ -153,6 +171,18 @@ class Daemon:
         self.status.recent_errors = [*self.status.recent_errors[-9:],
                                      f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {msg}"]
 
+    def status_line(self) -> str:
+        """One line for systemd's STATUS= (shown by systemctl status)."""
+        desired = self.status.desired
+        fts = desired.table.flowtables if desired else ()
+        devs = sum(len(f.devices) for f in fts)
+        line = (f"{len(fts)} flowtable(s), {devs} device(s); "
+                f"{self.status.reconciles_total} reconciles, "
+                f"{self.status.reconcile_failures_total} failed")
+        if self.status.last_error:
+            line += f"; last error: {self.status.last_error}"
+        return line
+
     def _safe_reconcile(self) -> None:
         try:
             self.reconcile()
@@ -165,10 +195,20 @@ class Daemon:
         except OffloaddError as e:
             log.error("reconcile failed: %s", e)
             self._retry_later(RETRY_FAILED_S)
+            self.notify.status(self.status_line())
+            if self._reloading and self._ready:
+                self._reloading = False
+                self.notify.ready(self.status_line())
             return
-        if not self._ready:
+        if not self._ready or self._reloading:
+            first = not self._ready
             self._ready = True
-            self._on_ready()
+            self._reloading = False
+            self.notify.ready(self.status_line())
+            if first:
+                self._on_ready()
+        else:
+            self.notify.status(self.status_line())
 
     # -- reload / stop ------------------------------------------------------
     def reload(self) -> bool:
@@ -267,6 +307,9 @@ class Daemon:
             loop.add_signal_handler(sig, handler)
         watcher = asyncio.create_task(self._consume_links(), name="links")
         watcher.add_done_callback(lambda _t: self._wake.set())
+        # On this loop on purpose: a wedged loop stops the pings and
+        # systemd restarts the service.
+        watchdog = asyncio.create_task(self.notify.run_watchdog(), name="watchdog")
         try:
             while not self._stop.is_set():
                 await self._wake.wait()
@@ -278,9 +321,15 @@ class Daemon:
                     break
                 if self._reload_requested:
                     self._reload_requested = False
+                    # systemd waits in "reloading" until READY=1 follows,
+                    # which comes after the next reconcile even if refused.
+                    self.notify.reloading()
+                    self._reloading = True
                     self.reload()
                 self._safe_reconcile()
         finally:
+            self.notify.stopping()
+            watchdog.cancel()
             if server is not None:
                 await server.close()
             watcher.cancel()

@@ -1,7 +1,9 @@
 """What the daemon knows about itself, shared by status reports and metrics.
 
-A plain mutable record owned by the Daemon; readers (control socket, metrics
-collector) only look at it from the same event loop thread.
+A plain mutable record owned by the Daemon and written only from its event
+loop. The control socket reads it on that loop; the metrics scrape reads it
+from the exporter's thread, copying plain numbers and swapping whole
+references, which the GIL keeps consistent.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def test_random_link_operations_converge(lab: Lab, tmp_path: Path) -> None:
         r.run("ip", "-batch", "-", input="".join(f"link del y{i}\n" for i in range(80)))
         d.wait_devices("ft", _selected(_router_links(lab)), timeout=60)
         ops_done = 160
-        for _burst in range(16):
+        for _burst in range(28):
             have = _router_links(lab) - {"lo"}
             mine = sorted(have & set(NAMES))
             free = [n for n in NAMES if n not in have]

@@ -270,3 +270,17 @@ def test_nft_keywords_rejected_as_flowtable_names() -> None:
     for word in ("offload", "flow", "counter", "devices", "hook", "priority", "add", "delete"):
         with pytest.raises(ConfigError, match=f'"{word}" is an nft keyword'):
             parse_config(f'[[flowtable]]\nname = "{word}"\ndevices = ["eth0"]\n')
+
+
+def test_metrics_tls_keys() -> None:
+    base = '[[flowtable]]\nname = "a"\ndevices = ["x"]\n[metrics]\n'
+    cfg = parse_config(base + 'tls_cert_file = "/c.pem"\ntls_key_file = "/k.pem"\n'
+                       'tls_client_ca_file = "/ca.pem"\ntls_client_auth_required = true\n')
+    assert cfg.metrics.tls_cert_file == Path("/c.pem")
+    assert cfg.metrics.tls_client_auth_required
+    for bad, words in [('tls_cert_file = "/c.pem"\n', "go together"),
+                       ('tls_cert_file = "c.pem"\ntls_key_file = "/k"\n', "absolute path"),
+                       ('tls_client_auth_required = true\n', "needs tls_client_ca_file"),
+                       ('enabled = "yes"\n', "metrics.enabled")]:
+        with pytest.raises(ConfigError, match=words):
+            parse_config(base + bad)

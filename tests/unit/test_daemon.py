@@ -33,7 +33,7 @@ def _daemon(tmp_path: Path, text: str = CONFIG,
     path = tmp_path / "offloadd.toml"
     path.write_text(text)
     b = backend or FakeBackend()
-    return Daemon(path, parse_config(text), b, FakeLinks()), b
+    return Daemon(path, parse_config(text), b, links=FakeLinks()), b
 
 
 def test_first_reconcile_creates_table_with_matching_devices(tmp_path: Path) -> None:
@@ -132,3 +132,49 @@ def test_loop_follows_snapshots_and_retries_vanished_device(tmp_path: Path) -> N
         await asyncio.wait_for(task, 2)
 
     asyncio.run(scenario())
+
+
+class RecordingNotify:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def ready(self, status: str) -> None:
+        self.calls.append("ready")
+
+    def status(self, text: str) -> None:
+        self.calls.append("status")
+
+    def reloading(self) -> None:
+        self.calls.append("reloading")
+
+    def stopping(self) -> None:
+        self.calls.append("stopping")
+
+    async def run_watchdog(self) -> None:
+        self.calls.append("watchdog")
+
+
+def test_loop_tells_systemd_ready_reloading_and_stopping(tmp_path: Path) -> None:
+    async def scenario() -> list[str]:
+        path = tmp_path / "offloadd.toml"
+        path.write_text(CONFIG)
+        links = FakeLinks()
+        notify = RecordingNotify()
+        d = Daemon(path, parse_config(CONFIG), FakeBackend(), links=links, notify=notify)
+        task = asyncio.create_task(d.run(signals=(), control=False))
+        await asyncio.sleep(0.02)
+        assert "ready" not in notify.calls  # not before the first reconcile
+        links.push(LAN0)
+        await asyncio.sleep(0.05)
+        path.write_text("bogus")  # a refused reload must still end in READY
+        d.request_reload()
+        await asyncio.sleep(0.05)
+        d.request_stop()
+        await asyncio.wait_for(task, 2)
+        return notify.calls
+
+    calls = asyncio.run(scenario())
+    assert calls[0] == "watchdog"
+    assert calls[1] == "ready"
+    i = calls.index("reloading")
+    assert "ready" in calls[i:] and calls[-1] == "stopping"

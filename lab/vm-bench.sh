@@ -1,0 +1,28 @@
+#!/bin/bash
+# `make bench`: boots the lab VM on one kernel and runs the benchmarks inside;
+# bench/results/latest.json comes back through the rw dir.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+. "$here/common.sh"
+
+series=${1:?usage: vm-bench.sh KERNEL [case...]}
+shift
+kdir=$(kernel_dir "$series")
+[ -n "$kdir" ] || die "kernel $series is not fetched yet: run lab/setup.sh (or make setup)"
+ver=$(basename "$kdir")
+out="$repo/build/bench/$series"
+rm -rf "$out"; mkdir -p "$out" "$repo/bench/results"
+
+log "bench on kernel $series ($ver)"
+set +e
+PATH="$repo/.venv/bin:$PATH" timeout "${OFFLOADD_BENCH_TIMEOUT:-1800}" \
+    vng --run "$kdir/boot/vmlinuz-$ver" --disable-kvm \
+        --cpus "${OFFLOADD_VM_CPUS:-2}" --memory "${OFFLOADD_VM_MEMORY:-2G}" \
+        --rwdir "$out" --cwd "$repo" \
+        -- "$repo/.venv/bin/python" -m bench.run --out "$out/latest.json" "$@" \
+        </dev/null 2>&1 | sed -u "s/^/[vm $series] /"
+set -e
+[ -s "$out/latest.json" ] || die "the benchmark wrote no results (see the output above)"
+cp "$out/latest.json" "$repo/bench/results/latest.json"
+log "wrote bench/results/latest.json"

@@ -1,0 +1,109 @@
+"""The control protocol: every input gets a reply, none raises (fuzzed)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from offloadd.control import (
+    MAX_REQUEST_BYTES,
+    ControlError,
+    ControlServer,
+    handle_request,
+    request,
+)
+from offloadd.errors import ConfigError
+
+
+async def _status(_req: Mapping[str, Any]) -> Any:
+    return {"hello": "world"}
+
+
+async def _refuse(_req: Mapping[str, Any]) -> Any:
+    raise ConfigError("reload refused: bad key")
+
+
+async def _bug(_req: Mapping[str, Any]) -> Any:
+    raise KeyError("oops")
+
+
+HANDLERS = {"status": _status, "reload": _refuse, "bug": _bug}
+
+
+def _ask(raw: bytes) -> dict[str, Any]:
+    return json.loads(asyncio.run(handle_request(raw, HANDLERS)))  # type: ignore[no-any-return]
+
+
+def test_good_request() -> None:
+    assert _ask(b'{"version": 1, "command": "status"}') == {
+        "version": 1, "ok": True, "result": {"hello": "world"}}
+
+
+def test_errors_are_replies() -> None:
+    assert "not JSON" in _ask(b"{")["error"]
+    assert "JSON object" in _ask(b"[1]")["error"]
+    assert "protocol version 2" in _ask(b'{"version": 2, "command": "status"}')["error"]
+    assert "unknown command 'x'; known: bug, reload, status" in _ask(
+        b'{"version": 1, "command": "x"}')["error"]
+    assert _ask(b'{"version": 1, "command": "reload"}') == {
+        "version": 1, "ok": False, "error": "reload refused: bad key"}
+    assert "internal error in bug" in _ask(b'{"version": 1, "command": "bug"}')["error"]
+    assert "larger than" in _ask(b"x" * (MAX_REQUEST_BYTES + 1))["error"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=300),
+                 st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+                              lambda c: st.lists(c, max_size=4)
+                              | st.dictionaries(st.text(max_size=8), c, max_size=4),
+                              max_leaves=12).map(lambda v: json.dumps(v).encode())))
+def test_fuzz_never_raises(raw: bytes) -> None:
+    reply = _ask(raw)
+    assert reply["version"] == 1 and isinstance(reply["ok"], bool)
+
+
+def test_server_round_trip_and_socket_mode(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "control.sock"
+
+    async def scenario() -> None:
+        server = ControlServer(path, HANDLERS)
+        await server.start()
+        assert path.stat().st_mode & 0o777 == 0o600  # root only by default
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, request, path, "status") == {"hello": "world"}
+        try:
+            await loop.run_in_executor(None, request, path, "reload")
+        except ControlError as e:
+            assert str(e) == "reload refused: bad key"
+        else:
+            raise AssertionError("refused reload did not raise")
+        await server.close()
+        assert not path.exists()
+
+    asyncio.run(scenario())
+
+
+def test_client_says_daemon_not_running(tmp_path: Path) -> None:
+    try:
+        request(tmp_path / "none.sock", "status")
+    except ControlError as e:
+        assert "offloadd is not running" in str(e)
+    else:
+        raise AssertionError("expected ControlError")
+
+
+def test_unknown_group_is_a_clear_error(tmp_path: Path) -> None:
+    async def scenario() -> str:
+        try:
+            await ControlServer(tmp_path / "c.sock", HANDLERS, group="no-such-grp").start()
+        except ControlError as e:
+            return str(e)
+        return ""
+
+    assert "no such group 'no-such-grp'" in asyncio.run(scenario())
