@@ -27,6 +27,7 @@ from offloadd.errors import ConfigError, OffloaddError
 from offloadd.links import LinkWatcher, current_links
 from offloadd.metrics import Exporter, StatusView, TlsOptions, register, start_exporter
 from offloadd.nft import Nft
+from offloadd.nftwatch import NftEvents
 from offloadd.render import render
 from offloadd.sdnotify import Notifier, journal_logging
 
@@ -67,8 +68,10 @@ def _fail(code: int, msg: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # The root logger, so pyroute2's messages reach the journal too.
+    # The root logger, so pyroute2's messages reach the journal too; but its
+    # per-message debug chatter would drown offloadd's own.
     journal_logging(logging.getLogger(), level=args.log_level.upper())
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
     try:
         config = load_config(args.config)
     except ConfigError as e:
@@ -124,7 +127,7 @@ async def run(config_path: Path, config: Config) -> int:
     daemon = Daemon(config_path, config, backend, links=watcher,
                     on_ready=lambda: log.info("ready: table %s %s reconciled",
                                               config.daemon.family.value, config.daemon.table),
-                    notify=Notifier.from_environ())
+                    notify=Notifier.from_environ(), nft_changes=NftEvents())
     exporter = _start_metrics(config, daemon, watcher)
     try:
         await daemon.run()

@@ -60,6 +60,8 @@ CTA_STATUS = 3
 CTA_COUNTERS_ORIG = 9
 CTA_COUNTERS_REPLY = 10
 CTA_ID = 12
+CTA_HELP = 5
+CTA_HELP_NAME = 1
 CTA_STATUS_MASK = 26
 CTA_TUPLE_IP = 1
 CTA_TUPLE_PROTO = 2
@@ -144,6 +146,7 @@ class OffloadedFlow:
     orig_bytes: int | None = None
     reply_packets: int | None = None
     reply_bytes: int | None = None
+    helper: str | None = None  # a conntrack helper (ftp, sip, ...) keeps a flow on the slow path
 
     @property
     def hardware(self) -> bool:
@@ -453,7 +456,14 @@ def parse_entry(buf: bytearray | bytes, start: int, end: int, family: int) -> Of
     id_off, id_len = _find_attr(buf, start, end, CTA_ID)
     o_pk, o_by = _counters(buf, start, end, CTA_COUNTERS_ORIG)
     r_pk, r_by = _counters(buf, start, end, CTA_COUNTERS_REPLY)
+    helper = None
+    h_off, h_len = _find_attr(buf, start, end, CTA_HELP)
+    if h_off >= 0:
+        n_off, n_len = _find_attr(buf, h_off, h_off + h_len, CTA_HELP_NAME)
+        helper = (bytes(buf[n_off:n_off + n_len]).rstrip(b"\0").decode(errors="replace")
+                  if n_off >= 0 else "?")
     return OffloadedFlow(
+        helper=helper,
         id=BE32.unpack_from(buf, id_off)[0] if id_off >= 0 and id_len >= 4 else 0,
         family=family, status=_status(buf, start, end) or 0,
         orig=tuples[0], reply=tuples[1],

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
+import socket
 import sys
 import time
 import tomllib
@@ -23,12 +25,15 @@ from typing import Any
 from offloadd import __version__
 from offloadd.backend import NftBackend
 from offloadd.config import Config, load_config, parse_config
+from offloadd.conntrack import OffloadedFlow, list_by_status, list_offloaded
 from offloadd.control import ControlError, request
 from offloadd.daemon import Daemon
 from offloadd.errors import ConfigError, OffloaddError
+from offloadd.explain import explain
 from offloadd.links import current_links
 from offloadd.nftstate import other_forward_priorities
 from offloadd.render import render
+from offloadd.routes import RouteLookup
 
 DEFAULT_CONFIG = Path("/etc/offloadd/offloadd.toml")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DOWN = 0, 1, 2, 3
@@ -54,10 +59,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="daemon, flowtables, devices (hardware/software, why), "
                                   "last reconcile and recent errors")
     sub.add_parser("reload", help="make the daemon re-read its config (a bad one is refused)")
+    fl = sub.add_parser("flows", help="offloaded flows, largest first (read from conntrack)")
+    fl.add_argument("--top", type=_positive, default=20, metavar="N",
+                    help="show the N largest (default 20)")
+    fl.add_argument("--device", help="only flows entering or leaving through this device")
+    fl.add_argument("--addr", help="only flows with this address at either end")
+    ex = sub.add_parser("explain", help="is this connection offloaded, and if not, why?")
+    ex.add_argument("proto", choices=["tcp", "udp", "icmp", "sctp"], help="protocol")
+    ex.add_argument("src", help="client ADDRESS[:PORT] as the router sees it "
+                                "([v6]:port for IPv6)")
+    ex.add_argument("dst", help="server ADDRESS[:PORT]")
     chk = sub.add_parser("check", help="validate a config file, show the plan, warn about "
                                        "forward chains that offloaded packets would skip")
     chk.add_argument("file", type=Path, nargs="?", help="config to check (default: --config)")
     return p
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} must be at least 1")
+    return n
 
 
 def _fail(code: int, msg: str) -> int:
@@ -82,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         sock = args.socket or config.control.socket
         if args.command == "status":
             return cmd_status(args, config, sock)
+        if args.command == "flows":
+            return cmd_flows(args)
+        if args.command == "explain":
+            return cmd_explain(args, config)
         return cmd_reload(args, sock)
     except ConfigError as e:
         return _fail(EXIT_USAGE, str(e))
@@ -216,6 +245,126 @@ def cmd_reload(args: argparse.Namespace, sock: Path) -> int:
             return _fail(EXIT_DOWN, str(e))
         return _fail(EXIT_FAILED, str(e))
     _emit(args, result, f"reloaded {result['config']}\n")
+    return EXIT_OK
+
+
+# -- flows ----------------------------------------------------------------------
+def _flow_dict(f: OffloadedFlow, routes: RouteLookup) -> dict[str, Any]:
+    return {"id": f.id, "family": "ipv4" if f.family == socket.AF_INET else "ipv6",
+            "proto": f.proto_name, "src": f.orig.src, "sport": f.orig.sport,
+            "dst": f.orig.dst, "dport": f.orig.dport,
+            "mode": "hardware" if f.hardware else "software",
+            "packets": f.packets, "bytes": f.bytes if f.packets is not None else None,
+            "in_dev": routes.device_towards(f.orig.src),
+            "out_dev": routes.device_towards(f.orig.dst)}
+
+
+def cmd_flows(args: argparse.Namespace) -> int:
+    # With a filter, look at every offloaded flow (memory stays bounded by
+    # the heap in list_offloaded); without, only the top N are parsed.
+    limit = args.top if not (args.device or args.addr) else 1_000_000
+    flows = [f for fam in (socket.AF_INET, socket.AF_INET6) for f in list_offloaded(fam, limit)]
+    routes = RouteLookup()
+    try:
+        rows = []
+        for f in flows:
+            if args.addr and args.addr not in (f.orig.src, f.orig.dst):
+                continue
+            row = _flow_dict(f, routes)
+            if args.device and args.device not in (row["in_dev"], row["out_dev"]):
+                continue
+            rows.append(row)
+    finally:
+        routes.close()
+    rows.sort(key=lambda r: (r["bytes"] or 0, r["packets"] or 0), reverse=True)
+    rows = rows[: args.top]
+    lines = [f"{'PROTO':<5} {'SOURCE':<41} {'DESTINATION':<41} {'PACKETS':>9} {'BYTES':>11} "
+             f"{'MODE':<8} DEVICES"]
+    for r in rows:
+        src, dst = _endpoint(r["src"], r["sport"]), _endpoint(r["dst"], r["dport"])
+        pk = "-" if r["packets"] is None else str(r["packets"])
+        by = "-" if r["bytes"] is None else _size(r["bytes"])
+        lines.append(f"{r['proto']:<5} {src:<41} {dst:<41} {pk:>9} {by:>11} {r['mode']:<8} "
+                     f"{r['in_dev'] or '?'} -> {r['out_dev'] or '?'}")
+    if not rows:
+        lines.append("(no offloaded flows" + (" match" if args.device or args.addr else "")
+                     + ")")
+    elif rows[0]["packets"] is None:
+        lines.append("(packet/byte counts need net.netfilter.nf_conntrack_acct = 1)")
+    _emit(args, rows, "\n".join(lines) + "\n")
+    return EXIT_OK
+
+
+def _endpoint(addr: str, port: int) -> str:
+    host = f"[{addr}]" if ":" in addr else addr
+    return f"{host}:{port}" if port else host
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    value = n / 1024
+    for unit in ("KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+# -- explain --------------------------------------------------------------------
+def _parse_endpoint(text: str, what: str) -> tuple[str, int | None]:
+    host, port = text, None
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest.startswith(":"):
+            port = _port(rest[1:], what)
+    elif text.count(":") == 1:
+        host, p = text.split(":")
+        port = _port(p, what)
+    try:
+        return str(ipaddress.ip_address(host)), port
+    except ValueError:
+        raise ConfigError(f"{what}: {text!r} is not ADDRESS[:PORT] "
+                          "(e.g. 192.0.2.1:443 or [2001:db8::1]:443)") from None
+
+
+def _port(text: str, what: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ConfigError(f"{what}: port {text!r} is not 1..65535")
+    return int(text)
+
+
+def cmd_explain(args: argparse.Namespace, config: Config) -> int:
+    src, sport = _parse_endpoint(args.src, "source")
+    dst, dport = _parse_endpoint(args.dst, "destination")
+    fam = socket.AF_INET6 if ":" in src else socket.AF_INET
+    if (":" in dst) != (fam == socket.AF_INET6):
+        raise ConfigError("source and destination must both be IPv4 or both IPv6")
+    proto = {"tcp": 6, "udp": 17, "icmp": 1, "sctp": 132}[args.proto]
+    if fam == socket.AF_INET6 and proto == 1:
+        proto = 58
+
+    def matches(f: OffloadedFlow) -> bool:
+        t = f.orig
+        return (t.proto == proto and t.src == src and t.dst == dst
+                and sport in (None, t.sport) and dport in (None, t.dport))
+
+    candidates = [f for f in list_by_status(fam, 0, 0, 1_000_000) if matches(f)]
+    flow = candidates[0] if candidates else None
+    routes = RouteLookup()
+    try:
+        in_dev, out_dev = routes.device_towards(src), routes.device_towards(dst)
+    finally:
+        routes.close()
+    table = NftBackend(config.daemon.family.value, config.daemon.table).read()
+    result = explain(flow, in_dev, out_dev, config, table)
+    data = {"verdict": result.verdict.value, "reasons": list(result.reasons),
+            "flowtable": result.flowtable, "in_dev": in_dev, "out_dev": out_dev,
+            "conntrack_id": flow.id if flow else None, "matches": len(candidates)}
+    head = f"{args.proto} {args.src} -> {args.dst}: {result.verdict.value.upper()}"
+    if len(candidates) > 1:
+        head += f" ({len(candidates)} connections match; showing the largest)"
+    _emit(args, data, "\n".join([head, *(f"  - {r}" for r in result.reasons)]) + "\n")
     return EXIT_OK
 
 

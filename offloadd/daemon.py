@@ -21,7 +21,16 @@ from offloadd.config import Config, Hardware, OnExit, PriorityMode, load_config
 from offloadd.control import ControlServer, Handler
 from offloadd.errors import ConfigError, DeviceVanishedError, OffloaddError, VerifyError
 from offloadd.model import DesiredResult, Link, TableState, auto_forward_priority, desired_state
-from offloadd.plan import Plan, compute_plan, teardown_plan
+from offloadd.plan import (
+    AddFlowtableDevices,
+    CreateChain,
+    CreateFlowtable,
+    DeleteFlowtable,
+    Plan,
+    RemoveFlowtableDevices,
+    compute_plan,
+    teardown_plan,
+)
 from offloadd.report import status_report
 from offloadd.sdnotify import Notifier
 from offloadd.status import Status
@@ -30,6 +39,7 @@ log = logging.getLogger("offloadd")
 
 RETRY_VANISHED_S = 0.2
 RETRY_FAILED_S = 5.0
+WATCHER_RESTART_S = 1.0
 
 
 class Snapshot(Protocol):
@@ -52,6 +62,12 @@ class Notify(Protocol):
     def stopping(self) -> None: ...
 
     async def run_watchdog(self) -> None: ...
+
+
+class ChangeSource(Protocol):
+    """Changes outside offloadd (other tables' chains) that need a reconcile."""
+
+    def changes(self) -> AsyncIterator[None]: ...
 
 
 class LinkSource(Protocol):
@@ -89,11 +105,32 @@ def describe_diff(desired: TableState, current: TableState | None) -> str:
     return "; ".join(parts) or "differs outside flowtables/sets/chain"
 
 
+def _log_ops(plan: Plan) -> None:
+    """One journal entry per device change, with fields to filter on."""
+    for op in plan.ops:
+        if isinstance(op, AddFlowtableDevices | RemoveFlowtableDevices):
+            verb = "attach" if isinstance(op, AddFlowtableDevices) else "detach"
+            for dev in sorted(op.devices):
+                log.info("flowtable %s: %s %s", op.ft.name, verb, dev,
+                         extra={"FLOWTABLE": op.ft.name, "DEVICE": dev, "OPERATION": verb})
+        elif isinstance(op, CreateFlowtable):
+            log.info("flowtable %s: created with %s", op.ft.name,
+                     ", ".join(sorted(op.ft.devices)) or "no devices",
+                     extra={"FLOWTABLE": op.ft.name, "OPERATION": "create"})
+        elif isinstance(op, DeleteFlowtable):
+            log.info("flowtable %s: deleted", op.name,
+                     extra={"FLOWTABLE": op.name, "OPERATION": "delete"})
+        elif isinstance(op, CreateChain):
+            log.info("forward chain at priority %d with %d rule(s)", op.chain.priority,
+                     len(op.chain.rules), extra={"OPERATION": "chain"})
+
+
 class Daemon:
     def __init__(self, config_path: Path, config: Config, backend: Backend, *,
                  links: LinkSource,
                  on_ready: Callable[[], None] = lambda: None,
-                 notify: Notify | None = None) -> None:
+                 notify: Notify | None = None,
+                 nft_changes: ChangeSource | None = None) -> None:
         self.config = config
         self.backend = backend
         self.link_source = links
@@ -101,6 +138,7 @@ class Daemon:
         self._on_ready = on_ready
         self.notify: Notify = notify or Notifier(None)
         self._reloading = False
+        self._nft_changes = nft_changes
         self._ready = False
         self._hw_cache: dict[str, bool] = {}
         self._stop = asyncio.Event()
@@ -145,7 +183,8 @@ class Daemon:
             if not plan.is_empty:
                 script = self.backend.apply(plan)
                 self.status.transactions_total += 1
-                log.info("applied %d operations:\n%s", len(plan.ops), script.rstrip())
+                log.debug("applied %d operations:\n%s", len(plan.ops), script.rstrip())
+                _log_ops(plan)
             after = self.backend.read()
             if after != desired.table:
                 raise VerifyError("kernel state differs after apply: "
@@ -278,20 +317,39 @@ class Daemon:
 
     # -- the loop -----------------------------------------------------------
     async def _consume_links(self) -> None:
-        snaps = self.link_source.snapshots()
+        """Feeds link snapshots to the loop; a failed watcher is restarted, not fatal."""
+        while True:
+            snaps = self.link_source.snapshots()
+            try:
+                async for snap in snaps:
+                    if snap.resync and self.status.links:
+                        self.status.resyncs_total += 1
+                        log.warning("netlink receive buffer overrun (ENOBUFS): links re-read "
+                                    "from a full dump")
+                    self.status.links = tuple(snap.links)
+                    self._wake.set()
+                return
+            except OffloaddError as e:
+                self._record_error(f"link watcher: {e}")
+                log.error("link watcher failed (%s); restarting it in %.0fs", e,
+                          WATCHER_RESTART_S)
+            finally:
+                # Closes the netlink socket.
+                aclose = getattr(snaps, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            await asyncio.sleep(WATCHER_RESTART_S)
+
+    async def _consume_nft_changes(self) -> None:
+        if self._nft_changes is None:
+            return
         try:
-            async for snap in snaps:
-                if snap.resync and self.status.links:
-                    self.status.resyncs_total += 1
-                    log.warning("netlink receive buffer overrun (ENOBUFS): links re-read "
-                                "from a full dump")
-                self.status.links = tuple(snap.links)
+            async for _ in self._nft_changes.changes():
                 self._wake.set()
-        finally:
-            # Closes the netlink socket when the loop stops.
-            aclose = getattr(snaps, "aclose", None)
-            if aclose is not None:
-                await aclose()
+        except OffloaddError as e:
+            # Without it, a new admin chain is noticed at the next link event.
+            self._record_error(str(e))
+            log.error("%s; other tables' changes are picked up at the next link event", e)
 
     async def run(self, signals: Sequence[signal.Signals] = (signal.SIGHUP, signal.SIGTERM,
                                                              signal.SIGINT),
@@ -310,6 +368,7 @@ class Daemon:
         # On this loop on purpose: a wedged loop stops the pings and
         # systemd restarts the service.
         watchdog = asyncio.create_task(self.notify.run_watchdog(), name="watchdog")
+        nft_changes = asyncio.create_task(self._consume_nft_changes(), name="nft-changes")
         try:
             while not self._stop.is_set():
                 await self._wake.wait()
@@ -330,6 +389,7 @@ class Daemon:
         finally:
             self.notify.stopping()
             watchdog.cancel()
+            nft_changes.cancel()
             if server is not None:
                 await server.close()
             watcher.cancel()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -36,9 +37,13 @@ RTMGRP_LINK = 0x1
 
 DEFAULT_QUIET = 0.05
 DEFAULT_MAX_DELAY = 0.5
-# A dump cannot overrun (the kernel paces it), but a broken socket could keep
-# failing; give up after this many consecutive failed resyncs.
-MAX_RESYNC_ATTEMPTS = 5
+log = logging.getLogger("offloadd")
+
+# The dump itself can overrun when events flood the freshly subscribed socket
+# meanwhile (seen in the lab with a 4 KiB buffer and 80 veth pairs at once).
+MAX_RESYNC_ATTEMPTS = 5  # immediate retries before backing off
+RESYNC_BACKOFF_START = 0.05
+RESYNC_BACKOFF_MAX = 2.0
 
 
 class NetlinkOverrunError(KernelError):
@@ -275,7 +280,10 @@ class _Reader:
         Subscribing before dumping means a change racing the dump is queued
         as a message and applied after it, instead of being lost.
         """
-        for attempt in range(1, MAX_RESYNC_ATTEMPTS + 1):
+        delay = RESYNC_BACKOFF_START
+        attempt = 0
+        while True:
+            attempt += 1
             await self.close()
             sock = self._factory()
             self._sock = sock
@@ -284,9 +292,15 @@ class _Reader:
             try:
                 return await sock.dump()
             except NetlinkOverrunError:
-                if attempt == MAX_RESYNC_ATTEMPTS:
-                    raise
-        raise AssertionError("unreachable")
+                # A storm of changes can overrun even the fresh socket while
+                # it dumps. Giving up would stop the daemon's view of links
+                # for good; backing off lets the storm pass, then the dump
+                # gets through.
+                if attempt >= MAX_RESYNC_ATTEMPTS:
+                    log.warning("link dump overrun %d times in a row; retrying in %.2fs",
+                                attempt, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RESYNC_BACKOFF_MAX)
 
     async def next(self, timeout: float | None) -> Sequence[NlMsg] | None:
         """The next batch, or None if `timeout` seconds pass without one."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tests.lab.daemon import offloadd
 from tests.lab.topology import Lab
+from tests.lab.traffic import iperf3_client, iperf3_server, udp_echo_server, udp_flows, wait_for
 
 CONFIG = """
 [[flowtable]]
@@ -49,10 +50,13 @@ def test_status_reload_check_and_daemon_down(lab: Lab, tmp_path: Path) -> None:
 
         # check: a valid config prints the plan (nothing to change now) and warns
         # about other forward chains.
-        lab.router.nft("table ip admin { chain admin_forward { type filter hook forward "
-                       "priority 0; policy accept; } }")
+        lab.router.nft("table ip admin {\n chain admin_forward {\n type filter hook forward "
+                       "priority 0; policy accept;\n }\n}\n")
+        # offloadd notices the new chain by itself and moves its rule after it.
+        wait_for(lambda: json.loads(d.ctl("--json", "status", check=True).stdout)
+                 ["table"]["forward_priority"] == 1, 20, what="offload rule moved to priority 1")
         chk = json.loads(d.ctl("--json", "check", check=True).stdout)
-        assert chk["valid"] and chk["plan"] == []
+        assert chk["valid"] and chk["plan"] == [], chk["plan"]
         assert any("ip admin admin_forward" in w for w in chk["warnings"])
         bad_file = tmp_path / "bad.toml"
         bad_file.write_text('[[flowtable]]\nname = "x"\ndevices = []\n')
@@ -97,3 +101,48 @@ def _raw(lab: Lab, path: str, payload: bytes) -> str:
                           capture_output=True, timeout=30, check=False)
     return proc.stdout.decode(errors="replace")
 
+
+
+def test_flows_and_explain(lab: Lab, tmp_path: Path) -> None:
+    config = CONFIG.replace('exclude = ["lan1"]', 'elephant_packets = 30\nprotocols = ["udp"]')
+    r = lab.router
+    r.sysctl("net.netfilter.nf_conntrack_acct", 1)  # packet counts for flows/explain
+    with offloadd(r, config, tmp_path) as d, udp_echo_server(lab.server, "0.0.0.0"):
+        d.wait_devices("ft", {"lan0", "lan1", "wan0"})
+        dst = lab.server_addr(4)
+        big = udp_flows(lab.client, dst, flows=1, seconds=30, interval=0.02)
+        try:
+            wait_for(lambda: json.loads(d.ctl("--json", "flows", check=True).stdout), 15,
+                     what="an offloaded flow listed")
+            rows = json.loads(d.ctl("--json", "flows", "--addr", dst, check=True).stdout)
+            assert len(rows) == 1
+            row = rows[0]
+            assert (row["proto"], row["dst"], row["dport"]) == ("udp", dst, 7000)
+            assert (row["in_dev"], row["out_dev"]) == ("lan0", "wan0")
+            assert row["packets"] and row["packets"] > 30
+            assert json.loads(d.ctl("--json", "flows", "--device", "lan1",
+                                    check=True).stdout) == []
+            human = d.ctl("flows", "--top", "5", check=True).stdout
+            assert "lan0 -> wan0" in human and "software" in human
+
+            src = f"{lab.lan.host_v4}:{row['sport']}"
+            ex = json.loads(d.ctl("--json", "explain", "udp", src, f"{dst}:7000",
+                                  check=True).stdout)
+            assert ex["verdict"] == "offloaded" and ex["flowtable"] == "ft", (
+                ex, lab.router.out("conntrack", "-L"))
+
+            # A mouse below the threshold, and TCP which this flowtable does not offload.
+            mouse = udp_flows(lab.client2, dst, flows=1, seconds=0.5, interval=0.1)
+            mouse.result()
+            ex = d.ctl("explain", "udp", lab.lan2.host_v4, f"{dst}:7000", check=True).stdout
+            assert "NOT OFFLOADED" in ex and "below the elephant threshold" in ex, ex
+            with iperf3_server(lab.server):
+                iperf3_client(lab.client, dst, seconds=2).result()
+            ex = d.ctl("explain", "tcp", lab.lan.host_v4, f"{dst}:5201", check=True).stdout
+            assert "offloads only udp, not tcp" in ex, ex
+            ex = d.ctl("explain", "tcp", "192.0.2.1:1", "192.0.2.2:2", check=True).stdout
+            assert "UNKNOWN" in ex and "no conntrack entry" in ex
+            bad = d.ctl("explain", "tcp", "nonsense", "192.0.2.2:2")
+            assert bad.returncode == 2 and "is not ADDRESS[:PORT]" in bad.stderr
+        finally:
+            big.stop()

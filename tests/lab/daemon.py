@@ -104,7 +104,7 @@ def offloadd(ns: Netns, config_text: str, workdir: Path, *, table: str = "offloa
     try:
         if wait_ready:
             try:
-                wait_for(lambda: "ready:" in d.log_text() or proc.poll() is not None, 30,
+                wait_for(lambda: "ready:" in d.log_text() or proc.poll() is not None, 90,
                          what="offloadd to report ready")
             except AssertionError:
                 raise AssertionError(f"offloadd not ready:\n{d.log_text()}") from None

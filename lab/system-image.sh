@@ -1,0 +1,203 @@
+#!/bin/bash
+# Builds the disk image for the full-system test (systemd as PID 1), as root:
+#   1. a minimal Debian 12 root (debootstrap, minbase) with systemd, nftables,
+#      python3 + python3-nftables/python3-systemd/python3-pytest and a venv
+#      /opt/offloadd holding offloadd's PyPI dependencies. Cached under
+#      $LAB_CACHE/sysroot (a stamp names what went in; cold ~1-2 min).
+#   2. per run: a copy of that root with offloadd installed from the wheel built
+#      from this checkout, the shipped unit + modules-load.d/sysctl.d files, a
+#      drop-in pointing ExecStart at the venv, the kernel's modules and the
+#      in-VM test (tests/system, run by offloadd-systemtest.service at boot);
+#      made into an ext4 image with mkfs.ext4 -d (no loop mount needed).
+#   3. a tiny initramfs (busybox from the root) that loads virtio_blk + ext4
+#      (modules in Debian's kernels), mounts /dev/vda and execs systemd.
+# Output: build/system/KERNEL/{root.img,initrd.img,vmlinuz}.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+# shellcheck source=lab/common.sh
+. "$here/common.sh"
+
+series=${1:-6.1}
+[ "$(id -u)" = 0 ] || die "system-image.sh needs root (debootstrap, chroot)"
+command -v debootstrap >/dev/null || die "debootstrap is missing: apt-get install debootstrap"
+command -v mkfs.ext4 >/dev/null || die "mkfs.ext4 is missing: apt-get install e2fsprogs"
+kdir=$(kernel_dir "$series")
+[ -n "$kdir" ] || die "kernel $series is not fetched yet: run lab/setup.sh (or make setup)"
+kver=$(basename "$kdir")
+
+# ---- 1. the cached Debian root --------------------------------------------
+root_packages=systemd,systemd-sysv,udev,kmod,nftables,iproute2,conntrack,busybox-static,python3,python3-venv,python3-nftables,python3-systemd,python3-pytest
+# The Debian mirror this machine's apt uses (deb822 or one-line sources).
+debian_mirror() {
+    cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list \
+        2>/dev/null | sed -n 's/^URIs: *\(http[^ ]*\/debian\)\/*$/\1/p
+            s/^deb  *\(\[[^]]*\]  *\)\{0,1\}\(http[^ ]*\/debian\)\/*  *bookworm .*/\2/p' | head -1
+}
+mirror=${OFFLOADD_DEBIAN_MIRROR:-$(debian_mirror || true)}
+mirror=${mirror:-http://deb.debian.org/debian}
+# offloadd's PyPI dependencies, at the versions the project venv tested with.
+pydeps=$("$repo/.venv/bin/python" - <<'EOF'
+import importlib.metadata as m
+print(" ".join(f"{d}=={m.version(d)}" for d in ("pyroute2", "prometheus-client")))
+EOF
+)
+sysroot="$LAB_CACHE/sysroot"
+# chroot with a clean environment: the host's PIP_* settings (local indexes,
+# find-links dirs) mean nothing inside the root.
+in_root() {
+    local dir=$1
+    shift
+    env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 chroot "$dir" "$@"
+}
+want_stamp=$(printf 'v1\n%s\n%s\n' "$root_packages" "$pydeps" | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$sysroot/.offloadd-sysroot" 2>/dev/null)" != "$want_stamp" ]; then
+    t0=$(date +%s)
+    log "system root: debootstrap bookworm from $mirror (packages: $root_packages)"
+    rm -rf "$sysroot.tmp"
+    mkdir -p "$LAB_CACHE/debs"
+    debootstrap --variant=minbase --cache-dir="$LAB_CACHE/debs" --include="$root_packages" \
+        bookworm "$sysroot.tmp" "$mirror" > "$LAB_CACHE/debootstrap.log" 2>&1 \
+        || { tail -20 "$LAB_CACHE/debootstrap.log" >&2; die "debootstrap failed (log: $LAB_CACHE/debootstrap.log)"; }
+    rm -rf "$sysroot.tmp"/var/cache/apt/archives/*.deb "$sysroot.tmp"/var/lib/apt/lists/*
+    log "system root: venv /opt/offloadd with $pydeps"
+    wheels="$sysroot.tmp/tmp/wheels"
+    mkdir -p "$wheels"
+    # shellcheck disable=SC2086
+    "$repo/.venv/bin/pip" download -q --disable-pip-version-check --no-deps \
+        --only-binary=:all: -d "$wheels" $pydeps 2>&1 | { grep -v "^WARNING: Location" || true; } >&2
+    in_root "$sysroot.tmp" /usr/bin/python3 -m venv --system-site-packages /opt/offloadd
+    # shellcheck disable=SC2086
+    in_root "$sysroot.tmp" /opt/offloadd/bin/pip install -q --disable-pip-version-check \
+        --no-index --find-links /tmp/wheels $pydeps
+    rm -rf "$wheels"
+    # A quiet, quick boot: nothing here needs timers or a login prompt.
+    for u in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer \
+             getty@tty1.service serial-getty@ttyS0.service systemd-timesyncd.service; do
+        ln -sf /dev/null "$sysroot.tmp/etc/systemd/system/$u"
+    done
+    echo offloadd-system > "$sysroot.tmp/etc/hostname"
+    : > "$sysroot.tmp/etc/machine-id"
+    echo "$want_stamp" > "$sysroot.tmp/.offloadd-sysroot"
+    rm -rf "$sysroot"
+    mv "$sysroot.tmp" "$sysroot"
+    log "system root: ready in $(( $(date +%s) - t0 )) s ($(du -sh "$sysroot" | cut -f1))"
+else
+    log "system root: cached ($sysroot)"
+fi
+
+# ---- 2. this checkout installed into a copy of it ---------------------------
+out="$repo/build/system/$series"
+stage="$out/root"
+mkdir -p "$out"
+rm -rf "$stage" "$out/wheel"
+log "image: building the offloadd wheel"
+"$repo/.venv/bin/pip" wheel -q --disable-pip-version-check --no-deps --no-build-isolation \
+    -w "$out/wheel" "$repo" > "$out/wheel.log" 2>&1 || { cat "$out/wheel.log" >&2; die "wheel build failed"; }
+wheel=$(ls "$out/wheel"/offloadd-*.whl)
+cp -a "$sysroot" "$stage"
+cp "$wheel" "$stage/tmp/"
+# --no-deps: the dependencies are in the venv already; systemd-python is
+# Debian's python3-systemd, seen through --system-site-packages.
+in_root "$stage" /opt/offloadd/bin/pip install -q --disable-pip-version-check --no-index \
+    --no-deps "/tmp/$(basename "$wheel")"
+rm -f "$stage/tmp/$(basename "$wheel")"
+in_root "$stage" /opt/offloadd/bin/pip check -q --disable-pip-version-check >/dev/null \
+    || die "pip check in the image venv: $(in_root "$stage" /opt/offloadd/bin/pip check 2>&1)"
+
+# The unit and its companions exactly as shipped, in the distribution layout.
+install -D -m644 "$repo/systemd/offloadd.service" "$stage/usr/lib/systemd/system/offloadd.service"
+install -D -m644 "$repo/systemd/offloadd-modules.conf" "$stage/usr/lib/modules-load.d/offloadd.conf"
+install -D -m644 "$repo/systemd/offloadd-sysctl.conf" "$stage/usr/lib/sysctl.d/60-offloadd.conf"
+install -D -m644 "$repo/etc/offloadd/offloadd.toml" "$stage/etc/offloadd/offloadd.toml"
+# The venv install, as the unit's header says to do it.
+install -D -m644 /dev/stdin "$stage/etc/systemd/system/offloadd.service.d/10-venv.conf" <<'EOF'
+[Service]
+ExecStart=
+ExecStart=/opt/offloadd/bin/offloadd --config /etc/offloadd/offloadd.toml
+EOF
+# Test-only: a short watchdog so that the hang test takes seconds, not 30+.
+install -D -m644 /dev/stdin "$stage/etc/systemd/system/offloadd.service.d/50-systemtest.conf" <<'EOF'
+[Service]
+WatchdogSec=5
+EOF
+ln -sf /opt/offloadd/bin/offloadctl "$stage/usr/local/bin/offloadctl"
+
+# The kernel's modules, so that systemd-modules-load and autoloading work.
+mkdir -p "$stage/lib/modules"
+cp -a "$kdir/lib/modules/$kver" "$stage/lib/modules/"
+rm -f "$stage/lib/modules/$kver/build" "$stage/lib/modules/$kver/source"
+
+# The in-VM test and the unit that runs it once the system is up.
+mkdir -p "$stage/opt/offloadd-systemtest"
+cp -a "$repo/tests/system" "$stage/opt/offloadd-systemtest/"
+rm -rf "$stage/opt/offloadd-systemtest/system/__pycache__"
+install -m755 "$here/system-guest-run.sh" "$stage/opt/offloadd-systemtest/run.sh"
+install -D -m644 /dev/stdin "$stage/etc/systemd/system/offloadd-systemtest.service" <<'EOF'
+[Unit]
+Description=offloadd full-system test
+After=multi-user.target
+SuccessAction=poweroff-force
+FailureAction=poweroff-force
+
+[Service]
+Type=oneshot
+ExecStart=/opt/offloadd-systemtest/run.sh
+StandardOutput=journal+console
+StandardError=journal+console
+TimeoutStartSec=20min
+
+[Install]
+WantedBy=multi-user.target
+EOF
+mkdir -p "$stage/etc/systemd/system/multi-user.target.wants"
+ln -sf /etc/systemd/system/offloadd-systemtest.service \
+    "$stage/etc/systemd/system/multi-user.target.wants/offloadd-systemtest.service"
+mkdir -p "$stage/results"
+
+size_mb=$(( $(du -sm "$stage" | cut -f1) * 3 / 2 + 256 ))
+rm -f "$out/root.img"
+mkfs.ext4 -q -F -L offloadd-root -d "$stage" "$out/root.img" "${size_mb}M"
+rm -rf "$stage"
+
+# ---- 3. the initramfs ------------------------------------------------------
+ird="$out/initrd"
+rm -rf "$ird"
+mkdir -p "$ird/bin" "$ird/mod"
+cp "$sysroot/bin/busybox" "$ird/bin/busybox"
+i=0
+while read -r _ path; do
+    [ -n "$path" ] || continue
+    i=$((i + 1))
+    name=$(printf '%02d-%s' "$i" "$(basename "${path%.xz}")")
+    case "$path" in
+        *.xz) xz -dc "$path" > "$ird/mod/$name" ;;
+        *.zst) zstd -qdc "$path" > "$ird/mod/$name" ;;
+        *) cp "$path" "$ird/mod/$name" ;;
+    esac
+done < <(modprobe -d "$kdir" -S "$kver" --show-depends -a virtio_pci virtio_blk crc32c_generic ext4 \
+         | grep '^insmod ' | awk '!seen[$2]++')
+cat > "$ird/init" <<'EOF'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mkdir -p /proc /sys /dev /newroot
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for m in /mod/*.ko; do insmod "$m" 2>/dev/null; done
+i=0
+while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+mount -t ext4 -o rw /dev/vda /newroot || { echo "initramfs: cannot mount /dev/vda"; ls /dev; poweroff -f; }
+mount --move /dev /newroot/dev
+umount /proc /sys
+exec switch_root /newroot /lib/systemd/systemd
+echo "initramfs: switch_root failed"; poweroff -f
+EOF
+chmod 755 "$ird/init"
+(cd "$ird" && find . | "$sysroot/bin/busybox" cpio -o -H newc 2>/dev/null | gzip -1) > "$out/initrd.img"
+rm -rf "$ird"
+cp "$kdir/boot/vmlinuz-$kver" "$out/vmlinuz"
+echo "$kver" > "$out/kernel-version"
+log "image: $out/root.img (${size_mb} MiB, offloadd $(basename "$wheel")), kernel $kver"

@@ -1,0 +1,73 @@
+"""The exporter against the oracles: conntrack-tools' count and a real Prometheus."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+from tests.lab import conntrack
+from tests.lab.daemon import offloadd
+from tests.lab.prom import http_get, prometheus, query
+from tests.lab.topology import Lab
+from tests.lab.traffic import udp_echo_server, udp_flows, wait_for
+
+CONFIG = """
+[metrics]
+listen = "127.0.0.1:9468"
+
+[[flowtable]]
+name = "ft"
+devices = ["lan*", "wan*"]
+"""
+V4, V6 = 24, 12
+
+
+def _metric(text: str, name: str, **labels: str) -> float | None:
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if all(got.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_offloaded_flows_metric_equals_conntrack_and_prometheus(lab: Lab, tmp_path: Path) -> None:
+    r = lab.router
+    with offloadd(r, CONFIG, tmp_path) as d, udp_echo_server(lab.server, "::"):
+        d.wait_devices("ft", {"lan0", "lan1", "wan0"})
+        f4 = udp_flows(lab.client, lab.server_addr(4), flows=V4, seconds=60, interval=0.2)
+        f6 = udp_flows(lab.client, lab.server_addr(6), flows=V6, seconds=60, interval=0.2)
+        try:
+            wait_for(lambda: conntrack.offloaded_count(r, 4) == V4
+                     and conntrack.offloaded_count(r, 6) == V6, 30,
+                     what=f"{V4} ipv4 and {V6} ipv6 offloaded flows")
+            text = http_get(r, "http://127.0.0.1:9468/metrics")
+            for fam, want in (("ipv4", V4), ("ipv6", V6)):
+                got = _metric(text, "offloadd_offloaded_flows", family=fam, mode="software")
+                oracle = conntrack.offloaded_count(r, 4 if fam == "ipv4" else 6)
+                assert got == oracle == want, (fam, got, oracle)
+                assert _metric(text, "offloadd_offloaded_flows", family=fam,
+                               mode="hardware") == 0
+            assert _metric(text, "offloadd_flowtable_devices", flowtable="ft",
+                           state="attached") == 3
+            assert _metric(text, "offloadd_source_up", source="conntrack") == 1
+
+            check = subprocess.run(["promtool", "check", "metrics"], input=text,
+                                   capture_output=True, text=True, check=False)
+            assert check.returncode == 0, check.stdout + check.stderr
+
+            with prometheus(r, tmp_path, "127.0.0.1:9468") as base:
+                def scraped() -> list[float] | None:
+                    res = query(r, base, 'offloadd_offloaded_flows{mode="software"}')
+                    vals = {x["metric"]["family"]: float(x["value"][1]) for x in res}
+                    return [vals["ipv4"], vals["ipv6"]] if len(vals) == 2 else None
+
+                got = wait_for(scraped, 60, interval=1, what="prometheus to scrape offloadd")
+                assert got == [conntrack.offloaded_count(r, 4), conntrack.offloaded_count(r, 6)]
+                up = query(r, base, 'up{job="offloadd"}')
+                assert up and up[0]["value"][1] == "1"
+        finally:
+            f4.stop()
+            f6.stop()
