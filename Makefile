@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 KERNELS := 6.1 6.12
 KERNEL ?= 6.1
 
-.PHONY: demo bench test-native test setup test-unit test-host lint test-vm test-vms lab-shell vagrant-validate clean
+.PHONY: demo bench test-native test setup test-unit test-host lint test-vm test-vms lab-shell vagrant-validate clean test-system
 
 ## make test: everything CI runs — setup, lint, unit tests, host checks, the
 ## integration suite in the VM on every kernel, the Vagrantfile check.
@@ -36,6 +36,13 @@ test-vm: setup
 
 test-vms: setup
 	@rc=0; for k in $(KERNELS); do lab/vm-test.sh $$k $(PYTEST_ARGS) || rc=1; done; exit $$rc
+
+## make test-system [KERNEL=6.1|6.12]: offloadd under systemd as PID 1 in a VM
+## (debootstrap root cached in ~/.cache/offloadd-lab/sysroot, the wheel of
+## this checkout, the shipped unit): READY, reload, refused reload, watchdog
+## restart, hardening, offloaded traffic. Needs debootstrap (apt).
+test-system: setup
+	lab/system-test.sh $(KERNEL)
 
 ## make demo: the lab VM with offloadd in a router namespace, traffic, a
 ## hot-plugged VLAN, then offloadctl status, conntrack and metrics.

@@ -28,7 +28,12 @@ kdir=$(kernel_dir "$series")
 kver=$(basename "$kdir")
 
 # ---- 1. the cached Debian root --------------------------------------------
-root_packages=systemd,systemd-sysv,udev,kmod,nftables,iproute2,conntrack,busybox-static,python3,python3-venv,python3-nftables,python3-systemd,python3-pytest
+# netbase (/etc/protocols): without it nft lists `meta l4proto { 6, 17 }` and
+# offloadd's read-back check (rules compared as nft prints them, rendered as
+# `{ tcp, udp }`) never matches, so it never gets READY. Every standard Debian
+# install has netbase; this root has it too (the daemon bug is reported).
+# procps: the unit's ExecReload=/bin/kill comes from it (203/EXEC without it).
+root_packages=netbase,procps,systemd,systemd-sysv,udev,kmod,nftables,iproute2,conntrack,busybox-static,python3,python3-venv,python3-nftables,python3-systemd,python3-pytest
 # The Debian mirror this machine's apt uses (deb822 or one-line sources).
 debian_mirror() {
     cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list \
