@@ -1,6 +1,8 @@
 #!/bin/bash
 # `make bench`: boots the lab VM on one kernel and runs the benchmarks inside;
-# bench/results/latest.json comes back through the rw dir.
+# bench/results/latest.json comes back through the rw dir, then bench.report
+# writes the summary (stdout + latest.txt) and latest.png on the host.
+# Cases: dataplane hotplug survival scrape footprint (default: all).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
@@ -15,6 +17,7 @@ out="$repo/build/bench/$series"
 rm -rf "$out"; mkdir -p "$out" "$repo/bench/results"
 
 log "bench on kernel $series ($ver)"
+start=$(date +%s)
 set +e
 PATH="$repo/.venv/bin:$PATH" timeout "${OFFLOADD_BENCH_TIMEOUT:-1800}" \
     vng --run "$kdir/boot/vmlinuz-$ver" --disable-kvm \
@@ -24,5 +27,9 @@ PATH="$repo/.venv/bin:$PATH" timeout "${OFFLOADD_BENCH_TIMEOUT:-1800}" \
         </dev/null 2>&1 | sed -u "s/^/[vm $series] /"
 set -e
 [ -s "$out/latest.json" ] || die "the benchmark wrote no results (see the output above)"
-cp "$out/latest.json" "$repo/bench/results/latest.json"
-log "wrote bench/results/latest.json"
+wall=$(( $(date +%s) - start ))
+res="$repo/bench/results"
+cp "$out/latest.json" "$res/latest.json"
+log "wrote bench/results/latest.json (wall ${wall} s)"
+"$repo/.venv/bin/python" -m bench.report "$res/latest.json" --wall-s "$wall" \
+    --txt "$res/latest.txt" --png "$res/latest.png"

@@ -1,0 +1,107 @@
+"""Helpers shared by the bench cases: flow tool processes, /proc readings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.lab.netns import CommandError, Netns
+
+FLOWS = str(Path(__file__).with_name("flows.py"))
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def echo_server(ns: Netns, ports: list[int], bind: str = "0.0.0.0") -> Iterator[None]:
+    proc = ns.popen(sys.executable, FLOWS, "echo", "--bind", bind,
+                    "--ports", ",".join(map(str, ports)),
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise CommandError(f"[{ns.name}] echo server did not start")
+        yield
+    finally:
+        _stop(proc)
+
+
+@dataclass
+class HeldFlows:
+    proc: subprocess.Popen[str]
+    info: dict[str, Any]
+
+    def stop(self) -> dict[str, Any]:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None and self.proc.stdout is not None
+            self.proc.stdin.close()
+            line = self.proc.stdout.readline()
+            self.proc.wait(timeout=30)
+            return dict(json.loads(line)) if line.strip() else {}
+        return {}
+
+
+@contextmanager
+def held_flows(ns: Netns, dst: str, port: int, flows: int,
+               interval: float) -> Iterator[HeldFlows]:
+    proc = ns.popen(sys.executable, FLOWS, "hold", "--dst", dst, "--port", str(port),
+                    "--flows", str(flows), "--interval", str(interval),
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.strip():
+            err = proc.stderr.read() if proc.stderr else ""
+            raise CommandError(f"[{ns.name}] flow holder failed: {err}")
+        held = HeldFlows(proc, json.loads(line))
+        yield held
+        held.stop()
+    finally:
+        _stop(proc)
+
+
+def open_flows(ns: Netns, dst: str, ports: list[int], flows: int,
+               timeout: float = 900) -> dict[str, Any]:
+    out = ns.out(sys.executable, FLOWS, "open", "--dst", dst,
+                 "--ports", ",".join(map(str, ports)), "--flows", str(flows),
+                 timeout=timeout)
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def cpu_s(pid: int) -> float:
+    """utime + stime of a process, in seconds (/proc/<pid>/stat fields 14, 15)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def sysctl_init(key: str, value: int) -> None:
+    """Sets a sysctl in the namespace this process runs in (the guest's initial one)."""
+    Path("/proc/sys/" + key.replace(".", "/")).write_text(f"{value}\n")
+
+
+def elapsed(t0: float) -> float:
+    return round(time.monotonic() - t0, 1)

@@ -1,0 +1,195 @@
+"""Summary of a bench run: text (stdout + latest.txt) and the headline figures as a PNG.
+
+Runs on the host after the VM is gone (``lab/vm-bench.sh`` calls it).
+Exit status 1 if a case failed or a target was missed, so ``make bench``
+says so. The PNG needs matplotlib (the ``bench`` extra); without it the
+text summary is still written and the PNG is skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import operator
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Target:
+    case: str
+    key: str
+    op: str  # ">=", "<=", "=="
+    value: float
+    why: str
+
+
+TARGETS = [
+    Target("dataplane", "tcp_ratio", ">=", 1.5, "offload should clearly beat the slow path"),
+    Target("dataplane", "udp_pps_ratio", ">=", 2.0, "lab-facts: ~3.1x under TCG"),
+    Target("survival", "join_survival_ratio", ">=", 1.0, "a device joining costs no flow"),
+    Target("survival", "survival_ratio_min", ">=", 1.0, "conntrack entries kept"),
+    Target("scrape", "offloaded_flows", ">=", 100_000, "100k offloaded flows"),
+    Target("scrape", "scrape_vs_conntrack_ratio", "<=", 0.5, "scrape at most half of conntrack -L"),
+    Target("footprint", "rss_idle_mb", "<=", 40, "idle RSS"),
+    Target("footprint", "idle_cpu_s", "<=", 0.6, "~0 CPU idle (<1% of 60 s)"),
+]
+OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge, "<=": operator.le, "==": operator.eq}
+
+# What each case's line in the summary shows, in order.
+HEADLINE = {
+    "dataplane": ["tcp_ratio", "udp_pps_ratio", "router_pps_ratio", "tcp_gbit_slow",
+                  "tcp_gbit_offload", "udp_pps_slow", "udp_pps_offload"],
+    "hotplug": ["attach_ms_p50", "attach_ms_max", "burst500_s", "burst500_tx"],
+    "survival": ["flows_offloaded_at_start", "survival_ratio", "survival_ratio_min",
+                 "join_survival_ratio", "leave_survival_ratio", "survival_ratio_rebuild",
+                 "join_survival_ratio_rebuild", "leave_survival_ratio_rebuild"],
+    "scrape": ["offloaded_flows", "offloaded_flows_conntrack", "scrape_s", "conntrack_s",
+               "scrape_vs_conntrack_ratio", "scrape_rss_growth_mb"],
+    "footprint": ["rss_idle_mb", "idle_cpu_s", "flowtables", "devices"],
+}
+
+
+def _miss(t: Target, v: float) -> str:
+    if t.op == ">=":
+        short = t.value - v
+        rel = f" ({short / t.value:.0%} short)" if t.value else ""
+        return f"{v:g} is {short:g} below {t.value:g}{rel}"
+    if t.op == "<=":
+        over = v - t.value
+        rel = f" ({over / t.value:.0%} over)" if t.value else ""
+        return f"{v:g} is {over:g} above {t.value:g}{rel}"
+    return f"{v:g} != {t.value:g}"
+
+
+def summarize(doc: dict[str, Any], wall_s: float | None = None) -> tuple[str, bool]:
+    """The text summary and whether everything passed."""
+    ok = True
+    lines = [f"offloadd bench: kernel {doc.get('kernel')}, {doc.get('date')}, "
+             f"{doc.get('cpus')} vCPUs (TCG: only ratios within this run compare)"]
+    if wall_s is not None:
+        lines[0] += f", wall {wall_s:.0f} s"
+    cases = {c["case"]: c for c in doc.get("cases", [])}
+    for name, case in cases.items():
+        shown = ", ".join(f"{k}={case[k]}" for k in HEADLINE.get(name, []) if k in case)
+        lines.append(f"  {name:<10} {shown}  [{case.get('wall_s', '?')} s]")
+        if "error" in case:
+            ok = False
+            lines.append(f"  {'':<10} FAILED: {case['error'][:500]}")
+    lines.append("targets:")
+    for t in TARGETS:
+        case = cases.get(t.case)
+        if case is None or t.key not in case:
+            continue
+        v = float(case[t.key])
+        if OPS[t.op](v, t.value):
+            lines.append(f"  ok    {t.case}.{t.key} = {v:g} ({t.op} {t.value:g})")
+        else:
+            ok = False
+            lines.append(f"  MISS  {t.case}.{t.key}: {_miss(t, v)} — {t.why}")
+    return "\n".join(lines) + "\n", ok
+
+
+def _bars(ax: Any, labels: list[str], values: list[float], title: str, fmt: str, *,
+          colors: list[str] | None = None) -> None:
+    bars = ax.bar(labels, values, color=colors or ["#888888", "#2a7ab0"])
+    for b, v in zip(bars, values, strict=True):
+        ax.annotate(format(v, fmt), (b.get_x() + b.get_width() / 2, b.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=8)
+
+
+def draw(doc: dict[str, Any], png: Path) -> bool:
+    try:
+        import matplotlib  # noqa: PLC0415
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return False
+    cases = {c["case"]: c for c in doc.get("cases", []) if "error" not in c}
+    fig, axes = plt.subplots(2, 3, figsize=(12, 7))
+    flat = list(axes.flat)
+    for ax in flat:
+        ax.set_visible(False)
+    slots = iter(flat)
+    if (d := cases.get("dataplane")) is not None:
+        ax = next(slots)
+        ax.set_visible(True)
+        _bars(ax, ["slow path", "offloaded"], [d["tcp_gbit_slow"], d["tcp_gbit_offload"]],
+              f"TCP Gbit/s ({d['forward_rules']} fwd rules): x{d['tcp_ratio']}", ".2f")
+        ax = next(slots)
+        ax.set_visible(True)
+        _bars(ax, ["slow path", "offloaded"],
+              [d["udp_pps_slow"] / 1000, d["udp_pps_offload"] / 1000],
+              f"UDP 64 B kpps received: x{d['udp_pps_ratio']}", ".1f")
+    if (h := cases.get("hotplug")) is not None:
+        ax = next(slots)
+        ax.set_visible(True)
+        ax.hist(h["samples"]["attach_ms"], bins=20, color="#2a7ab0")
+        ax.set_title(f"link -> attached, ms (p50 {h['attach_ms_p50']}, max "
+                     f"{h['attach_ms_max']}); 500 links: {h['burst500_s']} s", fontsize=9)
+        ax.tick_params(labelsize=8)
+    if (s := cases.get("survival")) is not None:
+        ax = next(slots)
+        ax.set_visible(True)
+        labels = ["join", "leave", "same ct id"]
+        x = range(len(labels))
+        off = [s["join_survival_ratio"], s["leave_survival_ratio"], s["survival_ratio_min"]]
+        reb = [s["join_survival_ratio_rebuild"], s["leave_survival_ratio_rebuild"],
+               s["survival_ratio_min_rebuild"]]
+        ax.bar([i - 0.2 for i in x], off, 0.4, label="offloadd (in place)", color="#2a7ab0")
+        ax.bar([i + 0.2 for i in x], reb, 0.4, label="table rebuild", color="#c0504d")
+        ax.set_xticks(list(x), labels)
+        ax.set_ylim(0, 1.1)
+        ax.legend(fontsize=7)
+        ax.set_title(f"{s['flows_offloaded_at_start']} flows never on slow path "
+                     f"/ kept (fraction)", fontsize=9)
+        ax.tick_params(labelsize=8)
+    if (c := cases.get("scrape")) is not None:
+        ax = next(slots)
+        ax.set_visible(True)
+        _bars(ax, ["conntrack -L", "/metrics"], [c["conntrack_s"], c["scrape_s"]],
+              f"count {c['offloaded_flows']} offloaded flows, s: "
+              f"x{c['scrape_vs_conntrack_ratio']}", ".2f", colors=["#888888", "#2a7ab0"])
+    if (f := cases.get("footprint")) is not None:
+        ax = next(slots)
+        ax.set_visible(True)
+        _bars(ax, ["RSS MB", "CPU s / 60 s"], [f["rss_idle_mb"], f["idle_cpu_s"]],
+              f"idle: {f['flowtables']} flowtables, {f['devices']} devices", ".2f",
+              colors=["#2a7ab0", "#2a7ab0"])
+    fig.suptitle(f"offloadd bench — kernel {doc.get('kernel')}, {doc.get('date')} "
+                 "(TCG VM: compare within the run only)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("json", type=Path)
+    ap.add_argument("--txt", type=Path)
+    ap.add_argument("--png", type=Path)
+    ap.add_argument("--wall-s", type=float)
+    a = ap.parse_args()
+    doc = json.loads(a.json.read_text())
+    if a.wall_s is not None:
+        doc["host_wall_s"] = round(a.wall_s)
+        a.json.write_text(json.dumps(doc, indent=2) + "\n")
+    text, ok = summarize(doc, a.wall_s)
+    sys.stdout.write(text)
+    if a.txt:
+        a.txt.write_text(text)
+    if a.png and not draw(doc, a.png):
+        print(f"bench: matplotlib not installed, {a.png} not drawn "
+              "(pip install -e '.[bench]')", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Scrape case: one /metrics scrape with ~100k offloaded flows vs conntrack -L.
+
+The guest's initial namespace gets a large conntrack table (bench.run does
+that before any namespace exists); the router's flowtable UDP timeout is
+raised so the flows stay offloaded while they sit idle. A client opens the
+flows against a UDP echo server in batches, one datagram + echo each (those
+whose echo is lost are retried; what really ended offloaded is counted, not
+assumed). Then, in alternating rounds inside the router: a GET of the
+daemon's /metrics and ``conntrack -L -u OFFLOAD | wc -l``. The two counts must
+agree (the case fails if not); the daemon's RSS is read before and after.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.common import echo_server, open_flows, rss_mb
+from tests.lab.daemon import offloadd
+from tests.lab.topology import lab_topology
+from tests.lab.traffic import wait_for
+
+CONFIG = """
+[[flowtable]]
+name = "ft"
+devices = ["lan*", "wan*"]
+"""
+FLOWS = 100_000
+PORTS = [7000, 7001]
+ROUNDS = 3
+
+
+def run(workdir: Path, flows: int = FLOWS, rounds: int = ROUNDS) -> dict[str, Any]:
+    with lab_topology() as lab:
+        r = lab.router
+        r.sysctl("net.netfilter.nf_flowtable_udp_timeout", 3600)
+        with offloadd(r, CONFIG, workdir) as d, echo_server(lab.server, PORTS):
+            d.wait_devices("ft", {"lan0", "lan1", "wan0"})
+            opened = open_flows(lab.client, lab.wan.host_v4, PORTS, flows)
+            print(f"  scrape: flows opened {json.dumps(opened)}", flush=True)
+            # Settle: the last echoes are forwarded and offloaded.
+            last: list[int] = []
+
+            def settled() -> bool:
+                last.append(int(r.sh("conntrack -L -u OFFLOAD 2>/dev/null | wc -l")))
+                return len(last) > 1 and last[-1] == last[-2]
+
+            wait_for(settled, 120, interval=2, what="offloaded count to settle")
+            rss_before = rss_mb(d.proc.pid)
+            proc = r.run(sys.executable, "-m", "bench.scrape_probe", "--rounds", str(rounds),
+                         timeout=1200)
+            rss_after = rss_mb(d.proc.pid)
+    rows = json.loads(proc.stdout)["rounds"]
+    scrape_s = statistics.median(x["scrape_s"] for x in rows)
+    ct_s = statistics.median(x["conntrack_s"] for x in rows)
+    offloaded = rows[-1]["metric_flows"]
+    res: dict[str, Any] = {
+        "case": "scrape",
+        "samples": rows,
+        "flows_attempted": flows,
+        "flows_established": opened["established"],
+        "flows_setup_s": opened["setup_s"],
+        "offloaded_flows": offloaded,
+        "offloaded_flows_conntrack": rows[-1]["conntrack_flows"],
+        "scrape_s": scrape_s,
+        "conntrack_s": ct_s,
+        "scrape_vs_conntrack_ratio": round(scrape_s / ct_s, 3),
+        "rss_before_mb": rss_before,
+        "rss_after_mb": rss_after,
+        "scrape_rss_growth_mb": round(rss_after - rss_before, 1),
+    }
+    disagree = [x for x in rows if x["metric_flows"] != x["conntrack_flows"]]
+    if disagree:
+        res["error"] = f"metric and conntrack disagree: {disagree}"
+    return res

@@ -1,0 +1,110 @@
+"""Survival case: N offloaded UDP flows while unrelated matching devices churn.
+
+N long-lived flows (client -> UDP echo server, one datagram per flow per
+second) run offloaded through lan0/wan0 while, 50 times, a matching device is
+added and removed. bench/survival_probe.py does the churn inside the router
+and watches two things:
+
+* conntrack: the flows still offloaded with their first conntrack id at the end
+  of each cycle (``survival_ratio``: mean, ``survival_ratio_min``: worst);
+* a slow-path witness (a forward chain at priority -300 filling a dynamic set):
+  the flows that never took the slow path across all 50 joins
+  (``join_survival_ratio``) and across all 50 removals (``leave_survival_ratio``).
+
+A device leaving makes the kernel flush its route cache (rt_cache_flush on
+NETDEV_UNREGISTER): each offloaded flow's next packet meets a stale route,
+goes through the slow path once and is offloaded again, whoever manages the
+flowtable; so ``leave_survival_ratio`` is expected near 0, with the same
+conntrack entries kept. The contrast: the same churn where the whole table is
+rebuilt in one transaction after each change (``*_rebuild``), as
+rebuild-on-event tools do.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.common import echo_server, held_flows
+from tests.lab import conntrack
+from tests.lab.daemon import offloadd
+from tests.lab.topology import Lab, lab_topology
+from tests.lab.traffic import wait_for
+
+CONFIG = """
+[daemon]
+on_exit = "keep"
+
+[[flowtable]]
+name = "ft"
+devices = ["lan*", "wan*"]
+"""
+FLOWS = 1000
+CYCLES = 50
+REBUILD_CYCLES = 10
+INTERVAL = 1.0
+PORT = 7000
+
+
+def _probe(lab: Lab, ports_file: Path, cycles: int, prefix: str,
+           rebuild: bool) -> dict[str, Any]:
+    args = [sys.executable, "-m", "bench.survival_probe", "--ports", str(ports_file),
+            "--port", str(PORT), "--cycles", str(cycles), "--prefix", prefix,
+            "--settle", str(INTERVAL + 0.5)]
+    if rebuild:
+        args.append("--rebuild")
+    proc = lab.router.run(*args, timeout=1200)
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+def _figures(p: dict[str, Any], n: int, suffix: str) -> dict[str, Any]:
+    per_cycle = [c["offloaded_same_id"] / n for c in p["cycles"]]
+    return {
+        f"survival_ratio{suffix}": round(statistics.mean(per_cycle), 4),
+        f"survival_ratio_min{suffix}": round(min(per_cycle), 4),
+        f"join_survival_ratio{suffix}": round(1 - p["join_slow_flows"] / n, 4),
+        f"leave_survival_ratio{suffix}": round(1 - p["leave_slow_flows"] / n, 4),
+        f"attach_s_median{suffix}": round(statistics.median(
+            c["attach_s"] for c in p["cycles"]), 3),
+    }
+
+
+def run(workdir: Path, flows: int = FLOWS, cycles: int = CYCLES,
+        rebuild_cycles: int = REBUILD_CYCLES) -> dict[str, Any]:
+    with lab_topology() as lab:
+        r = lab.router
+        r.sysctl("net.netfilter.nf_flowtable_udp_timeout", 3600)
+        with offloadd(r, CONFIG, workdir) as d, echo_server(lab.server, [PORT]):
+            d.wait_devices("ft", {"lan0", "lan1", "wan0"})
+            with held_flows(lab.client, lab.wan.host_v4, PORT, flows, INTERVAL) as held:
+                ports = held.info["ports"]
+                ports_file = workdir / "ports.json"
+                ports_file.write_text(json.dumps(ports))
+                want = set(ports)
+                wait_for(lambda: len(want & set(_ids(lab))) >= flows * 0.99, 60,
+                         interval=1, what=f"{flows} offloaded flows")
+                daemon = _probe(lab, ports_file, cycles, "lanc", rebuild=False)
+                rebuild = _probe(lab, ports_file, rebuild_cycles, "lanr", rebuild=True)
+                sent = held.stop()
+    n = daemon["offloaded_at_start"]
+    res: dict[str, Any] = {
+        "case": "survival",
+        "samples": {"offloadd": daemon["cycles"], "rebuild": rebuild["cycles"]},
+        "flows": flows,
+        "flows_established": held.info["established"],
+        "flows_offloaded_at_start": n,
+        "cycles": cycles,
+        "rebuild_cycles": rebuild_cycles,
+        "datagrams_sent": sent.get("sent"),
+    }
+    res.update(_figures(daemon, n, ""))
+    res.update(_figures(rebuild, rebuild["offloaded_at_start"], "_rebuild"))
+    return res
+
+
+def _ids(lab: Lab) -> dict[int, int]:
+    return {e.sport: e.id for e in conntrack.entries(lab.router, 4)
+            if e.proto == "udp" and e.dport == PORT and e.offloaded}

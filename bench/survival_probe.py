@@ -1,0 +1,151 @@
+"""Runs inside the router namespace: device churn under N long-lived offloaded flows.
+
+One process does the whole churn so no sample pays a process start: links
+come and go through pyroute2, the flowtable and the witness set are read with
+libnftables, conntrack through the conntrack binary (the independent oracle).
+
+Witness: table ``inet witness`` has a forward chain at priority -300 that puts
+every flow whose packet took the slow path into a dynamic set (keyed on the
+client's address and port, in both directions). An offloaded packet never
+reaches the forward hook, so a flow absent from the set never left the fast
+path while the set was filled.
+
+Each cycle: add a matching device, wait until it is in the flowtable, let
+every flow send once more, read+flush the set (join phase); delete the
+device, wait until it left, let every flow send again, read+flush (leave
+phase); then count the flows still offloaded with their first conntrack id.
+With ``--rebuild`` the table is additionally rebuilt after each change the
+way rebuild-on-event tools do (delete table + full listing, one transaction).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from offloadd.nft import Nft
+from tests.lab.conntrack import parse_line
+
+WITNESS = """
+table inet witness {
+    set slow { type ipv4_addr . inet_service; flags dynamic; size 262144; }
+    chain slowpath {
+        type filter hook forward priority -300; policy accept;
+        udp dport %(port)d update @slow { ip saddr . udp sport }
+        udp sport %(port)d update @slow { ip daddr . udp dport }
+    }
+}
+"""
+
+
+def _devices(nft: Nft, table: str, flowtable: str) -> set[str]:
+    for item in nft.list_json(f"flowtable inet {table} {flowtable}"):
+        ft = item.get("flowtable")
+        if ft:
+            dev = ft.get("dev", [])
+            return {dev} if isinstance(dev, str) else set(dev)
+    return set()
+
+
+def _wait_member(nft: Nft, table: str, ft: str, name: str, present: bool) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 60:
+        if (name in _devices(nft, table, ft)) == present:
+            return time.monotonic() - t0
+        time.sleep(0.01)
+    raise TimeoutError(f"{name} {'never joined' if present else 'never left'} {ft}")
+
+
+def _slow_ports(nft: Nft) -> set[int]:
+    ports: set[int] = set()
+    for item in nft.list_json("set inet witness slow"):
+        st = item.get("set")
+        if not st:
+            continue
+        for el in st.get("elem", []):
+            val = el.get("elem", {}).get("val", el) if isinstance(el, dict) else el
+            if isinstance(val, dict) and "concat" in val:
+                ports.add(int(val["concat"][1]))
+    nft.run("flush set inet witness slow")
+    return ports
+
+
+def offloaded_ids(port: int) -> dict[int, int]:
+    """client source port -> conntrack id, for the offloaded flows to `port`."""
+    out = subprocess.run(["conntrack", "-L", "-p", "udp", "--dport", str(port), "-o", "id"],
+                         capture_output=True, text=True, check=False).stdout
+    ids = {}
+    for line in out.splitlines():
+        e = parse_line(line)
+        if e is not None and e.offloaded:
+            ids[e.sport] = e.id
+    return ids
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--table", default="offloadd")
+    ap.add_argument("--flowtable", default="ft")
+    ap.add_argument("--port", type=int, default=7000)
+    ap.add_argument("--ports", required=True, help="file with the flows' client ports (JSON)")
+    ap.add_argument("--cycles", type=int, default=50)
+    ap.add_argument("--settle", type=float, default=1.5,
+                    help="seconds after a change: every flow sends at least once")
+    ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument("--prefix", default="lanc")
+    a = ap.parse_args()
+    with open(a.ports) as f:
+        flows = set(json.load(f))
+    nft = Nft()
+    try:
+        nft.list_json("table inet witness")
+    except Exception:
+        nft.run(WITNESS % {"port": a.port})
+    base = {p: i for p, i in offloaded_ids(a.port).items() if p in flows}
+    _slow_ports(nft)
+
+    def rebuild() -> None:
+        listing = nft.list_text(f"table inet {a.table}")
+        nft.run(f"delete table inet {a.table}\n{listing}")
+
+    join_slow: set[int] = set()
+    leave_slow: set[int] = set()
+    cycles: list[dict[str, Any]] = []
+    for c in range(a.cycles):
+        name = f"{a.prefix}{c}"
+        with IPRoute() as ipr:
+            ipr.link("add", ifname=name, kind="veth", peer=f"{a.prefix}p{c}")
+        attach_s = _wait_member(nft, a.table, a.flowtable, name, True)
+        if a.rebuild:
+            rebuild()
+        time.sleep(a.settle)
+        js = _slow_ports(nft) & flows
+        join_slow |= js
+        with IPRoute() as ipr:
+            ipr.link("del", ifname=name)
+        detach_s = _wait_member(nft, a.table, a.flowtable, name, False)
+        if a.rebuild:
+            rebuild()
+        time.sleep(a.settle)
+        ls = _slow_ports(nft) & flows
+        leave_slow |= ls
+        now = offloaded_ids(a.port)
+        same = sum(1 for p, i in base.items() if now.get(p) == i)
+        cycles.append({"cycle": c, "attach_s": round(attach_s, 3), "detach_s": round(detach_s, 3),
+                       "join_slow_flows": len(js), "leave_slow_flows": len(ls),
+                       "offloaded_same_id": same, "offloaded_now": len(now)})
+        print(json.dumps(cycles[-1]), file=sys.stderr, flush=True)
+    json.dump({"flows": len(flows), "offloaded_at_start": len(base), "cycles": cycles,
+               "join_slow_flows": len(join_slow), "leave_slow_flows": len(leave_slow)},
+              sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
