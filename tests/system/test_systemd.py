@@ -79,7 +79,7 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60) -> T
 
 
 class Journal:
-    """offloadd's journal entries (its own and systemd's about it) from now on."""
+    """The journal from now on (offloadd's entries and systemd's about it)."""
 
     def __init__(self) -> None:
         out = run("journalctl", "--show-cursor", "-n", "0", "--no-pager")
@@ -87,10 +87,11 @@ class Journal:
         self._cursor = m.group(1) if m else None
 
     def text(self) -> str:
-        # Not -u alone: a message sent just before the process exits can reach
-        # journald after its cgroup is gone, without _SYSTEMD_UNIT.
-        args = ["journalctl", "--no-pager", "-o", "cat", f"_SYSTEMD_UNIT={UNIT}", "+",
-                f"UNIT={UNIT}", "+", "SYSLOG_IDENTIFIER=offloadd"]
+        # The whole journal, not -u: a message sent just before the process
+        # exits can reach journald after its cgroup is gone (no _SYSTEMD_UNIT),
+        # and PID 1's watchdog message did not match UNIT= here. The patterns
+        # looked for are specific enough.
+        args = ["journalctl", "--no-pager", "-o", "cat"]
         if self._cursor:
             args.append(f"--after-cursor={self._cursor}")
         return run(*args)
