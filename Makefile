@@ -8,11 +8,12 @@ PY := $(VENV)/bin/python
 KERNELS := 6.1 6.12
 KERNEL ?= 6.1
 
-.PHONY: demo bench test-native test setup test-unit test-host lint test-vm test-vms lab-shell vagrant-validate clean test-system
+.PHONY: install demo bench test-native test setup test-unit test-host lint test-vm test-vms lab-shell vagrant-validate clean test-system
 
 ## make test: everything CI runs — setup, lint, unit tests, host checks, the
-## integration suite in the VM on every kernel, the Vagrantfile check.
-test: setup lint test-unit test-host vagrant-validate test-vms
+## Vagrantfile check, the integration suite in the VM on every kernel, and the
+## full-system test (systemd as PID 1) on the default kernel.
+test: setup lint test-unit test-host vagrant-validate test-vms test-system
 	@echo '== integration results per kernel =='
 	@$(PY) lab/check_results.py --summary $(KERNELS)
 
@@ -60,6 +61,24 @@ test-native: setup
 
 vagrant-validate: setup
 	cd $(CURDIR) && VAGRANT_CHECKPOINT_DISABLE=1 vagrant validate --ignore-provider
+
+## make install [PREFIX=/opt/offloadd]: offloadd in a venv (system Python, so
+## python3-nftables is seen), the unit pointed at it, the example config (kept
+## if one exists), modules-load.d and sysctl.d files. Then:
+##   systemctl daemon-reload && systemctl enable --now offloadd
+PREFIX ?= /opt/offloadd
+install:
+	/usr/bin/python3 -m venv --system-site-packages $(DESTDIR)$(PREFIX)
+	$(DESTDIR)$(PREFIX)/bin/pip install -q --disable-pip-version-check .
+	install -d $(DESTDIR)/etc/systemd/system $(DESTDIR)/usr/local/sbin
+	sed 's|^ExecStart=/usr/bin/offloadd|ExecStart=$(PREFIX)/bin/offloadd|' systemd/offloadd.service \
+		> $(DESTDIR)/etc/systemd/system/offloadd.service
+	install -Dm644 systemd/offloadd-modules.conf $(DESTDIR)/etc/modules-load.d/offloadd.conf
+	install -Dm644 systemd/offloadd-sysctl.conf $(DESTDIR)/etc/sysctl.d/60-offloadd.conf
+	test -e $(DESTDIR)/etc/offloadd/offloadd.toml || \
+		install -Dm644 etc/offloadd/offloadd.toml $(DESTDIR)/etc/offloadd/offloadd.toml
+	ln -sf $(PREFIX)/bin/offloadd $(PREFIX)/bin/offloadctl $(DESTDIR)/usr/local/sbin/
+	@echo "installed; now: systemctl daemon-reload && systemctl enable --now offloadd"
 
 clean:
 	rm -rf build dist *.egg-info

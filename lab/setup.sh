@@ -25,7 +25,7 @@ apt_packages=(
     libsystemd-dev pkg-config gcc
     iproute2 iputils-ping conntrack iperf3 procps
     qemu-system-x86 kmod udev
-    vagrant prometheus
+    vagrant prometheus debootstrap e2fsprogs xz-utils
 )
 
 apt_updated=0

@@ -28,12 +28,11 @@ kdir=$(kernel_dir "$series")
 kver=$(basename "$kdir")
 
 # ---- 1. the cached Debian root --------------------------------------------
-# netbase (/etc/protocols): without it nft lists `meta l4proto { 6, 17 }` and
-# offloadd's read-back check (rules compared as nft prints them, rendered as
-# `{ tcp, udp }`) never matches, so it never gets READY. Every standard Debian
-# install has netbase; this root has it too (the daemon bug is reported).
+# No netbase on purpose: without /etc/protocols nft lists `meta l4proto
+# { 6, 17 }`, which offloadd's read-back must still match (it once did not and
+# never got READY).
 # procps: the unit's ExecReload=/bin/kill comes from it (203/EXEC without it).
-root_packages=netbase,procps,systemd,systemd-sysv,udev,kmod,nftables,iproute2,conntrack,busybox-static,python3,python3-venv,python3-nftables,python3-systemd,python3-pytest
+root_packages=procps,systemd,systemd-sysv,udev,kmod,nftables,iproute2,conntrack,busybox-static,python3,python3-venv,python3-nftables,python3-systemd,python3-pytest
 # The Debian mirror this machine's apt uses (deb822 or one-line sources).
 debian_mirror() {
     cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list \

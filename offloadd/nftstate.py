@@ -16,6 +16,10 @@ from offloadd.model import CHAIN_NAME, ChainState, FlowtableState, SetState, Tab
 # Families whose "forward" hook sits in the IP forward path that offloaded
 # packets skip (bridge/netdev forward hooks are a different path).
 _IP_FAMILIES = frozenset({"ip", "ip6", "inet"})
+_L4PROTO = re.compile(r"meta l4proto (\{[^}]*\}|\S+)")
+# nft prints protocol names only where /etc/protocols exists (not on minimal
+# systems), so rules are compared with numbers mapped back to names.
+_PROTO_NAMES = {"6": "tcp", "17": "udp"}
 _BLOCK = re.compile(r"^\t(flowtable|chain|set|map) (\S+) \{\n(.*?)^\t\}", re.M | re.S)
 
 
@@ -35,6 +39,14 @@ def _blocks(text: str, kind: str) -> dict[str, list[str]]:
             lines = [ln.strip() for ln in m.group(3).splitlines()]
             out[m.group(2).strip('"')] = [ln for ln in lines if ln and not ln.startswith("#")]
     return out
+
+
+def canonical_rule(rule: str) -> str:
+    def names(m: re.Match[str]) -> str:
+        value = re.sub(r"\b(\d+)\b", lambda n: _PROTO_NAMES.get(n.group(1), n.group(1)),
+                       m.group(1))
+        return f"meta l4proto {value}"
+    return _L4PROTO.sub(names, rule)
 
 
 def parse_table(items: Iterable[Mapping[str, Any]], text: str, family: str,
@@ -69,7 +81,7 @@ def parse_table(items: Iterable[Mapping[str, Any]], text: str, family: str,
             if ch.get("table") != name or ch.get("name") != CHAIN_NAME:
                 continue
             body = chain_text.get(CHAIN_NAME, [])
-            rules = tuple(ln for ln in body if not ln.startswith("type "))
+            rules = tuple(canonical_rule(ln) for ln in body if not ln.startswith("type "))
             chain = ChainState(priority=int(ch.get("prio", 0)), rules=rules)
     return TableState(name=name, family=family, flowtables=tuple(flowtables),
                       sets=tuple(sets), chain=chain)

@@ -112,10 +112,10 @@ def test_flows_and_explain(lab: Lab, tmp_path: Path) -> None:
         dst = lab.server_addr(4)
         big = udp_flows(lab.client, dst, flows=1, seconds=30, interval=0.02)
         try:
-            wait_for(lambda: json.loads(d.ctl("--json", "flows", check=True).stdout), 15,
-                     what="an offloaded flow listed")
+            first = wait_for(lambda: json.loads(d.ctl("--json", "flows", check=True).stdout), 15,
+                             what="an offloaded flow listed")
             rows = json.loads(d.ctl("--json", "flows", "--addr", dst, check=True).stdout)
-            assert len(rows) == 1
+            assert len(rows) == 1, (first, rows, r.out("conntrack", "-L"), d.log_text()[-2000:])
             row = rows[0]
             assert (row["proto"], row["dst"], row["dport"]) == ("udp", dst, 7000)
             assert (row["in_dev"], row["out_dev"]) == ("lan0", "wan0")

@@ -34,8 +34,8 @@ def prometheus(ns: Netns, workdir: Path, target: str, port: int = 9090) -> Itera
     cfg = workdir / "prometheus.yml"
     cfg.write_text(f"""
 global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
+  scrape_interval: 2s
+  scrape_timeout: 2s
 scrape_configs:
   - job_name: offloadd
     static_configs:

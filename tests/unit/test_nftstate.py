@@ -56,3 +56,14 @@ def test_other_forward_priorities_excludes_own_and_non_ip() -> None:
         {"chain": {"family": "inet", "table": "x", "name": "regular"}},
     ]
     assert sorted(other_forward_priorities(items, "inet", "offloadd")) == [-3, 10]
+
+
+def test_numeric_protocols_read_as_names() -> None:
+    # A system without /etc/protocols (netbase) lists protocol numbers.
+    text = (DATA / "table.nft").read_text().replace("{ tcp, udp }", "{ 6, 17 }").replace(
+        "meta l4proto tcp ", "meta l4proto 6 ")
+    state = parse_table(_items(), text, "inet", "offloadd")
+    assert state is not None and state.chain is not None
+    assert state.chain.rules[0].startswith("meta l4proto { tcp, udp } iifname @ft_ifs")
+    assert state.chain.rules[1].startswith("meta l4proto tcp iifname @empty_ifs")
+    assert "ct packets > 10" in state.chain.rules[1]
