@@ -106,11 +106,13 @@ def _raw(lab: Lab, path: str, payload: bytes) -> str:
 def test_flows_and_explain(lab: Lab, tmp_path: Path) -> None:
     config = CONFIG.replace('exclude = ["lan1"]', 'elephant_packets = 30\nprotocols = ["udp"]')
     r = lab.router
-    r.sysctl("net.netfilter.nf_conntrack_acct", 1)  # packet counts for flows/explain
+    # elephant_packets makes offloadd turn on conntrack accounting, which
+    # also gives flows/explain their packet counts.
     with offloadd(r, config, tmp_path) as d, udp_echo_server(lab.server, "0.0.0.0"):
         d.wait_devices("ft", {"lan0", "lan1", "wan0"})
         dst = lab.server_addr(4)
-        big = udp_flows(lab.client, dst, flows=1, seconds=30, interval=0.02)
+        # Long enough to outlive the slow (emulated) offloadctl calls below.
+        big = udp_flows(lab.client, dst, flows=1, seconds=300, interval=0.02)
         try:
             first = wait_for(lambda: json.loads(d.ctl("--json", "flows", check=True).stdout), 15,
                              what="an offloaded flow listed")
