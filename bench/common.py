@@ -58,10 +58,11 @@ class HeldFlows:
 
 
 @contextmanager
-def held_flows(ns: Netns, dst: str, port: int, flows: int,
-               interval: float) -> Iterator[HeldFlows]:
+def held_flows(ns: Netns, dst: str, port: int, flows: int, *, interval: float,
+               progress: Path) -> Iterator[HeldFlows]:
     proc = ns.popen(sys.executable, FLOWS, "hold", "--dst", dst, "--port", str(port),
                     "--flows", str(flows), "--interval", str(interval),
+                    "--progress", str(progress),
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert proc.stdout is not None

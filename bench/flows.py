@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import resource
 import selectors
 import socket
@@ -94,7 +95,7 @@ def _socket(dst: str, dport: int, sport: int = 0) -> socket.socket:
     return s
 
 
-def hold(dst: str, port: int, flows: int, interval: float) -> None:
+def hold(dst: str, port: int, flows: int, interval: float, progress: str | None) -> None:
     _raise_nofile(flows + 256)
     socks = [_socket(dst, port) for _ in range(flows)]
     t0 = time.monotonic()
@@ -109,7 +110,7 @@ def hold(dst: str, port: int, flows: int, interval: float) -> None:
         stop.set()
 
     threading.Thread(target=wait_stdin, daemon=True).start()
-    sent = 0
+    sent = rounds = 0
     while not stop.is_set():
         start = time.monotonic()
         for s in socks:
@@ -117,6 +118,12 @@ def hold(dst: str, port: int, flows: int, interval: float) -> None:
                 s.send(PAYLOAD)
                 sent += 1
             # Replies are not read: they crossed the router, which is all that counts.
+        rounds += 1
+        if progress:
+            # Completed rounds, so a watcher knows every flow sent after a moment.
+            with open(progress + ".tmp", "w") as f:
+                f.write(str(rounds))
+            os.replace(progress + ".tmp", progress)
         stop.wait(max(0.0, interval - (time.monotonic() - start)))
     print(json.dumps({"sent": sent}), flush=True)
 
@@ -149,6 +156,7 @@ def main() -> int:
     h.add_argument("--port", type=int, required=True)
     h.add_argument("--flows", type=int, required=True)
     h.add_argument("--interval", type=float, default=1.0)
+    h.add_argument("--progress", help="file updated with the number of completed rounds")
     o = sub.add_parser("open")
     o.add_argument("--dst", required=True)
     o.add_argument("--ports", required=True, help="comma-separated destination ports")
@@ -160,7 +168,7 @@ def main() -> int:
     if a.mode == "echo":
         echo(a.bind, [int(p) for p in a.ports.split(",")])
     elif a.mode == "hold":
-        hold(a.dst, a.port, a.flows, a.interval)
+        hold(a.dst, a.port, a.flows, a.interval, a.progress)
     else:
         ports = [int(p) for p in a.ports.split(",")]
         if a.flows > len(ports) * a.sports:

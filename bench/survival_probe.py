@@ -62,6 +62,30 @@ def _wait_member(nft: Nft, table: str, ft: str, name: str, present: bool) -> flo
     raise TimeoutError(f"{name} {'never joined' if present else 'never left'} {ft}")
 
 
+def _rounds(progress: str) -> int:
+    try:
+        with open(progress) as f:
+            return int(f.read() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _after_change(progress: str) -> float:
+    """Waits until every flow sent at least one datagram after now.
+
+    Two more completed rounds: the second started after this moment. Then a
+    little for the last datagrams (and their echoes) to cross the router.
+    """
+    t0 = time.monotonic()
+    want = _rounds(progress) + 2
+    while _rounds(progress) < want:
+        if time.monotonic() - t0 > 60:
+            raise TimeoutError("the flow holder stopped sending")
+        time.sleep(0.05)
+    time.sleep(0.3)
+    return time.monotonic() - t0
+
+
 def _slow_ports(nft: Nft) -> set[int]:
     ports: set[int] = set()
     for item in nft.list_json("set inet witness slow"):
@@ -88,15 +112,15 @@ def offloaded_ids(port: int) -> dict[int, int]:
     return ids
 
 
-def main() -> int:
+def main() -> int:  # noqa: PLR0915
     ap = argparse.ArgumentParser()
     ap.add_argument("--table", default="offloadd")
     ap.add_argument("--flowtable", default="ft")
     ap.add_argument("--port", type=int, default=7000)
     ap.add_argument("--ports", required=True, help="file with the flows' client ports (JSON)")
     ap.add_argument("--cycles", type=int, default=50)
-    ap.add_argument("--settle", type=float, default=1.5,
-                    help="seconds after a change: every flow sends at least once")
+    ap.add_argument("--progress", required=True,
+                    help="the flow holder's file of completed send rounds")
     ap.add_argument("--rebuild", action="store_true")
     ap.add_argument("--prefix", default="lanc")
     a = ap.parse_args()
@@ -114,6 +138,7 @@ def main() -> int:
         listing = nft.list_text(f"table inet {a.table}")
         nft.run(f"delete table inet {a.table}\n{listing}")
 
+    prev = base
     join_slow: set[int] = set()
     leave_slow: set[int] = set()
     cycles: list[dict[str, Any]] = []
@@ -124,22 +149,29 @@ def main() -> int:
         attach_s = _wait_member(nft, a.table, a.flowtable, name, True)
         if a.rebuild:
             rebuild()
-        time.sleep(a.settle)
+        wait_s = _after_change(a.progress)
         js = _slow_ports(nft) & flows
         join_slow |= js
+        after_join = offloaded_ids(a.port)
+        kept_join = sum(1 for p, i in prev.items() if after_join.get(p) == i)
         with IPRoute() as ipr:
             ipr.link("del", ifname=name)
         detach_s = _wait_member(nft, a.table, a.flowtable, name, False)
         if a.rebuild:
             rebuild()
-        time.sleep(a.settle)
+        wait_s += _after_change(a.progress)
         ls = _slow_ports(nft) & flows
         leave_slow |= ls
         now = offloaded_ids(a.port)
         same = sum(1 for p, i in base.items() if now.get(p) == i)
+        kept_leave = sum(1 for p, i in prev.items() if now.get(p) == i)
+        prev = {p: i for p, i in now.items() if p in flows}
         cycles.append({"cycle": c, "attach_s": round(attach_s, 3), "detach_s": round(detach_s, 3),
                        "join_slow_flows": len(js), "leave_slow_flows": len(ls),
-                       "offloaded_same_id": same, "offloaded_now": len(now)})
+                       "offloaded_same_id": same,
+                       "offloaded_now": sum(1 for p in now if p in flows),
+                       "id_kept_join": kept_join, "id_kept_leave": kept_leave,
+                       "traffic_wait_s": round(wait_s, 2)})
         print(json.dumps(cycles[-1]), file=sys.stderr, flush=True)
     json.dump({"flows": len(flows), "offloaded_at_start": len(base), "cycles": cycles,
                "join_slow_flows": len(join_slow), "leave_slow_flows": len(leave_slow)},
