@@ -110,7 +110,7 @@ def draw(doc: dict[str, Any], png: Path) -> bool:
     try:
         import matplotlib  # type: ignore[import-not-found, unused-ignore]  # noqa: PLC0415
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]  # noqa: PLC0415, E501
+        import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]  # noqa: PLC0415
     except ImportError:
         return False
     cases = {c["case"]: c for c in doc.get("cases", []) if "error" not in c}
