@@ -133,7 +133,7 @@ def draw(doc: dict[str, Any], png: Path) -> bool:
         ax = next(slots)
         ax.set_visible(True)
         ax.hist(h["samples"]["attach_ms"], bins=20, color="#2a7ab0")
-        ax.set_title(f"link -> attached, ms (p50 {h['attach_ms_p50']}, max "
+        ax.set_title(f"attach ms (p50 {h['attach_ms_p50']}, max "
                      f"{h['attach_ms_max']}); 500 links: {h['burst500_s']} s", fontsize=9)
         ax.tick_params(labelsize=8)
     if (s := cases.get("survival")) is not None:
@@ -149,8 +149,8 @@ def draw(doc: dict[str, Any], png: Path) -> bool:
         ax.bar([i - 0.2 for i in x], off, 0.4, label="offloadd (in place)", color="#2a7ab0")
         ax.bar([i + 0.2 for i in x], reb, 0.4, label="table rebuild", color="#c0504d")
         ax.set_xticks(list(x), labels)
-        ax.set_ylim(0, 1.1)
-        ax.legend(fontsize=7)
+        ax.set_ylim(0, 1.3)
+        ax.legend(fontsize=7, loc="upper center", ncol=2)
         ax.set_title(f"{s['flows_offloaded_at_start']} offloaded UDP flows, device churn "
                      "(fraction)", fontsize=9)
         ax.tick_params(labelsize=8)
