@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.lab.daemon import RunningDaemon, offloadd
 from tests.lab.netns import CommandError, Netns
+from tests.lab.traffic import wait_for
 
 FLOWS = str(Path(__file__).with_name("flows.py"))
 
@@ -106,3 +108,21 @@ def sysctl_init(key: str, value: int) -> None:
 
 def elapsed(t0: float) -> float:
     return round(time.monotonic() - t0, 1)
+
+
+@contextmanager
+def daemon(ns: Netns, config: str, workdir: Path,
+           ready_timeout: float = 300) -> Iterator[tuple[RunningDaemon, float]]:
+    """offloadd with a longer start-up allowance than the tests' 90 s, and its
+    start-up time (process start -> "ready:" in its log) measured."""
+    t0 = time.monotonic()
+    with offloadd(ns, config, workdir, wait_ready=False) as d:
+        try:
+            wait_for(lambda: "ready:" in d.log_text() or d.proc.poll() is not None,
+                     ready_timeout, interval=0.2, what="offloadd to report ready")
+        except AssertionError:
+            raise AssertionError(f"offloadd not ready after {ready_timeout}s:\n"
+                                 f"{d.log_text()[-3000:]}") from None
+        if d.proc.poll() is not None:
+            raise AssertionError(f"offloadd exited {d.proc.returncode}:\n{d.log_text()}")
+        yield d, time.monotonic() - t0
