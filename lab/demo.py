@@ -55,10 +55,11 @@ def main() -> int:
             d.wait_devices("lan", {"lan0", "lan1", "wan0", "wan0.7"})
             dst = lab.server_addr(4)
             with iperf3_server(lab.server), udp_echo_server(lab.server, "::"):
-                tcp = iperf3_client(lab.client, dst, seconds=6)
-                udp = udp_flows(lab.client, lab.server_addr(6), flows=5, seconds=6)
-                wait_for(lambda: conntrack.offloaded_count(lab.router) >= 6, 10,
-                         what="flows offloaded")
+                tcp = iperf3_client(lab.client, dst, seconds=20)
+                udp = udp_flows(lab.client, lab.server_addr(6), flows=5, seconds=20)
+                wait_for(lambda: conntrack.offloaded_count(lab.router, 4) >= 1
+                         and conntrack.offloaded_count(lab.router, 6) >= 5, 30,
+                         what="TCP and UDP flows offloaded")
                 say("offloadctl status")
                 print(d.ctl("status").stdout, end="")
                 say("conntrack -L -u OFFLOAD (in the router)")

@@ -25,7 +25,7 @@ mkdir -p "$out"
 log "kernel $series ($ver): booting VM"
 start=$(date +%s.%N)
 set +e
-PATH="$repo/.venv/bin:$PATH" timeout "${OFFLOADD_VM_TIMEOUT:-1500}" \
+PATH="$repo/.venv/bin:$PATH" timeout "${OFFLOADD_VM_TIMEOUT:-2700}" \
     vng --run "$kdir/boot/vmlinuz-$ver" --disable-kvm \
         --cpus "${OFFLOADD_VM_CPUS:-2}" --memory "${OFFLOADD_VM_MEMORY:-2G}" \
         --rwdir "$out" --cwd "$repo" \

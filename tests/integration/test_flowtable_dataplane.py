@@ -45,10 +45,10 @@ def _offloaded(lab: Lab, family: int, proto: str, dport: int) -> list[conntrack.
 def test_tcp_flow_offloaded_and_bypasses_forward_chain(lab: Lab, family: int) -> None:
     nft_apply(lab.router, RULESET)
     with iperf3_server(lab.server):
-        client = iperf3_client(lab.client, lab.server_addr(family), seconds=8,
+        client = iperf3_client(lab.client, lab.server_addr(family), seconds=14,
                                extra=("-i", "1"))
         try:
-            wait_for(lambda: _offloaded(lab, family, "tcp", 5201), timeout=6,
+            wait_for(lambda: _offloaded(lab, family, "tcp", 5201), timeout=10,
                      what="an [OFFLOAD] tcp conntrack entry to port 5201")
             before = rule_counter_packets(lab.router, "inet", "lab", "forward")
             t0 = time.monotonic()
@@ -71,9 +71,9 @@ def test_udp_flows_offloaded_and_bypass_forward_chain(lab: Lab, family: int) -> 
     nft_apply(lab.router, RULESET)
     server = lab.server_addr(family)
     with udp_echo_server(lab.server, "::" if family == 6 else "0.0.0.0"):
-        client = udp_flows(lab.client, server, flows=4, seconds=8, interval=0.02)
+        client = udp_flows(lab.client, server, flows=4, seconds=14, interval=0.02)
         try:
-            wait_for(lambda: len(_offloaded(lab, family, "udp", 7000)) == 4, timeout=6,
+            wait_for(lambda: len(_offloaded(lab, family, "udp", 7000)) == 4, timeout=10,
                      what="4 [OFFLOAD] udp conntrack entries to port 7000")
             before = rule_counter_packets(lab.router, "inet", "lab", "forward")
             time.sleep(2.5)

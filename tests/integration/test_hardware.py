@@ -24,6 +24,6 @@ def test_required_leaves_incapable_devices_out_and_says_why(lab: Lab, tmp_path: 
     config = '[[flowtable]]\nname = "ft"\ndevices = ["lan*", "wan*"]\nhardware = "required"\n'
     with offloadd(lab.router, config, tmp_path) as d:
         d.wait_devices("ft_hw", set())
-        wait_for(lambda: "cannot offload in hardware" in d.log_text(), 10,
+        wait_for(lambda: "cannot offload in hardware" in d.log_text(), 20,
                  what="a log line naming the incapable device")
         assert d.proc.poll() is None

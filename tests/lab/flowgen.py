@@ -29,6 +29,20 @@ def udp_echo(bind: str, port: int) -> None:
         s.sendto(data, peer)
 
 
+def _drain(socks: list[socket.socket], timeout: float) -> int:
+    """Reads every waiting reply (up to ``timeout`` for the first); returns how many."""
+    got = 0
+    ready, _, _ = select.select(socks, [], [], timeout)
+    for s in ready:
+        try:
+            while True:
+                s.recv(65535)
+                got += 1
+        except (BlockingIOError, ConnectionRefusedError):
+            pass
+    return got
+
+
 def udp_flows(dst: str, port: int, *, flows: int, seconds: float, interval: float,
               size: int) -> dict[str, int]:
     socks = []
@@ -53,25 +67,11 @@ def udp_flows(dst: str, port: int, *, flows: int, seconds: float, interval: floa
                 except BlockingIOError:
                     pass
             next_send = now + interval
-        ready, _, _ = select.select(socks, [], [], max(0.0, min(next_send, end) - now))
-        for s in ready:
-            try:
-                while True:
-                    s.recv(65535)
-                    received += 1
-            except (BlockingIOError, ConnectionRefusedError):
-                pass
+        received += _drain(socks, max(0.0, min(next_send, end) - now))
     # Let the last replies in.
     deadline = time.monotonic() + 0.5
     while time.monotonic() < deadline:
-        ready, _, _ = select.select(socks, [], [], 0.1)
-        for s in ready:
-            try:
-                while True:
-                    s.recv(65535)
-                    received += 1
-            except (BlockingIOError, ConnectionRefusedError):
-                pass
+        received += _drain(socks, 0.1)
     ports = [s.getsockname()[1] for s in socks]
     for s in socks:
         s.close()

@@ -24,7 +24,7 @@ class Netns:
     def argv(self, cmd: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", self.name, *cmd]
 
-    def run(self, *cmd: str, check: bool = True, timeout: float = 60,
+    def run(self, *cmd: str, check: bool = True, timeout: float = 300,
             input: str | None = None) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(self.argv(cmd), capture_output=True, text=True,
                               timeout=timeout, input=input, check=False)
@@ -33,13 +33,13 @@ class Netns:
                                f"{proc.stderr.strip() or proc.stdout.strip()}")
         return proc
 
-    def out(self, *cmd: str, timeout: float = 60) -> str:
+    def out(self, *cmd: str, timeout: float = 300) -> str:
         return self.run(*cmd, timeout=timeout).stdout
 
     def popen(self, *cmd: str, **kw: object) -> subprocess.Popen[str]:
         return subprocess.Popen(self.argv(cmd), text=True, **kw)  # type: ignore[call-overload, no-any-return]
 
-    def sh(self, script: str, timeout: float = 60) -> str:
+    def sh(self, script: str, timeout: float = 300) -> str:
         """Runs a shell script (``set -e``) inside the namespace: one process start."""
         return self.run("sh", "-ec", script, timeout=timeout).stdout
 

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from tests.lab.netns import Netns
-from tests.lab.traffic import wait_for
+from tests.lab.traffic import stop_process, wait_for
 
 _GET = """
 import sys, urllib.request
@@ -54,11 +54,7 @@ scrape_configs:
             raise AssertionError(f"prometheus exited: {(workdir / 'prometheus.log').read_text()}")
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         log.close()
 
 

@@ -21,7 +21,7 @@ from tests.lab.netns import CommandError, Netns
 FLOWGEN = str(Path(__file__).with_name("flowgen.py"))
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
+def stop_process(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -49,7 +49,7 @@ def iperf3_server(ns: Netns, port: int = 5201) -> Iterator[None]:
         _wait_listening(ns, port, udp=False)
         yield
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 @dataclass
@@ -65,7 +65,7 @@ class Background:
         return json.loads(out)  # type: ignore[no-any-return]
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
 
 
 def iperf3_client(ns: Netns, dst: str, seconds: float, port: int = 5201,
@@ -83,7 +83,7 @@ def udp_echo_server(ns: Netns, bind: str, port: int = 7000) -> Iterator[None]:
         _wait_listening(ns, port, udp=True)
         yield
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 def udp_flows(ns: Netns, dst: str, *, port: int = 7000, flows: int = 1, seconds: float = 5,
