@@ -158,7 +158,8 @@ def test_keep_on_exit_then_restart_adopts_without_disturbing_flows(lab: Lab,
     config = '[daemon]\non_exit = "keep"\n' + BASIC
     dst = lab.server_addr(4)
     with udp_echo_server(lab.server, "0.0.0.0"):
-        flows = udp_flows(lab.client, dst, flows=4, seconds=60, interval=0.05)
+        # Outlives two daemon start-ups on a slow (emulated, shared) CPU; stopped below.
+        flows = udp_flows(lab.client, dst, flows=4, seconds=600, interval=0.05)
         try:
             with offloadd(lab.router, config, tmp_path) as d:
                 d.wait_devices("ft", {"lan0", "lan1", "wan0"})
