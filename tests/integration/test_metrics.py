@@ -37,8 +37,8 @@ def test_offloaded_flows_metric_equals_conntrack_and_prometheus(lab: Lab, tmp_pa
     r = lab.router
     with offloadd(r, CONFIG, tmp_path) as d, udp_echo_server(lab.server, "::"):
         d.wait_devices("ft", {"lan0", "lan1", "wan0"})
-        f4 = udp_flows(lab.client, lab.server_addr(4), flows=V4, seconds=60, interval=0.2)
-        f6 = udp_flows(lab.client, lab.server_addr(6), flows=V6, seconds=60, interval=0.2)
+        f4 = udp_flows(lab.client, lab.server_addr(4), flows=V4, seconds=600, interval=0.2)
+        f6 = udp_flows(lab.client, lab.server_addr(6), flows=V6, seconds=600, interval=0.2)
         try:
             wait_for(lambda: conntrack.offloaded_count(r, 4) == V4
                      and conntrack.offloaded_count(r, 6) == V6, 30,

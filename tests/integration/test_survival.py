@@ -47,7 +47,7 @@ def test_device_churn_keeps_flows_offloaded_rebuild_does_not(lab: Lab, tmp_path:
     added = {f"lan9{i}" for i in range(10)}
     with offloadd(r, CONFIG, tmp_path) as d, udp_echo_server(lab.server, "0.0.0.0"):
         d.wait_devices("ft", base)
-        flows = udp_flows(lab.client, lab.server_addr(4), flows=FLOWS, seconds=120,
+        flows = udp_flows(lab.client, lab.server_addr(4), flows=FLOWS, seconds=600,
                           interval=0.1)
         try:
             wait_for(lambda: len(_offloaded_ids(lab)) == FLOWS, 20,
