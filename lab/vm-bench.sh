@@ -13,8 +13,11 @@ shift
 kdir=$(kernel_dir "$series")
 [ -n "$kdir" ] || die "kernel $series is not fetched yet: run lab/setup.sh (or make setup)"
 ver=$(basename "$kdir")
-out="$repo/build/bench/$series"
-rm -rf "$out"; mkdir -p "$out" "$repo/bench/results"
+# The guest writes into its own dir outside build/ (a `make clean` elsewhere
+# must not pull it away mid-run); the result is copied back afterwards.
+out="$LAB_CACHE/bench/$series.$$"
+rm -rf "$out"; mkdir -p "$out" "$repo/bench/results" "$repo/build/bench/$series"
+trap 'rm -rf "$out"' EXIT
 
 log "bench on kernel $series ($ver)"
 start=$(date +%s)
@@ -29,6 +32,7 @@ set -e
 [ -s "$out/latest.json" ] || die "the benchmark wrote no results (see the output above)"
 wall=$(( $(date +%s) - start ))
 res="$repo/bench/results"
+cp "$out/latest.json" "$repo/build/bench/$series/latest.json"
 cp "$out/latest.json" "$res/latest.json"
 log "wrote bench/results/latest.json (wall ${wall} s)"
 "$repo/.venv/bin/python" -m bench.report "$res/latest.json" --wall-s "$wall" \
