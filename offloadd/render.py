@@ -33,6 +33,10 @@ from offloadd.plan import (
 )
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# nf_tables refuses a flowtable message naming 256 or more devices (EFBIG,
+# NFT_NETDEVICE_MAX); a flowtable itself may hold more (501 measured on 6.1
+# and 6.12), so longer lists go out as several statements of one batch.
+DEVICES_PER_STATEMENT = 128
 _FAMILIES = frozenset({"inet", "ip", "ip6", "netdev", "bridge", "arp"})
 
 
@@ -56,6 +60,19 @@ def _devices(devices: Iterable[str]) -> str:
             raise RenderError(f"interface name {dev!r} cannot be written in an nft script")
         quoted.append(f'"{dev}"')
     return "{ " + ", ".join(quoted) + " }"
+
+
+def _chunks(devices: Iterable[str]) -> list[tuple[str, ...]]:
+    ordered = sorted(devices)
+    return [tuple(ordered[i:i + DEVICES_PER_STATEMENT])
+            for i in range(0, len(ordered), DEVICES_PER_STATEMENT)]
+
+
+def _flowtable_adds(where: str, ft: FlowtableState, devices: Iterable[str]) -> list[str]:
+    """`add flowtable` statements for ``ft`` with ``devices``, at most
+    DEVICES_PER_STATEMENT per statement; the first also creates it."""
+    head = f"add flowtable {where} {_ident('flowtable', ft.name)}"
+    return [f"{head} {_flowtable_block(ft, chunk)}" for chunk in _chunks(devices) or [()]]
 
 
 def _flowtable_block(ft: FlowtableState, devices: Iterable[str] | None) -> str:
@@ -88,19 +105,17 @@ def _render_op(op: Op, family: str, table: str, where: str) -> list[str]:
         verb = "add" if isinstance(op, CreateTable) else "delete"
         return [f"{verb} table {where}"]
     if isinstance(op, CreateFlowtable):
-        ft = op.ft
-        block = _flowtable_block(ft, ft.devices)
-        return [f"add flowtable {where} {_ident('flowtable', ft.name)} {block}"]
+        return _flowtable_adds(where, op.ft, op.ft.devices)
     if isinstance(op, AddFlowtableDevices):
-        block = _flowtable_block(op.ft, op.devices)
-        return [f"add flowtable {where} {_ident('flowtable', op.ft.name)} {block}"]
+        return _flowtable_adds(where, op.ft, op.devices)
     if isinstance(op, UpdateFlowtableFlags):
         block = _flowtable_block(op.ft, None)
         return [f"add flowtable {where} {_ident('flowtable', op.ft.name)} {block}"]
     if isinstance(op, RemoveFlowtableDevices):
         # The kernel identifies the hooks to drop by hook and priority too.
-        block = f"{{ hook ingress priority {op.ft.priority}; devices = {_devices(op.devices)}; }}"
-        return [f"delete flowtable {where} {_ident('flowtable', op.ft.name)} {block}"]
+        head = f"delete flowtable {where} {_ident('flowtable', op.ft.name)}"
+        return [f"{head} {{ hook ingress priority {op.ft.priority}; devices = {_devices(chunk)}; }}"
+                for chunk in _chunks(op.devices)]
     if isinstance(op, DeleteFlowtable):
         return [f"delete flowtable {where} {_ident('flowtable', op.name)}"]
     if isinstance(op, CreateSet):

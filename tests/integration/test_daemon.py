@@ -184,3 +184,32 @@ def test_check_prints_plan_and_applies_nothing(lab: Lab, tmp_path: Path) -> None
     assert "add table inet offloadd" in proc.stdout
     assert 'devices = { "lan0", "lan1", "wan0" }' in proc.stdout, proc.stdout
     assert not table_exists(lab.router)
+
+
+def test_more_devices_than_one_kernel_message_holds(lab: Lab, tmp_path: Path) -> None:
+    # nf_tables refuses one flowtable message naming >= 256 devices (EFBIG);
+    # a flowtable itself holds more, so offloadd must split its statements.
+    r = lab.router
+    base = {"lan0", "lan1", "wan0"}
+    bulk = {f"lanb{i}" for i in range(300)}
+    with offloadd(r, BASIC, tmp_path) as d:
+        d.wait_devices("ft", base)
+        r.run("ip", "-batch", "-", timeout=300, input="".join(
+            f"link add {n} type veth peer name q{n[4:]}\n" for n in sorted(bulk)))
+        d.wait_devices("ft", base | bulk, timeout=180)
+        assert "File too large" not in d.log_text()
+    # A fresh start creates the flowtable with all 303 devices in one batch.
+    with offloadd(r, BASIC, tmp_path) as d:
+        d.wait_devices("ft", base | bulk, timeout=180)
+        dst = lab.server_addr(4)
+        with udp_echo_server(lab.server, "0.0.0.0"):
+            udp = udp_flows(lab.client, dst, flows=2, seconds=600, interval=0.05)
+            try:
+                wait_for(lambda: len(_offloaded(lab, 4, "udp", 7000)) == 2, 20,
+                         what="2 offloaded udp flows through a 303-device flowtable")
+            finally:
+                udp.stop()
+        r.run("ip", "-batch", "-", timeout=300,
+              input="".join(f"link del {n}\n" for n in sorted(bulk)))
+        d.wait_devices("ft", base, timeout=180)
+        assert d.proc.poll() is None

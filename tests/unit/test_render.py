@@ -138,3 +138,33 @@ def test_bad_table_or_family_refused() -> None:
         render(Plan(), "inet", "t;x")
     with pytest.raises(RenderError):
         render(Plan(), "inet6", TABLE)
+
+
+def _statements(text: str, prefix: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(prefix)]
+
+
+def _named(line: str) -> list[str]:
+    return [d.strip().strip('"') for d in line.split("devices = {")[1].split("}")[0].split(",")]
+
+
+def test_long_device_lists_are_split_below_the_kernel_limit() -> None:
+    # nf_tables answers EFBIG to one flowtable message naming >= 256 devices.
+    many = tuple(f"eth{i}" for i in range(300))
+    created = render(compute_plan(_state(*many), None), "inet", TABLE)
+    adds = _statements(created, "add flowtable inet offloadd wan ")
+    assert len(adds) == 3
+    named = [d for line in adds for d in _named(line)]
+    assert sorted(named) == sorted(many)
+    assert all(len(_named(line)) <= 128 for line in adds)
+    # Every statement re-sends the flags: nft replaces them on each add.
+    assert all(line.endswith("counter; }") for line in adds)
+
+    grown = render(compute_plan(_state(*many, "eth300"), _state(*many[:10])), "inet", TABLE)
+    assert sorted(d for line in _statements(grown, "add flowtable inet offloadd wan ")
+                  for d in _named(line)) == sorted((*many[10:], "eth300"))
+
+    shrunk = render(compute_plan(_state(), _state(*many)), "inet", TABLE)
+    dels = _statements(shrunk, "delete flowtable inet offloadd wan ")
+    assert len(dels) == 3
+    assert sorted(d for line in dels for d in _named(line)) == sorted(many)
