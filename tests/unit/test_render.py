@@ -145,7 +145,8 @@ def _statements(text: str, prefix: str) -> list[str]:
 
 
 def _named(line: str) -> list[str]:
-    return [d.strip().strip('"') for d in line.split("devices = {")[1].split("}", maxsplit=1)[0].split(",")]
+    inner = line.split("devices = {")[1].split("}", maxsplit=1)[0]
+    return [d.strip().strip('"') for d in inner.split(",")]
 
 
 def test_long_device_lists_are_split_below_the_kernel_limit() -> None:
