@@ -51,7 +51,8 @@ demo: setup
 	lab/vm-run.sh $(KERNEL) "$(CURDIR)/.venv/bin/python" lab/demo.py
 
 ## make bench: benchmarks in the lab VM -> bench/results/latest.json
-bench: setup
+bench:
+	@lab/setup.sh --bench
 	lab/vm-bench.sh $(KERNEL) $(CASES)
 
 ## make test-native: the integration suite on this machine's own kernel (a

@@ -5,7 +5,10 @@ nothing (the realistic case: every packet on the slow path walks them all).
 Each round measures, back to back and in alternating order:
 
 * slow path: offloadd not running (no flowtable, every packet walks the chain);
-* offloaded: offloadd running with a flowtable over lan*/wan*.
+* offloaded: offloadd running with a flowtable over lan*/wan*;
+* bare: no admin rules and no flowtable (the lab's ceiling: what the emulated
+  endpoints and veth can carry at all). Offloaded close to bare means the
+  flowtable removed the ruleset's cost; what is left is not the router's.
 
 TCP: one iperf3 stream, receiver-side throughput (first second omitted).
 UDP: iperf3 ``-u -l 64 -b 0`` over 4 flows; the packet rate is what the
@@ -101,11 +104,16 @@ def run(workdir: Path, rounds: int = ROUNDS) -> dict[str, Any]:
     samples: list[dict[str, Any]] = []
     with lab_topology() as lab, iperf3_server(lab.server, PORT):
         lab.router.nft(admin_ruleset())
+        modes = ("slow", "offload", "bare")
         for r in range(rounds):
-            order = ("slow", "offload") if r % 2 == 0 else ("offload", "slow")
+            order = modes[r % 3:] + modes[:r % 3]
             for mode in order:
                 if mode == "slow":
                     sample = _measure(lab, mode)
+                elif mode == "bare":
+                    lab.router.nft("delete table inet admin")
+                    sample = _measure(lab, mode)
+                    lab.router.nft(admin_ruleset())
                 else:
                     with daemon(lab.router, CONFIG, workdir) as (d, ready_s):
                         d.wait_devices("ft", {"lan0", "lan1", "wan0"})
@@ -116,6 +124,7 @@ def run(workdir: Path, rounds: int = ROUNDS) -> dict[str, Any]:
                 print(f"  dataplane round {r} {mode}: {json.dumps(sample)}", flush=True)
     slow = [s for s in samples if s["mode"] == "slow"]
     off = [s for s in samples if s["mode"] == "offload"]
+    bare = [s for s in samples if s["mode"] == "bare"]
 
     def med(rows: list[dict[str, Any]], key: str) -> float:
         return float(statistics.median(s[key] for s in rows))
@@ -129,6 +138,8 @@ def run(workdir: Path, rounds: int = ROUNDS) -> dict[str, Any]:
         "tcp_gbit_offload": med(off, "tcp_gbit"),
         "udp_pps_slow": med(slow, "udp_pps"),
         "udp_pps_offload": med(off, "udp_pps"),
+        "tcp_gbit_bare": med(bare, "tcp_gbit"),
+        "udp_pps_bare": med(bare, "udp_pps"),
         "router_pps_slow": med(slow, "router_tx_pps"),
         "router_pps_offload": med(off, "router_tx_pps"),
         # offloadd's start-up next to a 400-rule foreign table (TCG).
@@ -137,8 +148,10 @@ def run(workdir: Path, rounds: int = ROUNDS) -> dict[str, Any]:
     res["tcp_ratio"] = round(res["tcp_gbit_offload"] / res["tcp_gbit_slow"], 2)
     res["udp_pps_ratio"] = round(res["udp_pps_offload"] / res["udp_pps_slow"], 2)
     res["router_pps_ratio"] = round(res["router_pps_offload"] / res["router_pps_slow"], 2)
+    res["tcp_offload_vs_bare"] = round(res["tcp_gbit_offload"] / res["tcp_gbit_bare"], 2)
+    res["udp_pps_offload_vs_bare"] = round(res["udp_pps_offload"] / res["udp_pps_bare"], 2)
     bad = [s for s in off if s["udp_flows_offloaded"] < UDP_STREAMS]
-    if bad or any(s["udp_flows_offloaded"] for s in slow):
+    if bad or any(s["udp_flows_offloaded"] for s in slow + bare):
         res["error"] = ("offload state not as expected: offloaded UDP flows per sample "
                         f"{[(s['mode'], s['udp_flows_offloaded']) for s in samples]}")
     return res

@@ -11,10 +11,12 @@ repo=$(dirname "$here")
 . "$here/common.sh"
 
 want_kernels=1
+want_bench=0
 for arg in "$@"; do
     case "$arg" in
         --no-kernels) want_kernels=0 ;;
-        *) die "setup.sh: unknown argument $arg (known: --no-kernels)" ;;
+        --bench) want_bench=1 ;;
+        *) die "setup.sh: unknown argument $arg (known: --no-kernels, --bench)" ;;
     esac
 done
 
@@ -62,6 +64,10 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want_stam
     echo "$want_stamp" > "$stamp"
 else
     log "venv: up to date"
+fi
+if [ "$want_bench" = 1 ] && ! "$venv/bin/python" -c "import matplotlib" 2>/dev/null; then
+    log "installing the bench extra (matplotlib, for bench/results/latest.png)"
+    "$venv/bin/pip" install -q --disable-pip-version-check -e "$repo[test,lab,bench]"
 fi
 "$venv/bin/python" -c "import nftables" 2>/dev/null \
     || die "the venv cannot import nftables: install python3-nftables"

@@ -148,14 +148,47 @@ def mixed() -> list[E]:
 
 
 @pytest.mark.parametrize("filters", [True, False])
-def test_count_offloaded_one_dump_either_kernel(filters: bool) -> None:
-    k = FakeKernel(mixed(), filters_status=filters)
-    got = ct.count_offloaded(socket_factory=k.factory)
+@pytest.mark.parametrize("trust", [True, False, None])
+def test_count_offloaded_right_whatever_the_kernel_does(filters: bool, trust: bool | None
+                                                       ) -> None:
+    k = FakeKernel(mixed(), filters_status=filters, per_datagram=2)
+    got = ct.count_offloaded(socket_factory=k.factory, filtered=trust)
     assert got == ct.OffloadCounts(ipv4=ct.FlowCounts(2, 1), ipv6=ct.FlowCounts(1, 1))
-    assert len(k.sent) == 1 and k.sent[0][16] == socket.AF_UNSPEC
-    assert k.closed == k.sockets == 1
-    assert ct.count_flows(socket.AF_INET6, socket_factory=k.factory) == ct.FlowCounts(1, 1)
-    assert ct.count_flows(socket.AF_INET, socket_factory=k.factory).total == 3
+    assert all(req[16] == socket.AF_UNSPEC for req in k.sent)
+    assert k.closed == k.sockets
+    assert ct.count_flows(socket.AF_INET6, socket_factory=k.factory,
+                          filtered=trust) == ct.FlowCounts(1, 1)
+    assert ct.count_flows(socket.AF_INET, socket_factory=k.factory, filtered=trust).total == 3
+
+
+def test_filtering_kernel_two_header_only_dumps() -> None:
+    # All offloaded, then hardware: software is the difference; no entry's
+    # status is read beyond each datagram's first.
+    k = FakeKernel(mixed(), filters_status=True)
+    got = ct.count_offloaded(socket_factory=k.factory, filtered=True)
+    assert got == ct.OffloadCounts(ipv4=ct.FlowCounts(2, 1), ipv6=ct.FlowCounts(1, 1))
+    masks = [struct.unpack_from(">I", req, 32)[0] for req in k.sent]
+    assert masks == [SW, HW]
+
+
+def test_ignoring_kernel_gets_one_verifying_dump_when_not_trusted() -> None:
+    k = FakeKernel(mixed(), filters_status=False)
+    ct.count_offloaded(socket_factory=k.factory, filtered=False)
+    assert len(k.sent) == 1
+
+
+def test_flow_turning_hardware_between_dumps_never_counts_negative() -> None:
+    k = FakeKernel([E(SW)], filters_status=True)
+    real = k.answer
+
+    def answer(request: bytes) -> list[bytes]:
+        if struct.unpack_from(">I", request, 32)[0] == HW:
+            k.entries = [E(HW), E(HW)]  # both became hardware (one new) meanwhile
+        return real(request)
+
+    k.answer = answer  # type: ignore[method-assign]
+    got = ct.count_offloaded(socket_factory=k.factory, filtered=True)
+    assert got.ipv4 == ct.FlowCounts(software=0, hardware=2)
 
 
 def test_dump_request_carries_status_filter() -> None:
