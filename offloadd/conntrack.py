@@ -181,6 +181,43 @@ def ensure_accounting(path: Path = ACCT) -> bool:
     return True
 
 
+# -- timeouts that make a teardown destroy the entry ---------------------------
+
+NETFILTER_SYSCTL = Path("/proc/sys/net/netfilter")
+# (protocol, flowtable timeout, the conntrack timeout a torn-down flow gets
+# back minus the flowtable one: nf_flow_table_core.c flow_offload_fixup_ct)
+TEARDOWN_TIMEOUTS = (
+    ("udp", "nf_flowtable_udp_timeout", "nf_conntrack_udp_timeout_stream"),
+    ("tcp", "nf_flowtable_tcp_timeout", "nf_conntrack_tcp_timeout_established"),
+)
+
+
+def teardown_timeout_warnings(root: Path = NETFILTER_SYSCTL) -> list[str]:
+    """Warnings for flowtable timeouts that are not below conntrack's.
+
+    When an offloaded flow is torn down (a route cache flush after any
+    device is removed, a flowtable deleted), the kernel sets its conntrack
+    timeout to conntrack's minus the flowtable's; at or below zero the entry
+    expires at once and the flow's next packet creates a new one (NAT
+    mapping and helpers start over). Seen in the lab with
+    nf_flowtable_udp_timeout = 3600: every UDP entry was destroyed at the
+    first device removal. Unreadable sysctls are skipped.
+    """
+    out = []
+    for proto, ft_key, ct_key in TEARDOWN_TIMEOUTS:
+        try:
+            ft = int((root / ft_key).read_text())
+            ct = int((root / ct_key).read_text())
+        except (OSError, ValueError):
+            continue
+        if ft >= ct:
+            out.append(f"net.netfilter.{ft_key} ({ft} s) is not below "
+                       f"net.netfilter.{ct_key} ({ct} s): when an offloaded {proto} flow "
+                       "falls back (a device removed, a route change) its conntrack entry "
+                       f"expires at once and restarts; set {ft_key} below {ct}")
+    return out
+
+
 # -- totals from /proc --------------------------------------------------------
 
 def conntrack_totals(count_path: Path = CT_COUNT,

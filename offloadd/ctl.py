@@ -25,7 +25,12 @@ from typing import Any
 from offloadd import __version__
 from offloadd.backend import NftBackend
 from offloadd.config import Config, load_config, parse_config
-from offloadd.conntrack import OffloadedFlow, list_by_status, list_offloaded
+from offloadd.conntrack import (
+    OffloadedFlow,
+    list_by_status,
+    list_offloaded,
+    teardown_timeout_warnings,
+)
 from offloadd.control import ControlError, request
 from offloadd.daemon import Daemon
 from offloadd.errors import ConfigError, OffloaddError
@@ -384,7 +389,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"forward chain {c['family']} {c['table']} {c['name']} (priority {c.get('prio')}) "
         "does not see offloaded packets: rules there act only on a flow's first packets"
         for c in others if c.get("family") in ("ip", "ip6", "inet")
-    ]
+    ] + teardown_timeout_warnings()
     priorities = other_forward_priorities(chains, config.daemon.family.value,
                                           config.daemon.table)
     script = "" if plan.is_empty else render(plan, config.daemon.family.value,

@@ -58,6 +58,13 @@ def test_status_reload_check_and_daemon_down(lab: Lab, tmp_path: Path) -> None:
         chk = json.loads(d.ctl("--json", "check", check=True).stdout)
         assert chk["valid"] and chk["plan"] == [], chk["plan"]
         assert any("ip admin admin_forward" in w for w in chk["warnings"])
+        assert not any("timeout" in w for w in chk["warnings"]), chk["warnings"]
+        # A flowtable UDP timeout at or above conntrack's makes every fallback
+        # restart the flow's conntrack entry: check says so.
+        lab.router.sysctl("net.netfilter.nf_flowtable_udp_timeout", 3600)
+        human_chk = d.ctl("check", check=True).stdout
+        assert "warning: net.netfilter.nf_flowtable_udp_timeout (3600 s) is not below" in \
+            human_chk, human_chk
         bad_file = tmp_path / "bad.toml"
         bad_file.write_text('[[flowtable]]\nname = "x"\ndevices = []\n')
         res = d.ctl("check", str(bad_file))

@@ -301,3 +301,24 @@ def test_counter_is_the_metrics_source() -> None:
     k = FakeKernel(mixed())
     counter = ct.ConntrackCounter(socket_factory=k.factory)
     assert counter.offloaded().ipv4 == ct.FlowCounts(2, 1)
+
+
+def _sysctls(root: Path, **values: int) -> Path:
+    for key, value in values.items():
+        (root / key).write_text(f"{value}\n")
+    return root
+
+
+def test_teardown_timeouts_default_kernel_values_give_no_warning(tmp_path: Path) -> None:
+    root = _sysctls(tmp_path, nf_flowtable_udp_timeout=30, nf_conntrack_udp_timeout_stream=120,
+                    nf_flowtable_tcp_timeout=30,
+                    nf_conntrack_tcp_timeout_established=432000)
+    assert ct.teardown_timeout_warnings(root) == []
+
+
+def test_flowtable_timeout_not_below_conntrack_is_one_line_warning(tmp_path: Path) -> None:
+    root = _sysctls(tmp_path, nf_flowtable_udp_timeout=3600,
+                    nf_conntrack_udp_timeout_stream=120)
+    (w,) = ct.teardown_timeout_warnings(root)  # tcp keys unreadable: skipped
+    assert "nf_flowtable_udp_timeout (3600 s)" in w and "nf_conntrack_udp_timeout_stream" in w
+    assert "below 120" in w and "\n" not in w
