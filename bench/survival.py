@@ -20,9 +20,7 @@ A device leaving makes the kernel flush its route cache (rt_cache_flush on
 NETDEV_UNREGISTER): each offloaded flow's next packet meets a stale route,
 goes through the slow path once and is offloaded again under the same entry,
 whoever manages the flowtable; so ``leave_survival_ratio`` is expected near 0.
-Seen on Debian's 6.12 kernel with 1000 flows: after a removal ctnetlink reports
-a different id for every flow although no entry was destroyed, which is why
-identity comes from DESTROY events. The contrast: the same churn where the
+The contrast: the same churn where the
 whole table is rebuilt in one transaction after each change (``*_rebuild``), as
 rebuild-on-event tools do: every flow goes back through the slow path.
 """

@@ -14,10 +14,8 @@ Each cycle: add a matching device, wait until it is in the flowtable, let
 every flow send once more, read+flush the set (join phase); delete the
 device, wait until it left, let every flow send again, read+flush (leave
 phase); then count the flows still offloaded, and those whose conntrack entry
-was never destroyed. Identity comes from conntrack's own DESTROY events
-(``conntrack -E``), not from the ``id`` field: the kernel's id is a hash that
-can change for the same entry (seen after a device removal on 6.12 with 1000
-flows, with no DESTROY or NEW event), so ids are reported as a second view only.
+was never destroyed: conntrack's own DESTROY events (``conntrack -E``) are the
+identity oracle, the ctnetlink ids a second view.
 With ``--rebuild`` the table is additionally rebuilt after each change the
 way rebuild-on-event tools do (delete table + full listing, one transaction).
 """
