@@ -1,6 +1,8 @@
 """`make demo`, inside the lab VM: offloadd at work on a router namespace.
 
-Starts the daemon with the example config's shape in the router, sends TCP
+Starts the daemon with the shipped example config (etc/offloadd/offloadd.toml,
+with ``veth`` added to its kinds: the lab's links are veth pairs, and the
+control socket in the demo's temporary directory) in the router, sends TCP
 and UDP traffic through it, hot-plugs a VLAN device, and prints what an
 operator would look at: offloadctl status, conntrack's [OFFLOAD] entries and
 the daemon's metrics.
@@ -27,16 +29,16 @@ from tests.lab.traffic import (
     wait_for,
 )
 
-CONFIG = """
-[metrics]
-listen = "127.0.0.1:9468"
+EXAMPLE = Path(__file__).resolve().parent.parent / "etc" / "offloadd" / "offloadd.toml"
+KINDS = 'kinds = ["ether", "vlan", "bridge"]'
 
-[[flowtable]]
-name = "lan"
-devices = ["lan*", "wan*"]
-kinds = ["veth", "vlan"]
-protocols = ["tcp", "udp"]
-"""
+
+def demo_config(tmp: Path) -> str:
+    text = EXAMPLE.read_text()
+    if KINDS not in text or "/run/offloadd/control.sock" not in text:
+        raise SystemExit(f"demo: {EXAMPLE} changed; update lab/demo.py's overrides")
+    return (text.replace(KINDS, 'kinds = ["ether", "vlan", "bridge", "veth"]')
+            .replace("/run/offloadd/control.sock", str(tmp / "control.sock")))
 
 
 def say(text: str) -> None:
@@ -47,7 +49,8 @@ def main() -> int:
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp, lab_topology() as lab:
         say("lab: client -- lan0 [router] wan0 -- server (router runs offloadd)")
-        with offloadd(lab.router, CONFIG, Path(tmp)) as d:
+        print(f"config: {EXAMPLE.relative_to(EXAMPLE.parents[2])}, kinds += veth (lab links)")
+        with offloadd(lab.router, demo_config(Path(tmp)), Path(tmp)) as d:
             d.wait_devices("lan", {"lan0", "lan1", "wan0"})
             say("hot-plug: a VLAN appears on wan0; offloadd attaches it in place")
             lab.router.run("ip", "link", "add", "link", "wan0", "name", "wan0.7",
