@@ -283,6 +283,32 @@ def _error_line(code: int) -> str:
     return f"conntrack dump refused by the kernel: {errno.errorcode.get(code, code)}"
 
 
+@contextlib.contextmanager
+def _dump(family: int, status: int, mask: int,
+          factory: SocketFactory) -> Iterator[NetlinkSocket]:
+    """A socket on which the dump request was sent; closed afterwards."""
+    sock = factory()
+    try:
+        try:
+            sock.send(dump_request(family, status, mask))
+        except OSError as e:
+            raise ConntrackError(_error_line(e.errno or 0)) from e
+        yield sock
+    finally:
+        sock.close()
+
+
+def _control(buf: bytearray, off: int, mtype: int) -> bool:
+    """For a message that is no entry: True at the dump's end; raises on an error."""
+    if mtype == NLMSG_DONE:
+        return True
+    if mtype == NLMSG_ERROR:
+        code = -NLMSG_ERR_CODE.unpack_from(buf, off + NLMSG_HDR.size)[0]
+        if code:
+            raise ConntrackError(_error_line(code))
+    return False
+
+
 def _entries(family: int, status: int, mask: int,
              factory: SocketFactory
              ) -> Generator[tuple[bytearray, int, int, bool], None, None]:
@@ -291,12 +317,7 @@ def _entries(family: int, status: int, mask: int,
     The buffer is reused for the next datagram: a consumer reads what it needs
     before asking for the next entry and keeps no reference to it.
     """
-    sock = factory()
-    try:
-        try:
-            sock.send(dump_request(family, status, mask))
-        except OSError as e:
-            raise ConntrackError(_error_line(e.errno or 0)) from e
+    with _dump(family, status, mask, factory) as sock:
         buf = bytearray(RECV_BUFFER)
         while True:
             n = _recv(sock, buf)
@@ -310,15 +331,9 @@ def _entries(family: int, status: int, mask: int,
                 if mtype == CT_NEW:
                     yield buf, off + PAYLOAD, end, first
                     first = False
-                elif mtype == NLMSG_DONE:
+                elif _control(buf, off, mtype):
                     return
-                elif mtype == NLMSG_ERROR:
-                    code = -NLMSG_ERR_CODE.unpack_from(buf, off + NLMSG_HDR.size)[0]
-                    if code:
-                        raise ConntrackError(_error_line(code))
                 off += (length + 3) & ~3
-    finally:
-        sock.close()
 
 
 def _recv(sock: NetlinkSocket, buf: bytearray) -> int:
@@ -387,12 +402,7 @@ def _tally(family: int, want: int, mask: int, factory: SocketFactory, *,
     Returns a list indexed by family number.
     """
     tally = [0] * 256
-    sock = factory()
-    try:
-        try:
-            sock.send(dump_request(family, want, mask))
-        except OSError as e:
-            raise ConntrackError(_error_line(e.errno or 0)) from e
+    with _dump(family, want, mask, factory) as sock:
         buf = bytearray(RECV_BUFFER)
         head = _LEN_TYPE.unpack_from
         fam_at = PAYLOAD - NFGEN_HDR.size
@@ -415,15 +425,9 @@ def _tally(family: int, want: int, mask: int, factory: SocketFactory, *,
                             continue
                         check = verify_all
                     tally[buf[off + fam_at]] += 1
-                elif mtype == NLMSG_DONE:
+                elif _control(buf, off, mtype):
                     return tally
-                elif mtype == NLMSG_ERROR:
-                    code = -NLMSG_ERR_CODE.unpack_from(buf, off + NLMSG_HDR.size)[0]
-                    if code:
-                        raise ConntrackError(_error_line(code))
                 off += (length + 3) & ~3
-    finally:
-        sock.close()
 
 
 def _offloaded(family: int, factory: SocketFactory,
