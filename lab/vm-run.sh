@@ -11,7 +11,12 @@ kdir=$(kernel_dir "$series")
 [ -n "$kdir" ] || die "kernel $series is not fetched yet: run lab/setup.sh (or make setup)"
 ver=$(basename "$kdir")
 log "kernel $series ($ver): booting VM"
-PATH="$repo/.venv/bin:$PATH" exec timeout "${OFFLOADD_VM_TIMEOUT:-1500}" \
+# Through a pipe: given a regular file as stdout, vng writes the guest's
+# output from offset 0 and overwrites what the caller logged before (seen with
+# `make test > log`: everything before the demo was lost).
+set +e
+PATH="$repo/.venv/bin:$PATH" timeout "${OFFLOADD_VM_TIMEOUT:-1500}" \
     vng --run "$kdir/boot/vmlinuz-$ver" --disable-kvm \
         --cpus "${OFFLOADD_VM_CPUS:-2}" --memory "${OFFLOADD_VM_MEMORY:-2G}" \
-        --cwd "$repo" -- "$@" </dev/null
+        --cwd "$repo" -- "$@" </dev/null 2>&1 | cat
+exit "${PIPESTATUS[0]}"
