@@ -58,6 +58,12 @@ class NftBackend:
             log.info("enabled conntrack accounting (net.netfilter.nf_conntrack_acct=1) "
                      "for elephant_packets")
 
+    def check(self, plan: Plan) -> None:
+        """Dry-runs the plan: the kernel checks the whole batch and keeps nothing."""
+        script = render(plan, self.family, self.table)
+        if script.strip():
+            self.nft.run(script, dry_run=True)
+
     def apply(self, plan: Plan) -> str:
         """Runs the plan as one transaction; returns the script that was applied."""
         script = render(plan, self.family, self.table)

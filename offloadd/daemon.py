@@ -19,7 +19,13 @@ from typing import Any, Protocol
 
 from offloadd.config import Config, Hardware, OnExit, PriorityMode, load_config
 from offloadd.control import ControlServer, Handler
-from offloadd.errors import ConfigError, DeviceVanishedError, OffloaddError, VerifyError
+from offloadd.errors import (
+    ConfigError,
+    DeviceVanishedError,
+    NftError,
+    OffloaddError,
+    VerifyError,
+)
 from offloadd.model import DesiredResult, Link, TableState, auto_forward_priority, desired_state
 from offloadd.plan import (
     AddFlowtableDevices,
@@ -28,6 +34,7 @@ from offloadd.plan import (
     DeleteFlowtable,
     Plan,
     RemoveFlowtableDevices,
+    UpdateFlowtableFlags,
     compute_plan,
     teardown_plan,
 )
@@ -39,6 +46,9 @@ log = logging.getLogger("offloadd")
 
 RETRY_VANISHED_S = 0.2
 RETRY_FAILED_S = 5.0
+# Devices the kernel refused are tried again after this long (sooner if the
+# link is re-created or the config reloaded).
+RETRY_REFUSED_S = 300.0
 WATCHER_RESTART_S = 1.0
 
 
@@ -82,6 +92,8 @@ class Backend(Protocol):
     def hw_capable(self, device: str) -> tuple[bool, str]: ...
 
     def apply(self, plan: Plan) -> str: ...
+
+    def check(self, plan: Plan) -> None: ...
 
     def ensure_accounting(self) -> None: ...
 
@@ -141,6 +153,10 @@ class Daemon:
         self._nft_changes = nft_changes
         self._ready = False
         self._hw_cache: dict[str, bool] = {}
+        # device -> (its ifindex, the kernel's message) while it is left out
+        self._refused: dict[str, tuple[int, str]] = {}
+        self._refused_at = 0.0
+        self._refused_retry: asyncio.TimerHandle | None = None
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._reload_requested = False
@@ -159,14 +175,74 @@ class Daemon:
             return auto_forward_priority(self.backend.other_forward_priorities())
         return prio
 
+    def _refused_now(self) -> dict[str, str]:
+        """Refused devices still worth leaving out: same link, not yet due a retry."""
+        if self._refused and time.monotonic() - self._refused_at > RETRY_REFUSED_S:
+            self._refused.clear()
+        index = {link.name: link.index for link in self.status.links}
+        self._refused = {d: v for d, v in self._refused.items() if index.get(d) == v[0]}
+        return {d: msg for d, (_i, msg) in self._refused.items()}
+
     def plan_once(self) -> tuple[DesiredResult, TableState | None, Plan]:
         if any(f.elephant_packets for f in self.config.flowtables):
             self.backend.ensure_accounting()
         current = self.backend.read()
+        desired = self._desired(self._refused_now())
+        return desired, current, compute_plan(desired.table, current)
+
+    def _desired(self, refused: Mapping[str, str]) -> DesiredResult:
         uses_hw = any(f.hardware is not Hardware.OFF for f in self.config.flowtables)
         hw = self._hw_capable if uses_hw else (lambda _d: False)
-        desired = desired_state(self.config, self.status.links, hw, self._forward_priority())
-        return desired, current, compute_plan(desired.table, current)
+        return desired_state(self.config, self.status.links, hw, self._forward_priority(),
+                             refused)
+
+    def _isolate_refused(self, current: TableState | None, plan: Plan,
+                         refused: Mapping[str, str]) -> dict[str, str]:
+        """Which devices this plan adds make the kernel refuse it, and why.
+
+        Dry runs only: first without any of the devices the plan adds (if
+        that is refused too, the devices are not the cause: {}), then halves
+        of them until each refused device stands alone. Two devices that are
+        refused only together are not found; the whole plan then fails as
+        before and is retried.
+        """
+        added = sorted({d for op in plan.ops if isinstance(op, AddFlowtableDevices)
+                        for d in op.devices}
+                       | {d for op in plan.ops if isinstance(op, CreateFlowtable)
+                          for d in op.ft.devices})
+
+        def refusal(leave_out: set[str]) -> NftError | None:
+            desired = self._desired({**refused, **dict.fromkeys(leave_out, "")})
+            trial = compute_plan(desired.table, current)
+            if trial.is_empty and current is not None:
+                # Nothing left to send proves nothing: re-sending the flags
+                # asks the kernel whether it takes any batch now.
+                trial = Plan(tuple(UpdateFlowtableFlags(ft) for ft in current.flowtables))
+            try:
+                self.backend.check(trial)
+            except DeviceVanishedError:
+                raise
+            except NftError as e:
+                return e
+            return None
+
+        if not added or refusal(set(added)) is not None:
+            return {}
+        bad: dict[str, str] = {}
+
+        def search(group: list[str]) -> None:
+            err = refusal(set(added) - set(group))
+            if err is None:
+                return
+            if len(group) == 1:
+                bad[group[0]] = str(err).removeprefix("nft refused the transaction: ")
+                return
+            half = len(group) // 2
+            search(group[:half])
+            search(group[half:])
+
+        search(added)
+        return bad
 
     def reconcile(self) -> Plan:
         """One pass: read, plan, apply as one transaction, read back and verify.
@@ -177,11 +253,31 @@ class Daemon:
         t0 = time.monotonic()
         self.status.reconciles_total += 1
         try:
-            desired, _current, plan = self.plan_once()
-            self._report_problems(desired)
-            self.status.desired = desired
+            desired, current, plan = self.plan_once()
+            self._adopt(desired)
             if not plan.is_empty:
-                script = self.backend.apply(plan)
+                try:
+                    script = self.backend.apply(plan)
+                except DeviceVanishedError:
+                    raise
+                except NftError:
+                    # One device the kernel will not take must not hold back
+                    # every other change: find it, leave it out, apply the rest.
+                    bad = self._isolate_refused(current, plan, self._refused_now())
+                    if not bad:
+                        raise
+                    index = {link.name: link.index for link in self.status.links}
+                    if not self._refused:
+                        self._refused_at = time.monotonic()
+                    self._refused.update({d: (index.get(d, 0), m) for d, m in bad.items()})
+                    for dev, msg in sorted(bad.items()):
+                        self._record_error(f"the kernel refused to attach {dev} ({msg}); "
+                                           f"left out, retried in {RETRY_REFUSED_S:.0f} s "
+                                           "or when the link is re-created")
+                    desired, current, plan = self.plan_once()
+                    self._adopt(desired)
+                    script = self.backend.apply(plan)
+            if not plan.is_empty:
                 self.status.transactions_total += 1
                 log.debug("applied %d operations:\n%s", len(plan.ops), script.rstrip())
                 _log_ops(plan)
@@ -197,6 +293,10 @@ class Daemon:
             self.status.last_reconcile_seconds = time.monotonic() - t0
             self.status.last_reconcile_time = time.time()
         return plan
+
+    def _adopt(self, desired: DesiredResult) -> None:
+        self._report_problems(desired)
+        self.status.desired = desired
 
     def _report_problems(self, desired: DesiredResult) -> None:
         """Logs device problems once, when they first appear (not every pass)."""
@@ -225,6 +325,10 @@ class Daemon:
     def _safe_reconcile(self) -> None:
         try:
             self.reconcile()
+            if self._refused and self._refused_retry is None:
+                # No link event may come; the refused devices get their retry anyway.
+                self._refused_retry = asyncio.get_running_loop().call_later(
+                    RETRY_REFUSED_S + 1, self._retry_refused)
         except DeviceVanishedError as e:
             # A device went away between plan and apply: the kernel applied
             # nothing. The watcher is about to report it; plan again then.
@@ -269,9 +373,14 @@ class Daemon:
             return False
         self.config = new
         self._hw_cache.clear()
+        self._refused.clear()
         self.status.reloads_total += 1
         log.info("config reloaded from %s", self.status.config_path)
         return True
+
+    def _retry_refused(self) -> None:
+        self._refused_retry = None
+        self._wake.set()
 
     def _retry_later(self, delay: float = RETRY_VANISHED_S) -> None:
         asyncio.get_running_loop().call_later(delay, self._wake.set)

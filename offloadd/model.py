@@ -88,6 +88,7 @@ class NoteKind(enum.Enum):
     ALSO_MATCHES = "also_matches"  # informational: first flowtable wins
     NOT_HW_CAPABLE = "not_hw_capable"  # hardware = required, device left out
     UNSAFE_NAME = "unsafe_name"  # name cannot be written safely in an nft script
+    KERNEL_REFUSED = "kernel_refused"  # the kernel refused to attach it; left out for now
 
 
 @dataclass(frozen=True)
@@ -218,8 +219,12 @@ def desired_state(
     links: Iterable[Link],
     hw_capable: Callable[[str], bool] | Mapping[str, bool],
     forward_priority: int,
+    refused: Mapping[str, str] | None = None,
 ) -> DesiredResult:
     """What offloadd's table should hold for these links.
+
+    ``refused`` maps devices the kernel would not attach to its message: they
+    are left out and reported, so one such device does not hold back the rest.
 
     Every configured flowtable yields its kernel flowtables (and sets) even
     when no device matches yet, so a device appearing later changes only
@@ -268,6 +273,11 @@ def desired_state(
             if not is_safe_ifname(link.name):
                 msg = f"{link.name!r} cannot be written safely in an nft script; left out"
                 notes.append(DeviceNote(link.name, sel.name, NoteKind.UNSAFE_NAME, msg))
+                decisions.append(DeviceDecision(link.name, None, False, msg, sel.name))
+                continue
+            if refused and link.name in refused:
+                msg = f"{why}; the kernel refused to attach {link.name}: {refused[link.name]}"
+                notes.append(DeviceNote(link.name, sel.name, NoteKind.KERNEL_REFUSED, msg))
                 decisions.append(DeviceDecision(link.name, None, False, msg, sel.name))
                 continue
             decision = _place(sel, mode, link.name, why, hw_capable)

@@ -213,3 +213,31 @@ def test_more_devices_than_one_kernel_message_holds(lab: Lab, tmp_path: Path) ->
               input="".join(f"link del {n}\n" for n in sorted(bulk)))
         d.wait_devices("ft", base, timeout=180)
         assert d.proc.poll() is None
+
+
+DRY_RUN = """
+import sys
+from offloadd.backend import NftBackend
+from offloadd.errors import DeviceVanishedError
+from offloadd.model import FlowtableState, TableState
+from offloadd.plan import compute_plan
+
+b = NftBackend("inet", "drycheck")
+def plan(*devs):
+    return compute_plan(TableState("drycheck", "inet", flowtables=(
+        FlowtableState("ft", frozenset(devs), False, True),)), None)
+b.check(plan("lan0", "wan0"))
+assert b.read() is None, "a dry run left the table behind"
+try:
+    b.check(plan("lan0", "nosuch0"))
+except DeviceVanishedError:
+    print("refused")
+"""
+
+
+def test_backend_dry_run_is_checked_by_the_kernel_and_applies_nothing(lab: Lab) -> None:
+    # What offloadd uses to find a device the kernel refuses: the real kernel
+    # must judge the batch (ENOENT for a missing device) and keep nothing.
+    out = lab.router.out(sys.executable, "-c", DRY_RUN)
+    assert out.strip() == "refused"
+    assert not table_exists(lab.router, "drycheck")

@@ -10,9 +10,9 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from offloadd.errors import DeviceVanishedError
+from offloadd.errors import DeviceVanishedError, NftError
 from offloadd.model import Link, TableState
-from offloadd.plan import Plan, apply_plan
+from offloadd.plan import AddFlowtableDevices, CreateFlowtable, Plan, apply_plan
 from offloadd.render import render
 
 
@@ -27,6 +27,10 @@ class FakeBackend:
     vanish_next: int = 0
     corrupt_reads: bool = False
     accounting: bool = False
+    # device -> the kernel's complaint: any batch attaching it is refused
+    refuse: dict[str, str] = field(default_factory=dict)
+    refuse_all: str = ""  # every batch is refused with this
+    checks: int = 0
 
     def read(self) -> TableState | None:
         if self.corrupt_reads and self.state is not None:
@@ -43,10 +47,24 @@ class FakeBackend:
     def ensure_accounting(self) -> None:
         self.accounting = True
 
+    def _refusal(self, plan: Plan) -> None:
+        if self.refuse_all and plan.ops:
+            raise NftError(f"nft refused the transaction: {self.refuse_all}")
+        added = {d for op in plan.ops if isinstance(op, AddFlowtableDevices) for d in op.devices}
+        added |= {d for op in plan.ops if isinstance(op, CreateFlowtable) for d in op.ft.devices}
+        for dev in sorted(added & self.refuse.keys()):
+            raise NftError(f"nft refused the transaction: {self.refuse[dev]}")
+        apply_plan(self.state, plan)  # what the kernel refuses in any case
+
+    def check(self, plan: Plan) -> None:
+        self.checks += 1
+        self._refusal(plan)
+
     def apply(self, plan: Plan) -> str:
         if self.vanish_next:
             self.vanish_next -= 1
             raise DeviceVanishedError("nft refused the transaction: No such file or directory")
+        self._refusal(plan)
         self.state = apply_plan(self.state, plan)
         self.applied.append(plan)
         return render(plan, self.family, self.table)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from offloadd import daemon as daemon_mod
 from offloadd.config import parse_config
 from offloadd.daemon import Daemon
-from offloadd.errors import VerifyError
+from offloadd.errors import NftError, VerifyError
 from offloadd.model import Link
 from offloadd.plan import AddFlowtableDevices, AddSetElements, CreateTable
 from tests.unit.fakes import FakeBackend, FakeLinks
@@ -178,3 +179,85 @@ def test_loop_tells_systemd_ready_reloading_and_stopping(tmp_path: Path) -> None
     assert calls[1] == "ready"
     i = calls.index("reloading")
     assert "ready" in calls[i:] and calls[-1] == "stopping"
+
+
+BAD = Link(7, "lan7", "veth")
+
+
+def _attached(b: FakeBackend) -> set[str]:
+    assert b.state is not None
+    ft = b.state.flowtable("ft")
+    assert ft is not None
+    return set(ft.devices)
+
+
+def test_a_device_the_kernel_refuses_is_left_out_and_the_rest_applied(tmp_path: Path) -> None:
+    d, b = _daemon(tmp_path, backend=FakeBackend(refuse={"lan7": "Operation not supported"}))
+    d.status.links = (LAN0, WAN0)
+    d.reconcile()
+    d.status.links = (LAN0, WAN0, LAN5, BAD)
+    d.reconcile()  # no exception: lan5 joins, lan7 is reported
+    assert _attached(b) == {"lan0", "wan0", "lan5"}
+    assert b.state is not None and b.state.set("ft_ifs") is not None
+    assert b.state.set("ft_ifs").elements == {"lan0", "wan0", "lan5"}  # type: ignore[union-attr]
+    assert d.status.desired is not None
+    (why,) = [x.reason for x in d.status.desired.decisions if x.device == "lan7"]
+    assert "kernel refused to attach lan7: Operation not supported" in why
+    assert any("refused to attach lan7" in e for e in d.status.recent_errors)
+    assert d.reconcile().is_empty  # left out from now on, no retry storm
+    checks = b.checks
+    d.reconcile()
+    assert b.checks == checks
+
+
+def test_refusal_not_caused_by_a_device_fails_the_pass(tmp_path: Path) -> None:
+    d, b = _daemon(tmp_path)
+    d.status.links = (LAN0, WAN0)
+    d.reconcile()
+    b.refuse_all = "Cannot allocate memory"
+    d.status.links = (LAN0, WAN0, LAN5)
+    with pytest.raises(NftError):
+        d.reconcile()
+    assert _attached(b) == {"lan0", "wan0"}  # nothing half-applied
+    b.refuse_all = ""
+    d.reconcile()
+    assert _attached(b) == {"lan0", "wan0", "lan5"}  # nobody was blamed for it
+
+
+def test_refused_device_is_retried_when_recreated_reloaded_or_later(tmp_path: Path) -> None:
+    d, b = _daemon(tmp_path, backend=FakeBackend(refuse={"lan7": "Operation not supported"}))
+    d.status.links = (LAN0, BAD)
+    d.reconcile()
+    assert _attached(b) == {"lan0"}
+    b.refuse.clear()  # e.g. the driver is fixed
+    d.reconcile()
+    assert _attached(b) == {"lan0"}  # same link: still left out
+    d.status.links = (LAN0, Link(8, "lan7", "veth"))  # re-created: a new index
+    d.reconcile()
+    assert _attached(b) == {"lan0", "lan7"}
+
+    b.refuse["lan5"] = "Operation not supported"
+    d.status.links = (LAN0, Link(8, "lan7", "veth"), LAN5)
+    d.reconcile()
+    b.refuse.clear()
+    assert d.reload()
+    d.reconcile()
+    assert "lan5" in _attached(b)
+
+    b.refuse["wan0"] = "Operation not supported"
+    d.status.links = (LAN0, WAN0)
+    d.reconcile()
+    b.refuse.clear()
+    d._refused_at -= daemon_mod.RETRY_REFUSED_S + 1
+    d.reconcile()
+    assert _attached(b) == {"lan0", "wan0"}
+
+
+def test_several_refused_devices_are_each_found(tmp_path: Path) -> None:
+    many = tuple(Link(100 + i, f"lan{10 + i}", "veth") for i in range(20))
+    refuse = {"lan13": "Operation not supported", "lan27": "No buffer space available"}
+    d, b = _daemon(tmp_path, backend=FakeBackend(refuse=refuse))
+    d.status.links = (LAN0, *many)
+    d.reconcile()
+    assert _attached(b) == {"lan0"} | {m.name for m in many} - set(refuse)
+    assert b.checks <= 20  # halving, not one dry run per device

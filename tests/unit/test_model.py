@@ -191,6 +191,16 @@ def test_unsafe_kernel_names_are_left_out_and_reported() -> None:
     assert [p.kind for p in result.problems] == [NoteKind.UNSAFE_NAME]
 
 
+def test_kernel_refused_devices_are_left_out_of_flowtable_and_set() -> None:
+    links = (Link(1, "eth0", None), Link(2, "eth1", None))
+    result = desired_state(_config(FlowtableConfig("a", devices=("eth*",))), links, {}, 0,
+                           refused={"eth1": "Operation not supported"})
+    assert result.table.flowtables[0].devices == frozenset({"eth0"})
+    assert result.table.sets[0].elements == frozenset({"eth0"})
+    (note,) = result.problems
+    assert note.kind is NoteKind.KERNEL_REFUSED and "Operation not supported" in note.message
+
+
 @pytest.mark.parametrize(
     ("name", "ok"),
     [
