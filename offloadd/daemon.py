@@ -187,17 +187,16 @@ class Daemon:
         if any(f.elephant_packets for f in self.config.flowtables):
             self.backend.ensure_accounting()
         current = self.backend.read()
-        desired = self._desired(self._refused_now())
+        desired = self._desired(self._refused_now(), self._forward_priority())
         return desired, current, compute_plan(desired.table, current)
 
-    def _desired(self, refused: Mapping[str, str]) -> DesiredResult:
+    def _desired(self, refused: Mapping[str, str], forward_priority: int) -> DesiredResult:
         uses_hw = any(f.hardware is not Hardware.OFF for f in self.config.flowtables)
         hw = self._hw_capable if uses_hw else (lambda _d: False)
-        return desired_state(self.config, self.status.links, hw, self._forward_priority(),
-                             refused)
+        return desired_state(self.config, self.status.links, hw, forward_priority, refused)
 
     def _isolate_refused(self, current: TableState | None, plan: Plan,
-                         refused: Mapping[str, str]) -> dict[str, str]:
+                         refused: Mapping[str, str], forward_priority: int) -> dict[str, str]:
         """Which devices this plan adds make the kernel refuse it, and why.
 
         Dry runs only: first without any of the devices the plan adds (if
@@ -206,13 +205,11 @@ class Daemon:
         refused only together are not found; the whole plan then fails as
         before and is retried.
         """
-        added = sorted({d for op in plan.ops if isinstance(op, AddFlowtableDevices)
-                        for d in op.devices}
-                       | {d for op in plan.ops if isinstance(op, CreateFlowtable)
-                          for d in op.ft.devices})
+        added = sorted(plan.attached_devices)
 
         def refusal(leave_out: set[str]) -> NftError | None:
-            desired = self._desired({**refused, **dict.fromkeys(leave_out, "")})
+            desired = self._desired({**refused, **dict.fromkeys(leave_out, "")},
+                                    forward_priority)
             trial = compute_plan(desired.table, current)
             if trial.is_empty and current is not None:
                 # Nothing left to send proves nothing: re-sending the flags
@@ -263,7 +260,9 @@ class Daemon:
                 except NftError:
                     # One device the kernel will not take must not hold back
                     # every other change: find it, leave it out, apply the rest.
-                    bad = self._isolate_refused(current, plan, self._refused_now())
+                    # The priority of this pass: no kernel listing per dry run.
+                    prio = desired.table.chain.priority if desired.table.chain else 0
+                    bad = self._isolate_refused(current, plan, self._refused_now(), prio)
                     if not bad:
                         raise
                     index = {link.name: link.index for link in self.status.links}

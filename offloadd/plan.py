@@ -121,6 +121,14 @@ class Plan:
     def is_empty(self) -> bool:
         return not self.ops
 
+    @property
+    def attached_devices(self) -> frozenset[str]:
+        """Devices this plan puts into flowtables (added or in a created one)."""
+        return frozenset(d for op in self.ops
+                         if isinstance(op, AddFlowtableDevices | CreateFlowtable)
+                         for d in (op.devices if isinstance(op, AddFlowtableDevices)
+                                   else op.ft.devices))
+
 
 _FLOW_REF = re.compile(r"\bflow add @([A-Za-z0-9_]+)")
 _ANY_REF = re.compile(r"@([A-Za-z0-9_]+)")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from offloadd.errors import DeviceVanishedError, NftError
 from offloadd.model import Link, TableState
-from offloadd.plan import AddFlowtableDevices, CreateFlowtable, Plan, apply_plan
+from offloadd.plan import Plan, apply_plan
 from offloadd.render import render
 
 
@@ -50,9 +50,7 @@ class FakeBackend:
     def _refusal(self, plan: Plan) -> None:
         if self.refuse_all and plan.ops:
             raise NftError(f"nft refused the transaction: {self.refuse_all}")
-        added = {d for op in plan.ops if isinstance(op, AddFlowtableDevices) for d in op.devices}
-        added |= {d for op in plan.ops if isinstance(op, CreateFlowtable) for d in op.ft.devices}
-        for dev in sorted(added & self.refuse.keys()):
+        for dev in sorted(plan.attached_devices & self.refuse.keys()):
             raise NftError(f"nft refused the transaction: {self.refuse[dev]}")
         apply_plan(self.state, plan)  # what the kernel refuses in any case
 

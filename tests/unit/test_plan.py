@@ -331,3 +331,10 @@ def test_link_changes_never_touch_chain_or_flowtable_objects(
     assert all(isinstance(op, allowed) for op in plan.ops)
     # "other0" matches no flowtable, so it alone never produces work.
     assert plan.is_empty == (before - {"other0"} == after - {"other0"})
+
+
+def test_attached_devices_are_what_creates_and_adds_put_in_flowtables() -> None:
+    assert compute_plan(_desired("eth0", "lan0"), None).attached_devices == {"eth0", "lan0"}
+    grown = compute_plan(_desired("eth0", "eth1", "lan0"), _desired("eth0", "lan0", "lan1"))
+    assert grown.attached_devices == {"eth1"}  # lan1 leaving is not attaching
+    assert teardown_plan("offloadd", "inet").attached_devices == frozenset()
