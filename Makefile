@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-KERNELS := 6.1 6.12
+KERNELS := 6.1 6.12 7
 KERNEL ?= 6.1
 
 .PHONY: install demo bench test-native test setup test-unit test-host lint test-vm test-vms lab-shell vagrant-validate clean test-system
@@ -32,14 +32,14 @@ test-unit: setup
 test-host: setup
 	$(PY) -m pytest tests/host -q
 
-## make test-vm KERNEL=6.1|6.12 [PYTEST_ARGS=...]: integration suite in one VM.
+## make test-vm KERNEL=6.1|6.12|7 [PYTEST_ARGS=...]: integration suite in one VM.
 test-vm: setup
 	lab/vm-test.sh $(KERNEL) $(PYTEST_ARGS)
 
 test-vms: setup
 	@rc=0; for k in $(KERNELS); do lab/vm-test.sh $$k $(PYTEST_ARGS) || rc=1; done; exit $$rc
 
-## make test-system [KERNEL=6.1|6.12]: offloadd under systemd as PID 1 in a VM
+## make test-system [KERNEL=6.1|6.12|7]: offloadd under systemd as PID 1 in a VM
 ## (debootstrap root cached in ~/.cache/offloadd-lab/sysroot, the wheel of
 ## this checkout, the shipped unit): READY, reload, refused reload, watchdog
 ## restart, hardening, offloaded traffic. Needs debootstrap (apt).

@@ -24,6 +24,7 @@ from offloadd.config import Config, load_config
 from offloadd.conntrack import ConntrackCounter, teardown_timeout_warnings
 from offloadd.daemon import Daemon, Snapshot
 from offloadd.errors import ConfigError, OffloaddError
+from offloadd.leftbehind import ConntrackScanner
 from offloadd.links import LinkWatcher, current_links
 from offloadd.metrics import Exporter, StatusView, TlsOptions, register, start_exporter
 from offloadd.nft import Nft
@@ -129,7 +130,8 @@ async def run(config_path: Path, config: Config) -> int:
     daemon = Daemon(config_path, config, backend, links=watcher,
                     on_ready=lambda: log.info("ready: table %s %s reconciled",
                                               config.daemon.family.value, config.daemon.table),
-                    notify=Notifier.from_environ(), nft_changes=NftEvents())
+                    notify=Notifier.from_environ(), nft_changes=NftEvents(),
+                    left_behind=ConntrackScanner())
     exporter = _start_metrics(config, daemon, watcher)
     try:
         await daemon.run()

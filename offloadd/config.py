@@ -68,6 +68,13 @@ class OnExit(enum.Enum):
     KEEP = "keep"
 
 
+class Repair(enum.Enum):
+    """Replace a flowtable whose flows the kernel left behind (see offloadd.repair)."""
+
+    AUTO = "auto"
+    OFF = "off"
+
+
 class Hardware(enum.Enum):
     OFF = "off"
     AUTO = "auto"
@@ -82,6 +89,7 @@ class DaemonConfig:
     # forward base chain (their verdicts, e.g. drop, must win).
     priority: PriorityMode | int = PriorityMode.AUTO
     on_exit: OnExit = OnExit.REMOVE
+    repair: Repair = Repair.AUTO
 
 
 @dataclass(frozen=True)
@@ -301,7 +309,7 @@ def _int_in(section: _Section, key: str, default: int, lo: int, hi: int) -> int:
 
 
 def _parse_daemon(data: Mapping[str, Any]) -> DaemonConfig:
-    s = _Section(data, "daemon", ("table", "family", "priority", "on_exit"))
+    s = _Section(data, "daemon", ("table", "family", "priority", "on_exit", "repair"))
     table = _check_identifier(s.key("table"), s.get("table", str, DaemonConfig.table))
     family = _enum(s, "family", Family, Family.INET)
     priority: PriorityMode | int = PriorityMode.AUTO
@@ -315,7 +323,9 @@ def _parse_daemon(data: Mapping[str, Any]) -> DaemonConfig:
                 f"in {INT32_MIN}..{INT32_MAX}"
             )
     on_exit = _enum(s, "on_exit", OnExit, OnExit.REMOVE)
-    return DaemonConfig(table=table, family=family, priority=priority, on_exit=on_exit)
+    repair = _enum(s, "repair", Repair, Repair.AUTO)
+    return DaemonConfig(table=table, family=family, priority=priority, on_exit=on_exit,
+                        repair=repair)
 
 
 _FT_KEYS = (

@@ -58,6 +58,8 @@ CT_GET = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET
 CTA_TUPLE_ORIG = 1
 CTA_TUPLE_REPLY = 2
 CTA_STATUS = 3
+CTA_TIMEOUT = 7
+CTA_USE = 11
 CTA_COUNTERS_ORIG = 9
 CTA_COUNTERS_REPLY = 10
 CTA_ID = 12
@@ -149,6 +151,9 @@ class OffloadedFlow:
     reply_packets: int | None = None
     reply_bytes: int | None = None
     helper: str | None = None  # a conntrack helper (ftp, sip, ...) keeps a flow on the slow path
+    # Seconds left; None for offloaded entries (the kernel omits it for them).
+    timeout: int | None = None
+    use: int | None = None  # references held on the entry (a flowtable entry holds one)
 
     @property
     def hardware(self) -> bool:
@@ -568,7 +573,11 @@ def parse_entry(buf: bytearray | bytes, start: int, end: int, family: int) -> Of
         n_off, n_len = _find_attr(buf, h_off, h_off + h_len, CTA_HELP_NAME)
         helper = (bytes(buf[n_off:n_off + n_len]).rstrip(b"\0").decode(errors="replace")
                   if n_off >= 0 else "?")
+    t_off, t_len = _find_attr(buf, start, end, CTA_TIMEOUT)
+    u_off, u_len = _find_attr(buf, start, end, CTA_USE)
     return OffloadedFlow(
+        timeout=BE32.unpack_from(buf, t_off)[0] if t_off >= 0 and t_len >= 4 else None,
+        use=BE32.unpack_from(buf, u_off)[0] if u_off >= 0 and u_len >= 4 else None,
         helper=helper,
         id=BE32.unpack_from(buf, id_off)[0] if id_off >= 0 and id_len >= 4 else 0,
         family=family, status=_status(buf, start, end) or 0,
@@ -585,17 +594,26 @@ def list_by_status(family: int, status: int, mask: int, limit: int, *,
     """
     if limit <= 0:
         return []
+    return heapq.nlargest(limit, entries_by_status(family, status, mask,
+                                                   socket_factory=socket_factory),
+                          key=lambda f: (f.bytes, f.packets))
+
+
+def entries_by_status(family: int, status: int, mask: int, *,
+                      socket_factory: SocketFactory = open_ctnetlink
+                      ) -> Iterator[OffloadedFlow]:
+    """Every entry whose ``status & mask == status & mask``, parsed, one at a time.
+
+    The kernel filters (>= 5.15); each entry's status is checked too, so a
+    kernel that ignores the filter gives the same entries.
+    """
     want = status & mask
-
-    def matching() -> Iterator[OffloadedFlow]:
-        with contextlib.closing(_entries(family, want, mask, socket_factory)) as it:
-            for buf, start, end, _first in it:
-                st = _status(buf, start, end)
-                if mask and (st is None or st & mask != want):
-                    continue
-                yield parse_entry(buf, start, end, family)
-
-    return heapq.nlargest(limit, matching(), key=lambda f: (f.bytes, f.packets))
+    with contextlib.closing(_entries(family, want, mask, socket_factory)) as it:
+        for buf, start, end, _first in it:
+            st = _status(buf, start, end)
+            if mask and (st is None or st & mask != want):
+                continue
+            yield parse_entry(buf, start, end, family)
 
 
 def list_offloaded(family: int, limit: int, *,

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from offloadd.config import Config, Hardware, OnExit, PriorityMode, load_config
+from offloadd.config import Config, Hardware, OnExit, PriorityMode, Repair, load_config
 from offloadd.control import ControlServer, Handler
 from offloadd.errors import (
     ConfigError,
@@ -38,6 +38,7 @@ from offloadd.plan import (
     compute_plan,
     teardown_plan,
 )
+from offloadd.repairer import LeftBehindSource, Repairer
 from offloadd.report import status_report
 from offloadd.sdnotify import Notifier
 from offloadd.status import Status
@@ -142,7 +143,8 @@ class Daemon:
                  links: LinkSource,
                  on_ready: Callable[[], None] = lambda: None,
                  notify: Notify | None = None,
-                 nft_changes: ChangeSource | None = None) -> None:
+                 nft_changes: ChangeSource | None = None,
+                 left_behind: LeftBehindSource | None = None) -> None:
         self.config = config
         self.backend = backend
         self.link_source = links
@@ -160,6 +162,12 @@ class Daemon:
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._reload_requested = False
+        # Without a source (unit tests, --check) nothing is ever repaired.
+        self.repairer = (Repairer(backend, left_behind, self.status, enabled=self.repair_enabled)
+                         if left_behind is not None else None)
+
+    def repair_enabled(self) -> bool:
+        return self.config.daemon.repair is Repair.AUTO
 
     # -- one reconcile pass -------------------------------------------------
     def _hw_capable(self, device: str) -> bool:
@@ -434,7 +442,13 @@ class Daemon:
                         self.status.resyncs_total += 1
                         log.warning("netlink receive buffer overrun (ENOBUFS): links re-read "
                                     "from a full dump")
+                    gone = ({ln.index for ln in self.status.links}
+                            - {ln.index for ln in snap.links})
                     self.status.links = tuple(snap.links)
+                    if gone and self.repairer is not None:
+                        # A device unregistering flushes the route cache,
+                        # which is what leaves flows behind on some kernels.
+                        self.repairer.links_removed()
                     self._wake.set()
                 return
             except OffloaddError as e:
@@ -477,6 +491,8 @@ class Daemon:
         # systemd restarts the service.
         watchdog = asyncio.create_task(self.notify.run_watchdog(), name="watchdog")
         nft_changes = asyncio.create_task(self._consume_nft_changes(), name="nft-changes")
+        repairs = (asyncio.create_task(self.repairer.run(), name="repair")
+                   if self.repairer is not None else None)
         try:
             while not self._stop.is_set():
                 await self._wake.wait()
@@ -498,6 +514,8 @@ class Daemon:
             self.notify.stopping()
             watchdog.cancel()
             nft_changes.cancel()
+            if repairs is not None:
+                repairs.cancel()
             if server is not None:
                 await server.close()
             watcher.cancel()

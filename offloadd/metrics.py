@@ -70,6 +70,8 @@ class DaemonCounters:
     config_reloads_total: int = 0
     config_reloads_rejected_total: int = 0
     started: float = 0.0  # Unix time
+    repairs_total: int = 0
+    left_behind_flows: int = 0
 
 
 class DaemonView(Protocol):
@@ -111,7 +113,9 @@ class StatusView:
             last_reconcile_time=s.last_reconcile_time,
             config_reloads_total=s.reloads_total,
             config_reloads_rejected_total=s.reloads_rejected_total,
-            started=s.started)
+            started=s.started,
+            repairs_total=s.repairs_total,
+            left_behind_flows=s.left_behind_flows)
 
     def desired(self) -> DesiredResult | None:
         return self._status.desired
@@ -181,10 +185,16 @@ LINK_RESYNCS = _c("offloadd_link_resyncs_total",
 RELOADS = _c("offloadd_config_reloads_total", "Configuration reloads applied.")
 RELOADS_REJECTED = _c("offloadd_config_reloads_rejected_total",
                       "Configuration reloads refused (the running config was kept).")
+REPAIRS = _c("offloadd_flowtable_repairs_total",
+             "Flowtables replaced to free flows the kernel left behind (forwarded by the "
+             "flowtable but no longer marked offloaded in conntrack).")
+LEFT_BEHIND = _g("offloadd_left_behind_flows",
+                 "conntrack entries a flowtable of offloadd's still held without the offload "
+                 "mark, at the last check.")
 
 SPECS = (BUILD_INFO, START_TIME, SOURCE_UP, OFFLOADED, CT_ENTRIES, CT_LIMIT, FT_DEVICES,
          DEVICE_INFO, IN_SYNC, RECONCILES, FAILURES, TRANSACTIONS, LAST_DURATION, LAST_TIME,
-         LINK_EVENTS, LINK_RESYNCS, RELOADS, RELOADS_REJECTED)
+         LINK_EVENTS, LINK_RESYNCS, RELOADS, RELOADS_REJECTED, REPAIRS, LEFT_BEHIND)
 
 
 class OffloaddCollector:
@@ -276,7 +286,9 @@ class OffloaddCollector:
                             (FAILURES, c.reconcile_failures_total),
                             (TRANSACTIONS, c.transactions_total),
                             (RELOADS, c.config_reloads_total),
-                            (RELOADS_REJECTED, c.config_reloads_rejected_total)):
+                            (RELOADS_REJECTED, c.config_reloads_rejected_total),
+                            (REPAIRS, c.repairs_total),
+                            (LEFT_BEHIND, c.left_behind_flows)):
             fams[spec.name].add_metric([], value)
         if c.last_reconcile_time:
             fams[LAST_DURATION.name].add_metric([], c.last_reconcile_seconds)

@@ -9,6 +9,7 @@ simulator (`apply_plan`) that refuses what the kernel would refuse.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from offloadd.errors import NftError
@@ -253,6 +254,27 @@ def compute_plan(desired: TableState, current: TableState | None) -> Plan:
     ops += sets.add
     if chain_reset and desired.chain is not None:
         ops.append(CreateChain(desired.chain))
+    return Plan(tuple(ops))
+
+
+def replace_flowtables_plan(current: TableState, names: Iterable[str]) -> Plan:
+    """Delete and re-create flowtables as they are, in one batch.
+
+    Frees every flow entry they hold (the repair for flows the kernel left
+    behind) and nothing else: the same devices, flags and sets come back. The
+    chain goes and comes back around them because the kernel refuses to
+    delete a flowtable that a rule references (EBUSY).
+    """
+    fts = [ft for ft in current.flowtables if ft.name in set(names)]
+    if not fts:
+        return Plan()
+    ops: list[Op] = []
+    if current.chain is not None:
+        ops.append(DeleteChain())
+    ops += [DeleteFlowtable(ft.name) for ft in fts]
+    ops += [CreateFlowtable(ft) for ft in fts]
+    if current.chain is not None:
+        ops.append(CreateChain(current.chain))
     return Plan(tuple(ops))
 
 

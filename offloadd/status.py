@@ -34,3 +34,9 @@ class Status:
     reloads_total: int = 0
     reloads_rejected_total: int = 0
     hw_reasons: dict[str, str] = field(default_factory=dict)
+    # Flows the kernel left behind (see offloadd.repair) and what was done.
+    repair_checks_total: int = 0
+    repairs_total: int = 0
+    left_behind_flows: int = 0  # at the last check
+    last_repair: dict[str, object] | None = None
+    repair_held: str = ""  # why the last check repaired nothing it found, if so

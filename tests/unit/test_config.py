@@ -42,7 +42,7 @@ def test_example_config_parses() -> None:
 def test_example_config_mentions_every_key() -> None:
     text = EXAMPLE.read_text()
     for key in (
-        "table", "family", "priority", "on_exit", "listen", "socket", "group", "name",
+        "table", "family", "priority", "on_exit", "repair", "listen", "socket", "group", "name",
         "devices", "exclude", "kinds", "protocols", "counter", "hardware",
         "elephant_packets",
     ):  # fmt: skip

@@ -18,6 +18,7 @@ import pytest
 
 from offloadd import conntrack as ct
 from offloadd.errors import KernelError
+from offloadd.leftbehind import ConntrackScanner
 
 NLM_F_MULTI = 0x2
 NESTED = 0x8000
@@ -51,6 +52,8 @@ class E:
     proto: int = 6
     counters: tuple[int, int, int, int] | None = None  # orig pkts/bytes, reply pkts/bytes
     id: int = 7
+    timeout: int | None = None  # CTA_TIMEOUT: only entries that are not offloaded have it
+    use: int | None = None
 
     def message(self) -> bytes:
         # As an offloaded entry looks: no CTA_TIMEOUT, no CTA_PROTOINFO.
@@ -62,6 +65,10 @@ class E:
             op, ob, rp, rb = self.counters
             body += nla(9 | NESTED, nla(1, struct.pack(">Q", op)) + nla(2, struct.pack(">Q", ob)))
             body += nla(10 | NESTED, nla(1, struct.pack(">Q", rp)) + nla(2, struct.pack(">Q", rb)))
+        if self.timeout is not None:
+            body += nla(7, struct.pack(">I", self.timeout))
+        if self.use is not None:
+            body += nla(11, struct.pack(">I", self.use))
         body += nla(12, struct.pack(">I", self.id))
         return msg(ct.CT_NEW, struct.pack("=BBH", self.family, 0, 0) + body)
 
@@ -322,3 +329,46 @@ def test_flowtable_timeout_not_below_conntrack_is_one_line_warning(tmp_path: Pat
     (w,) = ct.teardown_timeout_warnings(root)  # tcp keys unreadable: skipped
     assert "nf_flowtable_udp_timeout (3600 s)" in w and "nf_conntrack_udp_timeout_stream" in w
     assert "below 120" in w and "\n" not in w
+
+
+# -- entries left behind by the kernel (offloadd.leftbehind) -----------------------
+
+class FakeRoutes:
+    """Where the router's routes lead: 10.0.0.x via lan0, 10.9.x via wan0."""
+
+    closed = 0
+
+    def device_towards(self, addr: str) -> str | None:
+        if addr.startswith("10.0.0."):
+            return "lan0"
+        if addr.startswith("10.9.") or addr.startswith("fd09"):
+            return "wan0"
+        return "eth7"
+
+    def close(self) -> None:
+        FakeRoutes.closed += 1
+
+
+@pytest.mark.parametrize("filters", [True, False])
+def test_scanner_finds_left_behind_entries_and_their_flowtable(filters: bool) -> None:
+    k = FakeKernel([
+        # As 7.3.4 leaves them: ASSURED, no OFFLOAD, a day's timeout, use 2.
+        E(PLAIN, dst="10.9.0.1", timeout=86392, use=2, id=1),
+        E(PLAIN, family=V6, src="fd00::1", dst="fd09::1", timeout=86000, use=2, id=2),
+        E(PLAIN | SW, dst="10.9.0.1", id=3),                  # offloaded: fine
+        E(PLAIN, dst="10.9.0.1", timeout=119, use=2, id=4),   # torn down properly
+        E(PLAIN, dst="10.9.0.1", timeout=86000, use=1, id=5),  # no flowtable holds it
+        E(PLAIN, src="10.5.0.1", dst="10.6.0.1", timeout=86392, use=2, id=6),  # not ours
+    ], filters_status=filters)
+    scan = ConntrackScanner(k.factory, FakeRoutes).scan({"lan0": "ft", "wan0": "ft"})
+    assert scan.by_flowtable == {"ft": frozenset({1, 2})}
+    assert scan.unattributed == 1 and scan.flows == 2
+    assert k.closed == k.sockets  # every dump socket closed
+
+
+def test_scanner_opens_no_route_socket_when_nothing_is_left_behind() -> None:
+    def no_routes() -> FakeRoutes:
+        raise AssertionError("route lookups without a finding")
+
+    k = FakeKernel([E(PLAIN | SW, id=3), E(PLAIN, timeout=100, use=1)])
+    assert ConntrackScanner(k.factory, no_routes).scan({"lan0": "ft"}).flows == 0

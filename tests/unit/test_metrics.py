@@ -45,7 +45,8 @@ TOTALS = ConntrackTotals(5000, 262144)
 COUNTERS = DaemonCounters(
     reconciles_total=12, reconcile_failures_total=2, transactions_total=5,
     last_reconcile_seconds=0.25, last_reconcile_time=1_700_000_000.5,
-    config_reloads_total=3, config_reloads_rejected_total=1, started=1_699_999_000.0)
+    config_reloads_total=3, config_reloads_rejected_total=1, started=1_699_999_000.0,
+    repairs_total=4, left_behind_flows=17)
 
 
 @dataclass
@@ -159,6 +160,8 @@ EXPECTED = {
     "offloadd_link_resyncs_total 1.0",
     "offloadd_config_reloads_total 3.0",
     "offloadd_config_reloads_rejected_total 1.0",
+    "offloadd_flowtable_repairs_total 4.0",
+    "offloadd_left_behind_flows 17.0",
 }
 
 

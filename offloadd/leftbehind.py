@@ -1,0 +1,78 @@
+"""Finds conntrack entries a flowtable still forwards but no longer marks offloaded.
+
+Why a conntrack scan: the flowtable's entries cannot be listed, and the
+flows' packets never reach a chain where a rule could count them (measured on
+7.3.4: the forward chain's counter stays flat while the flows keep flowing).
+What does show is the conntrack entry: not [OFFLOAD], still holding the
+offload's day-long timeout and the flowtable entry's reference (see
+offloadd.repair.left_behind). The kernel filters the dump to assured,
+not-offloaded entries (>= 5.15); each is then checked here.
+
+Which flowtable holds an entry is not in conntrack either: the router's
+routing table says which devices the flow uses, as the flowtable saw them.
+Entries through none of offloadd's devices belong to someone else's
+flowtable and are only counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from offloadd.conntrack import SocketFactory, entries_by_status, open_ctnetlink
+from offloadd.repair import IPS_ASSURED, IPS_OFFLOAD, Scan, left_behind
+
+# Route lookups for at most this many entries per scan: enough to name every
+# flowtable involved on a gateway, bounded on one with a million entries.
+ATTRIBUTE_AT_MOST = 256
+
+
+class DeviceLookup(Protocol):
+    def device_towards(self, addr: str) -> str | None: ...
+
+    def close(self) -> None: ...
+
+
+def _routes() -> DeviceLookup:
+    from offloadd.routes import RouteLookup  # noqa: PLC0415 - opened only when needed
+
+    return RouteLookup()
+
+
+class ConntrackScanner:
+    """Scans both families for entries left behind (the daemon's LeftBehindSource)."""
+
+    def __init__(self, socket_factory: SocketFactory = open_ctnetlink,
+                 routes: Callable[[], DeviceLookup] = _routes) -> None:
+        self._factory = socket_factory
+        self._routes = routes
+
+    def scan(self, flowtable_of: Mapping[str, str]) -> Scan:
+        """``flowtable_of`` maps each of offloadd's devices to its flowtable."""
+        found: list[tuple[int, str, str]] = []  # (id, orig src, orig dst)
+        for family in (socket.AF_INET, socket.AF_INET6):
+            found += [(e.id, e.orig.src, e.orig.dst)
+                      for e in entries_by_status(family, IPS_ASSURED, IPS_ASSURED | IPS_OFFLOAD,
+                                                 socket_factory=self._factory)
+                      if left_behind(e.status, e.timeout, e.use)]
+        at = time.monotonic()
+        if not found:
+            return Scan(at=at)
+        by_ft: dict[str, set[int]] = {}
+        # Entries past the lookup bound are left to the next scan: replacing
+        # the flowtables named now frees theirs too, if they share them.
+        unattributed = max(0, len(found) - ATTRIBUTE_AT_MOST)
+        with contextlib.closing(self._routes()) as routes:
+            for ct_id, src, dst in found[:ATTRIBUTE_AT_MOST]:
+                names = {flowtable_of[d] for d in (routes.device_towards(src),
+                                                   routes.device_towards(dst))
+                         if d is not None and d in flowtable_of}
+                if not names:
+                    unattributed += 1
+                for name in names:
+                    by_ft.setdefault(name, set()).add(ct_id)
+        return Scan(at=at, by_flowtable={k: frozenset(v) for k, v in by_ft.items()},
+                    unattributed=unattributed)

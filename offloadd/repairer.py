@@ -1,0 +1,142 @@
+"""Checks for flows the kernel left behind and replaces their flowtable (on the loop).
+
+Why its own unit: the Daemon only tells it that links went away; when to
+look, what a scan found, the decision (offloadd.repair) and the one-batch
+replacement with its read-back live here, with their own tests.
+
+When it looks: a route cache flush is what leaves flows behind, and a device
+going away is the flush offloadd sees, so a check follows each removal
+(after the flows' next packets: 1 s and 3 s later). Flushes it cannot see (an
+admin's ``net.ipv4.route.flush``, routing daemons) are caught by a check
+every PERIODIC_S. A check is one filtered conntrack dump in a worker thread;
+the loop only decides and applies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from offloadd.errors import OffloaddError, VerifyError
+from offloadd.model import TableState
+from offloadd.plan import Plan, replace_flowtables_plan
+from offloadd.repair import FlowtableRecord, RepairPolicy, Scan, decide
+from offloadd.status import Status
+
+log = logging.getLogger("offloadd")
+
+AFTER_REMOVAL_S = (1.0, 3.0)
+PERIODIC_S = 30.0
+NOT_IN_SYNC_RETRY_S = 0.5
+
+
+class LeftBehindSource(Protocol):
+    def scan(self, flowtable_of: Mapping[str, str]) -> Scan: ...
+
+
+class TableBackend(Protocol):
+    def read(self) -> TableState | None: ...
+
+    def apply(self, plan: Plan) -> str: ...
+
+
+class Repairer:
+    def __init__(self, backend: TableBackend, source: LeftBehindSource, status: Status, *,
+                 policy: RepairPolicy | None = None, periodic_s: float = PERIODIC_S,
+                 enabled: Callable[[], bool] = lambda: True) -> None:
+        self._enabled = enabled
+        self._backend = backend
+        self._source = source
+        self._status = status
+        self._policy = policy or RepairPolicy()
+        self._periodic_s = periodic_s
+        self._records: Mapping[str, FlowtableRecord] = {}
+        self._due: list[float] = []  # monotonic times of the checks asked for
+        self._kick = asyncio.Event()
+        self._scan_failed = False
+
+    def links_removed(self) -> None:
+        for delay in AFTER_REMOVAL_S:
+            self.check_in(delay)
+
+    def check_in(self, delay: float) -> None:
+        self._due.append(time.monotonic() + delay)
+        self._kick.set()
+
+    async def run(self) -> None:
+        next_periodic = time.monotonic() + self._periodic_s
+        while True:
+            now = time.monotonic()
+            wake = min([next_periodic, *self._due])
+            if wake > now:
+                self._kick.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._kick.wait(), wake - now)
+                continue
+            self._due = [t for t in self._due if t > now]
+            if next_periodic <= now:
+                next_periodic = now + self._periodic_s
+            await self.check()
+
+    async def check(self) -> None:
+        """One scan, the decision, and the repairs it calls for."""
+        desired = self._status.desired
+        if desired is None or not self._enabled():
+            return
+        flowtable_of = {d: ft.name for ft in desired.table.flowtables for d in ft.devices}
+        try:
+            scan = await asyncio.to_thread(self._source.scan, flowtable_of)
+        except OffloaddError as e:
+            if not self._scan_failed:
+                log.error("cannot check for flows left behind: %s", e)
+            self._scan_failed = True
+            return
+        self._scan_failed = False
+        self._status.repair_checks_total += 1
+        self._status.left_behind_flows = scan.flows + scan.unattributed
+        if scan.flows and self._backend.read() != desired.table:
+            # A reconcile is due (the table is not what it should be): the
+            # replacement must start from the desired state, so wait for it.
+            self.check_in(NOT_IN_SYNC_RETRY_S)
+            return
+        decision = decide(self._records, scan, self._policy)
+        self._records = decision.records
+        for held in decision.ineffective:
+            log.warning("flowtable %s: %s", held.flowtable, held.reason,
+                        extra={"FLOWTABLE": held.flowtable, "OPERATION": "repair-held"})
+        self._status.repair_held = "; ".join(f"{h.flowtable}: {h.reason}"
+                                             for h in (*decision.ineffective, *decision.held))
+        if decision.repair:
+            self._repair(desired.table, decision.repair, scan)
+        if decision.recheck_in is not None:
+            self.check_in(decision.recheck_in)
+
+    def _repair(self, table: TableState, names: tuple[str, ...], scan: Scan) -> None:
+        plan = replace_flowtables_plan(table, names)
+        try:
+            self._backend.apply(plan)
+            after = self._backend.read()
+            if after != table:
+                raise VerifyError("kernel state differs after replacing flowtable(s) "
+                                  + ", ".join(names))
+        except OffloaddError as e:
+            log.error("repair of flowtable(s) %s failed: %s", ", ".join(names), e)
+            self._status.last_error = f"repair failed: {e}"
+            self.check_in(self._policy.min_interval_s)
+            return
+        self._status.repairs_total += len(names)
+        self._status.transactions_total += 1
+        flows = {n: len(scan.by_flowtable.get(n, ())) for n in names}
+        self._status.last_repair = {
+            "time": time.time(), "flowtables": list(names), "flows": flows,
+            "reason": "conntrack entries left behind by the kernel (held by the flowtable, "
+                      "not marked offloaded)"}
+        for name in names:
+            log.warning("flowtable %s: replaced to free %d flow(s) the kernel left behind "
+                        "(forwarded by the flowtable but not marked offloaded in conntrack); "
+                        "each is offloaded again at its next packet", name, flows[name],
+                        extra={"FLOWTABLE": name, "OPERATION": "repair"})

@@ -1,0 +1,252 @@
+"""The repair decision: when flows left behind call for a flowtable replacement,
+when they do not (rate limit, a repair that did not help), and the one-batch
+replacement itself checked by the simulator; the Repairer against fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from offloadd.config import parse_config
+from offloadd.daemon import Daemon
+from offloadd.model import ChainState, FlowtableState, Link, SetState, TableState
+from offloadd.plan import (
+    CreateChain,
+    CreateFlowtable,
+    DeleteChain,
+    DeleteFlowtable,
+    apply_plan,
+    replace_flowtables_plan,
+)
+from offloadd.repair import (
+    IPS_ASSURED,
+    IPS_OFFLOAD,
+    NF_CT_DAY_S,
+    FlowtableRecord,
+    RepairPolicy,
+    Scan,
+    decide,
+    left_behind,
+)
+from tests.unit.fakes import FakeBackend, FakeLinks
+
+POLICY = RepairPolicy(min_interval_s=1.5, settle_s=1.0, backoff_s=60.0, backoff_max_s=900.0)
+IDS = frozenset({1, 2, 3})
+
+
+# -- which entries are left behind ------------------------------------------------
+
+def test_left_behind_is_the_7_3_signature_only() -> None:
+    # As 7.3.4 shows it: [ASSURED], no [OFFLOAD], 86392 s left, use=2.
+    assert left_behind(IPS_ASSURED, 86392, 2)
+    # Offloaded entries are fine (and carry no timeout).
+    assert not left_behind(IPS_ASSURED | IPS_OFFLOAD, None, 2)
+    # A flow torn down properly gets its protocol timeout back (6.12: 119 s).
+    assert not left_behind(IPS_ASSURED, 119, 2)
+    # An idle flow's entry that no flowtable holds any more (7.3 after 30 s idle).
+    assert not left_behind(IPS_ASSURED, 86000, 1)
+    # Long TCP timeouts (established: 5 days) on entries no flowtable holds.
+    assert not left_behind(IPS_ASSURED, 431999, 1)
+    # Not assured: never offloaded.
+    assert not left_behind(0, 86392, 2)
+    assert not left_behind(IPS_ASSURED, NF_CT_DAY_S // 2, 2)
+    assert not left_behind(IPS_ASSURED, None, None)
+
+
+# -- the decision ---------------------------------------------------------------
+
+def test_nothing_found_repairs_nothing_and_asks_for_no_recheck() -> None:
+    d = decide({}, Scan(at=10.0), POLICY)
+    assert d.repair == () and d.held == () and d.recheck_in is None
+
+
+def test_entries_left_behind_repair_only_their_flowtable() -> None:
+    d = decide({}, Scan(at=10.0, by_flowtable={"ft": IDS}), POLICY)
+    assert d.repair == ("ft",)
+    assert d.records["ft"].unverified == IDS
+    assert d.recheck_in == POLICY.settle_s  # to judge the repair
+
+
+def test_unattributed_entries_alone_repair_nothing() -> None:
+    # Someone else's flowtable: never touched.
+    d = decide({}, Scan(at=10.0, unattributed=5), POLICY)
+    assert d.repair == ()
+
+
+def test_rate_limit_holds_a_second_repair_and_says_when() -> None:
+    first = decide({}, Scan(at=10.0, by_flowtable={"ft": IDS}), POLICY)
+    # New entries left behind 0.5 s later (flows whose next packet came late).
+    # Within the settle time nothing is judged or done.
+    early = decide(first.records, Scan(at=10.5, by_flowtable={"ft": frozenset({9})}), POLICY)
+    assert early.repair == () and early.recheck_in == pytest.approx(0.5)
+    d = decide(early.records, Scan(at=11.2, by_flowtable={"ft": frozenset({9})}), POLICY)
+    assert d.repair == () and d.ineffective == ()  # {9} is new: the repair helped
+    assert d.held and "next repair in 0.3 s" in d.held[0].reason
+    assert d.recheck_in == pytest.approx(0.3)
+    later = decide(d.records, Scan(at=11.6, by_flowtable={"ft": frozenset({9})}), POLICY)
+    assert later.repair == ("ft",)
+
+
+def test_a_repair_that_helped_is_forgotten_and_the_next_event_repairs_again() -> None:
+    r1 = decide({}, Scan(at=10.0, by_flowtable={"ft": IDS}), POLICY)
+    ok = decide(r1.records, Scan(at=11.5), POLICY)
+    assert ok.ineffective == () and ok.records["ft"].unverified == frozenset()
+    # The same flows left behind again by a later device removal.
+    again = decide(ok.records, Scan(at=20.0, by_flowtable={"ft": IDS}), POLICY)
+    assert again.repair == ("ft",)
+
+
+def test_a_repair_that_did_not_help_backs_off_and_doubles() -> None:
+    r1 = decide({}, Scan(at=10.0, by_flowtable={"ft": IDS}), POLICY)
+    bad = decide(r1.records, Scan(at=11.5, by_flowtable={"ft": IDS}), POLICY)
+    assert bad.repair == ()
+    assert bad.ineffective and "3 of the 3 entries" in bad.ineffective[0].reason
+    assert bad.records["ft"].hold_until == pytest.approx(71.5)
+    held = decide(bad.records, Scan(at=30.0, by_flowtable={"ft": IDS}), POLICY)
+    assert held.repair == () and "next try in" in held.held[0].reason
+    retry = decide(held.records, Scan(at=72.0, by_flowtable={"ft": IDS}), POLICY)
+    assert retry.repair == ("ft",)
+    bad2 = decide(retry.records, Scan(at=73.5, by_flowtable={"ft": IDS}), POLICY)
+    assert bad2.records["ft"].backoff_s == 120.0
+
+
+def test_backoff_is_capped() -> None:
+    rec = FlowtableRecord(last_repair=0.0, unverified=IDS, backoff_s=800.0)
+    d = decide({"ft": rec}, Scan(at=2.0, by_flowtable={"ft": IDS}), POLICY)
+    assert d.records["ft"].backoff_s == POLICY.backoff_max_s
+
+
+def test_judging_waits_for_the_settle_time() -> None:
+    r1 = decide({}, Scan(at=10.0, by_flowtable={"ft": IDS}), POLICY)
+    early = decide(r1.records, Scan(at=10.3, by_flowtable={"ft": IDS}), POLICY)
+    assert early.ineffective == () and early.repair == ()
+    assert early.records["ft"].unverified == IDS
+
+
+def test_flowtables_are_judged_apart() -> None:
+    d = decide({}, Scan(at=10.0, by_flowtable={"a": IDS, "b": frozenset({7})}), POLICY)
+    assert d.repair == ("a", "b")
+    d2 = decide(d.records, Scan(at=11.2, by_flowtable={"b": frozenset({7})}), POLICY)
+    assert [h.flowtable for h in d2.ineffective] == ["b"]
+    assert d2.records["a"].backoff_s == 0.0
+
+
+# -- the replacement batch --------------------------------------------------------
+
+TABLE = TableState(
+    "offloadd", "inet",
+    flowtables=(FlowtableState("ft", frozenset({"lan0", "wan0"}), False, True),
+                FlowtableState("other", frozenset({"lan1"}), False, True)),
+    sets=(SetState("ft_ifs", frozenset({"lan0", "wan0"})), SetState("other_ifs",
+                                                                     frozenset({"lan1"}))),
+    chain=ChainState(10, ("meta l4proto { tcp, udp } iifname @ft_ifs oifname @ft_ifs "
+                          "flow add @ft",
+                          "meta l4proto { tcp, udp } iifname @other_ifs oifname @other_ifs "
+                          "flow add @other")))
+
+
+def test_replacement_is_valid_and_leaves_the_same_state() -> None:
+    plan = replace_flowtables_plan(TABLE, ["ft"])
+    assert [type(op) for op in plan.ops] == [DeleteChain, DeleteFlowtable, CreateFlowtable,
+                                             CreateChain]
+    assert apply_plan(TABLE, plan) == TABLE  # the simulator refuses EBUSY orders
+
+
+def test_replacement_of_unknown_flowtables_is_empty() -> None:
+    assert replace_flowtables_plan(TABLE, ["nope"]).is_empty
+
+
+# -- the Repairer on fakes --------------------------------------------------------
+
+@dataclass
+class FakeScanner:
+    scans: list[Mapping[str, frozenset[int]]] = field(default_factory=list)
+    seen: list[Mapping[str, str]] = field(default_factory=list)
+
+    def scan(self, flowtable_of: Mapping[str, str]) -> Scan:
+        self.seen.append(dict(flowtable_of))
+        found = self.scans.pop(0) if self.scans else {}
+        return Scan(at=time.monotonic(), by_flowtable=found)
+
+
+CONFIG = '[[flowtable]]\nname = "ft"\ndevices = ["lan*", "wan*"]\n'
+
+
+def _daemon(tmp_path: Path, scanner: FakeScanner, extra: str = "") -> tuple[Daemon, FakeBackend]:
+    path = tmp_path / "offloadd.toml"
+    path.write_text(extra + CONFIG)
+    b = FakeBackend()
+    d = Daemon(path, parse_config(extra + CONFIG), b, links=FakeLinks(), left_behind=scanner)
+    d.status.links = (Link(1, "lan0", "veth"), Link(2, "wan0", "veth"))
+    d.reconcile()
+    return d, b
+
+
+def test_repairer_replaces_the_flowtable_and_reports_it(tmp_path: Path) -> None:
+    scanner = FakeScanner([{"ft": IDS}])
+    d, b = _daemon(tmp_path, scanner)
+    before = b.state
+    assert d.repairer is not None
+    asyncio.run(d.repairer.check())
+    assert scanner.seen == [{"lan0": "ft", "wan0": "ft"}]
+    assert b.state == before
+    last = b.applied[-1]
+    assert [type(op) for op in last.ops] == [DeleteChain, DeleteFlowtable, CreateFlowtable,
+                                             CreateChain]
+    assert d.status.repairs_total == 1 and d.status.left_behind_flows == 3
+    assert d.status.last_repair is not None and d.status.last_repair["flowtables"] == ["ft"]
+
+
+def test_repairer_does_nothing_when_nothing_is_left_behind(tmp_path: Path) -> None:
+    d, b = _daemon(tmp_path, FakeScanner())
+    applied = len(b.applied)
+    assert d.repairer is not None
+    asyncio.run(d.repairer.check())
+    assert len(b.applied) == applied and d.status.repairs_total == 0
+    assert d.status.repair_checks_total == 1
+
+
+def test_repair_off_in_config_never_scans(tmp_path: Path) -> None:
+    scanner = FakeScanner([{"ft": IDS}])
+    d, _b = _daemon(tmp_path, scanner, '[daemon]\nrepair = "off"\n')
+    assert d.repairer is not None
+    asyncio.run(d.repairer.check())
+    assert scanner.seen == [] and d.status.repairs_total == 0
+
+
+def test_repairer_waits_while_the_table_is_out_of_sync(tmp_path: Path) -> None:
+    d, b = _daemon(tmp_path, FakeScanner([{"ft": IDS}]))
+    b.state = None  # someone deleted the table; the next reconcile brings it back
+    assert d.repairer is not None
+    asyncio.run(d.repairer.check())
+    assert d.status.repairs_total == 0 and b.state is None
+
+
+def test_a_failed_replacement_keeps_the_state_and_is_reported(tmp_path: Path) -> None:
+    d, b = _daemon(tmp_path, FakeScanner([{"ft": IDS}]))
+    before = b.state
+    b.refuse_all = "Device or resource busy"
+    assert d.repairer is not None
+    asyncio.run(d.repairer.check())
+    assert b.state == before and d.status.repairs_total == 0
+    assert "repair failed" in d.status.last_error
+
+
+def test_a_link_removal_schedules_checks(tmp_path: Path) -> None:
+    scanner = FakeScanner()
+    d, _b = _daemon(tmp_path, scanner)
+
+    async def go() -> int:
+        assert d.repairer is not None
+        d.repairer.links_removed()
+        task = asyncio.create_task(d.repairer.run())
+        await asyncio.sleep(3.4)
+        task.cancel()
+        return len(scanner.seen)
+
+    assert asyncio.run(go()) == 2  # 1 s and 3 s after the removal
