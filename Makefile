@@ -51,7 +51,7 @@ test-system: setup
 demo: setup
 	lab/vm-run.sh $(KERNEL) "$(CURDIR)/.venv/bin/python" lab/demo.py
 
-## make bench: benchmarks in the lab VM -> bench/results/latest.json
+## make bench [KERNEL=6.1|6.12|7] [CASES=...]: benchmarks in the lab VM -> bench/results/<KERNEL>.json
 bench:
 	@lab/setup.sh --bench
 	lab/vm-bench.sh $(KERNEL) $(CASES)

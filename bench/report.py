@@ -1,4 +1,4 @@
-"""Summary of a bench run: text (stdout + latest.txt) and the headline figures as a PNG.
+"""Summary of a bench run: text (stdout + <kernel>.txt) and the headline figures as a PNG.
 
 Runs on the host after the VM is gone (``lab/vm-bench.sh`` calls it).
 Exit status 1 if a case failed or a figure the issue asks for is missing;
@@ -39,6 +39,9 @@ TARGETS = [
     Target("survival", "survival_ratio", ">=", 1.0,
            "flows offloaded with the same conntrack entries after churn"),
     Target("survival", "offloaded_ratio_min", ">=", 0.99, "flows offloaded after churn"),
+    Target("survival", "reoffload_missed_cycles", "==", 0,
+           "every flow offloaded again within 5 s of each removal"),
+    Target("hotplug", "burst500_tx", "<=", 2, "500 links at once: at most 2 transactions"),
     Target("scrape", "offloaded_flows", ">=", 100_000, "100k offloaded flows"),
     Target("scrape", "scrape_vs_conntrack_ratio", "<=", 0.5, "scrape at most half of conntrack -L"),
     Target("scrape", "scrape_rss_growth_mb", "<=", 1.0, "scraping 100k flows keeps no memory"),
@@ -63,8 +66,8 @@ HEADLINE = {
                   "udp_pps_bare"],
     "hotplug": ["attach_ms_p50", "attach_ms_max", "burst500_s", "burst500_tx"],
     "survival": ["flows_offloaded_at_start", "survival_ratio", "survival_ratio_min",
-                 "offloaded_ratio_min", "entries_destroyed", "join_id_kept_ratio",
-                 "leave_id_kept_ratio",
+                 "offloaded_ratio_min", "reoffload_s_max", "reoffload_missed_cycles",
+                 "entries_destroyed", "join_id_kept_ratio", "leave_id_kept_ratio",
                  "join_survival_ratio", "leave_survival_ratio", "survival_ratio_rebuild",
                  "join_survival_ratio_rebuild", "leave_survival_ratio_rebuild"],
     "scrape": ["offloaded_flows", "offloaded_flows_conntrack", "scrape_s", "conntrack_s",

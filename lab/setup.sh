@@ -66,7 +66,7 @@ else
     log "venv: up to date"
 fi
 if [ "$want_bench" = 1 ] && ! "$venv/bin/python" -c "import matplotlib" 2>/dev/null; then
-    log "installing the bench extra (matplotlib, for bench/results/latest.png)"
+    log "installing the bench extra (matplotlib, for bench/results/<kernel>.png)"
     "$venv/bin/pip" install -q --disable-pip-version-check -e "$repo[test,lab,bench]"
 fi
 "$venv/bin/python" -c "import nftables" 2>/dev/null \

@@ -1,7 +1,8 @@
 #!/bin/bash
 # `make bench`: boots the lab VM on one kernel and runs the benchmarks inside;
-# bench/results/latest.json comes back through the rw dir, then bench.report
-# writes the summary (stdout + latest.txt) and latest.png on the host.
+# the results come back through the rw dir as bench/results/<kernel>.json (one
+# file per kernel series, e.g. 6.12.json, 7.json), then bench.report writes
+# the summary (stdout + <kernel>.txt) and <kernel>.png on the host.
 # Cases: dataplane hotplug survival scrape footprint (default: all).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -33,7 +34,7 @@ set -e
 wall=$(( $(date +%s) - start ))
 res="$repo/bench/results"
 cp "$out/latest.json" "$repo/build/bench/$series/latest.json"
-cp "$out/latest.json" "$res/latest.json"
-log "wrote bench/results/latest.json (wall ${wall} s)"
-"$repo/.venv/bin/python" -m bench.report "$res/latest.json" --wall-s "$wall" \
-    --txt "$res/latest.txt" --png "$res/latest.png"
+cp "$out/latest.json" "$res/$series.json"
+log "wrote bench/results/$series.json (wall ${wall} s)"
+"$repo/.venv/bin/python" -m bench.report "$res/$series.json" --wall-s "$wall" \
+    --txt "$res/$series.txt" --png "$res/$series.png"

@@ -573,11 +573,8 @@ def parse_entry(buf: bytearray | bytes, start: int, end: int, family: int) -> Of
         n_off, n_len = _find_attr(buf, h_off, h_off + h_len, CTA_HELP_NAME)
         helper = (bytes(buf[n_off:n_off + n_len]).rstrip(b"\0").decode(errors="replace")
                   if n_off >= 0 else "?")
-    t_off, t_len = _find_attr(buf, start, end, CTA_TIMEOUT)
-    u_off, u_len = _find_attr(buf, start, end, CTA_USE)
     return OffloadedFlow(
-        timeout=BE32.unpack_from(buf, t_off)[0] if t_off >= 0 and t_len >= 4 else None,
-        use=BE32.unpack_from(buf, u_off)[0] if u_off >= 0 and u_len >= 4 else None,
+        timeout=_u32(buf, start, end, CTA_TIMEOUT), use=_u32(buf, start, end, CTA_USE),
         helper=helper,
         id=BE32.unpack_from(buf, id_off)[0] if id_off >= 0 and id_len >= 4 else 0,
         family=family, status=_status(buf, start, end) or 0,
@@ -600,12 +597,15 @@ def list_by_status(family: int, status: int, mask: int, limit: int, *,
 
 
 def entries_by_status(family: int, status: int, mask: int, *,
-                      socket_factory: SocketFactory = open_ctnetlink
+                      socket_factory: SocketFactory = open_ctnetlink,
+                      keep: Callable[[int, int | None, int | None], bool] | None = None
                       ) -> Iterator[OffloadedFlow]:
     """Every entry whose ``status & mask == status & mask``, parsed, one at a time.
 
     The kernel filters (>= 5.15); each entry's status is checked too, so a
-    kernel that ignores the filter gives the same entries.
+    kernel that ignores the filter gives the same entries. ``keep(status,
+    timeout, use)`` narrows further from three attributes, before an entry is
+    parsed: a scan of a big table then builds objects only for what it keeps.
     """
     want = status & mask
     with contextlib.closing(_entries(family, want, mask, socket_factory)) as it:
@@ -613,7 +613,15 @@ def entries_by_status(family: int, status: int, mask: int, *,
             st = _status(buf, start, end)
             if mask and (st is None or st & mask != want):
                 continue
+            if keep is not None and not keep(st or 0, _u32(buf, start, end, CTA_TIMEOUT),
+                                             _u32(buf, start, end, CTA_USE)):
+                continue
             yield parse_entry(buf, start, end, family)
+
+
+def _u32(buf: bytearray | bytes, start: int, end: int, kind: int) -> int | None:
+    off, alen = _find_attr(buf, start, end, kind)
+    return BE32.unpack_from(buf, off)[0] if off >= 0 and alen >= 4 else None
 
 
 def list_offloaded(family: int, limit: int, *,

@@ -226,10 +226,29 @@ def format_status(r: dict[str, Any]) -> str:
         out.append(f"reconcile: {rec['total']} runs, {rec['failures_total']} failed, "
                    f"{rec['transactions_total']} transactions; last {when} "
                    f"({rec['last_duration_seconds'] * 1000:.1f} ms)")
+    rep = r.get("repair")
+    if rep:
+        out.append(format_repair(rep))
+    if rec:
         errors = rec["recent_errors"]
         out.append("recent errors: " + ("none" if not errors else ""))
         out.extend(f"  {e}" for e in errors)
     return "\n".join(out) + "\n"
+
+
+def format_repair(rep: dict[str, Any]) -> str:
+    """One line (two if something is held back) on flows the kernel left behind."""
+    line = (f"repair ({rep['mode']}): {rep['repairs_total']} flowtable replacement(s) in "
+            f"{rep['checks_total']} checks; {rep['left_behind_flows']} flow(s) left behind "
+            "at the last check")
+    last = rep.get("last")
+    if last:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["time"]))
+        flows = ", ".join(f"{n} ({c} flows)" for n, c in sorted(last["flows"].items()))
+        line += f"; last {when}: {flows}: {last['reason']}"
+    if rep.get("held"):
+        line += f"\n  held back: {rep['held']}"
+    return line
 
 
 def _ago(seconds: float) -> str:

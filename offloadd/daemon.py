@@ -383,6 +383,9 @@ class Daemon:
         self._refused.clear()
         self.status.reloads_total += 1
         log.info("config reloaded from %s", self.status.config_path)
+        if self.repairer is not None:
+            # repair may have just been turned on: look now, not at the next period.
+            self.repairer.check_in(0.0)
         return True
 
     def _retry_refused(self) -> None:
@@ -403,7 +406,8 @@ class Daemon:
             kernel = None
             self._record_error(f"status: cannot read the table: {e}")
         return status_report(self.status, self.config.daemon.table,
-                             self.config.daemon.family.value, kernel)
+                             self.config.daemon.family.value, kernel,
+                             repair_mode=self.config.daemon.repair.value)
 
     async def _cmd_reload(self, _req: Mapping[str, Any]) -> Any:
         if not self.reload():

@@ -56,8 +56,8 @@ class ConntrackScanner:
         for family in (socket.AF_INET, socket.AF_INET6):
             found += [(e.id, e.orig.src, e.orig.dst)
                       for e in entries_by_status(family, IPS_ASSURED, IPS_ASSURED | IPS_OFFLOAD,
-                                                 socket_factory=self._factory)
-                      if left_behind(e.status, e.timeout, e.use)]
+                                                 socket_factory=self._factory,
+                                                 keep=left_behind)]
         at = time.monotonic()
         if not found:
             return Scan(at=at)

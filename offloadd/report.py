@@ -15,7 +15,8 @@ from offloadd.status import Status
 
 
 def status_report(status: Status, table_name: str, family: str,
-                  kernel: TableState | None, now: float | None = None) -> dict[str, Any]:
+                  kernel: TableState | None, now: float | None = None, *,
+                  repair_mode: str = "auto") -> dict[str, Any]:
     now = time.time() if now is None else now
     desired = status.desired
     flowtables = []
@@ -62,4 +63,12 @@ def status_report(status: Status, table_name: str, family: str,
         },
         "links": {"count": len(status.links), "resyncs_total": status.resyncs_total},
         "reloads": {"total": status.reloads_total, "rejected_total": status.reloads_rejected_total},
+        "repair": {
+            "mode": repair_mode,
+            "checks_total": status.repair_checks_total,
+            "repairs_total": status.repairs_total,
+            "left_behind_flows": status.left_behind_flows,
+            "last": status.last_repair,
+            "held": status.repair_held,
+        },
     }
