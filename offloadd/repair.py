@@ -4,7 +4,7 @@ Why: on Linux 7.3 a route cache flush (any device unregistered, or
 ``net.ipv4.route.flush``) clears the offload mark of every IPv4 flow while
 the flowtable keeps its entry for it. The flowtable goes on forwarding the
 flow, so ``flow add`` can never offload it again (the entry exists); conntrack
-shows it ``[ASSURED]`` instead of ``[OFFLOAD]``, with the day-long timeout
+shows it without ``[OFFLOAD]``, with the day-long timeout
 the offload gave it, and it leaves every offload count, the timeout fix-up and
 any later policy check. Replacing the flowtable in one transaction frees the
 entries; each flow's next packet takes the forward path once and is offloaded
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 # falls below half of that (nf_ct_offload_timeout). Nothing else sets it there
 # for UDP, and a torn-down flow's fix-up sets the protocol's own timeout.
 NF_CT_DAY_S = 86400
-IPS_ASSURED = 1 << 2
+IPS_SEEN_REPLY = 1 << 1
 IPS_OFFLOAD = 1 << 14
 
 
@@ -37,9 +37,12 @@ def left_behind(status: int, timeout: int | None, use: int | None) -> bool:
 
     Not offloaded, yet with the offload's day-long timeout and a second
     reference (the flowtable entry's). A flow torn down properly gets its
-    protocol timeout back first; an entry no flowtable holds has use 1.
+    protocol timeout back first; an entry no flowtable holds has use 1. Only
+    flows that saw a reply are ever offloaded; not all of them are [ASSURED]
+    (a UDP flow offloaded within its first 2 s never is: conntrack sees none
+    of its later packets), so that flag is not required.
     """
-    return (bool(status & IPS_ASSURED) and not status & IPS_OFFLOAD
+    return (bool(status & IPS_SEEN_REPLY) and not status & IPS_OFFLOAD
             and timeout is not None and timeout > NF_CT_DAY_S // 2
             and use is not None and use >= 2)
 

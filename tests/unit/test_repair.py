@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from offloadd.config import parse_config
+from offloadd.ctl import format_repair
 from offloadd.daemon import Daemon
 from offloadd.model import ChainState, FlowtableState, Link, SetState, TableState
 from offloadd.plan import (
@@ -24,8 +25,8 @@ from offloadd.plan import (
     replace_flowtables_plan,
 )
 from offloadd.repair import (
-    IPS_ASSURED,
     IPS_OFFLOAD,
+    IPS_SEEN_REPLY,
     NF_CT_DAY_S,
     FlowtableRecord,
     RepairPolicy,
@@ -33,6 +34,7 @@ from offloadd.repair import (
     decide,
     left_behind,
 )
+from offloadd.report import status_report
 from tests.unit.fakes import FakeBackend, FakeLinks
 
 POLICY = RepairPolicy(min_interval_s=1.5, settle_s=1.0, backoff_s=60.0, backoff_max_s=900.0)
@@ -42,20 +44,22 @@ IDS = frozenset({1, 2, 3})
 # -- which entries are left behind ------------------------------------------------
 
 def test_left_behind_is_the_7_3_signature_only() -> None:
-    # As 7.3.4 shows it: [ASSURED], no [OFFLOAD], 86392 s left, use=2.
-    assert left_behind(IPS_ASSURED, 86392, 2)
+    # As 7.3.4 shows it: no [OFFLOAD], 86392 s left, use=2 ([ASSURED] or not:
+    # a UDP flow offloaded within its first 2 s never becomes assured).
+    assert left_behind(IPS_SEEN_REPLY, 86392, 2)
+    assert left_behind(IPS_SEEN_REPLY | (1 << 2), 86378, 2)
     # Offloaded entries are fine (and carry no timeout).
-    assert not left_behind(IPS_ASSURED | IPS_OFFLOAD, None, 2)
+    assert not left_behind(IPS_SEEN_REPLY | IPS_OFFLOAD, None, 2)
     # A flow torn down properly gets its protocol timeout back (6.12: 119 s).
-    assert not left_behind(IPS_ASSURED, 119, 2)
+    assert not left_behind(IPS_SEEN_REPLY, 119, 2)
     # An idle flow's entry that no flowtable holds any more (7.3 after 30 s idle).
-    assert not left_behind(IPS_ASSURED, 86000, 1)
+    assert not left_behind(IPS_SEEN_REPLY, 86000, 1)
     # Long TCP timeouts (established: 5 days) on entries no flowtable holds.
-    assert not left_behind(IPS_ASSURED, 431999, 1)
-    # Not assured: never offloaded.
+    assert not left_behind(IPS_SEEN_REPLY, 431999, 1)
+    # No reply seen: never offloaded.
     assert not left_behind(0, 86392, 2)
-    assert not left_behind(IPS_ASSURED, NF_CT_DAY_S // 2, 2)
-    assert not left_behind(IPS_ASSURED, None, None)
+    assert not left_behind(IPS_SEEN_REPLY, NF_CT_DAY_S // 2, 2)
+    assert not left_behind(IPS_SEEN_REPLY, None, None)
 
 
 # -- the decision ---------------------------------------------------------------
@@ -250,3 +254,18 @@ def test_a_link_removal_schedules_checks(tmp_path: Path) -> None:
         return len(scanner.seen)
 
     assert asyncio.run(go()) == 2  # 1 s and 3 s after the removal
+
+
+# -- what the operator sees ---------------------------------------------------------
+
+def test_status_report_and_offloadctl_line_show_the_last_repair(tmp_path: Path) -> None:
+    scanner = FakeScanner([{"ft": IDS}])
+    d, b = _daemon(tmp_path, scanner)
+    assert d.repairer is not None
+    asyncio.run(d.repairer.check())
+    rep = status_report(d.status, "offloadd", "inet", b.state, repair_mode="auto")["repair"]
+    assert rep["repairs_total"] == 1 and rep["checks_total"] == 1
+    assert rep["last"]["flowtables"] == ["ft"] and rep["last"]["flows"] == {"ft": 3}
+    line = format_repair(rep)
+    assert line.startswith("repair (auto): 1 flowtable replacement(s) in 1 checks")
+    assert "ft (3 flows)" in line and "left behind by the kernel" in line
