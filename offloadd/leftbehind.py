@@ -5,8 +5,9 @@ flows' packets never reach a chain where a rule could count them (measured on
 7.3.4: the forward chain's counter stays flat while the flows keep flowing).
 What does show is the conntrack entry: not [OFFLOAD], still holding the
 offload's day-long timeout and the flowtable entry's reference (see
-offloadd.repair.left_behind). The kernel filters the dump to replied,
-not-offloaded entries (>= 5.15); each is then checked here.
+offloadd.repair.left_behind). The kernel filters the dump to entries
+without the offload mark (>= 5.15); each is then checked here from three
+attributes, and only a match is parsed.
 
 Which flowtable holds an entry is not in conntrack either: the router's
 routing table says which devices the flow uses, as the flowtable saw them.
@@ -23,7 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from offloadd.conntrack import SocketFactory, entries_by_status, open_ctnetlink
-from offloadd.repair import IPS_OFFLOAD, IPS_SEEN_REPLY, Scan, left_behind
+from offloadd.repair import IPS_OFFLOAD, Scan, left_behind
 
 # Route lookups for at most this many entries per scan: enough to name every
 # flowtable involved on a gateway, bounded on one with a million entries.
@@ -53,10 +54,9 @@ class ConntrackScanner:
     def scan(self, flowtable_of: Mapping[str, str]) -> Scan:
         """``flowtable_of`` maps each of offloadd's devices to its flowtable."""
         found: list[tuple[int, str, str]] = []  # (id, orig src, orig dst)
-        mask = IPS_SEEN_REPLY | IPS_OFFLOAD
         for family in (socket.AF_INET, socket.AF_INET6):
             found += [(e.id, e.orig.src, e.orig.dst)
-                      for e in entries_by_status(family, IPS_SEEN_REPLY, mask,
+                      for e in entries_by_status(family, 0, IPS_OFFLOAD,
                                                  socket_factory=self._factory, keep=left_behind)]
         at = time.monotonic()
         if not found:

@@ -175,11 +175,16 @@ def offload_rule(flowtable: str, protocols: Iterable[str], elephant_packets: int
 
     The iifname/oifname guard keeps flows whose devices are not both in the
     flowtable from being marked offloaded (nothing would forward them).
+    ``ct state established``: only flows that saw a reply. The kernel itself
+    offloads a UDP flow at its second packet, reply or not (seen on 6.12:
+    [UNREPLIED] [OFFLOAD] entries); such an entry is destroyed at its next
+    teardown (its unreplied timeout minus the flowtable's is zero), and a flow
+    nobody answers has nothing to gain from the fast path.
     """
     protos = tuple(protocols)
     l4 = protos[0] if len(protos) == 1 else "{ " + ", ".join(protos) + " }"
     ifs = "@" + set_name(flowtable)
-    parts = [f"meta l4proto {l4}", f"iifname {ifs}", f"oifname {ifs}"]
+    parts = [f"meta l4proto {l4}", f"iifname {ifs}", f"oifname {ifs}", "ct state established"]
     if elephant_packets > 0:
         parts.append(f"ct packets > {elephant_packets}")
     parts.append(f"flow add @{flowtable}")

@@ -28,22 +28,24 @@ from dataclasses import dataclass, field, replace
 # falls below half of that (nf_ct_offload_timeout). Nothing else sets it there
 # for UDP, and a torn-down flow's fix-up sets the protocol's own timeout.
 NF_CT_DAY_S = 86400
-IPS_SEEN_REPLY = 1 << 1
 IPS_OFFLOAD = 1 << 14
 
 
 def left_behind(status: int, timeout: int | None, use: int | None) -> bool:
     """A conntrack entry a flowtable still holds that no longer counts as offloaded.
 
-    Not offloaded, yet with the offload's day-long timeout and a second
-    reference (the flowtable entry's). A flow torn down properly gets its
-    protocol timeout back first; an entry no flowtable holds has use 1. Only
-    flows that saw a reply are ever offloaded; not all of them are [ASSURED]
-    (a UDP flow offloaded within its first 2 s never is: conntrack sees none
-    of its later packets), so that flag is not required.
+    Not offloaded, yet with the offload's day-long timeout (only
+    nf_ct_offload_timeout sets one between half a day and a day: a UDP entry
+    never gets that long otherwise, an established TCP entry on the slow path
+    is refreshed to 5 days at each packet) and a second reference (the
+    flowtable entry's; an entry no flowtable holds has use 1). A flow torn
+    down properly gets its protocol timeout back first. [ASSURED] and even a
+    reply are not required: a UDP flow offloaded within its first 2 s is
+    never assured, and kernels offload unreplied UDP flows (offloadd's own
+    rule no longer asks them to, tables from before may have).
     """
-    return (bool(status & IPS_SEEN_REPLY) and not status & IPS_OFFLOAD
-            and timeout is not None and timeout > NF_CT_DAY_S // 2
+    return (not status & IPS_OFFLOAD
+            and timeout is not None and NF_CT_DAY_S // 2 < timeout <= NF_CT_DAY_S
             and use is not None and use >= 2)
 
 

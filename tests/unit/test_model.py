@@ -91,7 +91,8 @@ def test_off_builds_one_software_flowtable_set_and_rule() -> None:
         sets=(SetState("lan_ifs", frozenset({"eth0", "eth1"})),),
         chain=ChainState(
             42,
-            ("meta l4proto tcp iifname @lan_ifs oifname @lan_ifs ct packets > 7 flow add @lan",),
+            ("meta l4proto tcp iifname @lan_ifs oifname @lan_ifs ct state established "
+             "ct packets > 7 flow add @lan",),
         ),
     )
 
@@ -221,10 +222,12 @@ def test_is_safe_ifname(name: str, ok: bool) -> None:
 
 def test_offload_rule_forms() -> None:
     assert offload_rule("lan", ("tcp", "udp"), 0) == (
-        "meta l4proto { tcp, udp } iifname @lan_ifs oifname @lan_ifs flow add @lan"
+        "meta l4proto { tcp, udp } iifname @lan_ifs oifname @lan_ifs ct state established "
+        "flow add @lan"
     )
     assert offload_rule("x", ("udp",), 3) == (
-        "meta l4proto udp iifname @x_ifs oifname @x_ifs ct packets > 3 flow add @x"
+        "meta l4proto udp iifname @x_ifs oifname @x_ifs ct state established "
+        "ct packets > 3 flow add @x"
     )
 
 

@@ -26,7 +26,6 @@ from offloadd.plan import (
 )
 from offloadd.repair import (
     IPS_OFFLOAD,
-    IPS_SEEN_REPLY,
     NF_CT_DAY_S,
     FlowtableRecord,
     RepairPolicy,
@@ -37,6 +36,7 @@ from offloadd.repair import (
 from offloadd.report import status_report
 from tests.unit.fakes import FakeBackend, FakeLinks
 
+SEEN_REPLY, ASSURED = 1 << 1, 1 << 2
 POLICY = RepairPolicy(min_interval_s=1.5, settle_s=1.0, backoff_s=60.0, backoff_max_s=900.0)
 IDS = frozenset({1, 2, 3})
 
@@ -45,21 +45,24 @@ IDS = frozenset({1, 2, 3})
 
 def test_left_behind_is_the_7_3_signature_only() -> None:
     # As 7.3.4 shows it: no [OFFLOAD], 86392 s left, use=2 ([ASSURED] or not:
-    # a UDP flow offloaded within its first 2 s never becomes assured).
-    assert left_behind(IPS_SEEN_REPLY, 86392, 2)
-    assert left_behind(IPS_SEEN_REPLY | (1 << 2), 86378, 2)
+    # a UDP flow offloaded within its first 2 s never becomes assured; nor
+    # need it have seen a reply: kernels offload unreplied UDP flows too).
+    assert left_behind(SEEN_REPLY, 86392, 2)
+    assert left_behind(SEEN_REPLY | ASSURED, 86378, 2)
+    assert left_behind(0, 86392, 2)
     # Offloaded entries are fine (and carry no timeout).
-    assert not left_behind(IPS_SEEN_REPLY | IPS_OFFLOAD, None, 2)
+    assert not left_behind(SEEN_REPLY | IPS_OFFLOAD, None, 2)
     # A flow torn down properly gets its protocol timeout back (6.12: 119 s).
-    assert not left_behind(IPS_SEEN_REPLY, 119, 2)
+    assert not left_behind(SEEN_REPLY, 119, 2)
     # An idle flow's entry that no flowtable holds any more (7.3 after 30 s idle).
-    assert not left_behind(IPS_SEEN_REPLY, 86000, 1)
+    assert not left_behind(SEEN_REPLY, 86000, 1)
     # Long TCP timeouts (established: 5 days) on entries no flowtable holds.
-    assert not left_behind(IPS_SEEN_REPLY, 431999, 1)
-    # No reply seen: never offloaded.
-    assert not left_behind(0, 86392, 2)
-    assert not left_behind(IPS_SEEN_REPLY, NF_CT_DAY_S // 2, 2)
-    assert not left_behind(IPS_SEEN_REPLY, None, None)
+    assert not left_behind(SEEN_REPLY, 431999, 1)
+    # An established TCP entry on the slow path (refreshed to 5 days), even
+    # while a packet holds a second reference.
+    assert not left_behind(SEEN_REPLY | ASSURED, 431999, 2)
+    assert not left_behind(SEEN_REPLY, NF_CT_DAY_S // 2, 2)
+    assert not left_behind(SEEN_REPLY, None, None)
 
 
 # -- the decision ---------------------------------------------------------------
