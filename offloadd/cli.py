@@ -67,12 +67,23 @@ def _fail(code: int, msg: str) -> int:
     return code
 
 
+def configure_logging(level: str) -> None:
+    """The root logger, so pyroute2's warnings reach the journal too.
+
+    Its per-message debug chatter must not: at ``--log-level debug`` it wrote
+    5 MB for 500 new links and slowed the watcher enough (under TCG) to split
+    one burst into 15 transactions. pyroute2 resets its logger's level when
+    it is first imported (pyroute2/config/log.py), so it is imported first.
+    """
+    import pyroute2  # noqa: F401, PLC0415 - for that reset to happen before ours
+
+    journal_logging(logging.getLogger(), level=level.upper())
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # The root logger, so pyroute2's messages reach the journal too; but its
-    # per-message debug chatter would drown offloadd's own.
-    journal_logging(logging.getLogger(), level=args.log_level.upper())
-    logging.getLogger("pyroute2").setLevel(logging.WARNING)
+    configure_logging(args.log_level)
     try:
         config = load_config(args.config)
     except ConfigError as e:

@@ -36,7 +36,11 @@ ARPHRD_LOOPBACK = 772
 RTMGRP_LINK = 0x1
 
 DEFAULT_QUIET = 0.05
-DEFAULT_MAX_DELAY = 0.5
+# A burst longer than this is cut into several snapshots (several
+# transactions). 0.5 s cut a 500-link burst on 7.3 into 6: creating the links
+# took 0.8 s, parsing their 1000 messages took the watcher 3.5 s under TCG.
+# A single change is unaffected (it ends with the quiet period).
+DEFAULT_MAX_DELAY = 2.0
 log = logging.getLogger("offloadd")
 
 # The dump itself can overrun when events flood the freshly subscribed socket

@@ -55,3 +55,21 @@ def test_help_documents_exit_status() -> None:
     proc = _run("--help")
     assert proc.returncode == 0
     assert "Exit status" in proc.stdout and "--check" in proc.stdout
+
+
+
+def test_debug_logging_leaves_pyroute2_at_warnings() -> None:
+    # A fresh interpreter: pyroute2 must not have been imported yet, as in
+    # the daemon, where the link watcher imports it after logging is set up.
+    code = (
+        "import logging, sys\n"
+        "assert 'pyroute2' not in sys.modules\n"
+        "from offloadd.cli import configure_logging\n"
+        "configure_logging('debug')\n"
+        "from pyroute2 import AsyncIPRoute\n"
+        "core = logging.getLogger('pyroute2.netlink.core')\n"
+        "print(logging.getLogger('offloadd').isEnabledFor(logging.DEBUG),\n"
+        "      core.isEnabledFor(logging.DEBUG), core.isEnabledFor(logging.WARNING))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.split() == ["True", "False", "True"]
