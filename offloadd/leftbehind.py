@@ -17,7 +17,6 @@ flowtable and are only counted.
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -34,6 +33,8 @@ ATTRIBUTE_AT_MOST = 256
 class DeviceLookup(Protocol):
     def device_towards(self, addr: str) -> str | None: ...
 
+    def forget(self) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -44,12 +45,23 @@ def _routes() -> DeviceLookup:
 
 
 class ConntrackScanner:
-    """Scans both families for entries left behind (the daemon's LeftBehindSource)."""
+    """Scans both families for entries left behind (the daemon's LeftBehindSource).
+
+    Not thread-safe: the route lookup it keeps is opened on first need (a
+    pyroute2 socket and event loop: seconds under an emulated CPU, so not
+    once per scan) and used from then on, so scans must run on one thread.
+    """
 
     def __init__(self, socket_factory: SocketFactory = open_ctnetlink,
                  routes: Callable[[], DeviceLookup] = _routes) -> None:
         self._factory = socket_factory
         self._routes = routes
+        self._lookup: DeviceLookup | None = None
+
+    def close(self) -> None:
+        lookup, self._lookup = self._lookup, None
+        if lookup is not None:
+            lookup.close()
 
     def scan(self, flowtable_of: Mapping[str, str]) -> Scan:
         """``flowtable_of`` maps each of offloadd's devices to its flowtable."""
@@ -65,14 +77,17 @@ class ConntrackScanner:
         # Entries past the lookup bound are left to the next scan: replacing
         # the flowtables named now frees theirs too, if they share them.
         unattributed = max(0, len(found) - ATTRIBUTE_AT_MOST)
-        with contextlib.closing(self._routes()) as routes:
-            for ct_id, src, dst in found[:ATTRIBUTE_AT_MOST]:
-                names = {flowtable_of[d] for d in (routes.device_towards(src),
-                                                   routes.device_towards(dst))
-                         if d is not None and d in flowtable_of}
-                if not names:
-                    unattributed += 1
-                for name in names:
-                    by_ft.setdefault(name, set()).add(ct_id)
+        if self._lookup is None:
+            self._lookup = self._routes()
+        routes = self._lookup
+        routes.forget()
+        for ct_id, src, dst in found[:ATTRIBUTE_AT_MOST]:
+            names = {flowtable_of[d] for d in (routes.device_towards(src),
+                                               routes.device_towards(dst))
+                     if d is not None and d in flowtable_of}
+            if not names:
+                unattributed += 1
+            for name in names:
+                by_ft.setdefault(name, set()).add(ct_id)
         return Scan(at=at, by_flowtable={k: frozenset(v) for k, v in by_ft.items()},
                     unattributed=unattributed)

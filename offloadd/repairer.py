@@ -19,6 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from offloadd.errors import OffloaddError, VerifyError
@@ -35,6 +36,8 @@ NOT_IN_SYNC_RETRY_S = 0.5
 
 
 class LeftBehindSource(Protocol):
+    """Run on one worker thread, always the same (it may keep sockets)."""
+
     def scan(self, flowtable_of: Mapping[str, str]) -> Scan: ...
 
 
@@ -58,6 +61,7 @@ class Repairer:
         self._due: list[float] = []  # monotonic times of the checks asked for
         self._kick = asyncio.Event()
         self._scan_failed = False
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offloadd-scan")
 
     def links_removed(self) -> None:
         for delay in AFTER_REMOVAL_S:
@@ -80,7 +84,12 @@ class Repairer:
             self._due = [t for t in self._due if t > now]
             if next_periodic <= now:
                 next_periodic = now + self._periodic_s
-            await self.check()
+            try:
+                await self.check()
+            except Exception:
+                # The top of this task's loop: a bug in one check must not
+                # end the checks for good (nothing else would restart them).
+                log.exception("check for flows left behind failed")
 
     async def check(self) -> None:
         """One scan, the decision, and the repairs it calls for."""
@@ -88,8 +97,10 @@ class Repairer:
         if desired is None or not self._enabled():
             return
         flowtable_of = {d: ft.name for ft in desired.table.flowtables for d in ft.devices}
+        t0 = time.monotonic()
         try:
-            scan = await asyncio.to_thread(self._source.scan, flowtable_of)
+            scan = await asyncio.get_running_loop().run_in_executor(
+                self._worker, self._source.scan, flowtable_of)
         except OffloaddError as e:
             if not self._scan_failed:
                 log.error("cannot check for flows left behind: %s", e)
@@ -111,11 +122,12 @@ class Repairer:
         self._status.repair_held = "; ".join(f"{h.flowtable}: {h.reason}"
                                              for h in (*decision.ineffective, *decision.held))
         if decision.repair:
-            self._repair(desired.table, decision.repair, scan)
+            self._repair(desired.table, decision.repair, scan, scan.at - t0)
         if decision.recheck_in is not None:
             self.check_in(decision.recheck_in)
 
-    def _repair(self, table: TableState, names: tuple[str, ...], scan: Scan) -> None:
+    def _repair(self, table: TableState, names: tuple[str, ...], scan: Scan,
+                scan_s: float) -> None:
         plan = replace_flowtables_plan(table, names)
         try:
             self._backend.apply(plan)
@@ -138,5 +150,7 @@ class Repairer:
         for name in names:
             log.warning("flowtable %s: replaced to free %d flow(s) the kernel left behind "
                         "(forwarded by the flowtable but not marked offloaded in conntrack); "
-                        "each is offloaded again at its next packet", name, flows[name],
+                        "each is offloaded again at its next packet (scan %.0f ms, "
+                        "replacement %.0f ms)", name, flows[name], scan_s * 1000,
+                        (time.monotonic() - scan.at) * 1000,
                         extra={"FLOWTABLE": name, "OPERATION": "repair"})

@@ -14,6 +14,10 @@ class RouteLookup:
         self._ipr = IPRoute()
         self._cache: dict[str, str | None] = {}
 
+    def forget(self) -> None:
+        """Drops cached answers (routes change; a long-lived lookup asks again)."""
+        self._cache.clear()
+
     def device_towards(self, addr: str) -> str | None:
         if addr not in self._cache:
             self._cache[addr] = self._lookup(addr)

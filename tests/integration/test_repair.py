@@ -63,10 +63,18 @@ def _repair_status(d: RunningDaemon) -> dict[str, object]:
     return rep
 
 
-def _explain(lab: Lab, d: RunningDaemon) -> str:
-    sample = [ln for ln in lab.router.out("conntrack", "-L", "-p", "udp").splitlines()
-              if "dport=7000" in ln][:4]
-    return (f"repair status {_repair_status(d)}\nconntrack sample:\n" + "\n".join(sample)
+def _explain(lab: Lab, d: RunningDaemon, ids: set[int]) -> str:
+    now = _flows(lab)
+    gone = ids - set(now)
+    slow = [i for i in ids if i in now and not now[i]]
+    lines = [ln for ln in lab.router.out("conntrack", "-L", "-p", "udp", "-o", "id").splitlines()
+             if "dport=7000" in ln]
+    sample = [ln for ln in lines if "OFFLOAD" not in ln][:4] or lines[:2]
+    rep = _repair_status(d)
+    last = rep.get("last")
+    ago = f"{time.time() - last['time']:.1f} s ago" if isinstance(last, dict) else "never"
+    return (f"{len(gone)} entries gone, {len(slow)} not offloaded, {len(now)} now; "
+            f"last repair {ago}; repair status {rep}\nconntrack sample:\n" + "\n".join(sample)
             + f"\n--- offloadd log ---\n{d.log_text()[-4000:]}")
 
 
@@ -115,7 +123,7 @@ def test_flows_offloaded_again_after_device_removals(lab: Lab, tmp_path: Path) -
                 wait_for(lambda: _offloaded_share(lab, ids) >= 0.99, WITHIN_S, interval=0.2,
                          what=">= 99 % of the flows offloaded after turning repair on")
             except AssertionError as e:
-                raise AssertionError(f"{e}\n{_explain(lab, d)}") from None
+                raise AssertionError(f"{e}\n{_explain(lab, d, ids)}") from None
 
             times = []
             slow_before = rule_counter_packets(r, "inet", "witness", "slowpath")
@@ -123,7 +131,7 @@ def test_flows_offloaded_again_after_device_removals(lab: Lab, tmp_path: Path) -
                 took = _remove_and_time(lab, d, f"lan9{i % 10}", ids, WITHIN_S)
                 assert took is not None, (
                     f"cycle {i}: fewer than 99 % of the flows offloaded again within "
-                    f"{WITHIN_S} s ({_offloaded_share(lab, ids):.3f})\n{_explain(lab, d)}")
+                    f"{WITHIN_S} s ({_offloaded_share(lab, ids):.3f})\n{_explain(lab, d, ids)}")
                 times.append(took)
             slow = rule_counter_packets(r, "inet", "witness", "slowpath") - slow_before
             # Same conntrack entries throughout: none was destroyed and made anew.

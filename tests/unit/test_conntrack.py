@@ -337,6 +337,14 @@ class FakeRoutes:
     """Where the router's routes lead: 10.0.0.x via lan0, 10.9.x via wan0."""
 
     closed = 0
+    opened = 0
+
+    def __init__(self) -> None:
+        FakeRoutes.opened += 1
+        self.cache_cleared = 0
+
+    def forget(self) -> None:
+        self.cache_cleared += 1
 
     def device_towards(self, addr: str) -> str | None:
         if addr.startswith("10.0.0."):
@@ -360,10 +368,18 @@ def test_scanner_finds_left_behind_entries_and_their_flowtable(filters: bool) ->
         E(PLAIN, dst="10.9.0.1", timeout=86000, use=1, id=5),  # no flowtable holds it
         E(PLAIN, src="10.5.0.1", dst="10.6.0.1", timeout=86392, use=2, id=6),  # not ours
     ], filters_status=filters)
-    scan = ConntrackScanner(k.factory, FakeRoutes).scan({"lan0": "ft", "wan0": "ft"})
+    scanner = ConntrackScanner(k.factory, FakeRoutes)
+    opened = FakeRoutes.opened
+    scan = scanner.scan({"lan0": "ft", "wan0": "ft"})
     assert scan.by_flowtable == {"ft": frozenset({1, 2})}
     assert scan.unattributed == 1 and scan.flows == 2
     assert k.closed == k.sockets  # every dump socket closed
+    # The route lookup is opened once and kept (opening it costs seconds under
+    # TCG), its answers forgotten at each scan (routes change).
+    again = scanner.scan({"lan0": "ft", "wan0": "ft"})
+    assert again.by_flowtable == scan.by_flowtable
+    assert FakeRoutes.opened == opened + 1
+    scanner.close()
 
 
 def test_scanner_opens_no_route_socket_when_nothing_is_left_behind() -> None:
