@@ -3,11 +3,11 @@
 Why a conntrack scan: the flowtable's entries cannot be listed, and the
 flows' packets never reach a chain where a rule could count them (measured on
 7.3.4: the forward chain's counter stays flat while the flows keep flowing).
-What does show is the conntrack entry: not [OFFLOAD], still holding the
-offload's day-long timeout and the flowtable entry's reference (see
-offloadd.repair.left_behind). The kernel filters the dump to entries
-without the offload mark (>= 5.15); each is then checked here from three
-attributes, and only a match is parsed.
+What does show is the conntrack entry: not [OFFLOAD], yet holding the
+flowtable entry's reference; this reports such entries with their timeouts
+and offloadd.repair.left_behind judges them. The kernel filters the dump to
+entries without the offload mark (>= 5.15); each is then checked here from
+three attributes, and only a candidate is parsed.
 
 Which flowtable holds an entry is not in conntrack either: the router's
 routing table says which devices the flow uses, as the flowtable saw them.
@@ -23,11 +23,12 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from offloadd.conntrack import SocketFactory, entries_by_status, open_ctnetlink
-from offloadd.repair import IPS_OFFLOAD, Scan, left_behind
+from offloadd.repair import IPS_OFFLOAD, HeldEntry, Scan, held_without_offload
 
-# Route lookups for at most this many entries per scan: enough to name every
-# flowtable involved on a gateway, bounded on one with a million entries.
-ATTRIBUTE_AT_MOST = 256
+# Entries looked up and reported per scan (lookups are cached per address):
+# enough to name every flowtable involved, bounded on a gateway with a
+# million entries.
+ATTRIBUTE_AT_MOST = 4096
 
 
 class DeviceLookup(Protocol):
@@ -65,29 +66,29 @@ class ConntrackScanner:
 
     def scan(self, flowtable_of: Mapping[str, str]) -> Scan:
         """``flowtable_of`` maps each of offloadd's devices to its flowtable."""
-        found: list[tuple[int, str, str]] = []  # (id, orig src, orig dst)
+        found: list[tuple[int, int, str, str]] = []  # (id, timeout, orig src, orig dst)
         for family in (socket.AF_INET, socket.AF_INET6):
-            found += [(e.id, e.orig.src, e.orig.dst)
+            found += [(e.id, e.timeout or 0, e.orig.src, e.orig.dst)
                       for e in entries_by_status(family, 0, IPS_OFFLOAD,
-                                                 socket_factory=self._factory, keep=left_behind)]
+                                                 socket_factory=self._factory,
+                                                 keep=held_without_offload)]
         at = time.monotonic()
         if not found:
             return Scan(at=at)
-        by_ft: dict[str, set[int]] = {}
-        # Entries past the lookup bound are left to the next scan: replacing
-        # the flowtables named now frees theirs too, if they share them.
-        unattributed = max(0, len(found) - ATTRIBUTE_AT_MOST)
         if self._lookup is None:
             self._lookup = self._routes()
         routes = self._lookup
         routes.forget()
-        for ct_id, src, dst in found[:ATTRIBUTE_AT_MOST]:
-            names = {flowtable_of[d] for d in (routes.device_towards(src),
-                                               routes.device_towards(dst))
-                     if d is not None and d in flowtable_of}
-            if not names:
+        held: dict[int, HeldEntry] = {}
+        unattributed = 0
+        for ct_id, timeout, src, dst in found:
+            if len(held) >= ATTRIBUTE_AT_MOST:
+                # Left to a later scan: replacing the flowtables named now
+                # frees theirs too, if they share them.
                 unattributed += 1
-            for name in names:
-                by_ft.setdefault(name, set()).add(ct_id)
-        return Scan(at=at, by_flowtable={k: frozenset(v) for k, v in by_ft.items()},
-                    unattributed=unattributed)
+                continue
+            names = sorted({flowtable_of[d] for d in (routes.device_towards(src),
+                                                       routes.device_towards(dst))
+                            if d is not None and d in flowtable_of})
+            held[ct_id] = HeldEntry(timeout, names[0] if names else None)
+        return Scan(at=at, held=held, unattributed=unattributed)

@@ -31,35 +31,61 @@ NF_CT_DAY_S = 86400
 IPS_OFFLOAD = 1 << 14
 
 
-def left_behind(status: int, timeout: int | None, use: int | None) -> bool:
-    """A conntrack entry a flowtable still holds that no longer counts as offloaded.
+def held_without_offload(status: int, timeout: int | None, use: int | None) -> bool:
+    """An entry some flowtable holds (a second reference) that is not marked offloaded.
 
-    Not offloaded, yet with the offload's day-long timeout (only
-    nf_ct_offload_timeout sets one between half a day and a day: a UDP entry
-    never gets that long otherwise, an established TCP entry on the slow path
-    is refreshed to 5 days at each packet) and a second reference (the
-    flowtable entry's; an entry no flowtable holds has use 1). A flow torn
-    down properly gets its protocol timeout back first. [ASSURED] and even a
-    reply are not required: a UDP flow offloaded within its first 2 s is
-    never assured, and kernels offload unreplied UDP flows (offloadd's own
-    rule no longer asks them to, tables from before may have).
+    A candidate only: a flow torn down properly is held like this until the
+    flowtable's garbage collection (about a second), and a packet in flight
+    holds a reference too. ``left_behind`` judges.
     """
-    return (not status & IPS_OFFLOAD
-            and timeout is not None and NF_CT_DAY_S // 2 < timeout <= NF_CT_DAY_S
-            and use is not None and use >= 2)
+    return not status & IPS_OFFLOAD and timeout is not None and use is not None and use >= 2
+
+
+def day_timeout(timeout: int) -> bool:
+    """The offload's timeout: only nf_ct_offload_timeout sets one between half a
+    day and a day (a UDP entry never gets that long otherwise; an established
+    TCP entry on the slow path is refreshed to 5 days at each packet)."""
+    return NF_CT_DAY_S // 2 < timeout <= NF_CT_DAY_S
+
+
+@dataclass(frozen=True)
+class HeldEntry:
+    timeout: int  # seconds left
+    flowtable: str | None  # offloadd's flowtable that holds it; None: not through its devices
 
 
 @dataclass(frozen=True)
 class Scan:
-    """Entries left behind at one moment, by the flowtable of offloadd's that holds them."""
+    """Entries not offloaded yet held by a flowtable, at one moment (conntrack id -> entry)."""
 
     at: float  # monotonic seconds
-    by_flowtable: Mapping[str, frozenset[int]] = field(default_factory=dict)  # conntrack ids
-    unattributed: int = 0  # left behind, but not through any of offloadd's devices
+    held: Mapping[int, HeldEntry] = field(default_factory=dict)
+    unattributed: int = 0  # held entries whose devices were not looked up (bounded)
 
-    @property
-    def flows(self) -> int:
-        return sum(len(ids) for ids in self.by_flowtable.values())
+
+def left_behind(scan: Scan, previous: Scan | None,
+                min_gap_s: float = 2.0) -> dict[str, frozenset[int]]:
+    """Entries of offloadd's flowtables the kernel left behind, by flowtable.
+
+    Two signs, either enough: the offload's day-long timeout on an entry no
+    longer marked offloaded (7.3 after a route cache flush: the flow entry
+    stays and keeps forwarding; measured 86392 s, use 2), or an entry held
+    across two scans at least ``min_gap_s`` apart whose timeout only ran down
+    (conntrack saw none of its packets: the flowtable forwards them; also
+    seen on 7.3, with the flow's normal timeout). A properly torn-down flow
+    is released by the flowtable's garbage collection well within the gap.
+    """
+    gap = scan.at - previous.at if previous is not None else 0.0
+    out: dict[str, set[int]] = {}
+    for ct_id, e in scan.held.items():
+        if e.flowtable is None:
+            continue
+        before = previous.held.get(ct_id) if previous is not None else None
+        stale = (before is not None and gap >= min_gap_s
+                 and e.timeout <= before.timeout - gap + 1)
+        if day_timeout(e.timeout) or stale:
+            out.setdefault(e.flowtable, set()).add(ct_id)
+    return {k: frozenset(v) for k, v in out.items()}
 
 
 @dataclass(frozen=True)
@@ -68,6 +94,7 @@ class RepairPolicy:
     settle_s: float = 1.0  # after a repair, before its result is judged
     backoff_s: float = 60.0  # first hold-off after a repair that did not help
     backoff_max_s: float = 900.0
+    stale_gap_s: float = 2.0  # two scans this far apart tell a stale entry (left_behind)
 
 
 @dataclass(frozen=True)
@@ -79,7 +106,7 @@ class FlowtableRecord:
 
 
 @dataclass(frozen=True)
-class Held:
+class HeldBack:
     flowtable: str
     reason: str
 
@@ -87,51 +114,53 @@ class Held:
 @dataclass(frozen=True)
 class Decision:
     repair: tuple[str, ...]
-    held: tuple[Held, ...]
-    ineffective: tuple[Held, ...]  # repairs judged not to have helped (logged once)
+    held: tuple[HeldBack, ...]
+    ineffective: tuple[HeldBack, ...]  # repairs judged not to have helped (logged once)
     records: Mapping[str, FlowtableRecord]
     recheck_in: float | None  # seconds until a scan is worth doing again, if any
 
 
-def decide(records: Mapping[str, FlowtableRecord], scan: Scan,
+def decide(records: Mapping[str, FlowtableRecord], at: float,
+           found: Mapping[str, frozenset[int]],
            policy: RepairPolicy = RepairPolicy()) -> Decision:
-    """Which flowtables to replace after ``scan``, given what earlier repairs did."""
+    """Which flowtables to replace, given the entries ``found`` left behind at
+    time ``at`` (see left_behind) and what earlier repairs did."""
     out = dict(records)
     repair: list[str] = []
-    held: list[Held] = []
-    ineffective: list[Held] = []
+    held: list[HeldBack] = []
+    ineffective: list[HeldBack] = []
     recheck: list[float] = []
-    for name in sorted(set(records) | set(scan.by_flowtable)):
+    for name in sorted(set(records) | set(found)):
         rec = records.get(name, FlowtableRecord())
-        ids = scan.by_flowtable.get(name, frozenset())
+        ids = found.get(name, frozenset())
         if rec.unverified and rec.last_repair is not None:
-            if scan.at < rec.last_repair + policy.settle_s:
-                recheck.append(rec.last_repair + policy.settle_s - scan.at)
+            if at < rec.last_repair + policy.settle_s:
+                recheck.append(rec.last_repair + policy.settle_s - at)
                 continue
             still = ids & rec.unverified
             if still:
                 backoff = min(max(rec.backoff_s * 2, policy.backoff_s), policy.backoff_max_s)
-                ineffective.append(Held(name, (
+                ineffective.append(HeldBack(name, (
                     f"{len(still)} of the {len(rec.unverified)} entries are still left "
                     f"behind after replacing the flowtable; not retried for {backoff:.0f} s")))
-                rec = replace(rec, unverified=frozenset(), hold_until=scan.at + backoff,
+                rec = replace(rec, unverified=frozenset(), hold_until=at + backoff,
                               backoff_s=backoff)
             else:
                 rec = replace(rec, unverified=frozenset(), backoff_s=0.0)
         if ids:
-            if scan.at < rec.hold_until:
-                held.append(Held(name, f"{len(ids)} entries left behind; a repair did not "
-                                       f"help, next try in {rec.hold_until - scan.at:.0f} s"))
-                recheck.append(rec.hold_until - scan.at)
+            if at < rec.hold_until:
+                held.append(HeldBack(name, f"{len(ids)} entries left behind; a repair did not "
+                                       f"help, next try in {rec.hold_until - at:.0f} s"))
+                recheck.append(rec.hold_until - at)
             elif (rec.last_repair is not None
-                  and scan.at - rec.last_repair < policy.min_interval_s):
-                wait = rec.last_repair + policy.min_interval_s - scan.at
-                held.append(Held(name, f"{len(ids)} entries left behind; repaired "
-                                       f"{scan.at - rec.last_repair:.1f} s ago, "
+                  and at - rec.last_repair < policy.min_interval_s):
+                wait = rec.last_repair + policy.min_interval_s - at
+                held.append(HeldBack(name, f"{len(ids)} entries left behind; repaired "
+                                       f"{at - rec.last_repair:.1f} s ago, "
                                        f"next repair in {wait:.1f} s"))
                 recheck.append(wait)
             else:
-                rec = replace(rec, last_repair=scan.at, unverified=ids)
+                rec = replace(rec, last_repair=at, unverified=ids)
                 repair.append(name)
                 recheck.append(policy.settle_s)
         out[name] = rec

@@ -25,7 +25,7 @@ from typing import Protocol
 from offloadd.errors import OffloaddError, VerifyError
 from offloadd.model import TableState
 from offloadd.plan import Plan, replace_flowtables_plan
-from offloadd.repair import FlowtableRecord, RepairPolicy, Scan, decide
+from offloadd.repair import FlowtableRecord, RepairPolicy, Scan, decide, left_behind
 from offloadd.status import Status
 
 log = logging.getLogger("offloadd")
@@ -58,6 +58,7 @@ class Repairer:
         self._policy = policy or RepairPolicy()
         self._periodic_s = periodic_s
         self._records: Mapping[str, FlowtableRecord] = {}
+        self._previous: Scan | None = None
         self._due: list[float] = []  # monotonic times of the checks asked for
         self._kick = asyncio.Event()
         self._scan_failed = False
@@ -108,13 +109,25 @@ class Repairer:
             return
         self._scan_failed = False
         self._status.repair_checks_total += 1
-        self._status.left_behind_flows = scan.flows + scan.unattributed
-        if scan.flows and self._backend.read() != desired.table:
+        previous, self._previous = self._previous, scan
+        found = left_behind(scan, previous, self._policy.stale_gap_s)
+        flows = sum(len(ids) for ids in found.values())
+        self._status.left_behind_flows = flows
+        if flows and self._backend.read() != desired.table:
             # A reconcile is due (the table is not what it should be): the
             # replacement must start from the desired state, so wait for it.
             self.check_in(NOT_IN_SYNC_RETRY_S)
             return
-        decision = decide(self._records, scan, self._policy)
+        new = ({i for i, e in scan.held.items() if e.flowtable is not None}
+               - {i for ids in found.values() for i in ids}
+               - (set(previous.held) if previous is not None else set()))
+        if new:
+            # Held but not judged yet: a second look tells a flow the flowtable
+            # keeps forwarding from one its garbage collection is about to
+            # free. Once per new entry, so a held flow that conntrack keeps
+            # seeing (not stale) costs no scan every 2 s.
+            self.check_in(self._policy.stale_gap_s)
+        decision = decide(self._records, scan.at, found, self._policy)
         self._records = decision.records
         for held in decision.ineffective:
             log.warning("flowtable %s: %s", held.flowtable, held.reason,
@@ -122,13 +135,14 @@ class Repairer:
         self._status.repair_held = "; ".join(f"{h.flowtable}: {h.reason}"
                                              for h in (*decision.ineffective, *decision.held))
         if decision.repair:
-            self._repair(desired.table, decision.repair, scan, scan.at - t0)
+            self._repair(desired.table, decision.repair, found, scan.at - t0)
         if decision.recheck_in is not None:
             self.check_in(decision.recheck_in)
 
-    def _repair(self, table: TableState, names: tuple[str, ...], scan: Scan,
-                scan_s: float) -> None:
+    def _repair(self, table: TableState, names: tuple[str, ...],
+                found: Mapping[str, frozenset[int]], scan_s: float) -> None:
         plan = replace_flowtables_plan(table, names)
+        t1 = time.monotonic()
         try:
             self._backend.apply(plan)
             after = self._backend.read()
@@ -142,7 +156,7 @@ class Repairer:
             return
         self._status.repairs_total += len(names)
         self._status.transactions_total += 1
-        flows = {n: len(scan.by_flowtable.get(n, ())) for n in names}
+        flows = {n: len(found.get(n, ())) for n in names}
         self._status.last_repair = {
             "time": time.time(), "flowtables": list(names), "flows": flows,
             "reason": "conntrack entries left behind by the kernel (held by the flowtable, "
@@ -152,5 +166,5 @@ class Repairer:
                         "(forwarded by the flowtable but not marked offloaded in conntrack); "
                         "each is offloaded again at its next packet (scan %.0f ms, "
                         "replacement %.0f ms)", name, flows[name], scan_s * 1000,
-                        (time.monotonic() - scan.at) * 1000,
+                        (time.monotonic() - t1) * 1000,
                         extra={"FLOWTABLE": name, "OPERATION": "repair"})

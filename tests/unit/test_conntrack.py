@@ -19,6 +19,7 @@ import pytest
 from offloadd import conntrack as ct
 from offloadd.errors import KernelError
 from offloadd.leftbehind import ConntrackScanner
+from offloadd.repair import HeldEntry
 
 NLM_F_MULTI = 0x2
 NESTED = 0x8000
@@ -358,33 +359,32 @@ class FakeRoutes:
 
 
 @pytest.mark.parametrize("filters", [True, False])
-def test_scanner_finds_left_behind_entries_and_their_flowtable(filters: bool) -> None:
+def test_scanner_reports_held_entries_and_their_flowtable(filters: bool) -> None:
     k = FakeKernel([
-        # As 7.3.4 leaves them: ASSURED, no OFFLOAD, a day's timeout, use 2.
+        # As 7.3.4 leaves them: no OFFLOAD, a day's timeout, use 2.
         E(PLAIN, dst="10.9.0.1", timeout=86392, use=2, id=1),
-        E(PLAIN, family=V6, src="fd00::1", dst="fd09::1", timeout=86000, use=2, id=2),
-        E(PLAIN | SW, dst="10.9.0.1", id=3),                  # offloaded: fine
-        E(PLAIN, dst="10.9.0.1", timeout=119, use=2, id=4),   # torn down properly
+        E(PLAIN, family=V6, src="fd00::1", dst="fd09::1", timeout=115, use=2, id=2),
+        E(PLAIN | SW, dst="10.9.0.1", id=3),                    # offloaded: fine
         E(PLAIN, dst="10.9.0.1", timeout=86000, use=1, id=5),  # no flowtable holds it
         E(PLAIN, src="10.5.0.1", dst="10.6.0.1", timeout=86392, use=2, id=6),  # not ours
     ], filters_status=filters)
     scanner = ConntrackScanner(k.factory, FakeRoutes)
     opened = FakeRoutes.opened
     scan = scanner.scan({"lan0": "ft", "wan0": "ft"})
-    assert scan.by_flowtable == {"ft": frozenset({1, 2})}
-    assert scan.unattributed == 1 and scan.flows == 2
+    assert scan.held == {1: HeldEntry(86392, "ft"), 2: HeldEntry(115, "ft"),
+                         6: HeldEntry(86392, None)}
     assert k.closed == k.sockets  # every dump socket closed
     # The route lookup is opened once and kept (opening it costs seconds under
     # TCG), its answers forgotten at each scan (routes change).
     again = scanner.scan({"lan0": "ft", "wan0": "ft"})
-    assert again.by_flowtable == scan.by_flowtable
+    assert again.held == scan.held
     assert FakeRoutes.opened == opened + 1
     scanner.close()
 
 
-def test_scanner_opens_no_route_socket_when_nothing_is_left_behind() -> None:
+def test_scanner_opens_no_route_socket_when_nothing_is_held() -> None:
     def no_routes() -> FakeRoutes:
         raise AssertionError("route lookups without a finding")
 
     k = FakeKernel([E(PLAIN | SW, id=3), E(PLAIN, timeout=100, use=1)])
-    assert ConntrackScanner(k.factory, no_routes).scan({"lan0": "ft"}).flows == 0
+    assert ConntrackScanner(k.factory, no_routes).scan({"lan0": "ft"}).held == {}

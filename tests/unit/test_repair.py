@@ -28,9 +28,12 @@ from offloadd.repair import (
     IPS_OFFLOAD,
     NF_CT_DAY_S,
     FlowtableRecord,
+    HeldEntry,
     RepairPolicy,
     Scan,
+    day_timeout,
     decide,
+    held_without_offload,
     left_behind,
 )
 from offloadd.report import status_report
@@ -43,102 +46,113 @@ IDS = frozenset({1, 2, 3})
 
 # -- which entries are left behind ------------------------------------------------
 
-def test_left_behind_is_the_7_3_signature_only() -> None:
-    # As 7.3.4 shows it: no [OFFLOAD], 86392 s left, use=2 ([ASSURED] or not:
-    # a UDP flow offloaded within its first 2 s never becomes assured; nor
-    # need it have seen a reply: kernels offload unreplied UDP flows too).
-    assert left_behind(SEEN_REPLY, 86392, 2)
-    assert left_behind(SEEN_REPLY | ASSURED, 86378, 2)
-    assert left_behind(0, 86392, 2)
-    # Offloaded entries are fine (and carry no timeout).
-    assert not left_behind(SEEN_REPLY | IPS_OFFLOAD, None, 2)
-    # A flow torn down properly gets its protocol timeout back (6.12: 119 s).
-    assert not left_behind(SEEN_REPLY, 119, 2)
-    # An idle flow's entry that no flowtable holds any more (7.3 after 30 s idle).
-    assert not left_behind(SEEN_REPLY, 86000, 1)
-    # Long TCP timeouts (established: 5 days) on entries no flowtable holds.
-    assert not left_behind(SEEN_REPLY, 431999, 1)
-    # An established TCP entry on the slow path (refreshed to 5 days), even
-    # while a packet holds a second reference.
-    assert not left_behind(SEEN_REPLY | ASSURED, 431999, 2)
-    assert not left_behind(SEEN_REPLY, NF_CT_DAY_S // 2, 2)
-    assert not left_behind(SEEN_REPLY, None, None)
+def test_candidates_are_held_and_not_offloaded() -> None:
+    # As 7.3.4 shows them: no [OFFLOAD], use=2 (the flowtable's reference).
+    assert held_without_offload(SEEN_REPLY, 86392, 2)
+    assert held_without_offload(0, 115, 2)
+    assert not held_without_offload(SEEN_REPLY | IPS_OFFLOAD, None, 2)  # offloaded
+    assert not held_without_offload(SEEN_REPLY | ASSURED, 86000, 1)  # nothing holds it
+    assert not held_without_offload(SEEN_REPLY, None, None)
+
+
+def _scan(at: float, **held: tuple[int, str | None]) -> Scan:
+    return Scan(at=at, held={int(k[1:]): HeldEntry(t, ft) for k, (t, ft) in held.items()})
+
+
+def test_day_long_timeout_is_left_behind_at_once() -> None:
+    # 7.3 after a route cache flush: 86392 s left, not offloaded, held.
+    assert left_behind(_scan(5.0, i1=(86392, "ft"), i2=(86000, "ft")), None) == {
+        "ft": frozenset({1, 2})}
+    assert day_timeout(86392) and not day_timeout(NF_CT_DAY_S // 2) and not day_timeout(119)
+    # Established TCP on the slow path (refreshed to 5 days) is no sign.
+    assert not day_timeout(431999)
+
+
+def test_an_entry_whose_timeout_only_ran_down_across_the_gap_is_left_behind() -> None:
+    # Also 7.3: the flow's normal timeout (115 s), held, not offloaded, and
+    # conntrack sees none of its packets: the flowtable forwards them.
+    first = _scan(10.0, i7=(118, "ft"), i8=(119, "ft"))
+    later = _scan(12.5, i7=(115, "ft"), i8=(120, "ft"))  # 8 was refreshed: on the slow path
+    assert left_behind(first, None) == {}
+    assert left_behind(later, first) == {"ft": frozenset({7})}
+    # Too close together to tell from garbage collection freeing it.
+    assert left_behind(_scan(11.0, i7=(117, "ft")), first) == {}
+    # Gone from the second scan (the flowtable released it): nothing.
+    assert left_behind(_scan(12.5), first) == {}
+
+
+def test_entries_through_no_device_of_offloadd_are_never_acted_on() -> None:
+    assert left_behind(_scan(5.0, i1=(86392, None)), None) == {}
 
 
 # -- the decision ---------------------------------------------------------------
 
 def test_nothing_found_repairs_nothing_and_asks_for_no_recheck() -> None:
-    d = decide({}, Scan(at=10.0), POLICY)
+    d = decide({}, 10.0, {}, POLICY)
     assert d.repair == () and d.held == () and d.recheck_in is None
 
 
 def test_entries_left_behind_repair_only_their_flowtable() -> None:
-    d = decide({}, Scan(at=10.0, by_flowtable={"ft": IDS}), POLICY)
+    d = decide({}, 10.0, {"ft": IDS}, POLICY)
     assert d.repair == ("ft",)
     assert d.records["ft"].unverified == IDS
     assert d.recheck_in == POLICY.settle_s  # to judge the repair
 
 
-def test_unattributed_entries_alone_repair_nothing() -> None:
-    # Someone else's flowtable: never touched.
-    d = decide({}, Scan(at=10.0, unattributed=5), POLICY)
-    assert d.repair == ()
-
-
 def test_rate_limit_holds_a_second_repair_and_says_when() -> None:
-    first = decide({}, Scan(at=10.0, by_flowtable={"ft": IDS}), POLICY)
+    first = decide({}, 10.0, {"ft": IDS}, POLICY)
     # New entries left behind 0.5 s later (flows whose next packet came late).
     # Within the settle time nothing is judged or done.
-    early = decide(first.records, Scan(at=10.5, by_flowtable={"ft": frozenset({9})}), POLICY)
+    early = decide(first.records, 10.5, {"ft": frozenset({9})}, POLICY)
     assert early.repair == () and early.recheck_in == pytest.approx(0.5)
-    d = decide(early.records, Scan(at=11.2, by_flowtable={"ft": frozenset({9})}), POLICY)
+    d = decide(early.records, 11.2, {"ft": frozenset({9})}, POLICY)
     assert d.repair == () and d.ineffective == ()  # {9} is new: the repair helped
     assert d.held and "next repair in 0.3 s" in d.held[0].reason
     assert d.recheck_in == pytest.approx(0.3)
-    later = decide(d.records, Scan(at=11.6, by_flowtable={"ft": frozenset({9})}), POLICY)
+    later = decide(d.records, 11.6, {"ft": frozenset({9})}, POLICY)
     assert later.repair == ("ft",)
 
 
 def test_a_repair_that_helped_is_forgotten_and_the_next_event_repairs_again() -> None:
-    r1 = decide({}, Scan(at=10.0, by_flowtable={"ft": IDS}), POLICY)
-    ok = decide(r1.records, Scan(at=11.5), POLICY)
+    r1 = decide({}, 10.0, {"ft": IDS}, POLICY)
+    ok = decide(r1.records, 11.5, {}, POLICY)
     assert ok.ineffective == () and ok.records["ft"].unverified == frozenset()
     # The same flows left behind again by a later device removal.
-    again = decide(ok.records, Scan(at=20.0, by_flowtable={"ft": IDS}), POLICY)
+    again = decide(ok.records, 20.0, {"ft": IDS}, POLICY)
     assert again.repair == ("ft",)
 
 
 def test_a_repair_that_did_not_help_backs_off_and_doubles() -> None:
-    r1 = decide({}, Scan(at=10.0, by_flowtable={"ft": IDS}), POLICY)
-    bad = decide(r1.records, Scan(at=11.5, by_flowtable={"ft": IDS}), POLICY)
+    r1 = decide({}, 10.0, {"ft": IDS}, POLICY)
+    bad = decide(r1.records, 11.5, {"ft": IDS}, POLICY)
     assert bad.repair == ()
     assert bad.ineffective and "3 of the 3 entries" in bad.ineffective[0].reason
     assert bad.records["ft"].hold_until == pytest.approx(71.5)
-    held = decide(bad.records, Scan(at=30.0, by_flowtable={"ft": IDS}), POLICY)
+    held = decide(bad.records, 30.0, {"ft": IDS}, POLICY)
     assert held.repair == () and "next try in" in held.held[0].reason
-    retry = decide(held.records, Scan(at=72.0, by_flowtable={"ft": IDS}), POLICY)
+    retry = decide(held.records, 72.0, {"ft": IDS}, POLICY)
     assert retry.repair == ("ft",)
-    bad2 = decide(retry.records, Scan(at=73.5, by_flowtable={"ft": IDS}), POLICY)
+    bad2 = decide(retry.records, 73.5, {"ft": IDS}, POLICY)
     assert bad2.records["ft"].backoff_s == 120.0
 
 
 def test_backoff_is_capped() -> None:
     rec = FlowtableRecord(last_repair=0.0, unverified=IDS, backoff_s=800.0)
-    d = decide({"ft": rec}, Scan(at=2.0, by_flowtable={"ft": IDS}), POLICY)
+    d = decide({"ft": rec}, 2.0, {"ft": IDS}, POLICY)
     assert d.records["ft"].backoff_s == POLICY.backoff_max_s
 
 
 def test_judging_waits_for_the_settle_time() -> None:
-    r1 = decide({}, Scan(at=10.0, by_flowtable={"ft": IDS}), POLICY)
-    early = decide(r1.records, Scan(at=10.3, by_flowtable={"ft": IDS}), POLICY)
+    r1 = decide({}, 10.0, {"ft": IDS}, POLICY)
+    early = decide(r1.records, 10.3, {"ft": IDS}, POLICY)
     assert early.ineffective == () and early.repair == ()
     assert early.records["ft"].unverified == IDS
 
 
 def test_flowtables_are_judged_apart() -> None:
-    d = decide({}, Scan(at=10.0, by_flowtable={"a": IDS, "b": frozenset({7})}), POLICY)
+    d = decide({}, 10.0, {"a": IDS, "b": frozenset({7})}, POLICY)
     assert d.repair == ("a", "b")
-    d2 = decide(d.records, Scan(at=11.2, by_flowtable={"b": frozenset({7})}), POLICY)
+    d2 = decide(d.records, 11.2, {"b": frozenset({7})}, POLICY)
     assert [h.flowtable for h in d2.ineffective] == ["b"]
     assert d2.records["a"].backoff_s == 0.0
 
@@ -178,7 +192,8 @@ class FakeScanner:
     def scan(self, flowtable_of: Mapping[str, str]) -> Scan:
         self.seen.append(dict(flowtable_of))
         found = self.scans.pop(0) if self.scans else {}
-        return Scan(at=time.monotonic(), by_flowtable=found)
+        return Scan(at=time.monotonic(), held={i: HeldEntry(86392, ft)
+                                               for ft, ids in found.items() for i in ids})
 
 
 CONFIG = '[[flowtable]]\nname = "ft"\ndevices = ["lan*", "wan*"]\n'
