@@ -70,10 +70,11 @@ def left_behind(scan: Scan, previous: Scan | None,
     Two signs, either enough: the offload's day-long timeout on an entry no
     longer marked offloaded (7.3 after a route cache flush: the flow entry
     stays and keeps forwarding; measured 86392 s, use 2), or an entry held
-    across two scans at least ``min_gap_s`` apart whose timeout only ran down
-    (conntrack saw none of its packets: the flowtable forwards them; also
-    seen on 7.3, with the flow's normal timeout). A properly torn-down flow
-    is released by the flowtable's garbage collection well within the gap.
+    across two scans at least ``min_gap_s`` apart whose timeout ran down at
+    the clock's pace (conntrack saw none of its packets: the flowtable
+    forwards them; also seen on 7.3, with the flow's normal timeout). A
+    properly torn-down flow is released by the flowtable's garbage
+    collection well within the gap, and its timeout is reset, not run down.
     """
     gap = scan.at - previous.at if previous is not None else 0.0
     out: dict[str, set[int]] = {}
@@ -81,8 +82,11 @@ def left_behind(scan: Scan, previous: Scan | None,
         if e.flowtable is None:
             continue
         before = previous.held.get(ct_id) if previous is not None else None
+        # Ran down at the clock's pace: not refreshed (a packet seen) and not
+        # reset lower either (a teardown's fix-up: the flow is in transit
+        # between two flowtable entries, as right after a replacement).
         stale = (before is not None and gap >= min_gap_s
-                 and e.timeout <= before.timeout - gap + 1)
+                 and abs(before.timeout - e.timeout - gap) <= 1.5)
         if day_timeout(e.timeout) or stale:
             out.setdefault(e.flowtable, set()).add(ct_id)
     return {k: frozenset(v) for k, v in out.items()}

@@ -79,6 +79,10 @@ def test_an_entry_whose_timeout_only_ran_down_across_the_gap_is_left_behind() ->
     assert left_behind(_scan(11.0, i7=(117, "ft")), first) == {}
     # Gone from the second scan (the flowtable released it): nothing.
     assert left_behind(_scan(12.5), first) == {}
+    # Reset lower, not run down: a teardown's fix-up (86392 before a
+    # replacement, 118 while the flow moves to the new flowtable entry).
+    before = _scan(20.0, i9=(86392, "ft"))
+    assert left_behind(_scan(22.5, i9=(118, "ft")), before) == {}
 
 
 def test_entries_through_no_device_of_offloadd_are_never_acted_on() -> None:
