@@ -92,13 +92,29 @@ def left_behind(scan: Scan, previous: Scan | None,
     return {k: frozenset(v) for k, v in out.items()}
 
 
+def pending_second_look(scan: Scan, previous: Scan | None,
+                        found: Mapping[str, frozenset[int]], min_gap_s: float) -> bool:
+    """Whether held entries of offloadd's are still unjudged after ``scan``.
+
+    An entry is judged once two scans at least ``min_gap_s`` apart have seen
+    it (left behind, or refreshed: a flow conntrack keeps seeing). Asking
+    again for judged ones would poll every 2 s for as long as such a flow
+    lives; an entry seen before but too recently (the check right after a
+    repair) still needs its second look.
+    """
+    judged = {i for ids in found.values() for i in ids}
+    if previous is not None and scan.at - previous.at >= min_gap_s:
+        judged |= set(previous.held)
+    return any(e.flowtable is not None and i not in judged for i, e in scan.held.items())
+
+
 @dataclass(frozen=True)
 class RepairPolicy:
     min_interval_s: float = 1.5  # between two repairs of one flowtable
     settle_s: float = 1.0  # after a repair, before its result is judged
     backoff_s: float = 60.0  # first hold-off after a repair that did not help
     backoff_max_s: float = 900.0
-    stale_gap_s: float = 2.0  # two scans this far apart tell a stale entry (left_behind)
+    stale_gap_s: float = 1.5  # two scans this far apart tell a stale entry (left_behind)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,14 @@ from typing import Protocol
 from offloadd.errors import OffloaddError, VerifyError
 from offloadd.model import TableState
 from offloadd.plan import Plan, replace_flowtables_plan
-from offloadd.repair import FlowtableRecord, RepairPolicy, Scan, decide, left_behind
+from offloadd.repair import (
+    FlowtableRecord,
+    RepairPolicy,
+    Scan,
+    decide,
+    left_behind,
+    pending_second_look,
+)
 from offloadd.status import Status
 
 log = logging.getLogger("offloadd")
@@ -118,14 +125,9 @@ class Repairer:
             # replacement must start from the desired state, so wait for it.
             self.check_in(NOT_IN_SYNC_RETRY_S)
             return
-        new = ({i for i, e in scan.held.items() if e.flowtable is not None}
-               - {i for ids in found.values() for i in ids}
-               - (set(previous.held) if previous is not None else set()))
-        if new:
+        if pending_second_look(scan, previous, found, self._policy.stale_gap_s):
             # Held but not judged yet: a second look tells a flow the flowtable
-            # keeps forwarding from one its garbage collection is about to
-            # free. Once per new entry, so a held flow that conntrack keeps
-            # seeing (not stale) costs no scan every 2 s.
+            # keeps forwarding from one its garbage collection is about to free.
             self.check_in(self._policy.stale_gap_s)
         decision = decide(self._records, scan.at, found, self._policy)
         self._records = decision.records

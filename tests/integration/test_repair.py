@@ -2,8 +2,8 @@
 repairs exactly where the kernel needs it.
 
 1000 UDP flows (500 IPv4, 500 IPv6) run offloaded through lan0/wan0. A control
-round with ``repair = "off"`` asks the kernel itself whether a device removal
-leaves flows behind (7.3: every IPv4 flow drops out of [OFFLOAD] for good;
+round with ``repair = "off"`` asks the kernel itself whether device removals
+leave flows behind (7.3: every IPv4 flow drops out of [OFFLOAD] for good;
 6.1/6.12: they are offloaded again at their next packet). Then, with repair
 on, 20 cycles add and remove an unrelated matching device: after each removal
 at least 99 % of the flows must be offloaded again within 5 s under the same
@@ -111,7 +111,13 @@ def test_flows_offloaded_again_after_device_removals(lab: Lab, tmp_path: Path) -
                            what=f"{2 * PER_FAMILY} offloaded udp flows")
 
             # Control round, repair off: does this kernel leave flows behind?
-            needs_repair = _remove_and_time(lab, d, "lan90", ids, 8.0) is None
+            # 7.3 does not at every removal (seen: 12-14 of 20), so up to 5
+            # removals ask; once flows are left behind they stay so.
+            needs_repair = False
+            for i in range(5):
+                if _remove_and_time(lab, d, f"lan8{i}", ids, 8.0) is None:
+                    needs_repair = True
+                    break
             stranded = 1 - _offloaded_share(lab, ids)
             assert _repair_status(d)["repairs_total"] == 0
 

@@ -35,6 +35,7 @@ from offloadd.repair import (
     decide,
     held_without_offload,
     left_behind,
+    pending_second_look,
 )
 from offloadd.report import status_report
 from tests.unit.fakes import FakeBackend, FakeLinks
@@ -291,3 +292,16 @@ def test_status_report_and_offloadctl_line_show_the_last_repair(tmp_path: Path) 
     line = format_repair(rep)
     assert line.startswith("repair (auto): 1 flowtable replacement(s) in 1 checks")
     assert "ft (3 flows)" in line and "left behind by the kernel" in line
+
+
+def test_a_second_look_is_asked_for_unjudged_entries_only() -> None:
+    first = _scan(10.0, i7=(118, "ft"), i8=(86392, "ft"), i9=(50, None))
+    # 8 is left behind at once, 9 is not offloadd's: 7 needs a second look.
+    assert pending_second_look(first, None, left_behind(first, None), 1.5)
+    # Seen again 2 s later and refreshed (a slow-path flow): judged, no polling.
+    later = _scan(12.0, i7=(120, "ft"))
+    assert not pending_second_look(later, first, left_behind(later, first), 1.5)
+    # Seen again only 1 s later (the check after a repair, its timeout reset
+    # by the teardown): still to be judged.
+    soon = _scan(11.0, i7=(119, "ft"))
+    assert pending_second_look(soon, first, left_behind(soon, first), 1.5)
