@@ -177,9 +177,9 @@ def offload_rule(flowtable: str, protocols: Iterable[str], elephant_packets: int
     flowtable from being marked offloaded (nothing would forward them).
     ``ct state established``: only flows that saw a reply. The kernel itself
     offloads a UDP flow at its second packet, reply or not (seen on 6.12:
-    [UNREPLIED] [OFFLOAD] entries); such an entry is destroyed at its next
-    teardown (its unreplied timeout minus the flowtable's is zero), and a flow
-    nobody answers has nothing to gain from the fast path.
+    [UNREPLIED] [OFFLOAD] entries, from flows whose first answer came late);
+    after a device removal those were not offloaded again under their entry
+    within 8 s, and a flow nobody answers has nothing to gain from the fast path.
     """
     protos = tuple(protocols)
     l4 = protos[0] if len(protos) == 1 else "{ " + ", ".join(protos) + " }"
