@@ -48,9 +48,9 @@ def _routes() -> DeviceLookup:
 class ConntrackScanner:
     """Scans both families for entries left behind (the daemon's LeftBehindSource).
 
-    Not thread-safe: the route lookup it keeps is opened on first need (a
-    pyroute2 socket and event loop: seconds under an emulated CPU, so not
-    once per scan) and used from then on, so scans must run on one thread.
+    Not thread-safe: the route lookup it keeps (a pyroute2 socket with an
+    event loop of its own) is opened on first need and used from then on,
+    so scans must run on one thread.
     """
 
     def __init__(self, socket_factory: SocketFactory = open_ctnetlink,
@@ -80,15 +80,11 @@ class ConntrackScanner:
         routes = self._lookup
         routes.forget()
         held: dict[int, HeldEntry] = {}
-        unattributed = 0
-        for ct_id, timeout, src, dst in found:
-            if len(held) >= ATTRIBUTE_AT_MOST:
-                # Left to a later scan: replacing the flowtables named now
-                # frees theirs too, if they share them.
-                unattributed += 1
-                continue
+        # Past the bound, entries are left to a later scan: replacing the
+        # flowtables named now frees theirs too, if they share them.
+        for ct_id, timeout, src, dst in found[:ATTRIBUTE_AT_MOST]:
             names = sorted({flowtable_of[d] for d in (routes.device_towards(src),
                                                        routes.device_towards(dst))
                             if d is not None and d in flowtable_of})
             held[ct_id] = HeldEntry(timeout, names[0] if names else None)
-        return Scan(at=at, held=held, unattributed=unattributed)
+        return Scan(at=at, held=held)

@@ -60,7 +60,6 @@ class Scan:
 
     at: float  # monotonic seconds
     held: Mapping[int, HeldEntry] = field(default_factory=dict)
-    unattributed: int = 0  # held entries whose devices were not looked up (bounded)
 
 
 def left_behind(scan: Scan, previous: Scan | None,
