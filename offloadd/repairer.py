@@ -38,6 +38,7 @@ from offloadd.status import Status
 log = logging.getLogger("offloadd")
 
 AFTER_REMOVAL_S = (1.0, 3.0)
+AFTER_REPAIR_S = (2.5, 4.0)
 PERIODIC_S = 30.0
 NOT_IN_SYNC_RETRY_S = 0.5
 
@@ -156,6 +157,11 @@ class Repairer:
             self._status.last_error = f"repair failed: {e}"
             self.check_in(self._policy.min_interval_s)
             return
+        # On 7.3 a busy flow can lose the mark again a moment after the
+        # replacement (its next packet, while the old entry is torn down):
+        # look again after the settle check too, not only at the next period.
+        for delay in AFTER_REPAIR_S:
+            self.check_in(delay)
         self._status.repairs_total += len(names)
         self._status.transactions_total += 1
         flows = {n: len(found.get(n, ())) for n in names}
