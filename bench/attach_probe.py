@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from pyroute2 import IPRoute
 
-from offloadd.nft import Nft
+from offloadd.kernel.nft import Nft
 
 
 def _devices(nft: Nft, table: str, flowtable: str) -> set[str]:

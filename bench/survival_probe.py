@@ -31,7 +31,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from offloadd.nft import Nft
+from offloadd.kernel.nft import Nft
 from tests.lab.conntrack import parse_line
 
 WITNESS = """

@@ -6,7 +6,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 . "$here/common.sh"
 cd "$repo"
-.venv/bin/python -m offloadd.capability || die "this kernel cannot run the integration suite; use make test-vm"
+.venv/bin/python -m offloadd.kernel.capability || die "this kernel cannot run the integration suite; use make test-vm"
 out="$repo/build/results/native"
 rm -rf "$out"; mkdir -p "$out"
 config=/boot/config-$(uname -r)

@@ -30,7 +30,7 @@ def test_probe_matches_kernel_config() -> None:
     if os.geteuid() != 0:
         pytest.fail("the host capability test needs root (nft needs CAP_NET_ADMIN)")
     expected = kernel_config_has_flowtables(_kernel_config())
-    proc = subprocess.run([sys.executable, "-m", "offloadd.capability"],
+    proc = subprocess.run([sys.executable, "-m", "offloadd.kernel.capability"],
                           capture_output=True, text=True, check=False)
     line = proc.stdout.strip()
     assert len(line.splitlines()) == 1, line
@@ -48,7 +48,7 @@ def test_daemon_refuses_to_start_with_one_line_on_a_kernel_without_flowtables(
         pytest.fail("this check is for kernels without flowtables; use make test-native here")
     cfg = tmp_path / "offloadd.toml"
     cfg.write_text('[[flowtable]]\nname = "ft"\ndevices = ["eth*"]\n')
-    proc = subprocess.run([sys.executable, "-m", "offloadd.cli", "--config", str(cfg)],
+    proc = subprocess.run([sys.executable, "-m", "offloadd.cli.run", "--config", str(cfg)],
                           capture_output=True, text=True, check=False, timeout=60)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()

@@ -44,7 +44,7 @@ FAM = {4: socket.AF_INET, 6: socket.AF_INET6}
 
 
 def _run_query(q: list[Any]) -> Any:
-    from offloadd import conntrack as ct  # noqa: PLC0415
+    from offloadd.kernel import conntrack as ct  # noqa: PLC0415
 
     kind = q[0]
     if kind == "count":
@@ -82,7 +82,7 @@ def _run_query(q: list[Any]) -> Any:
 
 
 def _driver_main() -> None:
-    from offloadd.errors import OffloaddError  # noqa: PLC0415
+    from offloadd.core.errors import OffloaddError  # noqa: PLC0415
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--queries", required=True)

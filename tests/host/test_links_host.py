@@ -37,7 +37,7 @@ LinkTuple = tuple[int, str, str | None, bool]
 # -- driver (runs inside the namespace) -------------------------------------
 
 async def _drive(rcvbuf: int | None) -> None:
-    from offloadd.links import LinkWatcher  # noqa: PLC0415
+    from offloadd.kernel.links import LinkWatcher  # noqa: PLC0415
 
     watcher = LinkWatcher(rcvbuf=rcvbuf)
     async with contextlib.aclosing(watcher.snapshots()) as snaps:

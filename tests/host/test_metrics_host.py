@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from offloadd.config import MetricsConfig
-from offloadd.conntrack import ConntrackCounter
-from offloadd.links import WatcherStats
-from offloadd.metrics import (
+from offloadd.core.config import MetricsConfig
+from offloadd.core.model import DesiredResult, TableState
+from offloadd.kernel.conntrack import ConntrackCounter
+from offloadd.kernel.links import WatcherStats
+from offloadd.service.metrics import (
     DaemonCounters,
     Exporter,
     LinkStats,
@@ -30,7 +31,6 @@ from offloadd.metrics import (
     register,
     start_exporter,
 )
-from offloadd.model import DesiredResult, TableState
 
 
 class View:

@@ -8,7 +8,7 @@ import uuid
 
 _DRIVER = """
 import asyncio, subprocess
-from offloadd.nftwatch import NftEvents
+from offloadd.kernel.nftwatch import NftEvents
 
 async def main():
     it = NftEvents().changes()

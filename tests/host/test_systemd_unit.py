@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from offloadd.capability import MODULES
+from offloadd.kernel.capability import MODULES
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "offloadd.service"

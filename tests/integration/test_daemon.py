@@ -206,7 +206,7 @@ def test_keep_on_exit_then_restart_adopts_without_disturbing_flows(lab: Lab,
 def test_check_prints_plan_and_applies_nothing(lab: Lab, tmp_path: Path) -> None:
     cfg = tmp_path / "offloadd.toml"
     cfg.write_text(BASIC)
-    proc = lab.router.run(sys.executable, "-m", "offloadd.cli", "--check", "--config", str(cfg),
+    proc = lab.router.run(sys.executable, "-m", "offloadd.cli.run", "--check", "--config", str(cfg),
                           timeout=300)
     assert "add table inet offloadd" in proc.stdout
     assert 'devices = { "lan0", "lan1", "wan0" }' in proc.stdout, proc.stdout
@@ -244,11 +244,11 @@ def test_more_devices_than_one_kernel_message_holds(lab: Lab, tmp_path: Path) ->
 
 DRY_RUN = """
 import sys
-from offloadd.backend import NftBackend
+from offloadd.kernel.backend import NftBackend
 import errno
-from offloadd.errors import NftError
-from offloadd.model import FlowtableState, TableState
-from offloadd.plan import compute_plan
+from offloadd.core.errors import NftError
+from offloadd.core.model import FlowtableState, TableState
+from offloadd.core.plan import compute_plan
 
 b = NftBackend("inet", "drycheck")
 def plan(*devs, hardware=False):

@@ -63,7 +63,7 @@ class RunningDaemon:
 
     def ctl(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         """Runs offloadctl (in the daemon's namespace) against this daemon's config."""
-        return self.ns.run(sys.executable, "-m", "offloadd.ctl", "--config", str(self.config),
+        return self.ns.run(sys.executable, "-m", "offloadd.cli.ctl", "--config", str(self.config),
                            *args, check=check)
 
     def signal(self, sig: signal.Signals) -> None:
@@ -97,7 +97,7 @@ def offloadd(ns: Netns, config_text: str, workdir: Path, *, table: str = "offloa
     config.write_text(config_text)
     log = workdir / f"offloadd-{time.monotonic_ns()}.log"
     with log.open("w") as logf:
-        proc = ns.popen(sys.executable, "-m", "offloadd.cli", "--config", str(config),
+        proc = ns.popen(sys.executable, "-m", "offloadd.cli.run", "--config", str(config),
                         "--log-level", "debug", stdout=logf, stderr=subprocess.STDOUT,
                         env={**os.environ, **(env or {})})
     d = RunningDaemon(ns, proc, config, log, table)

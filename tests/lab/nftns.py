@@ -15,7 +15,7 @@ from tests.lab.netns import Netns
 
 _APPLY = """
 import sys
-from offloadd.nft import Nft
+from offloadd.kernel.nft import Nft
 Nft().run(sys.stdin.read())
 """
 

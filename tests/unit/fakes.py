@@ -10,10 +10,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from offloadd.errors import DeviceVanishedError, NftError
-from offloadd.model import Link, TableState
-from offloadd.plan import Plan, apply_plan
-from offloadd.render import render
+from offloadd.core.errors import DeviceVanishedError, NftError
+from offloadd.core.model import Link, TableState
+from offloadd.core.plan import Plan, apply_plan
+from offloadd.core.render import render
 
 
 @dataclass

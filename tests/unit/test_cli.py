@@ -21,7 +21,7 @@ BAD = {
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "offloadd.cli", *args],
+    return subprocess.run([sys.executable, "-m", "offloadd.cli.run", *args],
                           capture_output=True, text=True, check=False, timeout=60)
 
 
@@ -64,7 +64,7 @@ def test_debug_logging_leaves_pyroute2_at_warnings() -> None:
     code = (
         "import logging, sys\n"
         "assert 'pyroute2' not in sys.modules\n"
-        "from offloadd.cli import configure_logging\n"
+        "from offloadd.cli.run import configure_logging\n"
         "configure_logging('debug')\n"
         "from pyroute2 import AsyncIPRoute\n"
         "core = logging.getLogger('pyroute2.netlink.core')\n"

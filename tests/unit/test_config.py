@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from offloadd.config import (
+from offloadd.core.config import (
     Config,
     FlowtableConfig,
     Hardware,
@@ -16,7 +16,7 @@ from offloadd.config import (
     load_config,
     parse_config,
 )
-from offloadd.errors import ConfigError
+from offloadd.core.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "etc" / "offloadd" / "offloadd.toml"
 

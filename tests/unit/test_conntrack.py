@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from offloadd import conntrack as ct
-from offloadd.errors import KernelError
-from offloadd.leftbehind import ConntrackScanner
-from offloadd.repair import HeldEntry
+from offloadd.core.errors import KernelError
+from offloadd.core.repair import HeldEntry
+from offloadd.kernel import conntrack as ct
+from offloadd.kernel.leftbehind import ConntrackScanner
 
 NLM_F_MULTI = 0x2
 NESTED = 0x8000
@@ -332,7 +332,7 @@ def test_flowtable_timeout_not_below_conntrack_is_one_line_warning(tmp_path: Pat
     assert "below 120" in w and "\n" not in w
 
 
-# -- entries left behind by the kernel (offloadd.leftbehind) -----------------------
+# -- entries left behind by the kernel (offloadd.kernel.leftbehind) -----------------------
 
 class FakeRoutes:
     """Where the router's routes lead: 10.0.0.x via lan0, 10.9.x via wan0."""

@@ -11,14 +11,14 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from offloadd.control import (
+from offloadd.core.errors import ConfigError
+from offloadd.service.control import (
     MAX_REQUEST_BYTES,
     ControlError,
     ControlServer,
     handle_request,
     request,
 )
-from offloadd.errors import ConfigError
 
 
 async def _status(_req: Mapping[str, Any]) -> Any:

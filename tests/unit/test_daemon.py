@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from offloadd import daemon as daemon_mod
-from offloadd.config import parse_config
-from offloadd.daemon import Daemon
-from offloadd.errors import NftError, VerifyError
-from offloadd.model import Link
-from offloadd.plan import AddFlowtableDevices, AddSetElements, CreateTable
+from offloadd.core.config import parse_config
+from offloadd.core.errors import NftError, VerifyError
+from offloadd.core.model import Link
+from offloadd.core.plan import AddFlowtableDevices, AddSetElements, CreateTable
+from offloadd.service import daemon as daemon_mod
+from offloadd.service.daemon import Daemon
 from tests.unit.fakes import FakeBackend, FakeLinks
 
 CONFIG = """

@@ -21,8 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-from offloadd.errors import ConfigError, KernelError, OffloaddError
-from offloadd.links import (
+from offloadd.core.errors import ConfigError, KernelError, OffloaddError
+from offloadd.core.model import Link
+from offloadd.kernel.links import (
     ARPHRD_LOOPBACK,
     ARPHRD_PPP,
     RTM_DELLINK,
@@ -34,7 +35,6 @@ from offloadd.links import (
     current_links,
     link_from_msg,
 )
-from offloadd.model import Link
 
 ARPHRD_ETHER = 1
 AF_BRIDGE = 7

@@ -16,9 +16,16 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from offloadd import __version__
-from offloadd.conntrack import ConntrackTotals, FlowCounts, OffloadCounts
-from offloadd.links import WatcherStats
-from offloadd.metrics import (
+from offloadd.core.model import (
+    DesiredResult,
+    DeviceDecision,
+    FlowtableState,
+    SetState,
+    TableState,
+)
+from offloadd.kernel.conntrack import ConntrackTotals, FlowCounts, OffloadCounts
+from offloadd.kernel.links import WatcherStats
+from offloadd.service.metrics import (
     SOURCES,
     SPECS,
     DaemonCounters,
@@ -26,14 +33,7 @@ from offloadd.metrics import (
     StatusView,
     register,
 )
-from offloadd.model import (
-    DesiredResult,
-    DeviceDecision,
-    FlowtableState,
-    SetState,
-    TableState,
-)
-from offloadd.status import Status
+from offloadd.service.status import Status
 
 
 class BoomError(RuntimeError):

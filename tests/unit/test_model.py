@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from offloadd.config import Config, FlowtableConfig, Hardware, parse_config
-from offloadd.errors import ConfigError
-from offloadd.model import (
+from offloadd.core.config import Config, FlowtableConfig, Hardware, parse_config
+from offloadd.core.errors import ConfigError
+from offloadd.core.model import (
     ChainState,
     FlowtableState,
     Link,

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from offloadd.model import ChainState, FlowtableState, SetState
-from offloadd.nftstate import other_forward_priorities, parse_table
+from offloadd.core.model import ChainState, FlowtableState, SetState
+from offloadd.kernel.nftstate import other_forward_priorities, parse_table
 
 DATA = Path(__file__).with_name("data")
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from offloadd.config import Config, FlowtableConfig, Hardware
-from offloadd.errors import NftError
-from offloadd.model import (
+from offloadd.core.config import Config, FlowtableConfig, Hardware
+from offloadd.core.errors import NftError
+from offloadd.core.model import (
     ChainState,
     FlowtableState,
     Link,
@@ -20,7 +20,7 @@ from offloadd.model import (
     desired_state,
     offload_rule,
 )
-from offloadd.plan import (
+from offloadd.core.plan import (
     AddFlowtableDevices,
     AddSetElements,
     CreateChain,

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from offloadd.config import Config, FlowtableConfig, Hardware
-from offloadd.model import FlowtableState, Link, TableState, desired_state
-from offloadd.plan import (
+from offloadd.core.config import Config, FlowtableConfig, Hardware
+from offloadd.core.model import FlowtableState, Link, TableState, desired_state
+from offloadd.core.plan import (
     AddSetElements,
     CreateTable,
     DeleteFlowtable,
@@ -28,7 +28,7 @@ from offloadd.plan import (
     compute_plan,
     teardown_plan,
 )
-from offloadd.render import RenderError, render
+from offloadd.core.render import RenderError, render
 
 GOLDEN = Path(__file__).parent / "golden"
 TABLE = "offloadd"

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from offloadd.config import parse_config
-from offloadd.ctl import format_repair
-from offloadd.daemon import Daemon
-from offloadd.model import ChainState, FlowtableState, Link, SetState, TableState
-from offloadd.plan import (
+from offloadd.cli.ctl import format_repair
+from offloadd.core.config import parse_config
+from offloadd.core.model import ChainState, FlowtableState, Link, SetState, TableState
+from offloadd.core.plan import (
     CreateChain,
     CreateFlowtable,
     DeleteChain,
@@ -24,7 +23,7 @@ from offloadd.plan import (
     apply_plan,
     replace_flowtables_plan,
 )
-from offloadd.repair import (
+from offloadd.core.repair import (
     IPS_OFFLOAD,
     NF_CT_DAY_S,
     FlowtableRecord,
@@ -37,7 +36,8 @@ from offloadd.repair import (
     left_behind,
     pending_second_look,
 )
-from offloadd.report import status_report
+from offloadd.service.daemon import Daemon
+from offloadd.service.report import status_report
 from tests.unit.fakes import FakeBackend, FakeLinks
 
 SEEN_REPLY, ASSURED = 1 << 1, 1 << 2

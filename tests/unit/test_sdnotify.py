@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from offloadd.sdnotify import (
+from offloadd.service.sdnotify import (
     LibsystemdSender,
     Notifier,
     SocketSender,

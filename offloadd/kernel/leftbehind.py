@@ -5,7 +5,7 @@ flows' packets never reach a chain where a rule could count them (measured on
 7.3.4: the forward chain's counter stays flat while the flows keep flowing).
 What does show is the conntrack entry: not [OFFLOAD], yet holding the
 flowtable entry's reference; this reports such entries with their timeouts
-and offloadd.repair.left_behind judges them. The kernel filters the dump to
+and offloadd.core.repair.left_behind judges them. The kernel filters the dump to
 entries without the offload mark (>= 5.15); each is then checked here from
 three attributes, and only a candidate is parsed.
 
@@ -22,8 +22,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from offloadd.conntrack import SocketFactory, entries_by_status, open_ctnetlink
-from offloadd.repair import IPS_OFFLOAD, HeldEntry, Scan, held_without_offload
+from offloadd.core.repair import IPS_OFFLOAD, HeldEntry, Scan, held_without_offload
+from offloadd.kernel.conntrack import SocketFactory, entries_by_status, open_ctnetlink
 
 # Entries looked up and reported per scan (lookups are cached per address):
 # enough to name every flowtable involved, bounded on a gateway with a
@@ -40,7 +40,7 @@ class DeviceLookup(Protocol):
 
 
 def _routes() -> DeviceLookup:
-    from offloadd.routes import RouteLookup  # noqa: PLC0415 - opened only when needed
+    from offloadd.kernel.routes import RouteLookup  # noqa: PLC0415 - opened only when needed
 
     return RouteLookup()
 

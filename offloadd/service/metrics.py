@@ -25,13 +25,13 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from offloadd import __version__
-from offloadd.config import MetricsConfig
-from offloadd.conntrack import ConntrackTotals, OffloadCounts
-from offloadd.errors import OffloaddError
-from offloadd.model import DesiredResult, TableState
-from offloadd.status import Status
+from offloadd.core.config import MetricsConfig
+from offloadd.core.errors import OffloaddError
+from offloadd.core.model import DesiredResult, TableState
+from offloadd.kernel.conntrack import ConntrackTotals, OffloadCounts
+from offloadd.service.status import Status
 
-log = logging.getLogger("offloadd.metrics")
+log = logging.getLogger("offloadd.service.metrics")
 
 SOURCES = ("conntrack", "nftables", "links")
 
@@ -43,7 +43,7 @@ class MetricsError(OffloaddError, OSError):
 # -- sources ------------------------------------------------------------------
 
 class FlowCounter(Protocol):
-    """conntrack, as the metrics need it (offloadd.conntrack.ConntrackCounter)."""
+    """conntrack, as the metrics need it (offloadd.kernel.conntrack.ConntrackCounter)."""
 
     def offloaded(self) -> OffloadCounts: ...
 
@@ -51,7 +51,7 @@ class FlowCounter(Protocol):
 
 
 class LinkStats(Protocol):
-    """The link watcher's counters (offloadd.links.WatcherStats has these)."""
+    """The link watcher's counters (offloadd.kernel.links.WatcherStats has these)."""
 
     @property
     def events_total(self) -> int: ...

@@ -23,22 +23,22 @@ from pathlib import Path
 from typing import Any
 
 from offloadd import __version__
-from offloadd.backend import NftBackend
-from offloadd.config import Config, load_config, parse_config
-from offloadd.conntrack import (
+from offloadd.core.config import Config, load_config, parse_config
+from offloadd.core.errors import ConfigError, OffloaddError
+from offloadd.core.explain import explain
+from offloadd.core.render import render
+from offloadd.kernel.backend import NftBackend
+from offloadd.kernel.conntrack import (
     OffloadedFlow,
     list_by_status,
     list_offloaded,
     teardown_timeout_warnings,
 )
-from offloadd.control import ControlError, request
-from offloadd.daemon import Daemon
-from offloadd.errors import ConfigError, OffloaddError
-from offloadd.explain import explain
-from offloadd.links import current_links
-from offloadd.nftstate import other_forward_priorities
-from offloadd.render import render
-from offloadd.routes import RouteLookup
+from offloadd.kernel.links import current_links
+from offloadd.kernel.nftstate import other_forward_priorities
+from offloadd.kernel.routes import RouteLookup
+from offloadd.service.control import ControlError, request
+from offloadd.service.daemon import Daemon
 
 DEFAULT_CONFIG = Path("/etc/offloadd/offloadd.toml")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DOWN = 0, 1, 2, 3

@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from offloadd.errors import MissingDependencyError, NftError
-from offloadd.nft import Nft, NftRunner
+from offloadd.core.errors import MissingDependencyError, NftError
+from offloadd.kernel.nft import Nft, NftRunner
 
 MODULES = ("nf_flow_table", "nf_flow_table_inet", "nft_flow_offload")
 PROBE_TABLE = "offloadd_probe"
@@ -87,7 +87,7 @@ def running_as_root() -> bool:
 
 
 def main() -> int:
-    """``python -m offloadd.capability``: print the verdict; exit 0 if flowtables work."""
+    """``python -m offloadd.kernel.capability``: print the verdict; exit 0 if flowtables work."""
     try:
         cap = probe(Nft())
     except MissingDependencyError as e:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from offloadd.errors import KernelError
+from offloadd.core.errors import KernelError
 
 ACCT = Path("/proc/sys/net/netfilter/nf_conntrack_acct")
 CT_COUNT = Path("/proc/sys/net/netfilter/nf_conntrack_count")

@@ -10,13 +10,13 @@ from __future__ import annotations
 import errno
 import logging
 
-from offloadd import conntrack
-from offloadd.errors import NftError
-from offloadd.model import TableState
-from offloadd.nft import Nft
-from offloadd.nftstate import other_forward_priorities, parse_table
-from offloadd.plan import Plan
-from offloadd.render import render
+from offloadd.core.errors import NftError
+from offloadd.core.model import TableState
+from offloadd.core.plan import Plan
+from offloadd.core.render import render
+from offloadd.kernel import conntrack
+from offloadd.kernel.nft import Nft
+from offloadd.kernel.nftstate import other_forward_priorities, parse_table
 
 HW_PROBE_TABLE = "offloadd_hwprobe"
 log = logging.getLogger("offloadd")

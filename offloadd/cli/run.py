@@ -18,19 +18,19 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from offloadd import __version__
-from offloadd.backend import NftBackend
-from offloadd.capability import probe
-from offloadd.config import Config, load_config
-from offloadd.conntrack import ConntrackCounter, teardown_timeout_warnings
-from offloadd.daemon import Daemon, Snapshot
-from offloadd.errors import ConfigError, OffloaddError
-from offloadd.leftbehind import ConntrackScanner
-from offloadd.links import LinkWatcher, current_links
-from offloadd.metrics import Exporter, StatusView, TlsOptions, register, start_exporter
-from offloadd.nft import Nft
-from offloadd.nftwatch import NftEvents
-from offloadd.render import render
-from offloadd.sdnotify import Notifier, journal_logging
+from offloadd.core.config import Config, load_config
+from offloadd.core.errors import ConfigError, OffloaddError
+from offloadd.core.render import render
+from offloadd.kernel.backend import NftBackend
+from offloadd.kernel.capability import probe
+from offloadd.kernel.conntrack import ConntrackCounter, teardown_timeout_warnings
+from offloadd.kernel.leftbehind import ConntrackScanner
+from offloadd.kernel.links import LinkWatcher, current_links
+from offloadd.kernel.nft import Nft
+from offloadd.kernel.nftwatch import NftEvents
+from offloadd.service.daemon import Daemon, Snapshot
+from offloadd.service.metrics import Exporter, StatusView, TlsOptions, register, start_exporter
+from offloadd.service.sdnotify import Notifier, journal_logging
 
 DEFAULT_CONFIG = Path("/etc/offloadd/offloadd.toml")
 EXIT_OK = 0

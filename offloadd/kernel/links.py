@@ -22,8 +22,8 @@ from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from offloadd.errors import ConfigError, KernelError, MissingDependencyError
-from offloadd.model import Link
+from offloadd.core.errors import ConfigError, KernelError, MissingDependencyError
+from offloadd.core.model import Link
 
 RTM_NEWLINK = 16
 RTM_DELLINK = 17

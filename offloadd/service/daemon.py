@@ -17,17 +17,22 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from offloadd.config import Config, Hardware, OnExit, PriorityMode, Repair, load_config
-from offloadd.control import ControlServer, Handler
-from offloadd.errors import (
+from offloadd.core.config import Config, Hardware, OnExit, PriorityMode, Repair, load_config
+from offloadd.core.errors import (
     ConfigError,
     DeviceVanishedError,
     NftError,
     OffloaddError,
     VerifyError,
 )
-from offloadd.model import DesiredResult, Link, TableState, auto_forward_priority, desired_state
-from offloadd.plan import (
+from offloadd.core.model import (
+    DesiredResult,
+    Link,
+    TableState,
+    auto_forward_priority,
+    desired_state,
+)
+from offloadd.core.plan import (
     AddFlowtableDevices,
     CreateChain,
     CreateFlowtable,
@@ -38,10 +43,11 @@ from offloadd.plan import (
     compute_plan,
     teardown_plan,
 )
-from offloadd.repairer import LeftBehindSource, Repairer
-from offloadd.report import status_report
-from offloadd.sdnotify import Notifier
-from offloadd.status import Status
+from offloadd.service.control import ControlServer, Handler
+from offloadd.service.repairer import LeftBehindSource, Repairer
+from offloadd.service.report import status_report
+from offloadd.service.sdnotify import Notifier
+from offloadd.service.status import Status
 
 log = logging.getLogger("offloadd")
 

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from offloadd.errors import OffloaddError
+from offloadd.core.errors import OffloaddError
 
 PROTOCOL_VERSION = 1
 MAX_REQUEST_BYTES = 64 * 1024

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from offloadd.model import CHAIN_NAME, ChainState, FlowtableState, SetState, TableState
+from offloadd.core.model import CHAIN_NAME, ChainState, FlowtableState, SetState, TableState
 
 # Families whose "forward" hook sits in the IP forward path that offloaded
 # packets skip (bridge/netdev forward hooks are a different path).

@@ -10,8 +10,8 @@ import time
 from typing import Any
 
 from offloadd import __version__
-from offloadd.model import TableState
-from offloadd.status import Status
+from offloadd.core.model import TableState
+from offloadd.service.status import Status
 
 
 def status_report(status: Status, table_name: str, family: str,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from offloadd.errors import ConfigError
+from offloadd.core.errors import ConfigError
 
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
@@ -69,7 +69,7 @@ class OnExit(enum.Enum):
 
 
 class Repair(enum.Enum):
-    """Replace a flowtable whose flows the kernel left behind (see offloadd.repair)."""
+    """Replace a flowtable whose flows the kernel left behind (see offloadd.core.repair)."""
 
     AUTO = "auto"
     OFF = "off"

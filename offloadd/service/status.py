@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from offloadd.model import DesiredResult, Link
+from offloadd.core.model import DesiredResult, Link
 
 
 @dataclass
@@ -34,7 +34,7 @@ class Status:
     reloads_total: int = 0
     reloads_rejected_total: int = 0
     hw_reasons: dict[str, str] = field(default_factory=dict)
-    # Flows the kernel left behind (see offloadd.repair) and what was done.
+    # Flows the kernel left behind (see offloadd.core.repair) and what was done.
     repair_checks_total: int = 0
     repairs_total: int = 0
     left_behind_flows: int = 0  # at the last check

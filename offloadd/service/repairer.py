@@ -1,7 +1,7 @@
 """Checks for flows the kernel left behind and replaces their flowtable (on the loop).
 
 Why its own unit: the Daemon only tells it that links went away; when to
-look, what a scan found, the decision (offloadd.repair) and the one-batch
+look, what a scan found, the decision (offloadd.core.repair) and the one-batch
 replacement with its read-back live here, with their own tests.
 
 When it looks: a route cache flush is what leaves flows behind, and a device
@@ -22,10 +22,10 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from offloadd.errors import OffloaddError, VerifyError
-from offloadd.model import TableState
-from offloadd.plan import Plan, replace_flowtables_plan
-from offloadd.repair import (
+from offloadd.core.errors import OffloaddError, VerifyError
+from offloadd.core.model import TableState
+from offloadd.core.plan import Plan, replace_flowtables_plan
+from offloadd.core.repair import (
     FlowtableRecord,
     RepairPolicy,
     Scan,
@@ -33,7 +33,7 @@ from offloadd.repair import (
     left_behind,
     pending_second_look,
 )
-from offloadd.status import Status
+from offloadd.service.status import Status
 
 log = logging.getLogger("offloadd")
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Protocol
 
-from offloadd.errors import DeviceVanishedError, MissingDependencyError, NftError
+from offloadd.core.errors import DeviceVanishedError, MissingDependencyError, NftError
 
 _ERRNO_TEXT = {
     "No such file or directory": errno.ENOENT,

@@ -14,7 +14,7 @@ import errno
 import socket
 from collections.abc import AsyncIterator
 
-from offloadd.errors import KernelError
+from offloadd.core.errors import KernelError
 
 NETLINK_NETFILTER = 12
 NFNLGRP_NFTABLES = 7

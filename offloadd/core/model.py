@@ -13,8 +13,8 @@ import fnmatch
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from offloadd.config import INT32_MAX, INT32_MIN, Config, FlowtableConfig, Hardware
-from offloadd.errors import ConfigError
+from offloadd.core.config import INT32_MAX, INT32_MIN, Config, FlowtableConfig, Hardware
+from offloadd.core.errors import ConfigError
 
 CHAIN_NAME = "forward"
 SET_SUFFIX = "_ifs"

@@ -11,9 +11,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from offloadd.config import Config
-from offloadd.conntrack import IPS_ASSURED, IPS_OFFLOAD, IPS_SEEN_REPLY, OffloadedFlow
-from offloadd.model import TableState
+from offloadd.core.config import Config
+from offloadd.core.model import TableState
+from offloadd.kernel.conntrack import IPS_ASSURED, IPS_OFFLOAD, IPS_SEEN_REPLY, OffloadedFlow
 
 _PROTO_NAMES = {6: "tcp", 17: "udp"}
 

@@ -12,8 +12,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from offloadd.errors import NftError
-from offloadd.model import CHAIN_NAME, ChainState, FlowtableState, SetState, TableState
+from offloadd.core.errors import NftError
+from offloadd.core.model import CHAIN_NAME, ChainState, FlowtableState, SetState, TableState
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ import re
 from collections.abc import Iterable
 from typing import assert_never
 
-from offloadd.errors import OffloaddError
-from offloadd.model import CHAIN_NAME, FlowtableState, is_safe_ifname
-from offloadd.plan import (
+from offloadd.core.errors import OffloaddError
+from offloadd.core.model import CHAIN_NAME, FlowtableState, is_safe_ifname
+from offloadd.core.plan import (
     AddFlowtableDevices,
     AddSetElements,
     CreateChain,

@@ -1,0 +1,1 @@
+"""The two command lines: `offloadd` (run.py) and `offloadctl` (ctl.py)."""
