@@ -28,8 +28,9 @@ from offloadd.kernel.leftbehind import ConntrackScanner
 from offloadd.kernel.links import LinkWatcher, current_links
 from offloadd.kernel.nft import Nft
 from offloadd.kernel.nftwatch import NftEvents
-from offloadd.service.daemon import Daemon, Snapshot
+from offloadd.service.daemon import Daemon
 from offloadd.service.metrics import Exporter, StatusView, TlsOptions, register, start_exporter
+from offloadd.service.ports import Snapshot
 from offloadd.service.sdnotify import Notifier, journal_logging
 
 DEFAULT_CONFIG = Path("/etc/offloadd/offloadd.toml")

@@ -40,3 +40,9 @@ class Status:
     left_behind_flows: int = 0  # at the last check
     last_repair: dict[str, object] | None = None
     repair_held: str = ""  # why the last check repaired nothing it found, if so
+
+    def record_error(self, msg: str) -> None:
+        """The last error, and the ten most recent with their time, for status."""
+        self.last_error = msg
+        self.recent_errors = [*self.recent_errors[-9:],
+                              f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {msg}"]

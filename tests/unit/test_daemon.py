@@ -11,7 +11,6 @@ from offloadd.core.config import parse_config
 from offloadd.core.errors import NftError, VerifyError
 from offloadd.core.model import Link
 from offloadd.core.plan import AddFlowtableDevices, AddSetElements, CreateTable
-from offloadd.service import daemon as daemon_mod
 from offloadd.service.daemon import Daemon
 from tests.unit.fakes import FakeBackend, FakeLinks
 
@@ -248,7 +247,7 @@ def test_refused_device_is_retried_when_recreated_reloaded_or_later(tmp_path: Pa
     d.status.links = (LAN0, WAN0)
     d.reconcile()
     b.refuse.clear()
-    d._refused_at -= daemon_mod.RETRY_REFUSED_S + 1
+    d.reconciler.refusals.since -= d.reconciler.refusals.retry_s + 1
     d.reconcile()
     assert _attached(b) == {"lan0", "wan0"}
 

@@ -1,0 +1,60 @@
+"""What the daemon needs from the outside world, as small interfaces.
+
+The loop and the reconcile pass see the kernel, the link watcher and systemd
+only through these, so the unit tests drive them with in-memory fakes and the
+kernel edges stay swappable (e.g. a backend for --check that only plans).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from offloadd.core.model import Link, TableState
+from offloadd.core.plan import Plan
+
+
+class Snapshot(Protocol):
+    @property
+    def links(self) -> tuple[Link, ...]: ...
+
+    @property
+    def resync(self) -> bool: ...
+
+
+class Notify(Protocol):
+    """The service manager (systemd) side: readiness, status, watchdog."""
+
+    def ready(self, status: str) -> None: ...
+
+    def status(self, text: str) -> None: ...
+
+    def reloading(self) -> None: ...
+
+    def stopping(self) -> None: ...
+
+    async def run_watchdog(self) -> None: ...
+
+
+class ChangeSource(Protocol):
+    """Changes outside offloadd (other tables' chains) that need a reconcile."""
+
+    def changes(self) -> AsyncIterator[None]: ...
+
+
+class LinkSource(Protocol):
+    def snapshots(self) -> AsyncIterator[Snapshot]: ...
+
+
+class Backend(Protocol):
+    def read(self) -> TableState | None: ...
+
+    def other_forward_priorities(self) -> list[int]: ...
+
+    def hw_capable(self, device: str) -> tuple[bool, str]: ...
+
+    def apply(self, plan: Plan) -> str: ...
+
+    def check(self, plan: Plan) -> None: ...
+
+    def ensure_accounting(self) -> None: ...

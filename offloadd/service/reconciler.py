@@ -1,0 +1,184 @@
+"""One reconcile pass: read current → pure plan → one transaction → verify.
+
+Kept apart from the event loop so the pass can be run and tested on its own
+(``offloadd --check`` plans with it; unit tests drive it with a fake backend)
+and so the loop only decides *when* to reconcile, never *how*.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+
+from offloadd.core.config import Config, Hardware, PriorityMode
+from offloadd.core.errors import DeviceVanishedError, NftError, OffloaddError, VerifyError
+from offloadd.core.model import DesiredResult, TableState, auto_forward_priority, desired_state
+from offloadd.core.plan import (
+    AddFlowtableDevices,
+    CreateChain,
+    CreateFlowtable,
+    DeleteFlowtable,
+    Plan,
+    RemoveFlowtableDevices,
+    compute_plan,
+)
+from offloadd.service.ports import Backend
+from offloadd.service.refusals import Refusals, isolate_refused
+from offloadd.service.status import Status
+
+log = logging.getLogger("offloadd")
+
+
+def describe_diff(desired: TableState, current: TableState | None) -> str:
+    """A one-line desired-vs-current summary for the log on verify mismatch."""
+    if current is None:
+        return "table is missing"
+    parts = []
+    for ft in desired.flowtables:
+        have = current.flowtable(ft.name)
+        if have != ft:
+            parts.append(f"flowtable {ft.name}: want {ft} have {have}")
+    for st in desired.sets:
+        have_set = current.set(st.name)
+        if have_set != st:
+            parts.append(f"set {st.name}: want {sorted(st.elements)} have "
+                         f"{sorted(have_set.elements) if have_set else None}")
+    if desired.chain != current.chain:
+        parts.append(f"chain: want {desired.chain} have {current.chain}")
+    return "; ".join(parts) or "differs outside flowtables/sets/chain"
+
+
+def log_ops(plan: Plan) -> None:
+    """One journal entry per device change, with fields to filter on."""
+    for op in plan.ops:
+        if isinstance(op, AddFlowtableDevices | RemoveFlowtableDevices):
+            verb = "attach" if isinstance(op, AddFlowtableDevices) else "detach"
+            for dev in sorted(op.devices):
+                log.info("flowtable %s: %s %s", op.ft.name, verb, dev,
+                         extra={"FLOWTABLE": op.ft.name, "DEVICE": dev, "OPERATION": verb})
+        elif isinstance(op, CreateFlowtable):
+            log.info("flowtable %s: created with %s", op.ft.name,
+                     ", ".join(sorted(op.ft.devices)) or "no devices",
+                     extra={"FLOWTABLE": op.ft.name, "OPERATION": "create"})
+        elif isinstance(op, DeleteFlowtable):
+            log.info("flowtable %s: deleted", op.name,
+                     extra={"FLOWTABLE": op.name, "OPERATION": "delete"})
+        elif isinstance(op, CreateChain):
+            log.info("forward chain at priority %d with %d rule(s)", op.chain.priority,
+                     len(op.chain.rules), extra={"OPERATION": "chain"})
+
+
+class Reconciler:
+    """Brings the kernel's table to what the config selects for the current links."""
+
+    def __init__(self, config: Config, backend: Backend, status: Status) -> None:
+        self.config = config
+        self.backend = backend
+        self.status = status
+        self.refusals = Refusals()
+        self._hw_cache: dict[str, bool] = {}
+
+    def configure(self, config: Config) -> None:
+        """A reloaded config: hardware answers and refusals are asked again."""
+        self.config = config
+        self._hw_cache.clear()
+        self.refusals.clear()
+
+    def _hw_capable(self, device: str) -> bool:
+        if device not in self._hw_cache:
+            ok, why = self.backend.hw_capable(device)
+            self._hw_cache[device] = ok
+            self.status.hw_reasons[device] = why
+        return self._hw_cache[device]
+
+    def _forward_priority(self) -> int:
+        prio = self.config.daemon.priority
+        if isinstance(prio, PriorityMode):
+            return auto_forward_priority(self.backend.other_forward_priorities())
+        return prio
+
+    def _desired(self, refused: Mapping[str, str], forward_priority: int) -> DesiredResult:
+        uses_hw = any(f.hardware is not Hardware.OFF for f in self.config.flowtables)
+        hw = self._hw_capable if uses_hw else (lambda _d: False)
+        return desired_state(self.config, self.status.links, hw, forward_priority, refused)
+
+    def plan_once(self) -> tuple[DesiredResult, TableState | None, Plan]:
+        if any(f.elephant_packets for f in self.config.flowtables):
+            self.backend.ensure_accounting()
+        current = self.backend.read()
+        desired = self._desired(self.refusals.current(self.status.links),
+                                self._forward_priority())
+        return desired, current, compute_plan(desired.table, current)
+
+    def reconcile(self) -> Plan:
+        """One pass: read, plan, apply as one transaction, read back and verify.
+
+        Raises OffloaddError on failure; nothing is half-applied because the
+        kernel takes the batch whole or not at all.
+        """
+        t0 = time.monotonic()
+        self.status.reconciles_total += 1
+        try:
+            desired, current, plan = self.plan_once()
+            self._adopt(desired)
+            if not plan.is_empty:
+                try:
+                    script = self.backend.apply(plan)
+                except DeviceVanishedError:
+                    raise
+                except NftError:
+                    # One device the kernel will not take must not hold back
+                    # every other change: find it, leave it out, apply the rest.
+                    if not self._leave_out_refused(current, plan, desired):
+                        raise
+                    desired, current, plan = self.plan_once()
+                    self._adopt(desired)
+                    script = self.backend.apply(plan)
+            if not plan.is_empty:
+                self.status.transactions_total += 1
+                log.debug("applied %d operations:\n%s", len(plan.ops), script.rstrip())
+                log_ops(plan)
+            after = self.backend.read()
+            if after != desired.table:
+                raise VerifyError("kernel state differs after apply: "
+                                  + describe_diff(desired.table, after))
+        except OffloaddError as e:
+            self.status.reconcile_failures_total += 1
+            self.status.record_error(str(e))
+            raise
+        finally:
+            self.status.last_reconcile_seconds = time.monotonic() - t0
+            self.status.last_reconcile_time = time.time()
+        return plan
+
+    def _leave_out_refused(self, current: TableState | None, plan: Plan,
+                           desired: DesiredResult) -> bool:
+        """Finds the devices the kernel refuses; True if any was left out."""
+        # The priority of this pass: no kernel listing per dry run.
+        prio = desired.table.chain.priority if desired.table.chain else 0
+        refused = self.refusals.current(self.status.links)
+
+        def table_without(devices: set[str]) -> TableState:
+            return self._desired({**refused, **dict.fromkeys(devices, "")}, prio).table
+
+        bad = isolate_refused(current, plan, table_without, self.backend.check)
+        if not bad:
+            return False
+        self.refusals.add(bad, self.status.links)
+        for dev, msg in sorted(bad.items()):
+            self.status.record_error(
+                f"the kernel refused to attach {dev} ({msg}); left out, retried in "
+                f"{self.refusals.retry_s:.0f} s or when the link is re-created")
+        return True
+
+    def _adopt(self, desired: DesiredResult) -> None:
+        self._report_problems(desired)
+        self.status.desired = desired
+
+    def _report_problems(self, desired: DesiredResult) -> None:
+        """Logs device problems once, when they first appear (not every pass)."""
+        old = set(self.status.desired.problems) if self.status.desired else set()
+        for note in desired.problems:
+            if note not in old:
+                log.warning("flowtable %s: %s", note.selector, note.message)
