@@ -17,12 +17,12 @@ import ipaddress
 import json
 import socket
 import sys
-import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from offloadd import __version__
+from offloadd.cli.format import format_flows, format_status
 from offloadd.core.config import Config, load_config, parse_config
 from offloadd.core.errors import ConfigError, OffloaddError
 from offloadd.core.explain import explain
@@ -185,81 +185,6 @@ def kernel_only_status(config: Config) -> dict[str, Any]:
             "flowtables": fts, "left_out": [], "problems": []}
 
 
-def format_status(r: dict[str, Any]) -> str:
-    out = []
-    d = r["daemon"]
-    if d.get("running"):
-        out.append(f"offloadd {d['version']}: running (up {_ago(d['uptime_seconds'])}), "
-                   f"config {d['config']}")
-    else:
-        out.append(f"offloadd: NOT RUNNING ({d.get('reason')}); showing the kernel's view")
-    t = r["table"]
-    if t["exists"]:
-        out.append(f"table {t['family']} {t['name']}: offload rule at forward priority "
-                   f"{t['forward_priority']}")
-    else:
-        out.append(f"table {t['family']} {t['name']}: absent (nothing is offloaded)")
-    for ft in r["flowtables"]:
-        kind = "hardware" if ft["hardware"] else "software"
-        if ft["desired"] is None:
-            sync = f"{len(ft['attached'])} attached"
-        else:
-            state = "in sync" if ft["in_sync"] else "OUT OF SYNC"
-            sync = f"{len(ft['attached'])}/{len(ft['desired'])} devices attached, {state}"
-        out.append(f"flowtable {ft['name']} ({kind}{', counter' if ft['counter'] else ''}): "
-                   f"{sync}")
-        if ft["devices"]:
-            for dev in ft["devices"]:
-                mark = "" if dev["device"] in ft["attached"] else "  [NOT ATTACHED]"
-                out.append(f"  {dev['device']:<15} {dev['mode']:<8} {dev['reason']}{mark}")
-        else:
-            out.extend(f"  {name}" for name in ft["attached"])
-    if r.get("left_out"):
-        out.append("not offloaded:")
-        out.extend(f"  {x['device']:<15} {x['reason']}" for x in r["left_out"])
-    for p in r.get("problems", []):
-        out.append(f"warning: {p}")
-    rec = r.get("reconcile")
-    if rec:
-        when = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["last_timestamp"]))
-                if rec["last_timestamp"] else "never")
-        out.append(f"reconcile: {rec['total']} runs, {rec['failures_total']} failed, "
-                   f"{rec['transactions_total']} transactions; last {when} "
-                   f"({rec['last_duration_seconds'] * 1000:.1f} ms)")
-    rep = r.get("repair")
-    if rep:
-        out.append(format_repair(rep))
-    if rec:
-        errors = rec["recent_errors"]
-        out.append("recent errors: " + ("none" if not errors else ""))
-        out.extend(f"  {e}" for e in errors)
-    return "\n".join(out) + "\n"
-
-
-def format_repair(rep: dict[str, Any]) -> str:
-    """One line (two if something is held back) on flows the kernel left behind."""
-    line = (f"repair ({rep['mode']}): {rep['repairs_total']} flowtable replacement(s) in "
-            f"{rep['checks_total']} checks; {rep['left_behind_flows']} flow(s) left behind "
-            "at the last check")
-    last = rep.get("last")
-    if last:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["time"]))
-        flows = ", ".join(f"{n} ({c} flows)" for n, c in sorted(last["flows"].items()))
-        line += f"; last {when}: {flows}: {last['reason']}"
-    if rep.get("held"):
-        line += f"\n  held back: {rep['held']}"
-    return line
-
-
-def _ago(seconds: float) -> str:
-    s = int(seconds)
-    if s < 120:
-        return f"{s}s"
-    if s < 7200:
-        return f"{s // 60}m"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-
-
 # -- reload ---------------------------------------------------------------------
 def cmd_reload(args: argparse.Namespace, sock: Path) -> int:
     try:
@@ -302,37 +227,8 @@ def cmd_flows(args: argparse.Namespace) -> int:
         routes.close()
     rows.sort(key=lambda r: (r["bytes"] or 0, r["packets"] or 0), reverse=True)
     rows = rows[: args.top]
-    lines = [f"{'PROTO':<5} {'SOURCE':<41} {'DESTINATION':<41} {'PACKETS':>9} {'BYTES':>11} "
-             f"{'MODE':<8} DEVICES"]
-    for r in rows:
-        src, dst = _endpoint(r["src"], r["sport"]), _endpoint(r["dst"], r["dport"])
-        pk = "-" if r["packets"] is None else str(r["packets"])
-        by = "-" if r["bytes"] is None else _size(r["bytes"])
-        lines.append(f"{r['proto']:<5} {src:<41} {dst:<41} {pk:>9} {by:>11} {r['mode']:<8} "
-                     f"{r['in_dev'] or '?'} -> {r['out_dev'] or '?'}")
-    if not rows:
-        lines.append("(no offloaded flows" + (" match" if args.device or args.addr else "")
-                     + ")")
-    elif rows[0]["packets"] is None:
-        lines.append("(packet/byte counts need net.netfilter.nf_conntrack_acct = 1)")
-    _emit(args, rows, "\n".join(lines) + "\n")
+    _emit(args, rows, format_flows(rows, bool(args.device or args.addr)))
     return EXIT_OK
-
-
-def _endpoint(addr: str, port: int) -> str:
-    host = f"[{addr}]" if ":" in addr else addr
-    return f"{host}:{port}" if port else host
-
-
-def _size(n: int) -> str:
-    if n < 1024:
-        return f"{n} B"
-    value = n / 1024
-    for unit in ("KiB", "MiB"):
-        if value < 1024:
-            return f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
 
 
 # -- explain --------------------------------------------------------------------

@@ -29,7 +29,8 @@ from offloadd.kernel.links import LinkWatcher, current_links
 from offloadd.kernel.nft import Nft
 from offloadd.kernel.nftwatch import NftEvents
 from offloadd.service.daemon import Daemon
-from offloadd.service.metrics import Exporter, StatusView, TlsOptions, register, start_exporter
+from offloadd.service.exporter import Exporter, TlsOptions, start_exporter
+from offloadd.service.metrics import StatusView, register
 from offloadd.service.ports import Snapshot
 from offloadd.service.sdnotify import Notifier, journal_logging
 

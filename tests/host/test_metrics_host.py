@@ -22,15 +22,8 @@ from offloadd.core.config import MetricsConfig
 from offloadd.core.model import DesiredResult, TableState
 from offloadd.kernel.conntrack import ConntrackCounter
 from offloadd.kernel.links import WatcherStats
-from offloadd.service.metrics import (
-    DaemonCounters,
-    Exporter,
-    LinkStats,
-    MetricsError,
-    TlsOptions,
-    register,
-    start_exporter,
-)
+from offloadd.service.exporter import Exporter, MetricsError, TlsOptions, start_exporter
+from offloadd.service.metrics import DaemonCounters, LinkStats, register
 
 
 class View:
