@@ -26,14 +26,10 @@ from offloadd.cli.format import format_flows, format_status
 from offloadd.core.config import Config, load_config, parse_config
 from offloadd.core.errors import ConfigError, OffloaddError
 from offloadd.core.explain import explain
+from offloadd.core.flows import OffloadedFlow
 from offloadd.core.render import render
 from offloadd.kernel.backend import NftBackend
-from offloadd.kernel.conntrack import (
-    OffloadedFlow,
-    list_by_status,
-    list_offloaded,
-    teardown_timeout_warnings,
-)
+from offloadd.kernel.conntrack import list_by_status, list_offloaded, teardown_timeout_warnings
 from offloadd.kernel.links import current_links
 from offloadd.kernel.nftstate import other_forward_priorities
 from offloadd.kernel.routes import RouteLookup

@@ -12,8 +12,8 @@ import enum
 from dataclasses import dataclass
 
 from offloadd.core.config import Config
+from offloadd.core.flows import IPS_ASSURED, IPS_OFFLOAD, IPS_SEEN_REPLY, OffloadedFlow
 from offloadd.core.model import TableState
-from offloadd.kernel.conntrack import IPS_ASSURED, IPS_OFFLOAD, IPS_SEEN_REPLY, OffloadedFlow
 
 _PROTO_NAMES = {6: "tcp", 17: "udp"}
 

@@ -24,11 +24,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from offloadd.core.flows import IPS_OFFLOAD
+
 # nf_conntrack.h: an offloaded entry's timeout is pushed to a day whenever it
 # falls below half of that (nf_ct_offload_timeout). Nothing else sets it there
 # for UDP, and a torn-down flow's fix-up sets the protocol's own timeout.
 NF_CT_DAY_S = 86400
-IPS_OFFLOAD = 1 << 14
 
 
 def held_without_offload(status: int, timeout: int | None, use: int | None) -> bool:

@@ -22,8 +22,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from offloadd.core.repair import IPS_OFFLOAD, HeldEntry, Scan, held_without_offload
-from offloadd.kernel.conntrack import SocketFactory, entries_by_status, open_ctnetlink
+from offloadd.core.flows import IPS_OFFLOAD
+from offloadd.core.repair import HeldEntry, Scan, held_without_offload
+from offloadd.kernel.conntrack import entries_by_status
+from offloadd.kernel.ctnetlink import SocketFactory, open_ctnetlink
 
 # Entries looked up and reported per scan (lookups are cached per address):
 # enough to name every flowtable involved, bounded on a gateway with a

@@ -17,8 +17,17 @@ from pathlib import Path
 import pytest
 
 from offloadd.core.errors import KernelError
+from offloadd.core.flows import (
+    IPS_ASSURED,
+    IPS_CONFIRMED,
+    IPS_HW_OFFLOAD,
+    IPS_OFFLOAD,
+    IPS_SEEN_REPLY,
+    FlowTuple,
+)
 from offloadd.core.repair import HeldEntry
 from offloadd.kernel import conntrack as ct
+from offloadd.kernel import ctnetlink as nl
 from offloadd.kernel.leftbehind import ConntrackScanner
 
 NLM_F_MULTI = 0x2
@@ -71,7 +80,7 @@ class E:
         if self.use is not None:
             body += nla(11, struct.pack(">I", self.use))
         body += nla(12, struct.pack(">I", self.id))
-        return msg(ct.CT_NEW, struct.pack("=BBH", self.family, 0, 0) + body)
+        return msg(nl.CT_NEW, struct.pack("=BBH", self.family, 0, 0) + body)
 
 
 def msg(mtype: int, payload: bytes, flags: int = NLM_F_MULTI) -> bytes:
@@ -80,11 +89,11 @@ def msg(mtype: int, payload: bytes, flags: int = NLM_F_MULTI) -> bytes:
 
 
 def done() -> bytes:
-    return msg(ct.NLMSG_DONE, struct.pack("=i", 0))
+    return msg(nl.NLMSG_DONE, struct.pack("=i", 0))
 
 
 def error(code: int) -> bytes:
-    return msg(ct.NLMSG_ERROR, struct.pack("=i", -code) + b"\0" * 16, flags=0)
+    return msg(nl.NLMSG_ERROR, struct.pack("=i", -code) + b"\0" * 16, flags=0)
 
 
 @dataclass
@@ -114,9 +123,9 @@ class FakeKernel:
             attrs[kind] = struct.unpack_from(">I", request, off + 4)[0]
             off += alen
         chosen = [e for e in self.entries if not family or e.family == family]
-        if self.filters_status and ct.CTA_STATUS in attrs:
-            mask = attrs.get(ct.CTA_STATUS_MASK, attrs[ct.CTA_STATUS])
-            chosen = [e for e in chosen if e.status & mask == attrs[ct.CTA_STATUS]]
+        if self.filters_status and nl.CTA_STATUS in attrs:
+            mask = attrs.get(nl.CTA_STATUS_MASK, attrs[nl.CTA_STATUS])
+            chosen = [e for e in chosen if e.status & mask == attrs[nl.CTA_STATUS]]
         msgs = [e.message() for e in chosen]
         grams = [b"".join(msgs[i:i + self.per_datagram])
                  for i in range(0, len(msgs), self.per_datagram)]
@@ -143,8 +152,8 @@ class FakeSocket:
         self.kernel.closed += 1
 
 
-SW, HW = ct.IPS_OFFLOAD, ct.IPS_OFFLOAD | ct.IPS_HW_OFFLOAD
-PLAIN = ct.IPS_CONFIRMED | ct.IPS_SEEN_REPLY | ct.IPS_ASSURED
+SW, HW = IPS_OFFLOAD, IPS_OFFLOAD | IPS_HW_OFFLOAD
+PLAIN = IPS_CONFIRMED | IPS_SEEN_REPLY | IPS_ASSURED
 V6 = socket.AF_INET6
 
 
@@ -200,22 +209,22 @@ def test_flow_turning_hardware_between_dumps_never_counts_negative() -> None:
 
 
 def test_dump_request_carries_status_filter() -> None:
-    req = ct.dump_request(socket.AF_INET, ct.IPS_OFFLOAD, ct.IPS_OFFLOAD | ct.IPS_HW_OFFLOAD)
+    req = nl.dump_request(socket.AF_INET, IPS_OFFLOAD, IPS_OFFLOAD | IPS_HW_OFFLOAD)
     length, mtype, flags, _seq, _pid = struct.unpack_from("=IHHII", req)
     assert (length, mtype, flags) == (len(req), (1 << 8) | 1, 0x301)
     assert req[16] == socket.AF_INET
     assert req[20:] == (struct.pack("=HH", 8, 3) + struct.pack(">I", 1 << 14)
                         + struct.pack("=HH", 8, 26) + struct.pack(">I", 3 << 14))
-    assert len(ct.dump_request(socket.AF_INET)) == 20  # mask 0: no filter, every entry
+    assert len(nl.dump_request(socket.AF_INET)) == 20  # mask 0: no filter, every entry
 
 
 @pytest.mark.parametrize("filters", [True, False])
 @pytest.mark.parametrize("trust", [True, False, None])
 def test_count_by_status_right_whatever_the_kernel_does(filters: bool, trust: bool | None
                                                         ) -> None:
-    entries = [E(PLAIN)] * 5 + [E(ct.IPS_CONFIRMED)] * 4
+    entries = [E(PLAIN)] * 5 + [E(IPS_CONFIRMED)] * 4
     k = FakeKernel(entries, filters_status=filters, per_datagram=2)
-    n = ct.count_by_status(socket.AF_INET, ct.IPS_SEEN_REPLY, ct.IPS_SEEN_REPLY,
+    n = ct.count_by_status(socket.AF_INET, IPS_SEEN_REPLY, IPS_SEEN_REPLY,
                            filtered=trust, socket_factory=k.factory)
     assert n == 5
     assert k.closed == k.sockets
@@ -240,7 +249,7 @@ def test_count_all_walks_headers_only() -> None:
                                                ("6.1.0-18-amd64", True), ("4.19.1", False),
                                                ("weird", False)])
 def test_kernel_filters_status(release: str, want: bool) -> None:
-    assert ct.kernel_filters_status(release) is want
+    assert nl.kernel_filters_status(release) is want
 
 
 @pytest.mark.parametrize(("code", "words"), [(errno.EPERM, "CAP_NET_ADMIN"),
@@ -248,7 +257,7 @@ def test_kernel_filters_status(release: str, want: bool) -> None:
                                              (errno.EINVAL, "EINVAL")])
 def test_kernel_errors_are_one_line_kernel_errors(code: int, words: str) -> None:
     k = FakeKernel([], fail=code)
-    with pytest.raises(ct.ConntrackError) as info:
+    with pytest.raises(nl.ConntrackError) as info:
         ct.count_offloaded(socket_factory=k.factory)
     assert isinstance(info.value, KernelError) and isinstance(info.value, OSError)
     assert words in str(info.value) and "\n" not in str(info.value)
@@ -261,7 +270,7 @@ def test_truncated_datagram_is_an_error() -> None:
             return len(buffer) + 1 if flags & socket.MSG_TRUNC else len(buffer)
 
     k = FakeKernel([])
-    with pytest.raises(ct.ConntrackError, match="exceeds"):
+    with pytest.raises(nl.ConntrackError, match="exceeds"):
         ct.count_by_status(socket.AF_INET, 0, 0, socket_factory=lambda: Huge(k))
 
 
@@ -277,8 +286,8 @@ def test_list_offloaded_parses_and_orders_by_bytes() -> None:
         assert [f.orig.sport for f in flows] == [2, 5, 1]
         top = flows[0]
         assert top.hardware and top.proto_name == "udp" and top.bytes == 13000
-        assert top.orig == ct.FlowTuple("10.0.0.1", "10.0.0.2", 17, 2, 443)
-        assert top.reply == ct.FlowTuple("10.0.0.2", "10.0.0.1", 17, 443, 2)
+        assert top.orig == FlowTuple("10.0.0.1", "10.0.0.2", 17, 2, 443)
+        assert top.reply == FlowTuple("10.0.0.2", "10.0.0.1", 17, 443, 2)
         assert (top.orig_packets, top.orig_bytes, top.reply_packets, top.reply_bytes) == (
             10, 9000, 8, 4000)
         assert top.id == 7
@@ -301,7 +310,7 @@ def test_totals(tmp_path: Path) -> None:
     assert ct.conntrack_totals(count, (mx,)) == ct.ConntrackTotals(42, None)
     mx.write_text("262144\n")
     assert ct.conntrack_totals(count, (tmp_path / "nope", mx)) == ct.ConntrackTotals(42, 262144)
-    with pytest.raises(ct.ConntrackError, match="nf_conntrack"):
+    with pytest.raises(nl.ConntrackError, match="nf_conntrack"):
         ct.conntrack_totals(tmp_path / "nope", (mx,))
 
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from offloadd.core.config import parse_config
 from offloadd.core.explain import Verdict, explain
-from offloadd.core.model import ChainState, FlowtableState, TableState
-from offloadd.kernel.conntrack import (
+from offloadd.core.flows import (
     IPS_ASSURED,
     IPS_OFFLOAD,
     IPS_SEEN_REPLY,
     FlowTuple,
     OffloadedFlow,
 )
+from offloadd.core.model import ChainState, FlowtableState, TableState
 
 CONFIG = parse_config('[[flowtable]]\nname = "ft"\ndevices = ["lan*", "wan*"]\n'
                       'protocols = ["udp"]\nelephant_packets = 100\n'

@@ -14,6 +14,7 @@ import pytest
 
 from offloadd.cli.format import format_repair
 from offloadd.core.config import parse_config
+from offloadd.core.flows import IPS_OFFLOAD
 from offloadd.core.model import ChainState, FlowtableState, Link, SetState, TableState
 from offloadd.core.plan import (
     CreateChain,
@@ -24,7 +25,6 @@ from offloadd.core.plan import (
     replace_flowtables_plan,
 )
 from offloadd.core.repair import (
-    IPS_OFFLOAD,
     NF_CT_DAY_S,
     FlowtableRecord,
     HeldEntry,
