@@ -17,7 +17,8 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from offloadd.core.config import Config, Hardware, OnExit, PriorityMode, Repair, load_config
+from offloadd.core.config import Config, Hardware, OnExit, PriorityMode, Repair
+from offloadd.core.configparse import load_config
 from offloadd.core.errors import (
     ConfigError,
     DeviceVanishedError,

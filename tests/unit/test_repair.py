@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from offloadd.cli.ctl import format_repair
-from offloadd.core.config import parse_config
+from offloadd.core.configparse import parse_config
 from offloadd.core.model import ChainState, FlowtableState, Link, SetState, TableState
 from offloadd.core.plan import (
     CreateChain,
