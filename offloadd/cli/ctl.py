@@ -23,7 +23,8 @@ from typing import Any
 
 from offloadd import __version__
 from offloadd.cli.format import format_flows, format_status
-from offloadd.core.config import Config, load_config, parse_config
+from offloadd.core.config import Config
+from offloadd.core.configparse import load_config, parse_config
 from offloadd.core.errors import ConfigError, OffloaddError
 from offloadd.core.explain import explain
 from offloadd.core.flows import OffloadedFlow

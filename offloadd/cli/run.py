@@ -18,7 +18,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from offloadd import __version__
-from offloadd.core.config import Config, load_config
+from offloadd.core.config import Config
+from offloadd.core.configparse import load_config
 from offloadd.core.errors import ConfigError, OffloaddError
 from offloadd.core.render import render
 from offloadd.kernel.backend import NftBackend

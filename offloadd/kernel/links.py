@@ -9,7 +9,9 @@ burst of messages into one snapshot, and recovers from a receive-buffer
 overrun (ENOBUFS: messages were lost) by dumping all links again.
 
 Kernel access sits behind the small ``LinkSocket`` protocol so the parsing,
-table and coalescing logic can be tested without root against a fake.
+table and coalescing logic can be tested without root against a fake. The
+parsing of link messages and the table they update are in
+offloadd.kernel.linkmsg.
 """
 
 from __future__ import annotations
@@ -18,20 +20,14 @@ import asyncio
 import contextlib
 import errno
 import logging
-from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from offloadd.core.errors import ConfigError, KernelError, MissingDependencyError
 from offloadd.core.model import Link
+from offloadd.kernel.linkmsg import LinkTable, NlMsg
 
-RTM_NEWLINK = 16
-RTM_DELLINK = 17
-AF_UNSPEC = 0
-IFF_UP = 0x1
-IFF_LOOPBACK = 0x8
-ARPHRD_PPP = 512
-ARPHRD_LOOPBACK = 772
 # Value of pyroute2's RTMGRP_LINK; kept here so the pure parts need no pyroute2.
 RTMGRP_LINK = 0x1
 
@@ -54,16 +50,6 @@ class NetlinkOverrunError(KernelError):
     """The socket's receive buffer overflowed (ENOBUFS): link messages were lost."""
 
 
-class NlMsg(Protocol):
-    """What is read from an rtnetlink link message.
-
-    pyroute2's ``ifinfmsg`` fits (its ``get`` resolves both fields and NLA
-    names), and so does a plain ``dict`` in tests.
-    """
-
-    def get(self, key: str, /) -> Any: ...
-
-
 class LinkSocket(Protocol):
     """One rtnetlink socket for link messages; reopened by making a new one."""
 
@@ -81,104 +67,6 @@ class LinkSocket(Protocol):
 
     def close(self) -> None:
         """Release the socket; safe to call after an error and more than once."""
-
-
-def _msg_type(msg: NlMsg) -> int | None:
-    header = msg.get("header")
-    if header is None:
-        return None
-    value = header.get("type")
-    return int(value) if value is not None else None
-
-
-def _family(msg: NlMsg) -> int:
-    return int(msg.get("family") or AF_UNSPEC)
-
-
-def link_from_msg(msg: NlMsg) -> Link | None:
-    """The Link an RTM_NEWLINK message describes, or None if it is none of ours.
-
-    None for loopback (nothing to offload), for messages without a name, and
-    for AF_BRIDGE messages: the bridge module reports port changes with
-    family AF_BRIDGE, and those describe bridge-port state, not the device.
-
-    ``up`` is IFF_UP, the administrative state set by ``ip link set up``;
-    operstate follows carrier (a veth whose peer is down is
-    LOWERLAYERDOWN, an empty bridge is DOWN) and would churn snapshots on
-    every cable event, while a flowtable accepts a device either way. It is
-    only reported, never used to select devices.
-    """
-    if _family(msg) != AF_UNSPEC:
-        return None
-    index = msg.get("index")
-    name = msg.get("IFLA_IFNAME")
-    if index is None or not name:
-        return None
-    ifi_type = int(msg.get("ifi_type") or 0)
-    flags = int(msg.get("flags") or 0)
-    if ifi_type == ARPHRD_LOOPBACK or flags & IFF_LOOPBACK:
-        return None
-    linkinfo = msg.get("IFLA_LINKINFO")
-    # IFLA_INFO_SLAVE_KIND (a NIC enslaved to a bridge) is deliberately not
-    # read: it names the master's kind, not the device's.
-    kind = linkinfo.get("IFLA_INFO_KIND") if linkinfo is not None else None
-    if kind is None and ifi_type == ARPHRD_PPP:
-        # pppd creates its devices through ioctls, so they carry no linkinfo.
-        kind = "ppp"
-    return Link(index=int(index), name=str(name), kind=str(kind) if kind else None,
-                up=bool(flags & IFF_UP))
-
-
-class LinkTable:
-    """Links by index, updated from link messages; no kernel access."""
-
-    def __init__(self, links: Iterable[Link] = ()) -> None:
-        self._by_index: dict[int, Link] = {link.index: link for link in links}
-
-    def __len__(self) -> int:
-        return len(self._by_index)
-
-    def get(self, index: int) -> Link | None:
-        return self._by_index.get(index)
-
-    def links(self) -> tuple[Link, ...]:
-        """Sorted by name (then index), so equal tables give equal tuples."""
-        return tuple(sorted(self._by_index.values(), key=lambda x: (x.name, x.index)))
-
-    def apply(self, msg: NlMsg) -> bool:
-        """Applies one message; True if a link appeared, vanished or changed.
-
-        Renames keep the index, so they update in place. Up/down counts as a
-        change (status shows it) although device selection ignores it. A
-        DELLINK carrying IFLA_NEW_NETNSID is a move to another namespace: for
-        this namespace the device is gone all the same.
-        """
-        if _family(msg) != AF_UNSPEC:
-            return False
-        mtype = _msg_type(msg)
-        index = msg.get("index")
-        if index is None:
-            return False
-        index = int(index)
-        if mtype == RTM_DELLINK:
-            return self._by_index.pop(index, None) is not None
-        if mtype != RTM_NEWLINK:
-            return False
-        link = link_from_msg(msg)
-        old = self._by_index.get(index)
-        if link is None:
-            return self._by_index.pop(index, None) is not None
-        self._by_index[index] = link
-        return old != link
-
-    def replace(self, dump: Iterable[NlMsg]) -> bool:
-        """Replaces the content with a full dump; True if anything differs."""
-        fresh = LinkTable()
-        for msg in dump:
-            fresh.apply(msg)
-        changed = fresh._by_index != self._by_index
-        self._by_index = fresh._by_index
-        return changed
 
 
 @dataclass(frozen=True)

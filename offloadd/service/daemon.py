@@ -16,7 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from offloadd.core.config import Config, OnExit, Repair, load_config
+from offloadd.core.config import Config, OnExit, Repair
+from offloadd.core.configparse import load_config
 from offloadd.core.errors import ConfigError, DeviceVanishedError, OffloaddError
 from offloadd.core.model import DesiredResult, TableState
 from offloadd.core.plan import Plan, teardown_plan

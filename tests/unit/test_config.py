@@ -13,9 +13,8 @@ from offloadd.core.config import (
     Hardware,
     OnExit,
     PriorityMode,
-    load_config,
-    parse_config,
 )
+from offloadd.core.configparse import load_config, parse_config
 from offloadd.core.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "etc" / "offloadd" / "offloadd.toml"

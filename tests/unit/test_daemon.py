@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from offloadd.core.config import parse_config
+from offloadd.core.configparse import parse_config
 from offloadd.core.errors import NftError, VerifyError
 from offloadd.core.model import Link
 from offloadd.core.plan import AddFlowtableDevices, AddSetElements, CreateTable

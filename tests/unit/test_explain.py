@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from offloadd.core.config import parse_config
+from offloadd.core.configparse import parse_config
 from offloadd.core.explain import Verdict, explain
 from offloadd.core.flows import (
     IPS_ASSURED,

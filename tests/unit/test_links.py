@@ -23,17 +23,19 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from offloadd.core.errors import ConfigError, KernelError, OffloaddError
 from offloadd.core.model import Link
-from offloadd.kernel.links import (
+from offloadd.kernel.linkmsg import (
     ARPHRD_LOOPBACK,
     ARPHRD_PPP,
     RTM_DELLINK,
     RTM_NEWLINK,
-    LinkSnapshot,
     LinkTable,
+    link_from_msg,
+)
+from offloadd.kernel.links import (
+    LinkSnapshot,
     LinkWatcher,
     NetlinkOverrunError,
     current_links,
-    link_from_msg,
 )
 
 ARPHRD_ETHER = 1

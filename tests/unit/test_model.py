@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from offloadd.core.config import Config, FlowtableConfig, Hardware, parse_config
+from offloadd.core.config import Config, FlowtableConfig, Hardware
+from offloadd.core.configparse import parse_config
 from offloadd.core.errors import ConfigError
 from offloadd.core.model import (
     ChainState,

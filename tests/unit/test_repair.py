@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from offloadd.cli.format import format_repair
-from offloadd.core.config import parse_config
+from offloadd.core.configparse import parse_config
 from offloadd.core.flows import IPS_OFFLOAD
 from offloadd.core.model import ChainState, FlowtableState, Link, SetState, TableState
 from offloadd.core.plan import (

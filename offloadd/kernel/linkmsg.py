@@ -1,0 +1,131 @@
+"""Link messages read into a table of links.
+
+Why: the kernel describes links only as rtnetlink messages, and which of
+them offloadd cares about (no loopback, no AF_BRIDGE port reports, renames
+in place, moves to another namespace as removals) is the subtle part of
+watching links. It needs no socket, so it lives apart from the watcher and
+is tested against plain dicts and pyroute2's message class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from offloadd.core.model import Link
+
+RTM_NEWLINK = 16
+RTM_DELLINK = 17
+AF_UNSPEC = 0
+IFF_UP = 0x1
+IFF_LOOPBACK = 0x8
+ARPHRD_PPP = 512
+ARPHRD_LOOPBACK = 772
+
+
+class NlMsg(Protocol):
+    """What is read from an rtnetlink link message.
+
+    pyroute2's ``ifinfmsg`` fits (its ``get`` resolves both fields and NLA
+    names), and so does a plain ``dict`` in tests.
+    """
+
+    def get(self, key: str, /) -> Any: ...
+
+
+def _msg_type(msg: NlMsg) -> int | None:
+    header = msg.get("header")
+    if header is None:
+        return None
+    value = header.get("type")
+    return int(value) if value is not None else None
+
+
+def _family(msg: NlMsg) -> int:
+    return int(msg.get("family") or AF_UNSPEC)
+
+
+def link_from_msg(msg: NlMsg) -> Link | None:
+    """The Link an RTM_NEWLINK message describes, or None if it is none of ours.
+
+    None for loopback (nothing to offload), for messages without a name, and
+    for AF_BRIDGE messages: the bridge module reports port changes with
+    family AF_BRIDGE, and those describe bridge-port state, not the device.
+
+    ``up`` is IFF_UP, the administrative state set by ``ip link set up``;
+    operstate follows carrier (a veth whose peer is down is
+    LOWERLAYERDOWN, an empty bridge is DOWN) and would churn snapshots on
+    every cable event, while a flowtable accepts a device either way. It is
+    only reported, never used to select devices.
+    """
+    if _family(msg) != AF_UNSPEC:
+        return None
+    index = msg.get("index")
+    name = msg.get("IFLA_IFNAME")
+    if index is None or not name:
+        return None
+    ifi_type = int(msg.get("ifi_type") or 0)
+    flags = int(msg.get("flags") or 0)
+    if ifi_type == ARPHRD_LOOPBACK or flags & IFF_LOOPBACK:
+        return None
+    linkinfo = msg.get("IFLA_LINKINFO")
+    # IFLA_INFO_SLAVE_KIND (a NIC enslaved to a bridge) is deliberately not
+    # read: it names the master's kind, not the device's.
+    kind = linkinfo.get("IFLA_INFO_KIND") if linkinfo is not None else None
+    if kind is None and ifi_type == ARPHRD_PPP:
+        # pppd creates its devices through ioctls, so they carry no linkinfo.
+        kind = "ppp"
+    return Link(index=int(index), name=str(name), kind=str(kind) if kind else None,
+                up=bool(flags & IFF_UP))
+
+
+class LinkTable:
+    """Links by index, updated from link messages; no kernel access."""
+
+    def __init__(self, links: Iterable[Link] = ()) -> None:
+        self._by_index: dict[int, Link] = {link.index: link for link in links}
+
+    def __len__(self) -> int:
+        return len(self._by_index)
+
+    def get(self, index: int) -> Link | None:
+        return self._by_index.get(index)
+
+    def links(self) -> tuple[Link, ...]:
+        """Sorted by name (then index), so equal tables give equal tuples."""
+        return tuple(sorted(self._by_index.values(), key=lambda x: (x.name, x.index)))
+
+    def apply(self, msg: NlMsg) -> bool:
+        """Applies one message; True if a link appeared, vanished or changed.
+
+        Renames keep the index, so they update in place. Up/down counts as a
+        change (status shows it) although device selection ignores it. A
+        DELLINK carrying IFLA_NEW_NETNSID is a move to another namespace: for
+        this namespace the device is gone all the same.
+        """
+        if _family(msg) != AF_UNSPEC:
+            return False
+        mtype = _msg_type(msg)
+        index = msg.get("index")
+        if index is None:
+            return False
+        index = int(index)
+        if mtype == RTM_DELLINK:
+            return self._by_index.pop(index, None) is not None
+        if mtype != RTM_NEWLINK:
+            return False
+        link = link_from_msg(msg)
+        old = self._by_index.get(index)
+        if link is None:
+            return self._by_index.pop(index, None) is not None
+        self._by_index[index] = link
+        return old != link
+
+    def replace(self, dump: Iterable[NlMsg]) -> bool:
+        """Replaces the content with a full dump; True if anything differs."""
+        fresh = LinkTable()
+        for msg in dump:
+            fresh.apply(msg)
+        changed = fresh._by_index != self._by_index
+        self._by_index = fresh._by_index
+        return changed
