@@ -3,17 +3,16 @@
 Why: the smallest change is what keeps offloaded flows alive (a device added
 must not recreate the chain or the flowtable), and an explicit, ordered plan
 can be rendered as one atomic nft batch, logged, and checked by a pure
-simulator (`apply_plan`) that refuses what the kernel would refuse.
+simulator (`offloadd.core.simulate`) that refuses what the kernel would refuse.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from offloadd.core.errors import NftError
-from offloadd.core.model import CHAIN_NAME, ChainState, FlowtableState, SetState, TableState
+from offloadd.core.model import ChainState, FlowtableState, SetState, TableState
 
 
 @dataclass(frozen=True)
@@ -280,128 +279,3 @@ def replace_flowtables_plan(current: TableState, names: Iterable[str]) -> Plan:
 
 def teardown_plan(table_name: str, family: str) -> Plan:
     return Plan((DeleteTable(table_name, family),))
-
-
-# --- simulator ---------------------------------------------------------------
-
-
-def _fail(op: Op, why: str) -> NftError:
-    return NftError(f"{type(op).__name__}: {why}")
-
-
-def apply_plan(current: TableState | None, plan: Plan) -> TableState | None:
-    """Apply `plan` to `current` in memory, as the kernel would, atomically.
-
-    Raises NftError (and returns nothing) where the kernel would refuse the
-    batch: missing or duplicate objects, a device in two flowtables, deleting
-    something a rule references, flipping hardware offload in place.
-    """
-    state = current
-    for op in plan.ops:
-        state = _apply_one(state, op)
-    return state
-
-
-def _apply_one(state: TableState | None, op: Op) -> TableState | None:
-    if isinstance(op, CreateTable):
-        if state is not None:
-            raise _fail(op, f"table {op.name} exists")
-        return TableState(op.name, op.family)
-    if state is None:
-        raise _fail(op, "no such table")
-    if isinstance(op, DeleteTable):
-        if (op.name, op.family) != (state.name, state.family):
-            raise _fail(op, f"no table {op.family} {op.name}")
-        return None
-    if isinstance(op, DeleteChain | CreateChain):
-        return _apply_chain(state, op)
-    if isinstance(op, CreateSet | AddSetElements | RemoveSetElements | DeleteSet):
-        return _apply_set(state, op)
-    return _apply_flowtable(state, op)
-
-
-def _apply_chain(state: TableState, op: DeleteChain | CreateChain) -> TableState:
-    if isinstance(op, DeleteChain):
-        if state.chain is None:
-            raise _fail(op, f"no chain {CHAIN_NAME}")
-        return replace(state, chain=None)
-    if state.chain is not None:
-        raise _fail(op, f"chain {CHAIN_NAME} exists")
-    fts, sets = chain_references(op.chain)
-    missing = sorted(n for n in fts if state.flowtable(n) is None) + sorted(
-        n for n in sets if state.set(n) is None
-    )
-    if missing:
-        raise _fail(op, f"rules reference missing objects {missing}")
-    return replace(state, chain=op.chain)
-
-
-def _apply_set(
-    state: TableState, op: CreateSet | AddSetElements | RemoveSetElements | DeleteSet
-) -> TableState:
-    others = tuple(s for s in state.sets if s.name != _set_target(op))
-    if isinstance(op, CreateSet):
-        if state.set(op.name) is not None:
-            raise _fail(op, f"set {op.name} exists")
-        return replace(state, sets=(*others, SetState(op.name)))
-    old = state.set(_set_target(op))
-    if old is None:
-        raise _fail(op, f"no set {_set_target(op)}")
-    if isinstance(op, DeleteSet):
-        if op.name in chain_references(state.chain)[1]:
-            raise _fail(op, f"set {op.name} is in use by a rule")
-        return replace(state, sets=others)
-    if isinstance(op, AddSetElements):
-        if old.elements & op.elements:
-            raise _fail(op, f"elements {sorted(old.elements & op.elements)} exist")
-        return replace(state, sets=(*others, SetState(old.name, old.elements | op.elements)))
-    if op.elements - old.elements:
-        raise _fail(op, f"no elements {sorted(op.elements - old.elements)}")
-    return replace(state, sets=(*others, SetState(old.name, old.elements - op.elements)))
-
-
-def _set_target(op: CreateSet | AddSetElements | RemoveSetElements | DeleteSet) -> str:
-    return op.name if isinstance(op, CreateSet | DeleteSet) else op.set
-
-
-_FtOp = (
-    CreateFlowtable
-    | AddFlowtableDevices
-    | RemoveFlowtableDevices
-    | UpdateFlowtableFlags
-    | DeleteFlowtable
-)
-
-
-def _apply_flowtable(state: TableState, op: _FtOp) -> TableState:
-    name = op.name if isinstance(op, DeleteFlowtable) else op.ft.name
-    others = tuple(f for f in state.flowtables if f.name != name)
-    old = state.flowtable(name)
-
-    def check_free(devices: frozenset[str]) -> None:
-        taken = sorted(d for f in others for d in f.devices & devices)
-        if taken:
-            raise _fail(op, f"devices {taken} are in another flowtable")
-
-    if isinstance(op, CreateFlowtable):
-        if old is not None:
-            raise _fail(op, f"flowtable {name} exists")
-        check_free(op.ft.devices)
-        return replace(state, flowtables=(*others, op.ft))
-    if old is None:
-        raise _fail(op, f"no flowtable {name}")
-    if isinstance(op, DeleteFlowtable):
-        if name in chain_references(state.chain)[0]:
-            raise _fail(op, f"flowtable {name} is in use by a rule")
-        return replace(state, flowtables=others)
-    if op.ft.hardware != old.hardware or op.ft.priority != old.priority:
-        raise _fail(op, f"cannot change hardware offload or priority of flowtable {name}")
-    if isinstance(op, RemoveFlowtableDevices):
-        if op.devices - old.devices:
-            raise _fail(op, f"flowtable {name} has no devices {sorted(op.devices - old.devices)}")
-        return replace(state, flowtables=(*others, replace(old, devices=old.devices - op.devices)))
-    if isinstance(op, UpdateFlowtableFlags):
-        return replace(state, flowtables=(*others, replace(old, counter=op.ft.counter)))
-    check_free(op.devices)
-    new = replace(old, devices=old.devices | op.devices, counter=op.ft.counter)
-    return replace(state, flowtables=(*others, new))

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 from offloadd.core.errors import DeviceVanishedError, NftError
 from offloadd.core.model import Link, TableState
-from offloadd.core.plan import Plan, apply_plan
+from offloadd.core.plan import Plan
 from offloadd.core.render import render
+from offloadd.core.simulate import apply_plan
 
 
 @dataclass

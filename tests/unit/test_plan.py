@@ -36,11 +36,11 @@ from offloadd.core.plan import (
     RemoveFlowtableDevices,
     RemoveSetElements,
     UpdateFlowtableFlags,
-    apply_plan,
     chain_references,
     compute_plan,
     teardown_plan,
 )
+from offloadd.core.simulate import apply_plan
 
 CONFIG = Config(
     flowtables=(

@@ -21,7 +21,6 @@ from offloadd.core.plan import (
     CreateFlowtable,
     DeleteChain,
     DeleteFlowtable,
-    apply_plan,
     replace_flowtables_plan,
 )
 from offloadd.core.repair import (
@@ -36,6 +35,7 @@ from offloadd.core.repair import (
     left_behind,
     pending_second_look,
 )
+from offloadd.core.simulate import apply_plan
 from offloadd.service.daemon import Daemon
 from offloadd.service.report import status_report
 from tests.unit.fakes import FakeBackend, FakeLinks
