@@ -24,6 +24,7 @@ setup:
 lint: setup
 	$(VENV)/bin/ruff check offloadd tests lab bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test-unit: setup
 	$(PY) -m pytest tests/unit -q
