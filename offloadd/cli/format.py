@@ -56,6 +56,9 @@ def format_status(r: dict[str, Any]) -> str:
     rep = r.get("repair")
     if rep:
         out.append(format_repair(rep))
+    reval = r.get("revalidate")
+    if reval:
+        out.append(format_revalidate(reval))
     if rec:
         errors = rec["recent_errors"]
         out.append("recent errors: " + ("none" if not errors else ""))
@@ -75,6 +78,22 @@ def format_repair(rep: dict[str, Any]) -> str:
         line += f"; last {when}: {flows}: {last['reason']}"
     if rep.get("held"):
         line += f"\n  held back: {rep['held']}"
+    return line
+
+
+def format_revalidate(rv: dict[str, Any]) -> str:
+    """One line on re-validating offloaded flows after others' ruleset changes."""
+    if rv["mode"] == "off":
+        line = ("revalidate (off): offloaded flows do NOT meet rules or set elements added "
+                "after they were offloaded, until they end")
+    else:
+        line = (f"revalidate ({rv['mode']}): {rv['revalidations_total']} re-validation(s) "
+                f"for {rv['policy_changes_total']} ruleset change(s) by others")
+    last = rv.get("last")
+    if last:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["time"]))
+        line += (f"; last {when}, {last['delay_seconds'] * 1000:.0f} ms after "
+                 f"{last['trigger']}")
     return line
 
 

@@ -66,6 +66,13 @@ class Repair(enum.Enum):
     OFF = "off"
 
 
+class Revalidate(enum.Enum):
+    """Tear offloaded flows down when others change the ruleset (offloadd.core.revalidate)."""
+
+    ON_CHANGE = "on-change"
+    OFF = "off"
+
+
 class Hardware(enum.Enum):
     OFF = "off"
     AUTO = "auto"
@@ -81,6 +88,7 @@ class DaemonConfig:
     priority: PriorityMode | int = PriorityMode.AUTO
     on_exit: OnExit = OnExit.REMOVE
     repair: Repair = Repair.AUTO
+    revalidate: Revalidate = Revalidate.ON_CHANGE
 
 
 @dataclass(frozen=True)

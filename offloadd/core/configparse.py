@@ -32,6 +32,7 @@ from offloadd.core.config import (
     OnExit,
     PriorityMode,
     Repair,
+    Revalidate,
 )
 from offloadd.core.errors import ConfigError
 from offloadd.core.tomlsection import Section, choices, enum_value, int_in, q
@@ -106,7 +107,8 @@ def _check_identifier(path: str, value: str) -> str:
 
 
 def _parse_daemon(data: Mapping[str, Any]) -> DaemonConfig:
-    s = Section(data, "daemon", ("table", "family", "priority", "on_exit", "repair"))
+    s = Section(data, "daemon", ("table", "family", "priority", "on_exit", "repair",
+                                      "revalidate"))
     table = _check_identifier(s.key("table"), s.get("table", str, DaemonConfig.table))
     family = enum_value(s, "family", Family, Family.INET)
     priority: PriorityMode | int = PriorityMode.AUTO
@@ -121,8 +123,9 @@ def _parse_daemon(data: Mapping[str, Any]) -> DaemonConfig:
             )
     on_exit = enum_value(s, "on_exit", OnExit, OnExit.REMOVE)
     repair = enum_value(s, "repair", Repair, Repair.AUTO)
+    revalidate = enum_value(s, "revalidate", Revalidate, Revalidate.ON_CHANGE)
     return DaemonConfig(table=table, family=family, priority=priority, on_exit=on_exit,
-                        repair=repair)
+                        repair=repair, revalidate=revalidate)
 
 
 _FT_KEYS = (

@@ -12,21 +12,24 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from offloadd.core.config import Config, OnExit, Repair
+from offloadd.core.config import Config, OnExit, Repair, Revalidate
 from offloadd.core.configparse import load_config
 from offloadd.core.errors import ConfigError, DeviceVanishedError, OffloaddError
 from offloadd.core.model import DesiredResult, TableState
 from offloadd.core.plan import Plan, teardown_plan
+from offloadd.core.revalidate import by_others, triggers
 from offloadd.service.control import ControlServer, Handler
 from offloadd.service.ports import Backend, ChangeSource, LinkSource, Notify
 from offloadd.service.reconciler import Reconciler
 from offloadd.service.refusals import RETRY_REFUSED_S
 from offloadd.service.repairer import LeftBehindSource, Repairer
 from offloadd.service.report import status_report
+from offloadd.service.revalidator import Revalidator
 from offloadd.service.sdnotify import Notifier
 from offloadd.service.status import Status
 
@@ -61,9 +64,18 @@ class Daemon:
         # Without a source (unit tests, --check) nothing is ever repaired.
         self.repairer = (Repairer(backend, left_behind, self.status, enabled=self.repair_enabled)
                          if left_behind is not None else None)
+        self.revalidator = Revalidator(
+            backend, self.status, enabled=self.revalidate_enabled,
+            replaced=self.repairer.flowtables_replaced if self.repairer else lambda _n: None)
+        # The thread that commits offloadd's transactions (the loop's), as the
+        # kernel names it in NFT_MSG_NEWGEN; set when the loop starts.
+        self._own_pid = 0
 
     def repair_enabled(self) -> bool:
         return self.config.daemon.repair is Repair.AUTO
+
+    def revalidate_enabled(self) -> bool:
+        return self.config.daemon.revalidate is Revalidate.ON_CHANGE
 
     # -- one reconcile pass (the Reconciler's) --------------------------------
     def plan_once(self) -> tuple[DesiredResult, TableState | None, Plan]:
@@ -164,7 +176,8 @@ class Daemon:
             self._record_error(f"status: cannot read the table: {e}")
         return status_report(self.status, self.config.daemon.table,
                              self.config.daemon.family.value, kernel,
-                             repair_mode=self.config.daemon.repair.value)
+                             repair_mode=self.config.daemon.repair.value,
+                             revalidate_mode=self.config.daemon.revalidate.value)
 
     async def _cmd_reload(self, _req: Mapping[str, Any]) -> Any:
         if not self.reload():
@@ -226,13 +239,20 @@ class Daemon:
     async def _consume_nft_changes(self) -> None:
         if self._nft_changes is None:
             return
+        daemon = self.config.daemon
         try:
-            async for _ in self._nft_changes.changes():
-                self._wake.set()
+            async for batch in self._nft_changes.changes():
+                if by_others(batch, self._own_pid):
+                    self._wake.set()
+                for trigger in triggers(batch, daemon.family.value, daemon.table,
+                                        self._own_pid):
+                    self.revalidator.changed(trigger)
         except OffloaddError as e:
-            # Without it, a new admin chain is noticed at the next link event.
+            # Without it, a new admin chain is noticed at the next link event,
+            # and a new policy reaches offloaded flows only when they end.
             self._record_error(str(e))
-            log.error("%s; other tables' changes are picked up at the next link event", e)
+            log.error("%s; other tables' changes are picked up at the next link event and "
+                      "offloaded flows are NOT re-validated", e)
 
     async def run(self, signals: Sequence[signal.Signals] = (signal.SIGHUP, signal.SIGTERM,
                                                              signal.SIGINT),
@@ -251,7 +271,9 @@ class Daemon:
         # On this loop on purpose: a wedged loop stops the pings and
         # systemd restarts the service.
         watchdog = asyncio.create_task(self.notify.run_watchdog(), name="watchdog")
+        self._own_pid = threading.get_native_id()
         nft_changes = asyncio.create_task(self._consume_nft_changes(), name="nft-changes")
+        revalidations = asyncio.create_task(self.revalidator.run(), name="revalidate")
         repairs = (asyncio.create_task(self.repairer.run(), name="repair")
                    if self.repairer is not None else None)
         try:
@@ -275,6 +297,7 @@ class Daemon:
             self.notify.stopping()
             watchdog.cancel()
             nft_changes.cancel()
+            revalidations.cancel()
             if repairs is not None:
                 repairs.cancel()
             if server is not None:

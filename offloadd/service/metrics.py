@@ -62,6 +62,9 @@ class DaemonCounters:
     started: float = 0.0  # Unix time
     repairs_total: int = 0
     left_behind_flows: int = 0
+    policy_changes_total: int = 0
+    revalidations_total: int = 0
+    last_revalidation_time: float = 0.0  # Unix time; 0 = none yet
 
 
 class DaemonView(Protocol):
@@ -105,7 +108,10 @@ class StatusView:
             config_reloads_rejected_total=s.reloads_rejected_total,
             started=s.started,
             repairs_total=s.repairs_total,
-            left_behind_flows=s.left_behind_flows)
+            left_behind_flows=s.left_behind_flows,
+            policy_changes_total=s.policy_changes_total,
+            revalidations_total=s.revalidations_total,
+            last_revalidation_time=float(str((s.last_revalidation or {}).get("time", 0.0))))
 
     def desired(self) -> DesiredResult | None:
         return self._status.desired
@@ -181,10 +187,19 @@ REPAIRS = _c("offloadd_flowtable_repairs_total",
 LEFT_BEHIND = _g("offloadd_left_behind_flows",
                  "conntrack entries a flowtable of offloadd's still held without the offload "
                  "mark, at the last check.")
+POLICY_CHANGES = _c("offloadd_policy_changes_total",
+                    "nf_tables transactions by others that changed another table's rules, "
+                    "chains, sets, elements or objects (each calls for a re-validation).")
+REVALIDATIONS = _c("offloadd_revalidations_total",
+                   "Re-validations: offloadd's flowtables replaced so that offloaded flows meet "
+                   "the current policy at their next packet (bursts of changes coalesced).")
+LAST_REVALIDATION = _g("offloadd_last_revalidation_timestamp_seconds",
+                       "Unix time of the last re-validation (absent before the first).")
 
 SPECS = (BUILD_INFO, START_TIME, SOURCE_UP, OFFLOADED, CT_ENTRIES, CT_LIMIT, FT_DEVICES,
          DEVICE_INFO, IN_SYNC, RECONCILES, FAILURES, TRANSACTIONS, LAST_DURATION, LAST_TIME,
-         LINK_EVENTS, LINK_RESYNCS, RELOADS, RELOADS_REJECTED, REPAIRS, LEFT_BEHIND)
+         LINK_EVENTS, LINK_RESYNCS, RELOADS, RELOADS_REJECTED, REPAIRS, LEFT_BEHIND,
+         POLICY_CHANGES, REVALIDATIONS, LAST_REVALIDATION)
 
 
 class OffloaddCollector:
@@ -278,8 +293,12 @@ class OffloaddCollector:
                             (RELOADS, c.config_reloads_total),
                             (RELOADS_REJECTED, c.config_reloads_rejected_total),
                             (REPAIRS, c.repairs_total),
-                            (LEFT_BEHIND, c.left_behind_flows)):
+                            (LEFT_BEHIND, c.left_behind_flows),
+                            (POLICY_CHANGES, c.policy_changes_total),
+                            (REVALIDATIONS, c.revalidations_total)):
             fams[spec.name].add_metric([], value)
+        if c.last_revalidation_time:
+            fams[LAST_REVALIDATION.name].add_metric([], c.last_revalidation_time)
         if c.last_reconcile_time:
             fams[LAST_DURATION.name].add_metric([], c.last_reconcile_seconds)
             fams[LAST_TIME.name].add_metric([], c.last_reconcile_time)

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from offloadd.core.model import Link, TableState
 from offloadd.core.plan import Plan
+from offloadd.core.revalidate import NftChanges
 
 
 class Snapshot(Protocol):
@@ -37,9 +38,10 @@ class Notify(Protocol):
 
 
 class ChangeSource(Protocol):
-    """Changes outside offloadd (other tables' chains) that need a reconcile."""
+    """Committed nf_tables transactions: others' need a reconcile (their forward
+    chains) and may call for a re-validation (their policy)."""
 
-    def changes(self) -> AsyncIterator[None]: ...
+    def changes(self) -> AsyncIterator[NftChanges]: ...
 
 
 class LinkSource(Protocol):

@@ -76,6 +76,11 @@ class Repairer:
         for delay in AFTER_REMOVAL_S:
             self.check_in(delay)
 
+    def flowtables_replaced(self, _names: tuple[str, ...] = ()) -> None:
+        """Someone else (the re-validation) replaced flowtables: look as after a repair."""
+        for delay in (self._policy.settle_s, *AFTER_REPAIR_S):
+            self.check_in(delay)
+
     def check_in(self, delay: float) -> None:
         self._due.append(time.monotonic() + delay)
         self._kick.set()

@@ -16,7 +16,8 @@ from offloadd.service.status import Status
 
 def status_report(status: Status, table_name: str, family: str,
                   kernel: TableState | None, now: float | None = None, *,
-                  repair_mode: str = "auto") -> dict[str, Any]:
+                  repair_mode: str = "auto",
+                  revalidate_mode: str = "on-change") -> dict[str, Any]:
     now = time.time() if now is None else now
     desired = status.desired
     flowtables = []
@@ -70,5 +71,11 @@ def status_report(status: Status, table_name: str, family: str,
             "left_behind_flows": status.left_behind_flows,
             "last": status.last_repair,
             "held": status.repair_held,
+        },
+        "revalidate": {
+            "mode": revalidate_mode,
+            "policy_changes_total": status.policy_changes_total,
+            "revalidations_total": status.revalidations_total,
+            "last": status.last_revalidation,
         },
     }

@@ -40,6 +40,10 @@ class Status:
     left_behind_flows: int = 0  # at the last check
     last_repair: dict[str, object] | None = None
     repair_held: str = ""  # why the last check repaired nothing it found, if so
+    # Re-validation of offloaded flows after others' ruleset changes.
+    policy_changes_total: int = 0  # transactions by others that called for one
+    revalidations_total: int = 0
+    last_revalidation: dict[str, object] | None = None
 
     def record_error(self, msg: str) -> None:
         """The last error, and the ten most recent with their time, for status."""

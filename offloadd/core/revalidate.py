@@ -1,0 +1,188 @@
+"""When others change the ruleset, offloaded flows must meet the new policy.
+
+Why: an offloaded flow's packets skip the forward chains, so a drop rule or a
+blocklist element added after the flow was offloaded never sees it. Replacing
+offloadd's flowtables tears every flow down; each one's next packet goes
+through the forward chains again, meets the policy as it is now, and is
+offloaded again if it still passes (same conntrack entry, same NAT mapping).
+
+This module is the pure part: which committed nf_tables transactions call for
+that (changes by others outside offloadd's table), and when to run it so that
+a lone change is applied at once and a burst (a blocklist tool adding
+thousands of elements) costs a bounded number of replacements.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class ObjectKind(enum.Enum):
+    TABLE = "table"
+    CHAIN = "chain"
+    RULE = "rule"
+    SET = "set"
+    ELEMENT = "element"
+    OBJECT = "object"  # named objects: counters, quotas, limits, ct helpers
+    FLOWTABLE = "flowtable"
+
+
+class Verb(enum.Enum):
+    ADD = "added"
+    DELETE = "deleted"
+
+
+@dataclass(frozen=True)
+class TableChange:
+    """One object an nf_tables transaction added or deleted, and its table."""
+
+    kind: ObjectKind
+    verb: Verb
+    family: str
+    table: str
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """A committed nf_tables transaction: its changes and who committed it."""
+
+    changes: tuple[TableChange, ...]
+    pid: int = 0
+    process: str = ""
+
+    @property
+    def by(self) -> str:
+        return f"{self.process or '?'}[{self.pid}]" if self.pid else "an unknown process"
+
+
+@dataclass(frozen=True)
+class NftChanges:
+    """What one read of the change stream brought: whole transactions, or an
+    overrun (the kernel dropped messages: who changed what is unknown)."""
+
+    transactions: tuple[Transaction, ...]
+    overrun: bool = False
+
+
+OVERRUN_TRIGGER = "nftables changes that were missed (netlink receive buffer overrun)"
+
+
+# Kinds that can change what the forward path lets through. Another table's
+# flowtable does not: its devices are not offloadd's, and the flows it takes
+# are not offloadd's either.
+POLICY_KINDS = frozenset(ObjectKind) - {ObjectKind.FLOWTABLE}
+
+
+def policy_trigger(tx: Transaction, own_family: str, own_table: str, own_pid: int) -> str | None:
+    """What in this transaction calls for a re-validation, in words; None if nothing.
+
+    offloadd's own transactions never do (its device changes do not change
+    what the policy allows). Changes to offloadd's own table by someone else
+    are undone by the next reconcile, not re-validated.
+    """
+    if own_pid and tx.pid == own_pid:
+        return None
+    relevant = [c for c in tx.changes
+                if c.kind in POLICY_KINDS and (c.family, c.table) != (own_family, own_table)]
+    if not relevant:
+        return None
+    counts: dict[tuple[ObjectKind, Verb, str, str], int] = {}
+    for c in relevant:
+        key = (c.kind, c.verb, c.family, c.table)
+        counts[key] = counts.get(key, 0) + 1
+    parts = [f"{n} {kind.value}{'s' if n > 1 else ''} {verb.value} in {fam} {table}"
+             for (kind, verb, fam, table), n in sorted(
+                 counts.items(), key=lambda kv: (-kv[1], kv[0][0].value, kv[0][2], kv[0][3]))]
+    shown = ", ".join(parts[:3]) + (f" and {len(parts) - 3} more" if len(parts) > 3 else "")
+    return f"{shown} by {tx.by}"
+
+
+def triggers(changes: NftChanges, own_family: str, own_table: str,
+             own_pid: int) -> list[str]:
+    """The re-validation triggers in one read of the change stream."""
+    found = [t for tx in changes.transactions
+             if (t := policy_trigger(tx, own_family, own_table, own_pid)) is not None]
+    return [OVERRUN_TRIGGER, *found] if changes.overrun else found
+
+
+def by_others(changes: NftChanges, own_pid: int) -> bool:
+    """Whether anyone but offloadd committed something (a reconcile reads it)."""
+    return changes.overrun or any(tx.pid != own_pid for tx in changes.transactions)
+
+
+@dataclass(frozen=True)
+class RevalidatePolicy:
+    """How soon after a change, and how often at most.
+
+    quiet_s: a lone change waits this long for the rest of its burst (a
+    script running several nft commands), so one replacement covers them.
+    interval_s: at least this long between two re-validations.
+    burst_interval_s: once two re-validations in a row were held back by
+    interval_s (changes keep coming), the pace drops to this, so a blocklist
+    tool adding elements for a minute costs one replacement per
+    burst_interval_s, not one per command.
+    """
+
+    quiet_s: float = 0.1
+    interval_s: float = 1.0
+    burst_interval_s: float = 2.0
+    burst_after: int = 2
+
+
+@dataclass(frozen=True)
+class Pending:
+    """Changes not yet re-validated: since when, the latest, and what they were."""
+
+    first_at: float
+    last_at: float
+    triggers: tuple[str, ...]
+    count: int
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The coalescing state between changes and re-validations (immutable)."""
+
+    pending: Pending | None = None
+    last_run_at: float | None = None
+    held_runs: int = 0  # runs in a row that the interval held back
+
+    def changed(self, at: float, trigger: str) -> Schedule:
+        p = self.pending
+        if p is None:
+            return Schedule(Pending(at, at, (trigger,), 1), self.last_run_at, self.held_runs)
+        keep = trigger in p.triggers or len(p.triggers) >= MAX_TRIGGERS
+        triggers = p.triggers if keep else (*p.triggers, trigger)
+        return Schedule(Pending(p.first_at, at, triggers, p.count + 1),
+                        self.last_run_at, self.held_runs)
+
+    def _natural(self, policy: RevalidatePolicy) -> float | None:
+        p = self.pending
+        if p is None:
+            return None
+        # Changes that never pause for quiet_s are still served within interval_s.
+        return min(p.last_at + policy.quiet_s, p.first_at + policy.interval_s)
+
+    def _earliest(self, policy: RevalidatePolicy) -> float | None:
+        if self.last_run_at is None:
+            return None
+        burst = self.held_runs >= policy.burst_after
+        return self.last_run_at + (policy.burst_interval_s if burst else policy.interval_s)
+
+    def due_at(self, policy: RevalidatePolicy) -> float | None:
+        """When the pending changes are to be re-validated; None if none are."""
+        natural = self._natural(policy)
+        if natural is None:
+            return None
+        earliest = self._earliest(policy)
+        return natural if earliest is None else max(natural, earliest)
+
+    def ran(self, at: float, policy: RevalidatePolicy) -> Schedule:
+        """The pending changes were re-validated at `at`."""
+        natural, earliest = self._natural(policy), self._earliest(policy)
+        held = natural is not None and earliest is not None and natural < earliest
+        return Schedule(None, at, self.held_runs + 1 if held else 0)
+
+
+MAX_TRIGGERS = 3

@@ -1,0 +1,133 @@
+"""Re-validates offloaded flows after others' ruleset changes (on the loop).
+
+Why its own unit: the Daemon only hands it the triggers it read from the
+nf_tables change stream; the coalescing (offloadd.core.revalidate), the
+one-batch replacement of offloadd's flowtables with its read-back, and what
+is reported about it live here, with their own tests.
+
+The replacement is the kernel's only way to send an offloaded flow back
+through the forward chains while keeping its conntrack entry (ctnetlink
+cannot clear the offload bit; deleting the entry would drop its NAT mapping).
+On kernels that can leave flows behind after it (7.3), the Repairer is told,
+so its checks follow as after one of its own replacements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from offloadd.core.errors import OffloaddError, VerifyError
+from offloadd.core.plan import replace_flowtables_plan
+from offloadd.core.revalidate import RevalidatePolicy, Schedule
+from offloadd.service.repairer import TableBackend
+from offloadd.service.status import Status
+
+log = logging.getLogger("offloadd")
+
+NOT_IN_SYNC_RETRY_S = 0.2
+FAILED_RETRY_S = 1.0
+
+
+class Revalidator:
+    def __init__(self, backend: TableBackend, status: Status, *,
+                 enabled: Callable[[], bool] = lambda: True,
+                 replaced: Callable[[tuple[str, ...]], None] = lambda _names: None,
+                 policy: RevalidatePolicy | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._backend = backend
+        self._status = status
+        self._enabled = enabled
+        self._replaced = replaced
+        self._policy = policy or RevalidatePolicy()
+        self._clock = clock
+        self._schedule = Schedule()
+        self._retry_at: float | None = None
+        self._kick = asyncio.Event()
+
+    def changed(self, trigger: str) -> None:
+        """Someone else committed a change that may change what the policy allows."""
+        self._status.policy_changes_total += 1
+        if not self._enabled():
+            return
+        self._schedule = self._schedule.changed(self._clock(), trigger)
+        self._kick.set()
+
+    def due_at(self) -> float | None:
+        due = self._schedule.due_at(self._policy)
+        if due is not None and self._retry_at is not None:
+            due = max(due, self._retry_at)
+        return due
+
+    async def run(self) -> None:
+        while True:
+            due = self.due_at()
+            now = self._clock()
+            if due is None or due > now:
+                self._kick.clear()
+                timeout = None if due is None else due - now
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._kick.wait(), timeout)
+                continue
+            try:
+                self.revalidate()
+            except Exception:
+                # The top of this task's loop: one failed pass must not end
+                # re-validation for good (nothing else would restart it).
+                log.exception("re-validation failed")
+                self._retry_at = self._clock() + FAILED_RETRY_S
+
+    def revalidate(self) -> bool:
+        """Replaces offloadd's flowtables if changes are pending; True if it did."""
+        pending = self._schedule.pending
+        if pending is None:
+            return False
+        self._retry_at = None
+        if not self._enabled():
+            self._schedule = Schedule(None, self._schedule.last_run_at)
+            return False
+        desired = self._status.desired
+        table = desired.table if desired is not None else None
+        if table is None or not table.flowtables:
+            # No flowtable, no offloaded flow: nothing to tear down.
+            self._schedule = self._schedule.ran(self._clock(), self._policy)
+            return False
+        if self._backend.read() != table:
+            # A reconcile is due (the admin's change may move offloadd's chain):
+            # replace from the state it will write, just after it.
+            self._retry_at = self._clock() + NOT_IN_SYNC_RETRY_S
+            return False
+        names = tuple(ft.name for ft in table.flowtables)
+        t0 = self._clock()
+        try:
+            self._backend.apply(replace_flowtables_plan(table, names))
+            if self._backend.read() != table:
+                raise VerifyError("kernel state differs after replacing flowtable(s) "
+                                  + ", ".join(names))
+        except OffloaddError as e:
+            log.error("re-validation failed (flowtable(s) %s): %s; retrying in %.0f s",
+                      ", ".join(names), e, FAILED_RETRY_S)
+            self._status.record_error(f"re-validation failed: {e}")
+            self._retry_at = self._clock() + FAILED_RETRY_S
+            return False
+        done = self._clock()
+        self._schedule = self._schedule.ran(done, self._policy)
+        self._status.revalidations_total += 1
+        self._status.transactions_total += 1
+        trigger = "; ".join(pending.triggers)
+        if pending.count > len(pending.triggers):
+            trigger += f" (and {pending.count - len(pending.triggers)} more change(s))"
+        self._status.last_revalidation = {
+            "time": time.time(), "trigger": trigger, "flowtables": list(names),
+            "changes": pending.count, "delay_seconds": round(done - pending.first_at, 3),
+            "duration_seconds": round(done - t0, 3)}
+        log.info("re-validated offloaded flows after %s: flowtable(s) %s replaced, each flow "
+                 "meets the current policy at its next packet (%.0f ms after the change, "
+                 "replacement %.0f ms)", trigger, ", ".join(names),
+                 (done - pending.first_at) * 1000, (done - t0) * 1000,
+                 extra={"OPERATION": "revalidate", "FLOWTABLE": ",".join(names)})
+        self._replaced(names)
+        return True
