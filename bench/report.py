@@ -42,6 +42,10 @@ TARGETS = [
     Target("survival", "reoffload_missed_cycles", "==", 0,
            "every flow offloaded again within 5 s of each removal"),
     Target("hotplug", "burst500_tx", "<=", 2, "500 links at once: at most 2 transactions"),
+    Target("policy", "stop_ms_max", "<=", 1000, "a new drop rule stops an offloaded flow in 1 s"),
+    Target("policy", "victims_stopped", ">=", 20, "every flow a new rule drops is stopped"),
+    Target("policy", "unaffected_reoffloaded_1s_ratio", ">=", 0.99,
+           "flows the rule allows are offloaded again within 1 s, same entries"),
     Target("scrape", "offloaded_flows", ">=", 100_000, "100k offloaded flows"),
     Target("scrape", "scrape_vs_conntrack_ratio", "<=", 0.5, "scrape at most half of conntrack -L"),
     Target("scrape", "scrape_rss_growth_mb", "<=", 1.0, "scraping 100k flows keeps no memory"),
@@ -55,6 +59,7 @@ REQUIRED = {
     "survival": ["survival_ratio", "survival_ratio_rebuild"],
     "scrape": ["scrape_vs_conntrack_ratio", "scrape_rss_growth_mb"],
     "footprint": ["rss_idle_mb", "idle_cpu_s"],
+    "policy": ["stop_ms_p50", "stop_ms_max", "unaffected_reoffloaded_1s_ratio"],
 }
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, "==": operator.eq}
@@ -73,6 +78,8 @@ HEADLINE = {
     "scrape": ["offloaded_flows", "offloaded_flows_conntrack", "scrape_s", "conntrack_s",
                "scrape_vs_conntrack_ratio", "scrape_rss_growth_mb", "rss_growth_0_to_100k_mb"],
     "footprint": ["rss_idle_mb", "idle_cpu_s", "flowtables", "devices"],
+    "policy": ["stop_ms_p50", "stop_ms_max", "victims_stopped", "unaffected_reoffloaded_1s_ratio",
+               "unaffected_reoffloaded_1s_min", "revalidation_delay_ms_p50", "revalidations"],
 }
 
 

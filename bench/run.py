@@ -20,13 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import dataplane, footprint, hotplug, scrape, survival
+from bench import dataplane, footprint, hotplug, policy, scrape, survival
 from bench.common import sysctl_init
 
 CASES: dict[str, Callable[[Path], dict[str, Any]]] = {
     "dataplane": dataplane.run,
     "hotplug": hotplug.run,
     "survival": survival.run,
+    "policy": policy.run,
     "scrape": scrape.run,
     "footprint": footprint.run,
 }

@@ -3,7 +3,7 @@
 # the results come back through the rw dir as bench/results/<kernel>.json (one
 # file per kernel series, e.g. 6.12.json, 7.json), then bench.report writes
 # the summary (stdout + <kernel>.txt) and <kernel>.png on the host.
-# Cases: dataplane hotplug survival scrape footprint (default: all).
+# Cases: dataplane hotplug survival policy scrape footprint (default: all).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")

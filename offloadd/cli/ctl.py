@@ -23,12 +23,13 @@ from typing import Any
 
 from offloadd import __version__
 from offloadd.cli.format import format_flows, format_status
-from offloadd.core.config import Config
+from offloadd.core.config import Config, Revalidate
 from offloadd.core.configparse import load_config, parse_config
 from offloadd.core.errors import ConfigError, OffloaddError
 from offloadd.core.explain import explain
 from offloadd.core.flows import OffloadedFlow
 from offloadd.core.render import render
+from offloadd.core.revalidate import coverage
 from offloadd.kernel.backend import NftBackend
 from offloadd.kernel.conntrack import list_by_status, list_offloaded, teardown_timeout_warnings
 from offloadd.kernel.links import current_links
@@ -297,11 +298,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     others = [c for c in chains if c.get("hook") == "forward"
               and not (c.get("table") == config.daemon.table
                        and c.get("family") == config.daemon.family.value)]
+    on_change = config.daemon.revalidate is Revalidate.ON_CHANGE
+    seen = ("until it is offloaded and again after each ruleset change by others"
+            if on_change else "until it is offloaded (revalidate = \"off\")")
     warnings = [
         f"forward chain {c['family']} {c['table']} {c['name']} (priority {c.get('prio')}) "
-        "does not see offloaded packets: rules there act only on a flow's first packets"
+        f"does not see offloaded packets: its rules see a flow's packets {seen}"
         for c in others if c.get("family") in ("ip", "ip6", "inet")
     ] + teardown_timeout_warnings()
+    covered, not_covered = coverage(on_change)
     priorities = other_forward_priorities(chains, config.daemon.family.value,
                                           config.daemon.table)
     script = "" if plan.is_empty else render(plan, config.daemon.family.value,
@@ -313,11 +318,16 @@ def cmd_check(args: argparse.Namespace) -> int:
             "devices": [{"device": d.device, "flowtable": d.flowtable, "reason": d.reason}
                         for d in desired.decisions],
             "warnings": warnings + [n.message for n in desired.problems],
+            "policy": {"revalidate": config.daemon.revalidate.value, "covered": covered,
+                       "not_covered": not_covered},
             "plan": script.splitlines()}
     human = [f"{path}: valid; {len(config.flowtables)} flowtable(s)"]
     human += [f"  {d['device']:<15} -> {d['flowtable'] or 'not offloaded'} ({d['reason']})"
               for d in data["devices"]]
     human += [f"warning: {w}" for w in data["warnings"]]
+    human.append(f"policy for offloaded flows (revalidate = {config.daemon.revalidate.value}):")
+    human += [f"  covered: {c}" for c in covered]
+    human += [f"  NOT covered: {c}" for c in not_covered]
     human.append("plan: nothing to change" if plan.is_empty else "plan (one transaction):")
     human += [f"  {line}" for line in data["plan"]]
     _emit(args, data, "\n".join(human) + "\n")

@@ -186,3 +186,31 @@ class Schedule:
 
 
 MAX_TRIGGERS = 3
+
+
+def coverage(on_change: bool) -> tuple[list[str], list[str]]:
+    """What re-validation covers and what it does not, for ``offloadctl check``."""
+    if not on_change:
+        return [], ["revalidate = \"off\": a rule or set element added after a flow was "
+                    "offloaded never sees it; the flow keeps going until it ends"]
+    covered = [
+        "rules, chains, sets, set elements, tables and named objects that anyone but "
+        "offloadd adds or deletes in any other table (nft, iptables-nft, firewalld, "
+        "fail2ban, crowdsec): offloaded flows meet the new policy at their next packet, "
+        "~0.1 s after a lone change, at most 2 s into a burst of changes",
+        "hardware-offloaded flows: replacing the flowtable removes their entries from the "
+        "device too (not tested in the lab: it has no offload-capable NIC)",
+    ]
+    not_covered = [
+        "rules that act on every packet (quota, limit, counters, meta hour/day): offloaded "
+        "packets skip the forward chains, so they see a flow only until it is offloaded",
+        "sets a rule fills from the packet path (add/update @set, meters): the kernel sends "
+        "no change event for those elements",
+        "iptables-legacy (xtables) rules and sysctl changes: they are not nf_tables "
+        "transactions",
+        "routing changes (ip route/rule, blackhole routes): the kernel's own route check "
+        "decides when an offloaded flow's route is stale",
+        "the moment between a change and the replacement (see above): packets of flows "
+        "already offloaded still pass then",
+    ]
+    return covered, not_covered

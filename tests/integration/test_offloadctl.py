@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.lab.daemon import offloadd
 from tests.lab.topology import Lab
@@ -57,7 +58,9 @@ def test_status_reload_check_and_daemon_down(lab: Lab, tmp_path: Path) -> None:
                  ["table"]["forward_priority"] == 1, 20, what="offload rule moved to priority 1")
         chk = json.loads(d.ctl("--json", "check", check=True).stdout)
         assert chk["valid"] and chk["plan"] == [], chk["plan"]
-        assert any("ip admin admin_forward" in w for w in chk["warnings"])
+        assert any("ip admin admin_forward" in w and "after each ruleset change" in w
+                   for w in chk["warnings"]), chk["warnings"]
+        _says_what_revalidation_covers(chk["policy"])
         assert not any("timeout" in w for w in chk["warnings"]), chk["warnings"]
         # A flowtable UDP timeout at or above conntrack's makes every fallback
         # restart the flow's conntrack entry: check says so.
@@ -65,6 +68,8 @@ def test_status_reload_check_and_daemon_down(lab: Lab, tmp_path: Path) -> None:
         human_chk = d.ctl("check", check=True).stdout
         assert "warning: net.netfilter.nf_flowtable_udp_timeout (3600 s) is not below" in \
             human_chk, human_chk
+        assert "policy for offloaded flows (revalidate = on-change):" in human_chk
+        assert "  NOT covered: rules that act on every packet" in human_chk
         bad_file = tmp_path / "bad.toml"
         bad_file.write_text('[[flowtable]]\nname = "x"\ndevices = []\n')
         res = d.ctl("check", str(bad_file))
@@ -155,3 +160,9 @@ def test_flows_and_explain(lab: Lab, tmp_path: Path) -> None:
             assert bad.returncode == 2 and "is not ADDRESS[:PORT]" in bad.stderr
         finally:
             big.stop()
+
+
+def _says_what_revalidation_covers(policy: dict[str, Any]) -> None:
+    assert policy["revalidate"] == "on-change"
+    assert any("set elements" in c for c in policy["covered"]), policy
+    assert any("iptables-legacy" in c for c in policy["not_covered"]), policy

@@ -24,6 +24,8 @@ class CtEntry:
     dport: int
     flags: frozenset[str]
     id: int
+    # The reply direction (src, dst, sport, dport): with NAT, the mapping.
+    reply: tuple[str, str, int, int] = ("", "", 0, 0)
 
     @property
     def offloaded(self) -> bool:
@@ -35,11 +37,15 @@ def parse_line(line: str) -> CtEntry | None:
     if len(parts) < 3 or parts[0] not in ("tcp", "udp", "icmp", "ipv6-icmp", "sctp"):
         return None
     first: dict[str, str] = {}
+    second: dict[str, str] = {}
     for k, v in _KV.findall(line):
-        first.setdefault(k, v)
+        (second if k in first else first).setdefault(k, v)
+    reply = (second.get("src", ""), second.get("dst", ""), int(second.get("sport", 0)),
+             int(second.get("dport", 0)))
     return CtEntry(proto=parts[0], src=first.get("src", ""), dst=first.get("dst", ""),
                    sport=int(first.get("sport", 0)), dport=int(first.get("dport", 0)),
-                   flags=frozenset(_FLAG.findall(line)), id=int(first.get("id", 0)))
+                   flags=frozenset(_FLAG.findall(line)), id=int(first.get("id", 0)),
+                   reply=reply)
 
 
 def entries(ns: Netns, family: int = 4) -> list[CtEntry]:

@@ -3,6 +3,10 @@
 udp-echo   echoes every datagram back (so conntrack sees replies: ESTABLISHED)
 udp-flows  opens K UDP flows and keeps each sending every INTERVAL seconds for
            SECONDS, then prints a JSON summary of datagrams sent and echoed.
+tcp-echo   echoes every byte back on each accepted connection
+probe      K UDP or TCP flows, each sending every INTERVAL seconds for SECONDS;
+           prints each flow's local port and the wall-clock times its replies
+           came back (when a flow stopped, and whether it came back).
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import select
+import selectors
+import signal
 import socket
 import sys
 import time
@@ -78,6 +84,78 @@ def udp_flows(dst: str, port: int, *, flows: int, seconds: float, interval: floa
     return {"sent": sent, "received": received, "first_port": min(ports), "flows": flows}
 
 
+def tcp_echo(bind: str, port: int) -> None:
+    srv = socket.socket(_family(bind), socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((bind, port))
+    srv.listen(256)
+    sel = selectors.DefaultSelector()
+    sel.register(srv, selectors.EVENT_READ)
+    print("ready", flush=True)
+    while True:
+        for key, _ in sel.select():
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            if sock is srv:
+                conn, _peer = srv.accept()
+                sel.register(conn, selectors.EVENT_READ)
+                continue
+            try:
+                data = sock.recv(65535)
+            except OSError:
+                data = b""
+            if not data:
+                sel.unregister(sock)
+                sock.close()
+                continue
+            try:
+                sock.sendall(data)
+            except OSError:
+                sel.unregister(sock)
+                sock.close()
+
+
+def probe(proto: str, dst: str, port: int, *, flows: int, seconds: float,
+          interval: float) -> dict[str, object]:
+    kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+    socks = []
+    for _ in range(flows):
+        s = socket.socket(_family(dst), kind)
+        s.connect((dst, port))
+        s.setblocking(False)
+        socks.append(s)
+    replies: dict[socket.socket, list[float]] = {s: [] for s in socks}
+    sent = 0
+    end = time.monotonic() + seconds
+    next_send = time.monotonic()
+    stop: list[int] = []
+    # SIGTERM ends the run early and still prints what was seen.
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    while time.monotonic() < end and not stop:
+        now = time.monotonic()
+        if now >= next_send:
+            for s in socks:
+                try:
+                    s.send(b"probe...")
+                    sent += 1
+                except (BlockingIOError, ConnectionRefusedError):
+                    pass
+            next_send = now + interval
+        ready, _, _ = select.select(socks, [], [], max(0.0, min(next_send, end) - now))
+        for s in ready:
+            try:
+                while s.recv(65535):
+                    replies[s].append(round(time.time(), 3))
+                    if kind == socket.SOCK_STREAM:
+                        break
+            except (BlockingIOError, ConnectionRefusedError):
+                pass
+    out = [{"port": s.getsockname()[1], "replies": replies[s]} for s in socks]
+    for s in socks:
+        s.close()
+    return {"sent": sent, "flows": out}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="mode", required=True)
@@ -91,9 +169,26 @@ def main() -> int:
     f.add_argument("--seconds", type=float, default=5)
     f.add_argument("--interval", type=float, default=0.05)
     f.add_argument("--size", type=int, default=64)
+    t = sub.add_parser("tcp-echo")
+    t.add_argument("--bind", required=True)
+    t.add_argument("--port", type=int, required=True)
+    p = sub.add_parser("probe")
+    p.add_argument("--proto", choices=("udp", "tcp"), required=True)
+    p.add_argument("--dst", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--flows", type=int, default=1)
+    p.add_argument("--seconds", type=float, default=5)
+    p.add_argument("--interval", type=float, default=0.1)
     a = ap.parse_args()
     if a.mode == "udp-echo":
         udp_echo(a.bind, a.port)
+        return 0
+    if a.mode == "tcp-echo":
+        tcp_echo(a.bind, a.port)
+        return 0
+    if a.mode == "probe":
+        print(json.dumps(probe(a.proto, a.dst, a.port, flows=a.flows, seconds=a.seconds,
+                               interval=a.interval)))
         return 0
     print(json.dumps(udp_flows(a.dst, a.port, flows=a.flows, seconds=a.seconds,
                                 interval=a.interval, size=a.size)))

@@ -67,6 +67,12 @@ class Background:
     def stop(self) -> None:
         stop_process(self.proc)
 
+    def finish(self, timeout: float = 30) -> dict[str, Any]:
+        """Asks the client to end now (SIGTERM) and returns its summary."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        return self.result(timeout)
+
 
 def iperf3_client(ns: Netns, dst: str, seconds: float, port: int = 5201,
                   extra: tuple[str, ...] = ()) -> Background:
@@ -84,6 +90,27 @@ def udp_echo_server(ns: Netns, bind: str, port: int = 7000) -> Iterator[None]:
         yield
     finally:
         stop_process(proc)
+
+
+@contextmanager
+def tcp_echo_server(ns: Netns, bind: str, port: int) -> Iterator[None]:
+    proc = ns.popen(sys.executable, FLOWGEN, "tcp-echo", "--bind", bind, "--port", str(port),
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_listening(ns, port, udp=False)
+        yield
+    finally:
+        stop_process(proc)
+
+
+def probe(ns: Netns, proto: str, dst: str, port: int, *, flows: int, seconds: float,
+          interval: float = 0.1) -> Background:
+    """Flows that record when their replies came back (see flowgen.py probe)."""
+    proc = ns.popen(sys.executable, FLOWGEN, "probe", "--proto", proto, "--dst", dst,
+                    "--port", str(port), "--flows", str(flows), "--seconds", str(seconds),
+                    "--interval", str(interval),
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return Background(proc)
 
 
 def udp_flows(ns: Netns, dst: str, *, port: int = 7000, flows: int = 1, seconds: float = 5,

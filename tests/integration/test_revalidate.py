@@ -1,0 +1,253 @@
+"""A policy the admin writes reaches flows that are already offloaded.
+
+Real kernel, real traffic (flowgen probes record when each flow's replies come
+back), conntrack-tools as the oracle. The admin's own table has a forward
+chain (with a set-based drop rule and a regular chain for new rules) and an
+IPv4 masquerade on wan0. With flows offloaded through offloadd:
+- drop rules for some flows (IPv4 TCP, IPv4 UDP through the masquerade, IPv6
+  UDP) must stop exactly those within 1 s; the others stay offloaded under
+  the same conntrack entries and NAT mappings;
+- an element added to the drop rule's set stops the matching flow within 1 s;
+- removing the rules and the element lets the flows through and offloaded again;
+- 10 000 set-element updates over ~10 s cost at most 10 re-validations and no
+  unaffected flow loses its entry or its replies;
+- offloadd's own device changes never count as a policy change.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.lab import conntrack
+from tests.lab.daemon import RunningDaemon, offloadd
+from tests.lab.topology import Lab
+from tests.lab.traffic import Background, probe, tcp_echo_server, udp_echo_server, wait_for
+
+CONFIG = """
+[[flowtable]]
+name = "ft"
+devices = ["lan*", "wan*"]
+"""
+ADMIN = """
+table inet admin {
+    set blocked4 { type ipv4_addr; }
+    set noise4 { type ipv4_addr; }
+    chain policy { }
+    chain fwd {
+        type filter hook forward priority 0; policy accept;
+        ip saddr @blocked4 drop
+        ip daddr @noise4 drop
+        jump policy
+    }
+}
+table ip adminnat {
+    chain post { type nat hook postrouting priority 100; policy accept;
+                 oifname "wan0" masquerade; }
+}
+"""
+WITHIN_S = 1.0
+INTERVAL_S = 0.1
+
+
+def _revalidate(d: RunningDaemon) -> dict[str, Any]:
+    out = d.ctl("--json", "status", check=True).stdout
+    rv: dict[str, Any] = json.loads(out)["revalidate"]
+    return rv
+
+
+def _entries(lab: Lab, ports: set[int]) -> dict[tuple[str, int, int], conntrack.CtEntry]:
+    """(proto, client port, server port) -> entry, for the probes' flows."""
+    return {(e.proto, e.sport, e.dport): e for fam in (4, 6)
+            for e in conntrack.entries(lab.router, fam) if e.dport in ports}
+
+
+def _keys(res: dict[str, Any], proto: str, dport: int) -> set[tuple[str, int, int]]:
+    return {(proto, f["port"], dport) for f in res["flows"]}
+
+
+def _all_offloaded(lab: Lab, ports: set[int], want: int) -> dict[tuple[str, int, int], Any] | None:
+    now = _entries(lab, ports)
+    return now if len(now) >= want and all(e.offloaded for e in now.values()) else None
+
+
+def _last_reply(res: dict[str, Any]) -> float:
+    return max((f["replies"][-1] if f["replies"] else 0.0) for f in res["flows"])
+
+
+def _first_reply_after(res: dict[str, Any], t: float) -> float:
+    return max(min((r for r in f["replies"] if r > t), default=float("inf"))
+               for f in res["flows"])
+
+
+def _max_gap(res: dict[str, Any], start: float, end: float) -> float:
+    gaps = []
+    for f in res["flows"]:
+        times = [start, *[r for r in f["replies"] if start < r < end], end]
+        gaps.append(max(b - a for a, b in itertools.pairwise(times)))
+    return float(max(gaps))
+
+
+def _still_offloaded(lab: Lab, before: dict[tuple[str, int, int], conntrack.CtEntry],
+                     keys: set[tuple[str, int, int]]) -> str | None:
+    """None if every flow in keys is offloaded under the same entry and NAT mapping."""
+    now = _entries(lab, {k[2] for k in keys})
+    bad = [f"{k}: before id={before[k].id} reply={before[k].reply}, now "
+           + (f"id={now[k].id} reply={now[k].reply} flags={sorted(now[k].flags)}"
+              if k in now else "gone")
+           for k in sorted(keys)
+           if k not in now or now[k].id != before[k].id or now[k].reply != before[k].reply
+           or not now[k].offloaded]
+    return "; ".join(bad) or None
+
+
+def test_new_rules_and_set_elements_reach_offloaded_flows(lab: Lab, tmp_path: Path) -> None:
+    r = lab.router
+    r.nft(ADMIN)
+    s4, s6 = lab.server_addr(4), lab.server_addr(6)
+    ports = {7000, 7001, 7100, 7101}
+    with offloadd(r, CONFIG, tmp_path) as d, \
+            udp_echo_server(lab.server, "::", 7000), udp_echo_server(lab.server, "::", 7001), \
+            tcp_echo_server(lab.server, "0.0.0.0", 7100), \
+            tcp_echo_server(lab.server, "0.0.0.0", 7101):
+        d.wait_devices("ft", {"lan0", "lan1", "wan0"})
+        seconds = 120
+        gens: dict[str, Background] = {
+            "u4_keep": probe(lab.client, "udp", s4, 7000, flows=8, seconds=seconds),
+            "u4_drop": probe(lab.client, "udp", s4, 7001, flows=8, seconds=seconds),
+            "u6_keep": probe(lab.client, "udp", s6, 7000, flows=4, seconds=seconds),
+            "u6_drop": probe(lab.client, "udp", s6, 7001, flows=4, seconds=seconds),
+            "t4_keep": probe(lab.client, "tcp", s4, 7100, flows=3, seconds=seconds),
+            "t4_drop": probe(lab.client, "tcp", s4, 7101, flows=3, seconds=seconds),
+            "c2": probe(lab.client2, "udp", s4, 7000, flows=4, seconds=seconds),
+        }
+        try:
+            before = wait_for(lambda: _all_offloaded(lab, ports, 34), 60, interval=0.5,
+                              what="34 offloaded flows (udp/tcp, IPv4 through NAT, IPv6)")
+            masq = [e for e in before.values() if e.proto == "udp" and "." in e.src]
+            assert masq and all(e.reply[1] == lab.wan.router_v4 for e in masq), masq[:2]
+            keep_keys = {k for k, e in before.items()
+                         if (k[2] in (7000, 7100)) and e.src != lab.lan2.host_v4}
+            c2_keys = {k for k, e in before.items() if e.src == lab.lan2.host_v4}
+            assert len(keep_keys) == 15 and len(c2_keys) == 4
+            rv0 = _revalidate(d)
+
+            # 1. Drop rules for some flows, in the admin's table (one nft transaction).
+            r.nft(f"add rule inet admin policy ip daddr {s4} udp dport 7001 drop\n"
+                  f"add rule inet admin policy ip6 daddr {s6} udp dport 7001 drop\n"
+                  f"add rule inet admin policy ip daddr {s4} tcp dport 7101 drop\n")
+            rule_at = time.time()
+            time.sleep(WITHIN_S)
+            bad = _still_offloaded(lab, before, keep_keys)
+            assert bad is None, f"not offloaded again within {WITHIN_S} s: {bad}\n" \
+                                f"{d.log_text()[-3000:]}"
+            time.sleep(1.5)  # blocked flows must stay silent well past the second
+
+            # 2. An element in the set a drop rule already uses.
+            r.nft(f"add element inet admin blocked4 {{ {lab.lan2.host_v4} }}")
+            elem_at = time.time()
+            time.sleep(WITHIN_S)
+            bad = _still_offloaded(lab, before, keep_keys)
+            assert bad is None, f"not offloaded again within {WITHIN_S} s: {bad}"
+            time.sleep(1.5)
+            rv1 = _revalidate(d)
+
+            # 3. The admin takes both back: the flows come back, offloaded.
+            r.nft("flush chain inet admin policy\n"
+                  f"delete element inet admin blocked4 {{ {lab.lan2.host_v4} }}\n")
+            lifted_at = time.time()
+            # TCP retransmits back off; within 10 s all are through again.
+            wait_for(lambda: _all_offloaded(lab, ports, 34), 15, interval=0.3,
+                     what="every flow offloaded again after the rules and element went")
+            results = {name: g.finish() for name, g in gens.items()}
+        finally:
+            for g in gens.values():
+                g.stop()
+
+    for name in ("u4_drop", "u6_drop", "t4_drop"):
+        res = results[name]
+        assert all(any(t < rule_at - 0.5 for t in f["replies"]) for f in res["flows"]), name
+        last = max((max([t for t in f["replies"] if t < lifted_at], default=0.0))
+                   for f in res["flows"])
+        assert last <= rule_at + WITHIN_S, (
+            f"{name}: replies until {last - rule_at:.2f} s after the drop rule")
+        assert _first_reply_after(res, lifted_at) < float("inf"), f"{name} never came back"
+    res = results["c2"]
+    last = max(max([t for t in f["replies"] if t < lifted_at], default=0.0)
+               for f in res["flows"])
+    assert last <= elem_at + WITHIN_S, f"c2: replies until {last - elem_at:.2f} s after the element"
+    assert _first_reply_after(res, lifted_at) < float("inf")
+    for name in ("u4_keep", "u6_keep", "t4_keep"):
+        gap = _max_gap(results[name], rule_at - 1, lifted_at)
+        assert gap < 1.0, f"{name}: a {gap:.2f} s gap in replies while only others were blocked"
+    assert rv1["revalidations_total"] - rv0["revalidations_total"] >= 2, rv1
+    assert rv1["last"]["trigger"].startswith("1 element added in inet admin by nft["), rv1
+    print(f"drop rule: blocked flows' last reply {last - elem_at:+.2f} s after the element; "
+          f"revalidation delay {rv1['last']['delay_seconds']} s, "
+          f"{rv1['revalidations_total']} re-validations")
+
+
+def test_bursts_are_coalesced_and_own_changes_do_not_count(lab: Lab, tmp_path: Path) -> None:
+    r = lab.router
+    r.nft(ADMIN)
+    s4, s6 = lab.server_addr(4), lab.server_addr(6)
+    with offloadd(r, CONFIG, tmp_path) as d, udp_echo_server(lab.server, "::", 7000):
+        d.wait_devices("ft", {"lan0", "lan1", "wan0"})
+        gens = [probe(lab.client, "udp", s4, 7000, flows=10, seconds=120),
+                probe(lab.client, "udp", s6, 7000, flows=10, seconds=120)]
+        try:
+            before = wait_for(lambda: _all_offloaded(lab, {7000}, 20), 60, interval=0.5,
+                              what="20 offloaded udp flows")
+            rv0 = _revalidate(d)
+
+            # offloadd's own transactions: devices attached and detached.
+            for i in range(2):
+                r.run("ip", "link", "add", f"lan9{i}", "type", "veth", "peer", "name", f"p9{i}")
+                d.wait_devices("ft", {"lan0", "lan1", "wan0", f"lan9{i}"})
+                r.run("ip", "link", "del", f"lan9{i}")
+                d.wait_devices("ft", {"lan0", "lan1", "wan0"})
+            time.sleep(1.5)
+            rv1 = _revalidate(d)
+            assert rv1["policy_changes_total"] == rv0["policy_changes_total"], rv1
+            assert rv1["revalidations_total"] == rv0["revalidations_total"], rv1
+
+            # A blocklist tool: 100 transactions of 100 elements over ~10 s.
+            lines = []
+            for i in range(100):
+                elems = ", ".join(f"10.{i // 4}.{i % 4 * 64 + j // 256}.{j % 256}"
+                                  for j in range(100))
+                lines.append(f"nft add element inet admin noise4 '{{ {elems} }}'; sleep 0.07")
+            cpu0 = _cpu_seconds(d)
+            t0 = time.time()
+            r.sh("\n".join(lines), timeout=120)
+            burst_s = time.time() - t0
+            time.sleep(2.5)  # the last coalesced re-validation
+            cpu = _cpu_seconds(d) - cpu0
+            rv2 = _revalidate(d)
+            count = len(r.out("nft", "list", "set", "inet", "admin", "noise4").split(","))
+            bad = _still_offloaded(lab, before, set(before))
+            results = [g.finish() for g in gens]
+        finally:
+            for g in gens:
+                g.stop()
+    runs = rv2["revalidations_total"] - rv1["revalidations_total"]
+    changes = rv2["policy_changes_total"] - rv1["policy_changes_total"]
+    print(f"burst: 10000 elements in {burst_s:.1f} s -> {changes} policy changes, {runs} "
+          f"re-validations, offloadd CPU {cpu:.2f} s")
+    assert count >= 10_000
+    assert changes == 100, rv2
+    assert 1 <= runs <= max(10, burst_s), rv2
+    assert bad is None, f"unaffected flows lost their entry or offload: {bad}"
+    for res in results:
+        gap = _max_gap(res, t0, t0 + burst_s)
+        assert gap < 1.0, f"a {gap:.2f} s gap in replies during the burst"
+    assert cpu < burst_s, f"offloadd used {cpu:.1f} s CPU for a {burst_s:.1f} s burst"
+
+
+def _cpu_seconds(d: RunningDaemon) -> float:
+    fields = Path(f"/proc/{d.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
