@@ -106,9 +106,20 @@ def triggers(changes: NftChanges, own_family: str, own_table: str,
     return [OVERRUN_TRIGGER, *found] if changes.overrun else found
 
 
-def by_others(changes: NftChanges, own_pid: int) -> bool:
-    """Whether anyone but offloadd committed something (a reconcile reads it)."""
-    return changes.overrun or any(tx.pid != own_pid for tx in changes.transactions)
+# What can move offloadd's forward chain (other tables' base chains) or undo its
+# own state; rules and elements cannot, so a blocklist burst costs no reconciles.
+RECONCILE_KINDS = frozenset({ObjectKind.TABLE, ObjectKind.CHAIN, ObjectKind.FLOWTABLE})
+
+
+def needs_reconcile(changes: NftChanges, own_family: str, own_table: str,
+                    own_pid: int) -> bool:
+    """Whether someone else changed what a reconcile reads: other tables' chains,
+    or anything in offloadd's own table (which the reconcile then restores)."""
+    if changes.overrun:
+        return True
+    return any(c.kind in RECONCILE_KINDS or (c.family, c.table) == (own_family, own_table)
+               for tx in changes.transactions if not (own_pid and tx.pid == own_pid)
+               for c in tx.changes)
 
 
 @dataclass(frozen=True)

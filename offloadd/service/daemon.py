@@ -22,7 +22,7 @@ from offloadd.core.configparse import load_config
 from offloadd.core.errors import ConfigError, DeviceVanishedError, OffloaddError
 from offloadd.core.model import DesiredResult, TableState
 from offloadd.core.plan import Plan, teardown_plan
-from offloadd.core.revalidate import by_others, triggers
+from offloadd.core.revalidate import needs_reconcile, triggers
 from offloadd.service.control import ControlServer, Handler
 from offloadd.service.ports import Backend, ChangeSource, LinkSource, Notify
 from offloadd.service.reconciler import Reconciler
@@ -242,7 +242,7 @@ class Daemon:
         daemon = self.config.daemon
         try:
             async for batch in self._nft_changes.changes():
-                if by_others(batch, self._own_pid):
+                if needs_reconcile(batch, daemon.family.value, daemon.table, self._own_pid):
                     self._wake.set()
                 for trigger in triggers(batch, daemon.family.value, daemon.table,
                                         self._own_pid):

@@ -21,7 +21,7 @@ from offloadd.core.revalidate import (
     TableChange,
     Transaction,
     Verb,
-    by_others,
+    needs_reconcile,
     policy_trigger,
     triggers,
 )
@@ -82,9 +82,20 @@ def test_the_trigger_summarises_a_burst_of_elements() -> None:
 def test_an_overrun_triggers_and_wakes_a_reconcile() -> None:
     batch = NftChanges((), overrun=True)
     assert triggers(batch, *OWN, PID) == [OVERRUN_TRIGGER]
-    assert by_others(batch, PID)
+    assert needs_reconcile(batch, *OWN, PID)
     own = NftChanges((_tx(RULE_IN_ADMIN, pid=PID),))
-    assert triggers(own, *OWN, PID) == [] and not by_others(own, PID)
+    assert triggers(own, *OWN, PID) == [] and not needs_reconcile(own, *OWN, PID)
+
+
+def test_only_chains_tables_and_offloadds_own_table_wake_a_reconcile() -> None:
+    def wakes(*changes: tuple[ObjectKind, Verb, str, str]) -> bool:
+        return needs_reconcile(NftChanges((_tx(*changes),)), *OWN, PID)
+
+    assert wakes((ObjectKind.CHAIN, Verb.ADD, "ip", "admin"))  # may move offloadd's chain
+    assert wakes((ObjectKind.TABLE, Verb.DELETE, "inet", "offloadd"))
+    assert wakes((ObjectKind.RULE, Verb.DELETE, "inet", "offloadd"))  # someone edits ours
+    assert not wakes((ObjectKind.ELEMENT, Verb.ADD, "inet", "admin"))  # a blocklist burst
+    assert not wakes(RULE_IN_ADMIN)
 
 
 # -- when it runs ----------------------------------------------------------------------
