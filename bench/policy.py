@@ -36,8 +36,8 @@ devices = ["lan*", "wan*"]
 """
 ADMIN = """
 table inet admin {
-    chain policy { }
-    chain fwd { type filter hook forward priority 0; policy accept; jump policy; }
+    chain rules { }
+    chain filter_fwd { type filter hook forward priority 0; policy accept; jump rules; }
 }
 table ip adminnat {
     chain post { type nat hook postrouting priority 100; policy accept;
@@ -85,7 +85,7 @@ def run(workdir: Path) -> dict[str, Any]:
                 kept: list[float] = []
                 delays: list[float] = []
                 for port in victims:
-                    lab.router.nft(f"add rule inet admin policy udp sport {port} drop")
+                    lab.router.nft(f"add rule inet admin rules udp sport {port} drop")
                     changed_at[port] = time.time()
                     time.sleep(1.0)
                     now = _entries(lab)

@@ -129,16 +129,17 @@ class RevalidatePolicy:
     quiet_s: a lone change waits this long for the rest of its burst (a
     script running several nft commands), so one replacement covers them.
     interval_s: at least this long between two re-validations.
-    burst_interval_s: once two re-validations in a row were held back by
-    interval_s (changes keep coming), the pace drops to this, so a blocklist
-    tool adding elements for a minute costs one replacement per
-    burst_interval_s, not one per command.
+    burst_interval_s: once burst_after re-validations in a row each had the
+    next change come within interval_s (changes keep coming), the pace drops to
+    this, so a blocklist tool adding elements for a minute costs one
+    replacement per burst_interval_s, not one per command; an admin typing a
+    few commands still gets each applied within a second.
     """
 
     quiet_s: float = 0.1
     interval_s: float = 1.0
     burst_interval_s: float = 2.0
-    burst_after: int = 2
+    burst_after: int = 3
 
 
 @dataclass(frozen=True)
@@ -157,16 +158,16 @@ class Schedule:
 
     pending: Pending | None = None
     last_run_at: float | None = None
-    held_runs: int = 0  # runs in a row that the interval held back
+    burst_runs: int = 0  # runs in a row whose next change came within interval_s
 
     def changed(self, at: float, trigger: str) -> Schedule:
         p = self.pending
         if p is None:
-            return Schedule(Pending(at, at, (trigger,), 1), self.last_run_at, self.held_runs)
+            return Schedule(Pending(at, at, (trigger,), 1), self.last_run_at, self.burst_runs)
         keep = trigger in p.triggers or len(p.triggers) >= MAX_TRIGGERS
         triggers = p.triggers if keep else (*p.triggers, trigger)
         return Schedule(Pending(p.first_at, at, triggers, p.count + 1),
-                        self.last_run_at, self.held_runs)
+                        self.last_run_at, self.burst_runs)
 
     def _natural(self, policy: RevalidatePolicy) -> float | None:
         p = self.pending
@@ -178,7 +179,7 @@ class Schedule:
     def _earliest(self, policy: RevalidatePolicy) -> float | None:
         if self.last_run_at is None:
             return None
-        burst = self.held_runs >= policy.burst_after
+        burst = self.burst_runs >= policy.burst_after
         return self.last_run_at + (policy.burst_interval_s if burst else policy.interval_s)
 
     def due_at(self, policy: RevalidatePolicy) -> float | None:
@@ -191,9 +192,10 @@ class Schedule:
 
     def ran(self, at: float, policy: RevalidatePolicy) -> Schedule:
         """The pending changes were re-validated at `at`."""
-        natural, earliest = self._natural(policy), self._earliest(policy)
-        held = natural is not None and earliest is not None and natural < earliest
-        return Schedule(None, at, self.held_runs + 1 if held else 0)
+        p = self.pending
+        going_on = (p is not None and self.last_run_at is not None
+                    and p.first_at - self.last_run_at < policy.interval_s)
+        return Schedule(None, at, self.burst_runs + 1 if going_on else 0)
 
 
 MAX_TRIGGERS = 3

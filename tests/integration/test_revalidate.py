@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -37,12 +38,12 @@ ADMIN = """
 table inet admin {
     set blocked4 { type ipv4_addr; }
     set noise4 { type ipv4_addr; }
-    chain policy { }
-    chain fwd {
+    chain rules { }
+    chain filter_fwd {
         type filter hook forward priority 0; policy accept;
         ip saddr @blocked4 drop
         ip daddr @noise4 drop
-        jump policy
+        jump rules
     }
 }
 table ip adminnat {
@@ -50,6 +51,7 @@ table ip adminnat {
                  oifname "wan0" masquerade; }
 }
 """
+BLOCKLIST = str(Path(__file__).parents[1] / "lab" / "blocklist.py")
 WITHIN_S = 1.0
 INTERVAL_S = 0.1
 
@@ -137,15 +139,17 @@ def test_new_rules_and_set_elements_reach_offloaded_flows(lab: Lab, tmp_path: Pa
             rv0 = _revalidate(d)
 
             # 1. Drop rules for some flows, in the admin's table (one nft transaction).
-            r.nft(f"add rule inet admin policy ip daddr {s4} udp dport 7001 drop\n"
-                  f"add rule inet admin policy ip6 daddr {s6} udp dport 7001 drop\n"
-                  f"add rule inet admin policy ip daddr {s4} tcp dport 7101 drop\n")
+            r.nft(f"add rule inet admin rules ip daddr {s4} udp dport 7001 counter drop\n"
+                  f"add rule inet admin rules ip6 daddr {s6} udp dport 7001 counter drop\n"
+                  f"add rule inet admin rules ip daddr {s4} tcp dport 7101 counter drop\n")
             rule_at = time.time()
             time.sleep(WITHIN_S)
             bad = _still_offloaded(lab, before, keep_keys)
             assert bad is None, f"not offloaded again within {WITHIN_S} s: {bad}\n" \
                                 f"{d.log_text()[-3000:]}"
             time.sleep(1.5)  # blocked flows must stay silent well past the second
+            diag = (r.out("nft", "list", "table", "inet", "admin") + "\n"
+                    + r.out("conntrack", "-L", "-f", "ipv6") + "\n" + d.log_text()[-3000:])
 
             # 2. An element in the set a drop rule already uses.
             r.nft(f"add element inet admin blocked4 {{ {lab.lan2.host_v4} }}")
@@ -157,9 +161,10 @@ def test_new_rules_and_set_elements_reach_offloaded_flows(lab: Lab, tmp_path: Pa
             rv1 = _revalidate(d)
 
             # 3. The admin takes both back: the flows come back, offloaded.
-            r.nft("flush chain inet admin policy\n"
-                  f"delete element inet admin blocked4 {{ {lab.lan2.host_v4} }}\n")
+            # (Taken before the command: replies may come back as soon as it commits.)
             lifted_at = time.time()
+            r.nft("flush chain inet admin rules\n"
+                  f"delete element inet admin blocked4 {{ {lab.lan2.host_v4} }}\n")
             # TCP retransmits back off; within 10 s all are through again.
             wait_for(lambda: _all_offloaded(lab, ports, 34), 15, interval=0.3,
                      what="every flow offloaded again after the rules and element went")
@@ -168,27 +173,30 @@ def test_new_rules_and_set_elements_reach_offloaded_flows(lab: Lab, tmp_path: Pa
             for g in gens.values():
                 g.stop()
 
-    for name in ("u4_drop", "u6_drop", "t4_drop"):
+    _check_blocked_and_kept(results, rule_at, elem_at, lifted_at, diag)
+    assert rv1["revalidations_total"] - rv0["revalidations_total"] >= 2, rv1
+    assert rv1["last"]["trigger"].startswith("1 element added in inet admin by nft["), rv1
+
+
+def _check_blocked_and_kept(results: dict[str, Any], rule_at: float, elem_at: float,
+                            lifted_at: float, diag: str) -> None:
+    """From the probes' reply times: the blocked flows stopped within WITHIN_S of
+    their change (the change has committed when ``nft`` returns, which is when
+    rule_at/elem_at are taken) and came back after the lift; the others never
+    paused for a second."""
+    blocked = {"u4_drop": rule_at, "u6_drop": rule_at, "t4_drop": rule_at, "c2": elem_at}
+    for name, at in blocked.items():
         res = results[name]
-        assert all(any(t < rule_at - 0.5 for t in f["replies"]) for f in res["flows"]), name
-        last = max((max([t for t in f["replies"] if t < lifted_at], default=0.0))
+        assert all(any(t < at - 0.5 for t in f["replies"]) for f in res["flows"]), name
+        last = max(max([t for t in f["replies"] if t < lifted_at], default=0.0)
                    for f in res["flows"])
-        assert last <= rule_at + WITHIN_S, (
-            f"{name}: replies until {last - rule_at:.2f} s after the drop rule")
+        assert last <= at + WITHIN_S, (
+            f"{name}: replies until {last - at:.2f} s after its drop\n{diag}")
         assert _first_reply_after(res, lifted_at) < float("inf"), f"{name} never came back"
-    res = results["c2"]
-    last = max(max([t for t in f["replies"] if t < lifted_at], default=0.0)
-               for f in res["flows"])
-    assert last <= elem_at + WITHIN_S, f"c2: replies until {last - elem_at:.2f} s after the element"
-    assert _first_reply_after(res, lifted_at) < float("inf")
+        print(f"{name}: last reply {last - at:+.2f} s after its drop")
     for name in ("u4_keep", "u6_keep", "t4_keep"):
         gap = _max_gap(results[name], rule_at - 1, lifted_at)
         assert gap < 1.0, f"{name}: a {gap:.2f} s gap in replies while only others were blocked"
-    assert rv1["revalidations_total"] - rv0["revalidations_total"] >= 2, rv1
-    assert rv1["last"]["trigger"].startswith("1 element added in inet admin by nft["), rv1
-    print(f"drop rule: blocked flows' last reply {last - elem_at:+.2f} s after the element; "
-          f"revalidation delay {rv1['last']['delay_seconds']} s, "
-          f"{rv1['revalidations_total']} re-validations")
 
 
 def test_bursts_are_coalesced_and_own_changes_do_not_count(lab: Lab, tmp_path: Path) -> None:
@@ -215,16 +223,12 @@ def test_bursts_are_coalesced_and_own_changes_do_not_count(lab: Lab, tmp_path: P
             assert rv1["policy_changes_total"] == rv0["policy_changes_total"], rv1
             assert rv1["revalidations_total"] == rv0["revalidations_total"], rv1
 
-            # A blocklist tool: 100 transactions of 100 elements over ~10 s.
-            lines = []
-            for i in range(100):
-                elems = ", ".join(f"10.{i // 4}.{i % 4 * 64 + j // 256}.{j % 256}"
-                                  for j in range(100))
-                lines.append(f"nft add element inet admin noise4 '{{ {elems} }}'; sleep 0.07")
+            # A blocklist tool: 100 transactions of 100 elements over 10 s.
             cpu0 = _cpu_seconds(d)
             t0 = time.time()
-            r.sh("\n".join(lines), timeout=120)
-            burst_s = time.time() - t0
+            burst_s = float(r.out(sys.executable, BLOCKLIST, "--table", "admin", "--set",
+                                  "noise4", "--transactions", "100", "--per", "100",
+                                  "--seconds", "10", timeout=120))
             time.sleep(2.5)  # the last coalesced re-validation
             cpu = _cpu_seconds(d) - cpu0
             rv2 = _revalidate(d)
@@ -240,7 +244,9 @@ def test_bursts_are_coalesced_and_own_changes_do_not_count(lab: Lab, tmp_path: P
           f"re-validations, offloadd CPU {cpu:.2f} s")
     assert count >= 10_000
     assert changes == 100, rv2
-    assert 1 <= runs <= max(10, burst_s), rv2
+    # The pace holds in the lab (in-process libnftables); should a slow machine
+    # stretch the burst, the bound is still one re-validation a second.
+    assert 1 <= runs <= max(10, int(burst_s)), rv2
     assert bad is None, f"unaffected flows lost their entry or offload: {bad}"
     for res in results:
         gap = _max_gap(res, t0, t0 + burst_s)
