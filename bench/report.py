@@ -106,6 +106,23 @@ def missed(doc: dict[str, Any]) -> list[str]:
     return out
 
 
+def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The new run, plus the cases it did not run kept from the old file.
+
+    `make bench CASES=policy` must not throw away the other cases' figures;
+    each case carries the date and kernel it was measured on, since only
+    ratios measured in one run compare.
+    """
+    for case in new.get("cases", []):
+        case.setdefault("date", new.get("date"))
+        case.setdefault("kernel", new.get("kernel"))
+    ran = {c["case"] for c in new.get("cases", [])}
+    kept = [{**c, "date": c.get("date", old.get("date")),
+             "kernel": c.get("kernel", old.get("kernel"))}
+            for c in old.get("cases", []) if c["case"] not in ran]
+    return {**new, "cases": [*new.get("cases", []), *kept]}
+
+
 def summarize(doc: dict[str, Any], wall_s: float | None = None) -> tuple[str, bool]:
     """The text summary and whether the run is complete (no case failed, no
     required figure missing)."""
@@ -117,7 +134,8 @@ def summarize(doc: dict[str, Any], wall_s: float | None = None) -> tuple[str, bo
     cases = {c["case"]: c for c in doc.get("cases", [])}
     for name, case in cases.items():
         shown = ", ".join(f"{k}={case[k]}" for k in HEADLINE.get(name, []) if k in case)
-        lines.append(f"  {name:<10} {shown}  [{case.get('wall_s', '?')} s]")
+        when = f", {case['date']}" if case.get("date", doc.get("date")) != doc.get("date") else ""
+        lines.append(f"  {name:<10} {shown}  [{case.get('wall_s', '?')} s{when}]")
         if "error" in case:
             ok = False
             lines.append(f"  {'':<10} FAILED: {case['error'][:500]}")
@@ -228,8 +246,12 @@ def main() -> int:
     ap.add_argument("--txt", type=Path)
     ap.add_argument("--png", type=Path)
     ap.add_argument("--wall-s", type=float)
+    ap.add_argument("--keep-from", type=Path,
+                    help="an earlier result file whose cases this run did not run are kept")
     a = ap.parse_args()
     doc = json.loads(a.json.read_text())
+    if a.keep_from is not None and a.keep_from.exists():
+        doc = merge(json.loads(a.keep_from.read_text()), doc)
     if a.wall_s is not None:
         doc["host_wall_s"] = round(a.wall_s)
     doc["targets_missed"] = missed(doc)

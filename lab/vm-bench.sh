@@ -34,7 +34,10 @@ set -e
 wall=$(( $(date +%s) - start ))
 res="$repo/bench/results"
 cp "$out/latest.json" "$repo/build/bench/$series/latest.json"
+# Cases this run did not run keep their earlier figures (marked with their date).
+prev="$repo/build/bench/$series/previous.json"
+rm -f "$prev"; [ -f "$res/$series.json" ] && cp "$res/$series.json" "$prev"
 cp "$out/latest.json" "$res/$series.json"
 log "wrote bench/results/$series.json (wall ${wall} s)"
 "$repo/.venv/bin/python" -m bench.report "$res/$series.json" --wall-s "$wall" \
-    --txt "$res/$series.txt" --png "$res/$series.png"
+    --keep-from "$prev" --txt "$res/$series.txt" --png "$res/$series.png"
