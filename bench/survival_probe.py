@@ -13,7 +13,9 @@ path while the set was filled.
 Each cycle: add a matching device, wait until it is in the flowtable, let
 every flow send once more, read+flush the set (join phase); delete the
 device, wait until it left, let every flow send again, read+flush (leave
-phase); then count the flows still offloaded, and those whose conntrack entry
+phase), and once every flow is offloaded again read+flush once more (still
+the leave phase: a repair's slow-path trip is the removal's cost); then
+count the flows still offloaded, and those whose conntrack entry
 was never destroyed: conntrack's own DESTROY events (``conntrack -E``) are the
 identity oracle, the ctnetlink ids a second view.
 With ``--rebuild`` the table is additionally rebuilt after each change the
@@ -214,6 +216,10 @@ def main() -> int:  # noqa: PLR0915
         # Where the kernel leaves flows behind (7.3), offloadd's repair needs
         # its check (1 s after the removal) and each flow's next packet.
         now, reoffload_s = _reoffloaded(a.port, base, detach_at)
+        # Trips after the leave phase's read until the flows are offloaded
+        # again (a repair on 7.3) belong to the removal, not to the next join.
+        ls = ls | (_slow_ports(nft) & flows)
+        leave_slow |= ls
         destroyed = watch.destroyed() & flows
         alive = sum(1 for p in base if p in now and p not in destroyed)
         same = sum(1 for p, i in base.items() if now.get(p) == i)
