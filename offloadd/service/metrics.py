@@ -67,6 +67,11 @@ class DaemonCounters:
     last_revalidation_time: float = 0.0  # Unix time; 0 = none yet
 
 
+def _time_of(record: dict[str, object] | None) -> float:
+    when = record.get("time") if record else None
+    return float(when) if isinstance(when, int | float) else 0.0
+
+
 class DaemonView(Protocol):
     """What the daemon knows about itself, read-only, from the scrape thread."""
 
@@ -111,7 +116,7 @@ class StatusView:
             left_behind_flows=s.left_behind_flows,
             policy_changes_total=s.policy_changes_total,
             revalidations_total=s.revalidations_total,
-            last_revalidation_time=float(str((s.last_revalidation or {}).get("time", 0.0))))
+            last_revalidation_time=_time_of(s.last_revalidation))
 
     def desired(self) -> DesiredResult | None:
         return self._status.desired

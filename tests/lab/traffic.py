@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,25 +82,22 @@ def iperf3_client(ns: Netns, dst: str, seconds: float, port: int = 5201,
 
 
 @contextmanager
-def udp_echo_server(ns: Netns, bind: str, port: int = 7000) -> Iterator[None]:
-    proc = ns.popen(sys.executable, FLOWGEN, "udp-echo", "--bind", bind, "--port", str(port),
+def _echo_server(ns: Netns, proto: str, bind: str, port: int) -> Iterator[None]:
+    proc = ns.popen(sys.executable, FLOWGEN, f"{proto}-echo", "--bind", bind, "--port", str(port),
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_listening(ns, port, udp=True)
+        _wait_listening(ns, port, udp=proto == "udp")
         yield
     finally:
         stop_process(proc)
 
 
-@contextmanager
-def tcp_echo_server(ns: Netns, bind: str, port: int) -> Iterator[None]:
-    proc = ns.popen(sys.executable, FLOWGEN, "tcp-echo", "--bind", bind, "--port", str(port),
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_listening(ns, port, udp=False)
-        yield
-    finally:
-        stop_process(proc)
+def udp_echo_server(ns: Netns, bind: str, port: int = 7000) -> AbstractContextManager[None]:
+    return _echo_server(ns, "udp", bind, port)
+
+
+def tcp_echo_server(ns: Netns, bind: str, port: int) -> AbstractContextManager[None]:
+    return _echo_server(ns, "tcp", bind, port)
 
 
 def probe(ns: Netns, proto: str, dst: str, port: int, *, flows: int, seconds: float,
