@@ -26,7 +26,7 @@ from offloadd.cli.format import format_flows, format_status
 from offloadd.core.config import Config, Revalidate
 from offloadd.core.configparse import load_config, parse_config
 from offloadd.core.errors import ConfigError, OffloaddError
-from offloadd.core.explain import explain
+from offloadd.core.explain import Passed, explain
 from offloadd.core.flows import OffloadedFlow
 from offloadd.core.render import render
 from offloadd.core.revalidate import coverage
@@ -274,11 +274,15 @@ def cmd_explain(args: argparse.Namespace, config: Config) -> int:
         in_dev, out_dev = routes.device_towards(src), routes.device_towards(dst)
     finally:
         routes.close()
-    table = NftBackend(config.daemon.family.value, config.daemon.table).read()
-    result = explain(flow, in_dev, out_dev, config, table)
+    backend = NftBackend(config.daemon.family.value, config.daemon.table)
+    table = backend.read()
+    gate = backend.passed(flow.id, table) if flow is not None and table is not None else None
+    passed = Passed(*gate) if gate is not None else None
+    result = explain(flow, in_dev, out_dev, config, table, passed=passed)
     data = {"verdict": result.verdict.value, "reasons": list(result.reasons),
             "flowtable": result.flowtable, "in_dev": in_dev, "out_dev": out_dev,
-            "conntrack_id": flow.id if flow else None, "matches": len(candidates)}
+            "conntrack_id": flow.id if flow else None, "matches": len(candidates),
+            "passed": {"original": passed.original, "reply": passed.reply} if passed else None}
     head = f"{args.proto} {args.src} -> {args.dst}: {result.verdict.value.upper()}"
     if len(candidates) > 1:
         head += f" ({len(candidates)} connections match; showing the largest)"

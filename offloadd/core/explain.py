@@ -25,6 +25,15 @@ class Verdict(enum.Enum):
 
 
 @dataclass(frozen=True)
+class Passed:
+    """Whether each direction of the flow is in the gate's sets
+    (offloadd.core.gate): a packet of it passed the forward chains lately."""
+
+    original: bool
+    reply: bool
+
+
+@dataclass(frozen=True)
 class Explanation:
     verdict: Verdict
     reasons: tuple[str, ...]
@@ -38,7 +47,8 @@ def _flowtable_of(table: TableState | None, dev: str | None) -> str | None:
 
 
 def explain(flow: OffloadedFlow | None, in_dev: str | None, out_dev: str | None,
-            config: Config, table: TableState | None) -> Explanation:
+            config: Config, table: TableState | None,
+            *, passed: Passed | None = None) -> Explanation:
     if flow is None:
         return Explanation(Verdict.UNKNOWN, (
             "no conntrack entry matches: the router has not seen this connection, it has "
@@ -86,6 +96,15 @@ def explain(flow: OffloadedFlow | None, in_dev: str | None, out_dev: str | None,
         elif packets <= selector.elephant_packets:
             reasons.append(f"below the elephant threshold: {packets} packets so far, "
                            f"offloaded after {selector.elephant_packets}")
+    if passed is not None:
+        missing = [d for d, ok in (("original", passed.original), ("reply", passed.reply))
+                   if not ok]
+        if missing:
+            reasons.append(
+                f"no packet of its {' or '.join(missing)} direction has passed the forward "
+                "chains since the last re-validation (or since it left the fast path): it is "
+                "offloaded once each direction has; if that direction keeps sending, a rule "
+                "before offloadd's chain drops it, and the flow stays on the slow path")
     if not reasons:
         reasons.append("everything allows it: it will be offloaded by the next packet that "
                        "reaches offloadd's forward rule; if it stays on the slow path, a "

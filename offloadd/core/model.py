@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from offloadd.core.config import INT32_MAX, INT32_MIN, Config, FlowtableConfig, Hardware
 from offloadd.core.errors import ConfigError
+from offloadd.core.gate import PASSED_SETS, gate_match, passed_rules
 
 CHAIN_NAME = "forward"
 SET_SUFFIX = "_ifs"
@@ -42,12 +43,20 @@ class FlowtableState:
     priority: int = 0
 
 
+class SetKind(enum.Enum):
+    IFNAMES = "ifnames"  # `type ifname`: a flowtable's devices, for its rule's guard
+    PASSED = "passed"  # the gate's ct ids (offloadd.core.gate), filled by the packet path
+    OTHER = "other"  # read from the kernel, declared as offloadd never declares it
+
+
 @dataclass(frozen=True)
 class SetState:
-    """An ifname set; always `type ifname`, so only the elements vary."""
+    """A set of offloadd's table. Only an ifname set's elements are state:
+    the gate's are the packet path's, never read or planned."""
 
     name: str
     elements: frozenset[str] = frozenset()
+    kind: SetKind = SetKind.IFNAMES
 
 
 @dataclass(frozen=True)
@@ -180,11 +189,13 @@ def offload_rule(flowtable: str, protocols: Iterable[str], elephant_packets: int
     [UNREPLIED] [OFFLOAD] entries, from flows whose first answer came late);
     after a device removal those were not offloaded again under their entry
     within 8 s, and a flow nobody answers has nothing to gain from the fast path.
+    The gate (offloadd.core.gate): a packet of each direction has passed.
     """
     protos = tuple(protocols)
     l4 = protos[0] if len(protos) == 1 else "{ " + ", ".join(protos) + " }"
     ifs = "@" + set_name(flowtable)
-    parts = [f"meta l4proto {l4}", f"iifname {ifs}", f"oifname {ifs}", "ct state established"]
+    parts = [f"meta l4proto {l4}", f"iifname {ifs}", f"oifname {ifs}", "ct state established",
+             gate_match()]
     if elephant_packets > 0:
         parts.append(f"ct packets > {elephant_packets}")
     parts.append(f"flow add @{flowtable}")
@@ -306,6 +317,10 @@ def desired_state(
     rules = tuple(
         offload_rule(k.name, k.selector.protocols, k.selector.elephant_packets) for k in ordered
     )
+    if rules:
+        protocols = sorted({p for sel in config.flowtables for p in sel.protocols})
+        sets += tuple(SetState(name, kind=SetKind.PASSED) for name in PASSED_SETS)
+        rules = passed_rules(protocols) + rules
     table = TableState(
         name=config.daemon.table,
         family=config.daemon.family.value,

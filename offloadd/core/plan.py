@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from offloadd.core.model import ChainState, FlowtableState, SetState, TableState
+from offloadd.core.model import ChainState, FlowtableState, SetKind, SetState, TableState
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,15 @@ class DeleteFlowtable:
 
 @dataclass(frozen=True)
 class CreateSet:
-    name: str  # always `type ifname`
+    name: str
+    kind: SetKind = SetKind.IFNAMES
+
+
+@dataclass(frozen=True)
+class FlushSet:
+    """Empty a set; for the gate's sets, so each direction must pass again."""
+
+    name: str
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,7 @@ Op = (
     | UpdateFlowtableFlags
     | DeleteFlowtable
     | CreateSet
+    | FlushSet
     | AddSetElements
     | RemoveSetElements
     | DeleteSet
@@ -193,25 +202,33 @@ def _diff_flowtables(desired: TableState, have: TableState) -> _FlowtableDiff:
 @dataclass(frozen=True)
 class _SetDiff:
     delete: tuple[str, ...]
-    create: tuple[str, ...]
+    create: tuple[CreateSet, ...]
     remove: tuple[RemoveSetElements, ...]
     add: tuple[AddSetElements, ...]
 
 
 def _diff_sets(desired: TableState, have: TableState) -> _SetDiff:
-    create: list[str] = []
+    create: list[CreateSet] = []
+    recreate: list[str] = []
     remove: list[RemoveSetElements] = []
     add: list[AddSetElements] = []
     for new in desired.sets:
         old = have.set(new.name)
+        if old is not None and old.kind != new.kind:
+            # Declared otherwise (another version, a hand edit): a set's type
+            # cannot change in place.
+            recreate.append(new.name)
+            old = None
         if old is None:
-            create.append(new.name)
-            old = SetState(new.name)
+            create.append(CreateSet(new.name, new.kind))
+            old = SetState(new.name, kind=new.kind)
+        if new.kind is not SetKind.IFNAMES:
+            continue
         if old.elements - new.elements:
             remove.append(RemoveSetElements(new.name, old.elements - new.elements))
         if new.elements - old.elements:
             add.append(AddSetElements(new.name, new.elements - old.elements))
-    delete = tuple(s.name for s in have.sets if desired.set(s.name) is None)
+    delete = tuple(s.name for s in have.sets if desired.set(s.name) is None) + tuple(recreate)
     return _SetDiff(delete, tuple(create), tuple(remove), tuple(add))
 
 
@@ -230,10 +247,10 @@ def compute_plan(desired: TableState, current: TableState | None) -> Plan:
     sets = _diff_sets(desired, have)
     # The chain is rebuilt when it differs, and also when a flowtable its
     # rules use is recreated: the kernel refuses to delete a flowtable a rule
-    # references (EBUSY). Sets are never recreated, and a deleted set cannot
-    # be referenced by an unchanged chain of a consistent desired state.
-    used_fts = chain_references(have.chain)[0]
-    chain_reset = have.chain != desired.chain or bool(used_fts & set(fts.delete))
+    # references (EBUSY). The same holds for a set declared otherwise.
+    used_fts, used_sets = chain_references(have.chain)
+    chain_reset = (have.chain != desired.chain or bool(used_fts & set(fts.delete))
+                   or bool(used_sets & set(sets.delete)))
 
     ops: list[Op] = []
     if current is None:
@@ -249,20 +266,23 @@ def compute_plan(desired: TableState, current: TableState | None) -> Plan:
     ops += fts.flags
     ops += [CreateFlowtable(ft) for ft in fts.create]
     ops += fts.add
-    ops += [CreateSet(name) for name in sets.create]
+    ops += sets.create
     ops += sets.add
     if chain_reset and desired.chain is not None:
         ops.append(CreateChain(desired.chain))
     return Plan(tuple(ops))
 
 
-def replace_flowtables_plan(current: TableState, names: Iterable[str]) -> Plan:
+def replace_flowtables_plan(current: TableState, names: Iterable[str], *,
+                            forget_passed: bool = False) -> Plan:
     """Delete and re-create flowtables as they are, in one batch.
 
     Frees every flow entry they hold (the repair for flows the kernel left
     behind) and nothing else: the same devices, flags and sets come back. The
     chain goes and comes back around them because the kernel refuses to
-    delete a flowtable that a rule references (EBUSY).
+    delete a flowtable that a rule references (EBUSY). ``forget_passed``
+    (after a policy change) also empties the gate's sets, so a flow is
+    offloaded again only once each direction has passed the new policy.
     """
     fts = [ft for ft in current.flowtables if ft.name in set(names)]
     if not fts:
@@ -271,6 +291,8 @@ def replace_flowtables_plan(current: TableState, names: Iterable[str]) -> Plan:
     if current.chain is not None:
         ops.append(DeleteChain())
     ops += [DeleteFlowtable(ft.name) for ft in fts]
+    if forget_passed:
+        ops += [FlushSet(s.name) for s in current.sets if s.kind is SetKind.PASSED]
     ops += [CreateFlowtable(ft) for ft in fts]
     if current.chain is not None:
         ops.append(CreateChain(current.chain))

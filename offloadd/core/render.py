@@ -13,7 +13,8 @@ from collections.abc import Iterable
 from typing import assert_never
 
 from offloadd.core.errors import OffloaddError
-from offloadd.core.model import CHAIN_NAME, FlowtableState, is_safe_ifname
+from offloadd.core.gate import PASSED_DECLARATION
+from offloadd.core.model import CHAIN_NAME, FlowtableState, SetKind, is_safe_ifname
 from offloadd.core.plan import (
     AddFlowtableDevices,
     AddSetElements,
@@ -25,6 +26,7 @@ from offloadd.core.plan import (
     DeleteFlowtable,
     DeleteSet,
     DeleteTable,
+    FlushSet,
     Op,
     Plan,
     RemoveFlowtableDevices,
@@ -119,7 +121,12 @@ def _render_op(op: Op, family: str, table: str, where: str) -> list[str]:
     if isinstance(op, DeleteFlowtable):
         return [f"delete flowtable {where} {_ident('flowtable', op.name)}"]
     if isinstance(op, CreateSet):
-        return [f"add set {where} {_ident('set', op.name)} {{ type ifname; }}"]
+        if op.kind is SetKind.OTHER:
+            raise RenderError(f"set {op.name}: offloadd only creates sets it declares")
+        decl = PASSED_DECLARATION if op.kind is SetKind.PASSED else "{ type ifname; }"
+        return [f"add set {where} {_ident('set', op.name)} {decl}"]
+    if isinstance(op, FlushSet):
+        return [f"flush set {where} {_ident('set', op.name)}"]
     if isinstance(op, AddSetElements | RemoveSetElements):
         verb = "add" if isinstance(op, AddSetElements) else "delete"
         return [f"{verb} element {where} {_ident('set', op.set)} {_devices(op.elements)}"]

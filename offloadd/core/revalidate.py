@@ -211,6 +211,10 @@ def coverage(on_change: bool) -> tuple[list[str], list[str]]:
         "offloadd adds or deletes in any other table (nft, iptables-nft, firewalld, "
         "fail2ban, crowdsec): offloaded flows meet the new policy at their next packet, "
         "~0.1 s after a lone change, at most 2 s into a burst of changes",
+        "rules that match one direction only (ip daddr X drop, iifname wan0 drop): a flow "
+        "is offloaded again only once a packet of each direction has passed the forward "
+        "chains since the change, so the other direction's packets cannot carry it past "
+        "the rule",
         "hardware-offloaded flows: replacing the flowtable removes their entries from the "
         "device too (not tested in the lab: it has no offload-capable NIC)",
     ]

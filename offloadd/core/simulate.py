@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from offloadd.core.errors import NftError
-from offloadd.core.model import CHAIN_NAME, SetState, TableState
+from offloadd.core.model import CHAIN_NAME, SetKind, SetState, TableState
 from offloadd.core.plan import (
     AddFlowtableDevices,
     AddSetElements,
@@ -22,6 +22,7 @@ from offloadd.core.plan import (
     DeleteFlowtable,
     DeleteSet,
     DeleteTable,
+    FlushSet,
     Op,
     Plan,
     RemoveFlowtableDevices,
@@ -61,7 +62,7 @@ def _apply_one(state: TableState | None, op: Op) -> TableState | None:
         return None
     if isinstance(op, DeleteChain | CreateChain):
         return _apply_chain(state, op)
-    if isinstance(op, CreateSet | AddSetElements | RemoveSetElements | DeleteSet):
+    if isinstance(op, CreateSet | FlushSet | AddSetElements | RemoveSetElements | DeleteSet):
         return _apply_set(state, op)
     return _apply_flowtable(state, op)
 
@@ -82,14 +83,15 @@ def _apply_chain(state: TableState, op: DeleteChain | CreateChain) -> TableState
     return replace(state, chain=op.chain)
 
 
-def _apply_set(
-    state: TableState, op: CreateSet | AddSetElements | RemoveSetElements | DeleteSet
-) -> TableState:
+_SetOp = CreateSet | FlushSet | AddSetElements | RemoveSetElements | DeleteSet
+
+
+def _apply_set(state: TableState, op: _SetOp) -> TableState:
     others = tuple(s for s in state.sets if s.name != _set_target(op))
     if isinstance(op, CreateSet):
         if state.set(op.name) is not None:
             raise _fail(op, f"set {op.name} exists")
-        return replace(state, sets=(*others, SetState(op.name)))
+        return replace(state, sets=(*others, SetState(op.name, kind=op.kind)))
     old = state.set(_set_target(op))
     if old is None:
         raise _fail(op, f"no set {_set_target(op)}")
@@ -97,17 +99,21 @@ def _apply_set(
         if op.name in chain_references(state.chain)[1]:
             raise _fail(op, f"set {op.name} is in use by a rule")
         return replace(state, sets=others)
+    if isinstance(op, FlushSet):
+        return replace(state, sets=(*others, replace(old, elements=frozenset())))
+    if old.kind is not SetKind.IFNAMES:
+        raise _fail(op, f"set {old.name} holds no interface names")
     if isinstance(op, AddSetElements):
         if old.elements & op.elements:
             raise _fail(op, f"elements {sorted(old.elements & op.elements)} exist")
-        return replace(state, sets=(*others, SetState(old.name, old.elements | op.elements)))
+        return replace(state, sets=(*others, replace(old, elements=old.elements | op.elements)))
     if op.elements - old.elements:
         raise _fail(op, f"no elements {sorted(op.elements - old.elements)}")
-    return replace(state, sets=(*others, SetState(old.name, old.elements - op.elements)))
+    return replace(state, sets=(*others, replace(old, elements=old.elements - op.elements)))
 
 
-def _set_target(op: CreateSet | AddSetElements | RemoveSetElements | DeleteSet) -> str:
-    return op.name if isinstance(op, CreateSet | DeleteSet) else op.set
+def _set_target(op: _SetOp) -> str:
+    return op.name if isinstance(op, CreateSet | FlushSet | DeleteSet) else op.set
 
 
 _FtOp = (

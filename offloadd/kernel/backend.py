@@ -11,12 +11,18 @@ import errno
 import logging
 
 from offloadd.core.errors import NftError
+from offloadd.core.gate import PASSED_ORIGINAL, PASSED_REPLY, PASSED_SETS
 from offloadd.core.model import TableState
 from offloadd.core.plan import Plan
 from offloadd.core.render import render
 from offloadd.kernel import conntrack
 from offloadd.kernel.nft import Nft
-from offloadd.kernel.nftstate import other_forward_priorities, parse_table
+from offloadd.kernel.nftstate import (
+    ifname_sets,
+    other_forward_priorities,
+    parse_table,
+    set_elements,
+)
 
 HW_PROBE_TABLE = "offloadd_hwprobe"
 log = logging.getLogger("offloadd")
@@ -34,8 +40,22 @@ class NftBackend:
                    and i["table"].get("family") == self.family for i in items):
             return None
         what = f"table {self.family} {self.table}"
-        return parse_table(self.nft.list_json(what), self.nft.list_text(what),
-                           self.family, self.table)
+        # Terse: without the gate's elements, one per flow on a busy gateway.
+        items = self.nft.list_json(what, terse=True)
+        text = self.nft.list_text(what, terse=True)
+        elements = {name: set_elements(self.nft.list_json(
+                        f"set {self.family} {self.table} {name}"))
+                    for name in ifname_sets(items, self.table)}
+        return parse_table(items, text, self.family, self.table, elements)
+
+    def passed(self, ct_id: int, state: TableState) -> tuple[bool, bool] | None:
+        """Whether conntrack entry ``ct_id`` is in the gate's original and reply
+        sets; None when ``state`` (the table as read) has no gate."""
+        if not all(state.set(name) for name in PASSED_SETS):
+            return None
+        where = f"{self.family} {self.table}"
+        return (self.nft.has_element(f"{where} {PASSED_ORIGINAL}", str(ct_id)),
+                self.nft.has_element(f"{where} {PASSED_REPLY}", str(ct_id)))
 
     def other_forward_priorities(self) -> list[int]:
         return other_forward_priorities(self.nft.list_json("chains"), self.family, self.table)

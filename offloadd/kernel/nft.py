@@ -88,10 +88,15 @@ class Nft:
             exc.errno = failure.errno
             raise exc
 
-    def list_json(self, what: str) -> list[dict[str, Any]]:
-        """``list <what>`` as the JSON ``nftables`` array (e.g. ``ruleset``)."""
+    def list_json(self, what: str, *, terse: bool = False) -> list[dict[str, Any]]:
+        """``list <what>`` as the JSON ``nftables`` array (e.g. ``ruleset``);
+        ``terse`` leaves set elements out."""
         self._ctx.set_json_output(True)
-        rc, out, err = self._ctx.cmd(f"list {what}")
+        self._ctx.set_terse_output(terse)
+        try:
+            rc, out, err = self._ctx.cmd(f"list {what}")
+        finally:
+            self._ctx.set_terse_output(False)
         if rc != 0:
             failure = parse_error(err)
             exc = NftError(f"nft list {what}: {failure.message}")
@@ -100,10 +105,20 @@ class Nft:
         data = json.loads(out) if out.strip() else {"nftables": []}
         return list(data.get("nftables", []))
 
-    def list_text(self, what: str) -> str:
+    def has_element(self, where: str, value: str) -> bool:
+        """Whether set ``where`` (``family table set``) holds ``value``."""
+        self._ctx.set_json_output(False)
+        rc, _out, _err = self._ctx.cmd(f"get element {where} {{ {value} }}")
+        return bool(rc == 0)
+
+    def list_text(self, what: str, *, terse: bool = False) -> str:
         """Native listing, for what JSON does not carry (flowtable flags, counter)."""
         self._ctx.set_json_output(False)
-        rc, out, err = self._ctx.cmd(f"list {what}")
+        self._ctx.set_terse_output(terse)
+        try:
+            rc, out, err = self._ctx.cmd(f"list {what}")
+        finally:
+            self._ctx.set_terse_output(False)
         if rc != 0:
             raise NftError(f"nft list {what}: {parse_error(err).message}")
         return str(out)

@@ -2,7 +2,9 @@
 
 JSON carries tables, sets, chains and flowtable devices; it does not carry a
 flowtable's ``flags offload`` or ``counter``, so those come from the native
-listing, and rules are compared as the text nft prints for them.
+listing, and rules are compared as the text nft prints for them. The table is
+listed without set elements (the gate's sets may hold one per flow); the
+ifname sets' elements come from a listing of each.
 """
 
 from __future__ import annotations
@@ -11,7 +13,15 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from offloadd.core.model import CHAIN_NAME, ChainState, FlowtableState, SetState, TableState
+from offloadd.core.gate import is_passed_declaration
+from offloadd.core.model import (
+    CHAIN_NAME,
+    ChainState,
+    FlowtableState,
+    SetKind,
+    SetState,
+    TableState,
+)
 
 # Families whose "forward" hook sits in the IP forward path that offloaded
 # packets skip (bridge/netdev forward hooks are a different path).
@@ -49,15 +59,39 @@ def canonical_rule(rule: str) -> str:
     return _L4PROTO.sub(names, rule)
 
 
+def ifname_sets(items: Iterable[Mapping[str, Any]], table: str) -> list[str]:
+    """Names of the table's ``type ifname`` sets (whose elements are state)."""
+    return [i["set"]["name"] for i in items
+            if "set" in i and i["set"].get("table") == table and i["set"].get("type") == "ifname"]
+
+
+def set_elements(items: Iterable[Mapping[str, Any]]) -> frozenset[str]:
+    """The elements of a ``list set`` JSON answer."""
+    return frozenset(e for i in items if "set" in i for e in _as_list(i["set"].get("elem")))
+
+
+def _set_state(st: Mapping[str, Any], body: list[str],
+               elements: Mapping[str, frozenset[str]] | None) -> SetState:
+    if st.get("type") == "ifname":
+        listed = elements.get(st["name"]) if elements is not None else None
+        elems = listed if listed is not None else frozenset(_as_list(st.get("elem")))
+        return SetState(name=st["name"], elements=elems)
+    kind = SetKind.PASSED if is_passed_declaration(dict(st), body) else SetKind.OTHER
+    return SetState(name=st["name"], kind=kind)
+
+
 def parse_table(items: Iterable[Mapping[str, Any]], text: str, family: str,
-                name: str) -> TableState | None:
-    """offloadd's table from ``list table`` JSON items plus its native text."""
+                name: str, elements: Mapping[str, frozenset[str]] | None = None
+                ) -> TableState | None:
+    """offloadd's table from ``list table`` JSON items plus its native text;
+    ``elements``: ifname sets' elements, where the items omit them."""
     items = list(items)
     if not any("table" in i and i["table"].get("name") == name
                and i["table"].get("family") == family for i in items):
         return None
     ft_text = _blocks(text, "flowtable")
     chain_text = _blocks(text, "chain")
+    set_text = _blocks(text, "set")
     flowtables = []
     sets = []
     chain: ChainState | None = None
@@ -75,7 +109,7 @@ def parse_table(items: Iterable[Mapping[str, Any]], text: str, family: str,
             st = item["set"]
             if st.get("table") != name:
                 continue
-            sets.append(SetState(name=st["name"], elements=frozenset(_as_list(st.get("elem")))))
+            sets.append(_set_state(st, set_text.get(st["name"], []), elements))
         elif "chain" in item:
             ch = item["chain"]
             if ch.get("table") != name or ch.get("name") != CHAIN_NAME:

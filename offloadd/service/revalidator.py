@@ -103,7 +103,7 @@ class Revalidator:
         names = tuple(ft.name for ft in table.flowtables)
         t0 = self._clock()
         try:
-            self._backend.apply(replace_flowtables_plan(table, names))
+            self._backend.apply(replace_flowtables_plan(table, names, forget_passed=True))
             if self._backend.read() != table:
                 raise VerifyError("kernel state differs after replacing flowtable(s) "
                                   + ", ".join(names))

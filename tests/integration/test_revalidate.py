@@ -11,7 +11,9 @@ IPv4 masquerade on wan0. With flows offloaded through offloadd:
 - removing the rules and the element lets the flows through and offloaded again;
 - 10 000 set-element updates over ~10 s cost at most 10 re-validations and no
   unaffected flow loses its entry or its replies;
-- offloadd's own device changes never count as a policy change.
+- offloadd's own device changes never count as a policy change;
+- a rule that drops one direction only keeps its flows on the slow path, though
+  the other direction's packets keep coming (the gate, offloadd.core.gate).
 """
 
 from __future__ import annotations
@@ -27,7 +29,14 @@ from typing import Any
 from tests.lab import conntrack
 from tests.lab.daemon import RunningDaemon, offloadd
 from tests.lab.topology import Lab
-from tests.lab.traffic import Background, probe, tcp_echo_server, udp_echo_server, wait_for
+from tests.lab.traffic import (
+    Background,
+    probe,
+    tcp_echo_server,
+    udp_echo_server,
+    udp_push_server,
+    wait_for,
+)
 
 CONFIG = """
 [[flowtable]]
@@ -257,3 +266,63 @@ def test_bursts_are_coalesced_and_own_changes_do_not_count(lab: Lab, tmp_path: P
 def _cpu_seconds(d: RunningDaemon) -> float:
     fields = Path(f"/proc/{d.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_rule_for_one_direction_is_not_skipped_when_the_other_keeps_flowing(
+        lab: Lab, tmp_path: Path) -> None:
+    """A drop rule matching only the client's direction of a flow, whose server
+    keeps sending (its packets pass every rule): the replacement must not let
+    the server's next packet offload the flow again, or the client's packets
+    would skip the rule from then on (what happened before the gate)."""
+    r = lab.router
+    r.nft(ADMIN)
+    s4, s6 = lab.server_addr(4), lab.server_addr(6)
+    port = 7200
+    with offloadd(r, CONFIG, tmp_path) as d:
+        d.wait_devices("ft", {"lan0", "lan1", "wan0"})
+        server = udp_push_server(lab.server, "::", port)
+        gens = [probe(lab.client, "udp", s4, port, flows=4, seconds=120),
+                probe(lab.client, "udp", s6, port, flows=2, seconds=120)]
+        try:
+            wait_for(lambda: _all_offloaded(lab, {port}, 6), 60, interval=0.5,
+                     what="6 offloaded udp flows to the pushing server")
+            rv0 = _revalidate(d)
+            r.nft(f"add rule inet admin rules ip daddr {s4} udp dport {port} counter drop\n"
+                  f"add rule inet admin rules ip6 daddr {s6} udp dport {port} counter drop\n")
+            rule_at = time.time()
+            time.sleep(5)  # 50 pushes per flow pass the router meanwhile
+            now = _entries(lab, {port})
+            offloaded = sorted(k for k, e in now.items() if e.offloaded)
+            counters = r.out("nft", "list", "chain", "inet", "admin", "rules")
+            rv1 = _revalidate(d)
+            why = d.ctl("--json", "explain", "udp", lab.lan.host_v4, f"{s4}:{port}",
+                        check=True).stdout
+            # The admin takes it back: both directions pass, the flows are offloaded.
+            lifted_at = time.time()
+            r.nft("flush chain inet admin rules")
+            wait_for(lambda: _all_offloaded(lab, {port}, 6), 15, interval=0.3,
+                     what="the flows offloaded again after the rule went")
+            results = [g.finish() for g in gens]
+        finally:
+            for g in gens:
+                g.stop()
+            arrivals = server.finish()["peers"]
+    assert len(now) == 6 and not offloaded, (
+        f"offloaded again while the rule drops their client's packets: {offloaded}\n"
+        f"{counters}\n{d.log_text()[-2000:]}")
+    assert rv1["revalidations_total"] > rv0["revalidations_total"], rv1
+    assert "counter packets 0 " not in counters, counters
+    ex = json.loads(why)
+    assert ex["verdict"] == "not offloaded" and ex["passed"] == {
+        "original": False, "reply": True}, ex
+    assert any("no packet of its original direction has passed" in x for x in ex["reasons"]), ex
+    ports = [str(f["port"]) for res in results for f in res["flows"]]
+    assert len(ports) == 6
+    for p in ports:
+        times = arrivals.get(p, [])
+        assert any(t < rule_at - 0.5 for t in times), f"flow {p}: nothing before the rule"
+        late = [round(t - rule_at, 2) for t in times if rule_at + WITHIN_S < t < lifted_at]
+        assert not late, f"flow {p}: the server still got datagrams at +{late} s\n{counters}"
+        assert any(t > lifted_at for t in times), f"flow {p}: never came back"
+    print(f"6 flows (4 IPv4, 2 IPv6): 0 datagrams through in the {lifted_at - rule_at:.1f} s "
+          "the rule stood; offloaded again after it went")

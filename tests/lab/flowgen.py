@@ -7,11 +7,16 @@ tcp-echo   echoes every byte back on each accepted connection
 probe      K UDP or TCP flows, each sending every INTERVAL seconds for SECONDS;
            prints each flow's local port and the wall-clock times its replies
            came back (when a flow stopped, and whether it came back).
+udp-push   a UDP server that sends to every peer it has heard from every
+           INTERVAL seconds, whether or not the peer still gets through (reply
+           direction traffic of its own); on SIGTERM prints, per peer port, the
+           wall-clock times datagrams from it arrived.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import select
 import selectors
@@ -115,6 +120,34 @@ def tcp_echo(bind: str, port: int) -> None:
                 sock.close()
 
 
+def udp_push(bind: str, port: int, interval: float) -> dict[str, object]:
+    s = socket.socket(_family(bind), socket.SOCK_DGRAM)
+    s.bind((bind, port))
+    s.setblocking(False)
+    arrivals: dict[tuple[object, ...], list[float]] = {}
+    stop: list[int] = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    next_push = time.monotonic()
+    while not stop:
+        now = time.monotonic()
+        if now >= next_push:
+            for peer in arrivals:
+                with contextlib.suppress(OSError):
+                    s.sendto(b"push", peer)
+            next_push = now + interval
+        try:
+            ready, _, _ = select.select([s], [], [], max(0.0, next_push - now))
+        except InterruptedError:
+            continue
+        while ready:
+            try:
+                _data, peer = s.recvfrom(65535)
+            except BlockingIOError:
+                break
+            arrivals.setdefault(peer, []).append(round(time.time(), 3))
+    return {"peers": {str(peer[1]): times for peer, times in arrivals.items()}}
+
+
 def probe(proto: str, dst: str, port: int, *, flows: int, seconds: float,
           interval: float) -> dict[str, object]:
     kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
@@ -172,6 +205,10 @@ def main() -> int:
     t = sub.add_parser("tcp-echo")
     t.add_argument("--bind", required=True)
     t.add_argument("--port", type=int, required=True)
+    u = sub.add_parser("udp-push")
+    u.add_argument("--bind", required=True)
+    u.add_argument("--port", type=int, required=True)
+    u.add_argument("--interval", type=float, default=0.1)
     p = sub.add_parser("probe")
     p.add_argument("--proto", choices=("udp", "tcp"), required=True)
     p.add_argument("--dst", required=True)
@@ -185,6 +222,9 @@ def main() -> int:
         return 0
     if a.mode == "tcp-echo":
         tcp_echo(a.bind, a.port)
+        return 0
+    if a.mode == "udp-push":
+        print(json.dumps(udp_push(a.bind, a.port, a.interval)))
         return 0
     if a.mode == "probe":
         print(json.dumps(probe(a.proto, a.dst, a.port, flows=a.flows, seconds=a.seconds,

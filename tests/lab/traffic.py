@@ -100,6 +100,15 @@ def tcp_echo_server(ns: Netns, bind: str, port: int) -> AbstractContextManager[N
     return _echo_server(ns, "tcp", bind, port)
 
 
+def udp_push_server(ns: Netns, bind: str, port: int, interval: float = 0.1) -> Background:
+    """A UDP server that keeps sending to its peers; ``finish()`` gives, per
+    peer port, when their datagrams arrived (see flowgen.py udp-push)."""
+    proc = ns.popen(sys.executable, FLOWGEN, "udp-push", "--bind", bind, "--port", str(port),
+                    "--interval", str(interval), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_listening(ns, port, udp=True)
+    return Background(proc)
+
+
 def probe(ns: Netns, proto: str, dst: str, port: int, *, flows: int, seconds: float,
           interval: float = 0.1) -> Background:
     """Flows that record when their replies came back (see flowgen.py probe)."""

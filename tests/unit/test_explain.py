@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from offloadd.core.configparse import parse_config
-from offloadd.core.explain import Verdict, explain
+from offloadd.core.explain import Passed, Verdict, explain
 from offloadd.core.flows import (
     IPS_ASSURED,
     IPS_OFFLOAD,
@@ -59,3 +59,16 @@ def test_each_reason() -> None:
 def test_table_missing() -> None:
     e = explain(_flow(packets=500), "lan0", "wan0", CONFIG, None)
     assert "does not exist: is offloadd running?" in e.reasons[0]
+
+
+def test_the_gate() -> None:
+    def reasons(passed: Passed) -> str:
+        return " | ".join(explain(_flow(packets=500), "lan0", "wan0", CONFIG, TABLE,
+                                  passed=passed).reasons)
+
+    assert "its reply direction has passed" not in reasons(Passed(True, True))
+    assert "everything allows it" in reasons(Passed(True, True))
+    why = reasons(Passed(True, False))
+    assert "no packet of its reply direction has passed" in why
+    assert "everything allows it" not in why
+    assert "original or reply direction" in reasons(Passed(False, False))

@@ -8,11 +8,13 @@ import pytest
 from offloadd.core.config import Config, FlowtableConfig, Hardware
 from offloadd.core.configparse import parse_config
 from offloadd.core.errors import ConfigError
+from offloadd.core.gate import passed_rules
 from offloadd.core.model import (
     ChainState,
     FlowtableState,
     Link,
     NoteKind,
+    SetKind,
     SetState,
     TableState,
     auto_forward_priority,
@@ -89,11 +91,17 @@ def test_off_builds_one_software_flowtable_set_and_rule() -> None:
         name="t",
         family="inet",
         flowtables=(FlowtableState("lan", frozenset({"eth0", "eth1"}), False, False, -3),),
-        sets=(SetState("lan_ifs", frozenset({"eth0", "eth1"})),),
+        sets=(SetState("lan_ifs", frozenset({"eth0", "eth1"})),
+              SetState("passed_original", kind=SetKind.PASSED),
+              SetState("passed_reply", kind=SetKind.PASSED)),
         chain=ChainState(
             42,
-            ("meta l4proto tcp iifname @lan_ifs oifname @lan_ifs ct state established "
-             "ct packets > 7 flow add @lan",),
+            ("meta l4proto tcp ct state established ct direction original "
+             "update @passed_original { ct id }",
+             "meta l4proto tcp ct state established ct direction reply "
+             "update @passed_reply { ct id }",
+             "meta l4proto tcp iifname @lan_ifs oifname @lan_ifs ct state established "
+             "ct id @passed_original ct id @passed_reply ct packets > 7 flow add @lan"),
         ),
     )
 
@@ -109,6 +117,7 @@ def test_auto_splits_by_capability_and_hw_rule_comes_first() -> None:
     assert table.set("lan_hw_ifs") == SetState("lan_hw_ifs", frozenset({"eth0"}))
     assert table.chain is not None
     assert table.chain.rules == (
+        *passed_rules(("tcp", "udp")),
         offload_rule("lan_hw", ("tcp", "udp"), 0),
         offload_rule("lan", ("tcp", "udp"), 0),
     )
@@ -125,7 +134,7 @@ def test_hardware_rules_precede_software_rules_across_flowtables() -> None:
     )
     table = desired_state(config, LINKS, {"eth1": True}, 0).table
     assert table.chain is not None
-    assert [r.rsplit("@", 1)[1] for r in table.chain.rules] == ["b_hw", "a"]
+    assert [r.rsplit("@", 1)[1] for r in table.chain.rules if "flow add" in r] == ["b_hw", "a"]
 
 
 def test_required_leaves_out_and_reports_non_capable_devices() -> None:
@@ -182,8 +191,8 @@ def test_empty_flowtables_still_exist_so_device_changes_stay_small() -> None:
     config = _config(FlowtableConfig("a", devices=("none*",), hardware=Hardware.AUTO))
     table = desired_state(config, (), {}, 7).table
     assert [f.name for f in table.flowtables] == ["a", "a_hw"]
-    assert [s.name for s in table.sets] == ["a_hw_ifs", "a_ifs"]
-    assert table.chain is not None and len(table.chain.rules) == 2
+    assert [s.name for s in table.sets if s.kind is SetKind.IFNAMES] == ["a_hw_ifs", "a_ifs"]
+    assert table.chain is not None and len(table.chain.rules) == 4  # the gate's two + two
 
 
 def test_unsafe_kernel_names_are_left_out_and_reported() -> None:
@@ -224,12 +233,36 @@ def test_is_safe_ifname(name: str, ok: bool) -> None:
 def test_offload_rule_forms() -> None:
     assert offload_rule("lan", ("tcp", "udp"), 0) == (
         "meta l4proto { tcp, udp } iifname @lan_ifs oifname @lan_ifs ct state established "
-        "flow add @lan"
+        "ct id @passed_original ct id @passed_reply flow add @lan"
     )
     assert offload_rule("x", ("udp",), 3) == (
         "meta l4proto udp iifname @x_ifs oifname @x_ifs ct state established "
-        "ct packets > 3 flow add @x"
+        "ct id @passed_original ct id @passed_reply ct packets > 3 flow add @x"
     )
+
+
+def test_the_gate_marks_each_direction_and_covers_every_protocol() -> None:
+    config = _config(
+        FlowtableConfig("a", devices=("eth0",), protocols=("udp",)),
+        FlowtableConfig("b", devices=("eth1",), protocols=("tcp",)),
+    )
+    table = desired_state(config, LINKS, {}, 0).table
+    assert table.chain is not None
+    assert table.chain.rules[:2] == (
+        "meta l4proto { tcp, udp } ct state established ct direction original "
+        "update @passed_original { ct id }",
+        "meta l4proto { tcp, udp } ct state established ct direction reply "
+        "update @passed_reply { ct id }",
+    )
+    assert all("ct id @passed_original ct id @passed_reply" in r
+               for r in table.chain.rules if "flow add" in r)
+    assert {s.name for s in table.sets if s.kind is SetKind.PASSED} == {
+        "passed_original", "passed_reply"}
+
+
+def test_no_flowtables_no_gate() -> None:
+    table = desired_state(_config(), LINKS, {}, 0).table
+    assert table.sets == () and table.chain is not None and table.chain.rules == ()
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from offloadd.core.model import ChainState, FlowtableState, SetState
-from offloadd.kernel.nftstate import other_forward_priorities, parse_table
+from offloadd.core.model import ChainState, FlowtableState, SetKind, SetState
+from offloadd.kernel.nftstate import (
+    ifname_sets,
+    other_forward_priorities,
+    parse_table,
+    set_elements,
+)
 
 DATA = Path(__file__).with_name("data")
 
@@ -67,3 +72,40 @@ def test_numeric_protocols_read_as_names() -> None:
     assert state.chain.rules[0].startswith("meta l4proto { tcp, udp } iifname @ft_ifs")
     assert state.chain.rules[1].startswith("meta l4proto tcp iifname @empty_ifs")
     assert "ct packets > 10" in state.chain.rules[1]
+
+
+def _terse() -> tuple[list[dict[str, object]], str]:
+    items = list(json.loads((DATA / "terse.json").read_text())["nftables"])
+    return items, (DATA / "terse.nft").read_text()
+
+
+def test_terse_listing_with_the_gate_and_elements_listed_per_set() -> None:
+    # Captured on 6.1 (nft 1.0.6) from a table offloadd created, after two
+    # elements were put in passed_original: the terse listing has no elements.
+    items, text = _terse()
+    assert ifname_sets(items, "offloadd") == ["bulk_ifs", "ft_ifs"]
+    ft_ifs = set_elements(json.loads((DATA / "set_ft_ifs.json").read_text())["nftables"])
+    assert ft_ifs == {"lan0", "wan0"}
+    state = parse_table(items, text, "inet", "offloadd",
+                        {"ft_ifs": ft_ifs, "bulk_ifs": frozenset()})
+    assert state is not None
+    assert state.set("ft_ifs") == SetState("ft_ifs", frozenset({"lan0", "wan0"}))
+    assert state.set("passed_original") == SetState("passed_original", kind=SetKind.PASSED)
+    assert state.set("passed_reply") == SetState("passed_reply", kind=SetKind.PASSED)
+    assert state.chain is not None and len(state.chain.rules) == 4
+
+
+def test_a_gate_set_declared_otherwise_reads_as_other() -> None:
+    items, text = _terse()
+    # What only the native listing shows: typeof and the dynamic flag.
+    for change in (("typeof ct id", "type integer"), ("flags dynamic,timeout", "flags timeout")):
+        state = parse_table(items, text.replace(*change, 1), "inet", "offloadd", {})
+        assert state is not None and state.set("passed_original") is not None
+        assert state.set("passed_original").kind is SetKind.OTHER  # type: ignore[union-attr]
+        assert state.set("passed_reply").kind is SetKind.PASSED  # type: ignore[union-attr]
+    # What JSON shows: size and timeout.
+    for key, value in (("size", 65536), ("timeout", 60)):
+        changed = [{"set": {**i["set"], key: value}} if "set" in i else i  # type: ignore[dict-item]
+                   for i in items]
+        state = parse_table(changed, text, "inet", "offloadd", {})
+        assert state is not None and all(s.kind is not SetKind.PASSED for s in state.sets)

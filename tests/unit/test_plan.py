@@ -15,6 +15,7 @@ from offloadd.core.model import (
     ChainState,
     FlowtableState,
     Link,
+    SetKind,
     SetState,
     TableState,
     desired_state,
@@ -31,6 +32,7 @@ from offloadd.core.plan import (
     DeleteFlowtable,
     DeleteSet,
     DeleteTable,
+    FlushSet,
     Op,
     Plan,
     RemoveFlowtableDevices,
@@ -41,6 +43,9 @@ from offloadd.core.plan import (
     teardown_plan,
 )
 from offloadd.core.simulate import apply_plan
+
+GATE = (SetState("passed_original", kind=SetKind.PASSED),
+        SetState("passed_reply", kind=SetKind.PASSED))
 
 CONFIG = Config(
     flowtables=(
@@ -77,7 +82,7 @@ def test_fresh_table_creates_everything_in_valid_order() -> None:
     assert kinds[0] is CreateTable
     assert kinds[-1] is CreateChain
     assert kinds.count(CreateFlowtable) == 3  # a, b, b_hw
-    assert kinds.count(CreateSet) == 3
+    assert kinds.count(CreateSet) == 5  # three ifname sets, the gate's two
     # Sets are created before elements are added to them.
     assert max(i for i, k in enumerate(kinds) if k is CreateSet) < min(
         i for i, k in enumerate(kinds) if k is AddSetElements
@@ -149,7 +154,8 @@ def test_forward_priority_change_replaces_only_the_chain() -> None:
 def test_hardware_flag_change_recreates_flowtable_around_the_chain() -> None:
     ft = FlowtableState("x", frozenset({"eth0"}), False, True)
     chain = ChainState(0, (offload_rule("x", ("tcp",), 0),))
-    before = TableState("t", "inet", (ft,), (SetState("x_ifs", frozenset({"eth0"})),), chain)
+    before = TableState("t", "inet", (ft,), (SetState("x_ifs", frozenset({"eth0"})), *GATE),
+                        chain)
     after = replace(before, flowtables=(replace(ft, hardware=True),))
     plan = _check(before, after)
     assert _kinds(plan) == [DeleteChain, DeleteFlowtable, CreateFlowtable, CreateChain]
@@ -184,6 +190,27 @@ def test_removed_flowtable_deleted_after_its_rule() -> None:
     assert kinds.index(DeleteChain) < kinds.index(DeleteSet)
 
 
+def test_a_gate_set_declared_otherwise_is_recreated_around_the_chain() -> None:
+    desired = _desired("eth0", "lan0")
+    odd = tuple(replace(s, kind=SetKind.OTHER) if s.name == "passed_reply" else s
+                for s in desired.sets)
+    plan = _check(replace(desired, sets=odd), desired)
+    kinds = _kinds(plan)
+    assert kinds == [DeleteChain, DeleteSet, CreateSet, CreateChain]
+    assert CreateSet("passed_reply", SetKind.PASSED) in plan.ops
+
+
+def test_an_older_table_without_the_gate_gets_it_without_touching_flowtables() -> None:
+    desired = _desired("eth0", "lan0")
+    assert desired.chain is not None
+    old_rules = tuple(r.replace(" ct id @passed_original ct id @passed_reply", "")
+                      for r in desired.chain.rules if "flow add" in r)
+    older = replace(desired, sets=tuple(s for s in desired.sets if s.kind is SetKind.IFNAMES),
+                    chain=ChainState(desired.chain.priority, old_rules))
+    plan = _check(older, desired)
+    assert _kinds(plan) == [DeleteChain, CreateSet, CreateSet, CreateChain]
+
+
 def test_mismatched_table_is_a_programming_error() -> None:
     with pytest.raises(ValueError, match="not the desired"):
         compute_plan(TableState("a", "inet"), TableState("b", "inet"))
@@ -198,7 +225,8 @@ def test_teardown() -> None:
 
 def test_chain_references() -> None:
     chain = ChainState(0, (offload_rule("a", ("tcp",), 0), "iifname @s1 accept"))
-    assert chain_references(chain) == (frozenset({"a"}), frozenset({"a_ifs", "s1"}))
+    assert chain_references(chain) == (
+        frozenset({"a"}), frozenset({"a_ifs", "s1", "passed_original", "passed_reply"}))
     assert chain_references(None) == (frozenset(), frozenset())
 
 
@@ -209,7 +237,7 @@ BASE = TableState(
     "t",
     "inet",
     (FT,),
-    (SetState("x_ifs", frozenset({"eth0"})),),
+    (SetState("x_ifs", frozenset({"eth0"})), *GATE),
     ChainState(0, (offload_rule("x", ("tcp",), 0),)),
 )
 
@@ -230,6 +258,9 @@ BASE = TableState(
         (AddSetElements("x_ifs", frozenset({"eth0"})), "exist"),
         (RemoveSetElements("x_ifs", frozenset({"eth1"})), "no elements"),
         (AddSetElements("nope", frozenset({"eth1"})), "no set"),
+        (AddSetElements("passed_reply", frozenset({"eth1"})), "no interface names"),
+        (FlushSet("nope"), "no set"),
+        (DeleteSet("passed_original"), "in use"),
         (CreateChain(ChainState(0)), "exists"),
         (DeleteTable("other", "inet"), "no table"),
     ],
@@ -258,7 +289,7 @@ def test_add_devices_resends_counter() -> None:
 # --- properties --------------------------------------------------------------
 
 FT_NAMES = ("a", "b", "c", "a_hw")
-SET_NAMES = ("a_ifs", "b_ifs", "s")
+SET_NAMES = ("a_ifs", "b_ifs", "s", "passed_reply")
 DEVICES = ("e0", "e1", "e2", "e3", "e4")
 
 
@@ -278,7 +309,11 @@ def table_states(draw: st.DrawFn) -> TableState:
         for i, name in enumerate(names)
     )
     set_names = draw(st.lists(st.sampled_from(SET_NAMES), unique=True))
-    sets = tuple(SetState(s, frozenset(draw(st.sets(st.sampled_from(DEVICES))))) for s in set_names)
+    sets = tuple(
+        SetState(s, kind=draw(st.sampled_from((SetKind.PASSED, SetKind.OTHER))))
+        if s.startswith("passed")
+        else SetState(s, frozenset(draw(st.sets(st.sampled_from(DEVICES)))))
+        for s in set_names)
     chain = None
     if draw(st.booleans()):
         rules: list[str] = []
@@ -307,9 +342,9 @@ def test_plan_applied_to_current_yields_desired(
     assert compute_plan(desired, current) == plan  # deterministic
     if current is not None and current.chain == desired.chain:
         # The chain is only rebuilt when something it references goes away.
-        used = chain_references(current.chain)[0]
-        gone = {op.name for op in plan.ops if isinstance(op, DeleteFlowtable)}
-        assert (DeleteChain() in plan.ops) == bool(gone & used)
+        used_fts, used_sets = chain_references(current.chain)
+        gone = {op.name for op in plan.ops if isinstance(op, DeleteFlowtable | DeleteSet)}
+        assert (DeleteChain() in plan.ops) == bool(gone & (used_fts | used_sets))
 
 
 LINK_NAMES = ("eth0", "eth1", "wan0", "lan0", "lan1", "lan2", "other0")

@@ -26,6 +26,7 @@ from offloadd.core.plan import (
     Plan,
     RemoveFlowtableDevices,
     compute_plan,
+    replace_flowtables_plan,
     teardown_plan,
 )
 from offloadd.core.render import RenderError, render
@@ -67,6 +68,12 @@ SCENARIOS: dict[str, Callable[[], Plan]] = {
         _state(*BASE, config=_with(b=replace(B, hardware=Hardware.REQUIRED))), _state(*BASE)
     ),
     "teardown": lambda: teardown_plan(TABLE, "inet"),
+    # A re-validation: every flowtable replaced, the gate's sets emptied.
+    "revalidate_replace": lambda: replace_flowtables_plan(
+        _state(*BASE), ("lan", "lan_hw", "wan"), forget_passed=True
+    ),
+    # A repair: the flowtable replaced, what passed is kept.
+    "repair_replace": lambda: replace_flowtables_plan(_state(*BASE), ("wan",)),
     # Same kernel name, hardware flag flipped ("lan_hw" configured with
     # hardware = "off" becomes the hardware flowtable of "lan"): the kernel
     # cannot change `flags offload` in place.

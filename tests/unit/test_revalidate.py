@@ -11,7 +11,13 @@ from pathlib import Path
 from offloadd.cli.format import format_revalidate
 from offloadd.core.configparse import parse_config
 from offloadd.core.model import Link
-from offloadd.core.plan import CreateChain, CreateFlowtable, DeleteChain, DeleteFlowtable
+from offloadd.core.plan import (
+    CreateChain,
+    CreateFlowtable,
+    DeleteChain,
+    DeleteFlowtable,
+    FlushSet,
+)
 from offloadd.core.revalidate import (
     OVERRUN_TRIGGER,
     NftChanges,
@@ -215,8 +221,10 @@ def test_a_change_replaces_the_flowtables_in_one_batch_and_reports_it(tmp_path: 
     d.revalidator.changed("1 rule added in inet admin by nft[77]")
     assert d.revalidator.revalidate()
     assert b.state == before and len(b.applied) == applied + 1
-    assert [type(op) for op in b.applied[-1].ops] == [DeleteChain, DeleteFlowtable,
-                                                      CreateFlowtable, CreateChain]
+    # The gate's sets are emptied with it: each direction must pass again.
+    assert b.applied[-1].ops[:2] == (DeleteChain(), DeleteFlowtable("ft"))
+    assert b.applied[-1].ops[2:4] == (FlushSet("passed_original"), FlushSet("passed_reply"))
+    assert [type(op) for op in b.applied[-1].ops[4:]] == [CreateFlowtable, CreateChain]
     assert d.status.revalidations_total == 1 and d.status.policy_changes_total == 1
     last = d.status.last_revalidation
     assert last is not None and last["flowtables"] == ["ft"]
