@@ -4,6 +4,11 @@ Asks the daemon over its control socket; when the daemon is down, shows what
 can be read from the kernel directly and says so. Human output by default,
 ``--json`` for scripts.
 
+Without a config file (the default one absent and no --config given),
+status and reload still reach a daemon at the default control socket: an
+operator on a machine where offloadd was never configured gets "not running",
+not a config error. Commands that need the config (check, explain) say so.
+
 Exit status: 0 ok; 1 the operation failed (reload refused, kernel error);
 2 bad arguments or config; 3 the daemon is not running (status still prints
 what the kernel shows).
@@ -23,7 +28,7 @@ from typing import Any
 
 from offloadd import __version__
 from offloadd.cli.format import format_flows, format_status
-from offloadd.core.config import Config, Revalidate
+from offloadd.core.config import DEFAULT_CONFIG_PATH, Config, ControlConfig, Revalidate
 from offloadd.core.configparse import load_config, parse_config
 from offloadd.core.errors import ConfigError, OffloaddError
 from offloadd.core.explain import Passed, explain
@@ -35,10 +40,9 @@ from offloadd.kernel.conntrack import list_by_status, list_offloaded, teardown_t
 from offloadd.kernel.links import current_links
 from offloadd.kernel.nftstate import other_forward_priorities
 from offloadd.kernel.routes import RouteLookup
-from offloadd.service.control import ControlError, request
+from offloadd.service.control import ControlError, NotRunningError, request
 from offloadd.service.daemon import Daemon
 
-DEFAULT_CONFIG = Path("/etc/offloadd/offloadd.toml")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DOWN = 0, 1, 2, 3
 
 
@@ -51,10 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="offloadctl", description="Look at and steer a running offloadd.",
                 epilog="Exit status: 0 ok, 1 operation failed, 2 bad arguments or config, "
                        "3 daemon not running.")
-    p.add_argument("--config", "-c", type=Path, default=DEFAULT_CONFIG,
+    # No default here: a --config given explicitly must exist, the default
+    # one need not (see main).
+    p.add_argument("--config", "-c", type=Path, metavar="FILE",
                    help=f"offloadd's config file, for the socket path and table name "
-                        f"(default {DEFAULT_CONFIG})")
-    p.add_argument("--socket", type=Path, help="control socket (default: from the config)")
+                        f"(default {DEFAULT_CONFIG_PATH}; where that does not exist, "
+                        f"status and reload use the default socket)")
+    p.add_argument("--socket", type=Path, metavar="PATH",
+                   help=f"control socket (default: control.socket of the config, else "
+                        f"{ControlConfig.socket})")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--version", action="version", version=f"offloadctl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
@@ -101,19 +110,27 @@ def _emit(args: argparse.Namespace, data: Any, human: str) -> None:
         sys.stdout.write(human)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, default_config: Path = DEFAULT_CONFIG_PATH,
+         default_socket: Path = ControlConfig.socket) -> int:
+    """Runs one command; `default_config`/`default_socket` are where offloadd's
+    files are when none is given (tests point them into a temporary directory)."""
     args = build_parser().parse_args(argv)
     try:
+        if args.config is not None and not args.config.exists():
+            raise ConfigError(f"{args.config}: config file not found (given with --config); "
+                              "fix the path, or leave --config out")
+        path = args.config or default_config
         if args.command == "check":
-            return cmd_check(args)
-        config = _config_for_socket(args)
-        sock = args.socket or config.control.socket
+            return cmd_check(args, _check_path(args, path))
+        if args.command == "flows":
+            return cmd_flows(args)  # conntrack and routes only: no config needed
+        if args.command == "explain":
+            return cmd_explain(args, load_config(_needed(path, "explain")))
+        # status and reload only talk to the daemon: without a config, its default socket.
+        config = _config_for_socket(path) if path.exists() else None
+        sock = args.socket or (config.control.socket if config else default_socket)
         if args.command == "status":
             return cmd_status(args, config, sock)
-        if args.command == "flows":
-            return cmd_flows(args)
-        if args.command == "explain":
-            return cmd_explain(args, config)
         return cmd_reload(args, sock)
     except ConfigError as e:
         return _fail(EXIT_USAGE, str(e))
@@ -121,7 +138,24 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(EXIT_FAILED, str(e))
 
 
-def _config_for_socket(args: argparse.Namespace) -> Config:
+def _needed(path: Path, command: str) -> Path:
+    """The config file for a command that cannot work without one."""
+    if not path.exists():
+        raise ConfigError(f"{command} needs offloadd's config, and {path} does not exist; "
+                          "give one with --config FILE")
+    return path
+
+
+def _check_path(args: argparse.Namespace, path: Path) -> Path:
+    if args.file is not None:
+        return Path(args.file)
+    if not path.exists():
+        raise ConfigError(f"check needs a config file, and {path} does not exist; "
+                          "give one: offloadctl check FILE")
+    return path
+
+
+def _config_for_socket(path: Path) -> Config:
     """The config, for where the daemon listens and which table it owns.
 
     A config file that has just been broken must not stop offloadctl from
@@ -129,9 +163,9 @@ def _config_for_socket(args: argparse.Namespace) -> Config:
     an invalid file falls back to its [control]/[daemon] keys read leniently.
     """
     try:
-        return load_config(args.config)
+        return load_config(path)
     except ConfigError as e:
-        lenient = _lenient(args.config)
+        lenient = _lenient(path)
         if lenient is None:
             raise
         print(f"offloadctl: warning: {e}", file=sys.stderr)
@@ -156,7 +190,7 @@ def _lenient(path: Path) -> Config | None:
 
 
 # -- status ---------------------------------------------------------------------
-def cmd_status(args: argparse.Namespace, config: Config, sock: Path) -> int:
+def cmd_status(args: argparse.Namespace, config: Config | None, sock: Path) -> int:
     try:
         report = request(sock, "status")
         report["daemon"]["running"] = True
@@ -164,6 +198,13 @@ def cmd_status(args: argparse.Namespace, config: Config, sock: Path) -> int:
         return EXIT_OK
     except ControlError as e:
         down_reason = str(e)
+        if config is None:
+            # Without a config there is no table name to show the kernel's view of.
+            code = EXIT_DOWN if isinstance(e, NotRunningError) else EXIT_FAILED
+            if args.json:
+                _emit(args, {"daemon": {"running": False, "reason": down_reason}}, "")
+                return code
+            return _fail(code, down_reason)
     report = kernel_only_status(config)
     report["daemon"] = {"running": False, "reason": down_reason}
     _emit(args, report, format_status(report))
@@ -187,9 +228,9 @@ def kernel_only_status(config: Config) -> dict[str, Any]:
 def cmd_reload(args: argparse.Namespace, sock: Path) -> int:
     try:
         result = request(sock, "reload")
+    except NotRunningError as e:
+        return _fail(EXIT_DOWN, str(e))
     except ControlError as e:
-        if "not running" in str(e):
-            return _fail(EXIT_DOWN, str(e))
         return _fail(EXIT_FAILED, str(e))
     _emit(args, result, f"reloaded {result['config']}\n")
     return EXIT_OK
@@ -291,8 +332,7 @@ def cmd_explain(args: argparse.Namespace, config: Config) -> int:
 
 
 # -- check ----------------------------------------------------------------------
-def cmd_check(args: argparse.Namespace) -> int:
-    path = args.file or args.config
+def cmd_check(args: argparse.Namespace, path: Path) -> int:
     config = load_config(path)
     backend = NftBackend(config.daemon.family.value, config.daemon.table)
     daemon = Daemon(path, config, backend, links=_NoLinks())

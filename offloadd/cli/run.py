@@ -18,7 +18,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from offloadd import __version__
-from offloadd.core.config import Config
+from offloadd.core.config import DEFAULT_CONFIG_PATH, Config
 from offloadd.core.configparse import load_config
 from offloadd.core.errors import ConfigError, OffloaddError
 from offloadd.core.render import render
@@ -35,7 +35,6 @@ from offloadd.service.metrics import StatusView, register
 from offloadd.service.ports import Snapshot
 from offloadd.service.sdnotify import Notifier, journal_logging
 
-DEFAULT_CONFIG = Path("/etc/offloadd/offloadd.toml")
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
@@ -54,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         "foreground; SIGHUP reloads the config, SIGTERM stops (and removes offloadd's "
         "table unless daemon.on_exit = \"keep\")."),
         epilog="Exit status: 0 ok, 1 runtime or kernel failure, 2 bad config or arguments.")
-    p.add_argument("--config", "-c", type=Path, default=DEFAULT_CONFIG,
-                   help=f"configuration file (default {DEFAULT_CONFIG})")
+    p.add_argument("--config", "-c", type=Path, default=DEFAULT_CONFIG_PATH, metavar="FILE",
+                   help=f"configuration file (default {DEFAULT_CONFIG_PATH})")
     p.add_argument("--check", action="store_true",
                    help="validate the config, print the nft transaction that would be "
                         "applied now, and exit without applying it")

@@ -12,6 +12,9 @@ import enum
 from dataclasses import dataclass
 from pathlib import Path
 
+# Where offloadd and offloadctl look when no --config is given.
+DEFAULT_CONFIG_PATH = Path("/etc/offloadd/offloadd.toml")
+
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
 

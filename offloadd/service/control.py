@@ -36,6 +36,10 @@ class ControlError(OffloaddError, OSError):
     """The control socket could not be set up or reached."""
 
 
+class NotRunningError(ControlError):
+    """Nothing listens on the control socket: offloadd is not running (there)."""
+
+
 def _reply(ok: bool, payload: Any) -> bytes:
     body: dict[str, Any] = {"version": PROTOCOL_VERSION, "ok": ok}
     body["result" if ok else "error"] = payload
@@ -136,8 +140,10 @@ def request(path: Path, command: str, timeout: float = 10.0, **args: Any) -> Any
             chunks = []
             while chunk := s.recv(65536):
                 chunks.append(chunk)
-    except (FileNotFoundError, ConnectionRefusedError):
-        raise ControlError(f"offloadd is not running (no daemon at {path})") from None
+    except FileNotFoundError:
+        raise NotRunningError(f"offloadd is not running (no control socket at {path})") from None
+    except ConnectionRefusedError:
+        raise NotRunningError(f"offloadd is not running (nothing listens on {path})") from None
     except PermissionError:
         raise ControlError(f"permission denied on {path}: run as root or as a member of "
                            "the group set in control.group") from None
