@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 KERNELS := 6.1 6.12 7
 KERNEL ?= 6.1
 
-.PHONY: install demo bench test-native test setup test-unit test-host lint test-vm test-vms lab-shell vagrant-validate clean test-system
+.PHONY: install demo bench test-native test setup test-unit test-host lint test-vm test-vms lab-shell vagrant-validate clean test-system generate
 
 ## make test: everything CI runs — setup, lint, unit tests, host checks, the
 ## Vagrantfile check, the integration suite in the VM on every kernel, the
@@ -28,6 +28,11 @@ lint: setup
 
 test-unit: setup
 	$(PY) -m pytest tests/unit -q
+
+## make generate: rewrite the files made from the code (bash completion from the
+## argument parsers); commit them: the unit tests fail when they are stale.
+generate: setup
+	$(PY) -m offloadd.cli.completion contrib/bash-completion
 
 # Needs root on the real machine: the capability probe against the host kernel.
 test-host: setup
