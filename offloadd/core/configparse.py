@@ -34,6 +34,7 @@ from offloadd.core.config import (
     Repair,
     Revalidate,
 )
+from offloadd.core.configschema import TABLES, names
 from offloadd.core.errors import ConfigError
 from offloadd.core.tomlsection import Section, choices, enum_value, int_in, q
 
@@ -68,7 +69,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
 
 
 def _parse_doc(doc: Mapping[str, Any]) -> Config:
-    top = Section(doc, "", ("daemon", "flowtable", "metrics", "control"))
+    top = Section(doc, "", tuple(t.name for t in TABLES))
     daemon = _parse_daemon(_subtable(top, "daemon"))
     metrics = _parse_metrics(_subtable(top, "metrics"))
     control = _parse_control(_subtable(top, "control"))
@@ -107,11 +108,10 @@ def _check_identifier(path: str, value: str) -> str:
 
 
 def _parse_daemon(data: Mapping[str, Any]) -> DaemonConfig:
-    s = Section(data, "daemon", ("table", "family", "priority", "on_exit", "repair",
-                                      "revalidate"))
+    s = Section(data, "daemon", names("daemon"))
     table = _check_identifier(s.key("table"), s.get("table", str, DaemonConfig.table))
-    family = enum_value(s, "family", Family, Family.INET)
-    priority: PriorityMode | int = PriorityMode.AUTO
+    family = enum_value(s, "family", Family, DaemonConfig.family)
+    priority: PriorityMode | int = DaemonConfig.priority
     if s.has("priority"):
         raw = data["priority"]
         if type(raw) is int:
@@ -121,21 +121,15 @@ def _parse_daemon(data: Mapping[str, Any]) -> DaemonConfig:
                 f'daemon.priority: {q(raw)} is not valid; use "auto" or an integer '
                 f"in {INT32_MIN}..{INT32_MAX}"
             )
-    on_exit = enum_value(s, "on_exit", OnExit, OnExit.REMOVE)
-    repair = enum_value(s, "repair", Repair, Repair.AUTO)
-    revalidate = enum_value(s, "revalidate", Revalidate, Revalidate.ON_CHANGE)
+    on_exit = enum_value(s, "on_exit", OnExit, DaemonConfig.on_exit)
+    repair = enum_value(s, "repair", Repair, DaemonConfig.repair)
+    revalidate = enum_value(s, "revalidate", Revalidate, DaemonConfig.revalidate)
     return DaemonConfig(table=table, family=family, priority=priority, on_exit=on_exit,
                         repair=repair, revalidate=revalidate)
 
 
-_FT_KEYS = (
-    "name", "devices", "exclude", "kinds", "protocols", "counter", "hardware",
-    "elephant_packets", "priority",
-)  # fmt: skip
-
-
 def _parse_flowtable(data: Mapping[str, Any], path: str) -> FlowtableConfig:
-    s = Section(data, path, _FT_KEYS)
+    s = Section(data, path, names("flowtable"))
     if not s.has("name"):
         raise ConfigError(f"{path}.name: missing; every flowtable needs a name")
     name = _check_identifier(s.key("name"), s.get("name", str, ""))
@@ -152,17 +146,18 @@ def _parse_flowtable(data: Mapping[str, Any], path: str) -> FlowtableConfig:
             "flowtable can never match; drop the exclusion or add devices"
         )
     protocols = _protocols(s)
-    hardware = enum_value(s, "hardware", Hardware, Hardware.OFF)
+    hardware = enum_value(s, "hardware", Hardware, FlowtableConfig.hardware)
     return FlowtableConfig(
         name=name,
         devices=devices,
         exclude=exclude,
         kinds=kinds,
         protocols=protocols,
-        counter=s.get("counter", bool, True),
+        counter=s.get("counter", bool, FlowtableConfig.counter),
         hardware=hardware,
-        elephant_packets=int_in(s, "elephant_packets", 0, 0, 2**63 - 1),
-        priority=int_in(s, "priority", 0, INT32_MIN, INT32_MAX),
+        elephant_packets=int_in(s, "elephant_packets", FlowtableConfig.elephant_packets,
+                                0, 2**63 - 1),
+        priority=int_in(s, "priority", FlowtableConfig.priority, INT32_MIN, INT32_MAX),
     )
 
 
@@ -234,7 +229,7 @@ def _kinds(s: Section) -> frozenset[str]:
 
 def _protocols(s: Section) -> tuple[str, ...]:
     if not s.has("protocols"):
-        return PROTOCOLS
+        return FlowtableConfig.protocols
     protos = s.str_list("protocols")
     if not protos:
         raise ConfigError(f'{s.key("protocols")}: is empty; use ["tcp"], ["udp"] or both')
@@ -275,8 +270,7 @@ def _check_unique_names(flowtables: list[FlowtableConfig]) -> None:
 
 
 def _parse_metrics(data: Mapping[str, Any]) -> MetricsConfig:
-    s = Section(data, "metrics", ("enabled", "listen", "port", "tls_cert_file", "tls_key_file",
-                                   "tls_client_ca_file", "tls_client_auth_required"))
+    s = Section(data, "metrics", names("metrics"))
     listen = s.get("listen", str, None)
     host, port = MetricsConfig.host, MetricsConfig.port
     if listen is not None:
@@ -289,7 +283,7 @@ def _parse_metrics(data: Mapping[str, Any]) -> MetricsConfig:
                 "give the port in one of them only"
             )
         port = given
-    enabled = s.get("enabled", bool, True)
+    enabled = s.get("enabled", bool, MetricsConfig.enabled)
     files: dict[str, Path | None] = {}
     for key in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
         value = s.get(key, str, None)
@@ -299,7 +293,8 @@ def _parse_metrics(data: Mapping[str, Any]) -> MetricsConfig:
     if (files["tls_cert_file"] is None) != (files["tls_key_file"] is None):
         raise ConfigError("metrics: tls_cert_file and tls_key_file go together; "
                           "give both for HTTPS or neither for plain HTTP")
-    client_auth = s.get("tls_client_auth_required", bool, False)
+    client_auth = s.get("tls_client_auth_required", bool,
+                        MetricsConfig.tls_client_auth_required)
     if files["tls_client_ca_file"] is not None and files["tls_cert_file"] is None:
         raise ConfigError("metrics.tls_client_ca_file: needs tls_cert_file and tls_key_file "
                           "(client certificates are checked only over HTTPS)")
@@ -326,14 +321,14 @@ def _parse_listen(listen: str) -> tuple[str, int]:
 
 
 def _parse_control(data: Mapping[str, Any]) -> ControlConfig:
-    s = Section(data, "control", ("socket", "group"))
+    s = Section(data, "control", names("control"))
     socket = s.get("socket", str, str(ControlConfig.socket))
     if not socket.startswith("/") or "\x00" in socket:
         raise ConfigError(
             f"control.socket: {q(socket)} is not valid; use an absolute path "
             '(e.g. "/run/offloadd/control.sock")'
         )
-    group = s.get("group", str, "")
+    group = s.get("group", str, ControlConfig.group)
     if group and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]{0,31}\$?", group):
         raise ConfigError(
             f'control.group: {q(group)} is not a valid group name; use e.g. "offloadd" '
