@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 KERNELS := 6.1 6.12 7
 KERNEL ?= 6.1
 
-.PHONY: install demo bench test-native test setup test-unit test-host lint test-vm test-vms lab-shell vagrant-validate clean test-system generate
+.PHONY: install demo bench test-native test setup test-unit test-host lint test-vm test-vms lab-shell vagrant-validate clean test-system generate install-docs
 
 ## make test: everything CI runs — setup, lint, unit tests, host checks, the
 ## Vagrantfile check, the integration suite in the VM on every kernel, the
@@ -29,10 +29,12 @@ lint: setup
 test-unit: setup
 	$(PY) -m pytest tests/unit -q
 
-## make generate: rewrite the files made from the code (bash completion from the
-## argument parsers); commit them: the unit tests fail when they are stale.
+## make generate: rewrite the files made from the code (bash completion and man
+## pages, from the argument parsers and the config schema); commit them: the
+## unit tests fail when they are stale.
 generate: setup
 	$(PY) -m offloadd.cli.completion contrib/bash-completion
+	$(PY) -m offloadd.cli.manpages man
 
 # Needs root on the real machine: the capability probe against the host kernel.
 test-host: setup
@@ -72,10 +74,13 @@ vagrant-validate: setup
 
 ## make install [PREFIX=/opt/offloadd]: offloadd in a venv (system Python, so
 ## python3-nftables is seen), the unit pointed at it, the example config (kept
-## if one exists), modules-load.d and sysctl.d files. Then:
+## if one exists), modules-load.d and sysctl.d files, man pages and bash
+## completion (install-docs). Then:
 ##   systemctl daemon-reload && systemctl enable --now offloadd
 PREFIX ?= /opt/offloadd
-install:
+# Beside the /usr/local/sbin links: man and bash-completion look there.
+DOCPREFIX ?= /usr/local/share
+install: install-docs
 	/usr/bin/python3 -m venv --system-site-packages $(DESTDIR)$(PREFIX)
 	$(DESTDIR)$(PREFIX)/bin/pip install -q --disable-pip-version-check .
 	install -d $(DESTDIR)/etc/systemd/system $(DESTDIR)/usr/local/sbin
@@ -87,6 +92,15 @@ install:
 		install -Dm644 etc/offloadd/offloadd.toml $(DESTDIR)/etc/offloadd/offloadd.toml
 	ln -sf $(PREFIX)/bin/offloadd $(PREFIX)/bin/offloadctl $(DESTDIR)/usr/local/sbin/
 	@echo "installed; now: systemctl daemon-reload && systemctl enable --now offloadd"
+
+install-docs:
+	install -Dm644 man/offloadd.8 $(DESTDIR)$(DOCPREFIX)/man/man8/offloadd.8
+	install -Dm644 man/offloadctl.8 $(DESTDIR)$(DOCPREFIX)/man/man8/offloadctl.8
+	install -Dm644 man/offloadd.toml.5 $(DESTDIR)$(DOCPREFIX)/man/man5/offloadd.toml.5
+	install -Dm644 contrib/bash-completion/offloadctl \
+		$(DESTDIR)$(DOCPREFIX)/bash-completion/completions/offloadctl
+	install -Dm644 contrib/bash-completion/offloadd \
+		$(DESTDIR)$(DOCPREFIX)/bash-completion/completions/offloadd
 
 clean:
 	rm -rf build dist *.egg-info

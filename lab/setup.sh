@@ -28,6 +28,7 @@ apt_packages=(
     iproute2 iputils-ping conntrack iperf3 procps
     qemu-system-x86 kmod udev busybox-static
     vagrant prometheus debootstrap e2fsprogs xz-utils
+    groff-base
 )
 
 apt_updated=0

@@ -44,6 +44,14 @@ from offloadd.service.control import ControlError, NotRunningError, request
 from offloadd.service.daemon import Daemon
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DOWN = 0, 1, 2, 3
+# For --help and offloadctl(8), which is generated from it.
+EXIT_STATUS = (
+    (EXIT_OK, "ok"),
+    (EXIT_FAILED, "the operation failed (reload refused, kernel error)"),
+    (EXIT_USAGE, "bad arguments or config"),
+    (EXIT_DOWN, "the daemon is not running (status then shows what the kernel holds, "
+                "given a config)"),
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,8 +61,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="offloadctl", description="Look at and steer a running offloadd.",
-                epilog="Exit status: 0 ok, 1 operation failed, 2 bad arguments or config, "
-                       "3 daemon not running.")
+                epilog="Exit status: " + "; ".join(f"{c} {t}" for c, t in EXIT_STATUS) + ".")
     # No default here: a --config given explicitly must exist, the default
     # one need not (see main).
     p.add_argument("--config", "-c", type=Path, metavar="FILE",

@@ -38,6 +38,12 @@ from offloadd.service.sdnotify import Notifier, journal_logging
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
+# For --help and offloadd(8), which is generated from it.
+EXIT_STATUS = (
+    (EXIT_OK, "ok (stopped by SIGTERM or SIGINT, or --check done)"),
+    (EXIT_RUNTIME, "runtime or kernel failure"),
+    (EXIT_CONFIG, "bad config or arguments"),
+)
 
 log = logging.getLogger("offloadd")
 
@@ -52,13 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Keep nftables flowtables in step with this machine's interfaces. Runs in the "
         "foreground; SIGHUP reloads the config, SIGTERM stops (and removes offloadd's "
         "table unless daemon.on_exit = \"keep\")."),
-        epilog="Exit status: 0 ok, 1 runtime or kernel failure, 2 bad config or arguments.")
+        epilog="Exit status: " + "; ".join(f"{c} {t}" for c, t in EXIT_STATUS) + ".")
     p.add_argument("--config", "-c", type=Path, default=DEFAULT_CONFIG_PATH, metavar="FILE",
                    help=f"configuration file (default {DEFAULT_CONFIG_PATH})")
     p.add_argument("--check", action="store_true",
                    help="validate the config, print the nft transaction that would be "
                         "applied now, and exit without applying it")
-    p.add_argument("--log-level", default="info",
+    p.add_argument("--log-level", default="info", metavar="LEVEL",
                    choices=["debug", "info", "warning", "error"], help="default: info")
     p.add_argument("--version", action="version", version=f"offloadd {__version__}")
     return p

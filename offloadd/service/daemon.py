@@ -37,6 +37,8 @@ log = logging.getLogger("offloadd")
 
 RETRY_VANISHED_S = 0.2
 RETRY_FAILED_S = 5.0
+# SIGHUP reloads the config, the others stop (offloadd(8) lists them from here).
+SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 WATCHER_RESTART_S = 1.0
 
 
@@ -254,8 +256,7 @@ class Daemon:
             log.error("%s; other tables' changes are picked up at the next link event and "
                       "offloaded flows are NOT re-validated", e)
 
-    async def run(self, signals: Sequence[signal.Signals] = (signal.SIGHUP, signal.SIGTERM,
-                                                             signal.SIGINT),
+    async def run(self, signals: Sequence[signal.Signals] = SIGNALS,
                   control: bool = True) -> None:
         loop = asyncio.get_running_loop()
         server = None
