@@ -8,13 +8,14 @@ PY := $(VENV)/bin/python
 KERNELS := 6.1 6.12 7
 KERNEL ?= 6.1
 
-.PHONY: install demo bench test-native test setup test-unit test-host lint test-vm test-vms lab-shell vagrant-validate clean test-system generate install-docs
+.PHONY: install demo bench test-native test setup test-unit test-host lint test-vm test-vms lab-shell vagrant-validate clean test-system generate install-docs test-alerts
 
 ## make test: everything CI runs — setup, lint, unit tests, host checks, the
-## Vagrantfile check, the integration suite in the VM on every kernel, the
-## full-system test (systemd as PID 1) on the default kernel, and the demo
-## (it fails unless flows are offloaded), so the newcomer's command stays working.
-test: setup lint test-unit test-host vagrant-validate test-vms test-system demo
+## alert rules' tests, the Vagrantfile check, the integration suite in the VM
+## on every kernel, the full-system test (systemd as PID 1) on the default
+## kernel, and the demo (it fails unless flows are offloaded), so the
+## newcomer's command stays working.
+test: setup lint test-unit test-host test-alerts vagrant-validate test-vms test-system demo
 	@echo '== integration results per kernel =='
 	@$(PY) lab/check_results.py --summary $(KERNELS)
 
@@ -35,6 +36,12 @@ test-unit: setup
 generate: setup
 	$(PY) -m offloadd.cli.completion contrib/bash-completion
 	$(PY) -m offloadd.cli.manpages man
+
+## make test-alerts: the Prometheus alert rules, checked and unit-tested by promtool
+## (Debian package prometheus, installed by setup).
+test-alerts: setup
+	promtool check rules contrib/prometheus/offloadd.rules.yml
+	promtool test rules contrib/prometheus/offloadd.rules.test.yml
 
 # Needs root on the real machine: the capability probe against the host kernel.
 test-host: setup
