@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 KERNELS := 6.1 6.12 7
 KERNEL ?= 6.1
 
-.PHONY: install demo bench test-native test setup test-unit test-host lint test-vm test-vms lab-shell vagrant-validate clean test-system generate install-docs test-alerts
+.PHONY: deb install demo bench test-native test setup test-unit test-host lint test-vm test-vms lab-shell vagrant-validate clean test-system generate install-docs test-alerts
 
 ## make test: everything CI runs — setup, lint, unit tests, host checks, the
 ## alert rules' tests, the Vagrantfile check, the integration suite in the VM
@@ -79,6 +79,16 @@ test-native: setup
 vagrant-validate: setup
 	cd $(CURDIR) && VAGRANT_CHECKPOINT_DISABLE=1 vagrant validate --ignore-provider
 
+## make deb: the Debian package, build/offloadd_<version>_all.deb (debhelper,
+## dpkg-buildpackage -us -uc -b in a copy under build/deb/; the version is
+## pyproject's), then lintian on it (fails on any error or warning). Needs
+## debhelper, dh-python, python3-pip, python3-setuptools, python3-wheel and
+## lintian (lab/setup.sh installs them); fetches the wheels pinned in
+## debian/vendor.txt from PyPI once. Not part of setup: a gateway can build it.
+## Install it with: apt install ./build/offloadd_*.deb
+deb:
+	lab/build-deb.sh --lintian
+
 ## make install [PREFIX=/opt/offloadd]: offloadd in a venv (system Python, so
 ## python3-nftables is seen), the unit pointed at it, the example config (kept
 ## if one exists), modules-load.d and sysctl.d files, man pages and bash
@@ -91,7 +101,7 @@ install: install-docs
 	/usr/bin/python3 -m venv --system-site-packages $(DESTDIR)$(PREFIX)
 	$(DESTDIR)$(PREFIX)/bin/pip install -q --disable-pip-version-check .
 	install -d $(DESTDIR)/etc/systemd/system $(DESTDIR)/usr/local/sbin
-	sed 's|^ExecStart=/usr/bin/offloadd|ExecStart=$(PREFIX)/bin/offloadd|' systemd/offloadd.service \
+	sed 's|^ExecStart=/usr/sbin/offloadd|ExecStart=$(PREFIX)/bin/offloadd|' systemd/offloadd.service \
 		> $(DESTDIR)/etc/systemd/system/offloadd.service
 	install -Dm644 systemd/offloadd-modules.conf $(DESTDIR)/etc/modules-load.d/offloadd.conf
 	install -Dm644 systemd/offloadd-sysctl.conf $(DESTDIR)/etc/sysctl.d/60-offloadd.conf

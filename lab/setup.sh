@@ -29,6 +29,7 @@ apt_packages=(
     qemu-system-x86 kmod udev busybox-static
     vagrant prometheus debootstrap e2fsprogs xz-utils
     groff-base
+    debhelper dh-python python3-pip python3-setuptools python3-wheel build-essential lintian
 )
 
 apt_updated=0

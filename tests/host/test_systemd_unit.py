@@ -22,7 +22,7 @@ UNIT = ROOT / "systemd" / "offloadd.service"
 MODULES_CONF = ROOT / "systemd" / "offloadd-modules.conf"
 SYSCTL_CONF = ROOT / "systemd" / "offloadd-sysctl.conf"
 MAX_EXPOSURE = 2.0
-EXEC_START = "/usr/bin/offloadd --config /etc/offloadd/offloadd.toml"
+EXEC_START = "/usr/sbin/offloadd --config /etc/offloadd/offloadd.toml"
 
 
 def _analyze() -> str:
@@ -67,12 +67,12 @@ def _verify(unit: Path) -> str:
 
 def _verifiable_copy(tmp_path: Path, text: str) -> Path:
     """The unit with ExecStart= pointing at a stub: verify checks that the
-    binary exists, and this machine has offloadd in a venv, not /usr/bin."""
+    binary exists, and this machine has offloadd in a venv, not /usr/sbin."""
     stub = tmp_path / "offloadd"
     stub.write_text("#!/bin/sh\n")
     stub.chmod(0o755)
     copy = tmp_path / "offloadd.service"
-    copy.write_text(text.replace("\nExecStart=/usr/bin/offloadd ", f"\nExecStart={stub} "))
+    copy.write_text(text.replace("\nExecStart=/usr/sbin/offloadd ", f"\nExecStart={stub} "))
     return copy
 
 
