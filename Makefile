@@ -55,9 +55,11 @@ test-vms: setup
 	@rc=0; for k in $(KERNELS); do lab/vm-test.sh $$k $(PYTEST_ARGS) || rc=1; done; exit $$rc
 
 ## make test-system [KERNEL=6.1|6.12|7]: offloadd under systemd as PID 1 in a VM
-## (debootstrap root cached in ~/.cache/offloadd-lab/sysroot, the wheel of
-## this checkout, the shipped unit): READY, reload, refused reload, watchdog
-## restart, hardening, offloaded traffic. Needs debootstrap (apt).
+## (debootstrap root cached in ~/.cache/offloadd-lab/sysroot, the Debian package
+## of this checkout installed with apt inside): install (disabled), upgrade from
+## a ~test1 build keeping an edited config, READY, reload, refused reload,
+## watchdog restart, hardening, offloaded traffic, purge. Needs debootstrap and
+## the packaging tools (apt; setup installs them).
 test-system: setup
 	lab/system-test.sh $(KERNEL)
 

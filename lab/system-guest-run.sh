@@ -1,7 +1,9 @@
 #!/bin/sh
 # Runs inside the full-system VM as offloadd-systemtest.service (systemd is
-# PID 1): the pytest suite in tests/system, JUnit XML and the journal onto the
-# results disk (/dev/vdb), which the host reads back with debugfs.
+# PID 1): the pytest suite in tests/system (install, upgrade, service, purge
+# of the Debian packages in debs/, in the order its conftest.py sets), JUnit
+# XML and the journal onto the results disk (/dev/vdb), which the host reads
+# back with debugfs.
 # The unit powers the VM off when this exits.
 set -u
 mount -t ext4 /dev/vdb /results || { echo "system test: no results disk"; exit 1; }

@@ -1,14 +1,18 @@
 #!/bin/bash
 # Builds the disk image for the full-system test (systemd as PID 1), as root:
 #   1. a minimal Debian 12 root (debootstrap, minbase) with systemd, nftables,
-#      python3 + python3-nftables/python3-systemd/python3-pytest and a venv
-#      /opt/offloadd holding offloadd's PyPI dependencies. Cached under
-#      $LAB_CACHE/sysroot (a stamp names what went in; cold ~1-2 min).
-#   2. per run: a copy of that root with offloadd installed from the wheel built
-#      from this checkout, the shipped unit + modules-load.d/sysctl.d files, a
-#      drop-in pointing ExecStart at the venv, the kernel's modules and the
-#      in-VM test (tests/system, run by offloadd-systemtest.service at boot);
-#      made into an ext4 image with mkfs.ext4 -d (no loop mount needed).
+#      conntrack, python3 + python3-nftables/python3-systemd (the Debian
+#      package's dependencies: the VM has no network, so they must be here)
+#      and python3-pytest. Cached under $LAB_CACHE/sysroot (a stamp names what
+#      went in; cold ~1-2 min).
+#   2. per run: the Debian package built twice from this checkout (its
+#      version, and the same tree as <version>~test1 to upgrade from; see
+#      lab/build-deb.sh), checked to install offline in a copy of that root,
+#      then copied into it with the kernel's modules and the in-VM test
+#      (tests/system, run by offloadd-systemtest.service at boot), which
+#      installs, upgrades and purges the package with apt; made into an ext4
+#      image with mkfs.ext4 -d (no loop mount needed). offloadd itself is not
+#      installed in the image: the test does that.
 #   3. a tiny initramfs (busybox from the root) that loads virtio_blk + ext4
 #      (modules in Debian's kernels), mounts /dev/vda and execs systemd.
 # Output: build/system/KERNEL/{root.img,initrd.img,vmlinuz}.
@@ -32,7 +36,8 @@ kver=$(basename "$kdir")
 # { 6, 17 }`, which offloadd's read-back must still match (it once did not and
 # never got READY).
 # procps: the unit's ExecReload=/bin/kill comes from it (203/EXEC without it).
-root_packages=procps,systemd,systemd-sysv,udev,kmod,nftables,iproute2,conntrack,busybox-static,python3,python3-venv,python3-nftables,python3-systemd,python3-pytest
+# Everything the package Depends on is here (checked below with apt-get -s).
+root_packages=procps,systemd,systemd-sysv,udev,kmod,nftables,iproute2,conntrack,busybox-static,python3,python3-nftables,python3-systemd,python3-pytest
 # The Debian mirror this machine's apt uses (deb822 or one-line sources).
 debian_mirror() {
     cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list \
@@ -41,12 +46,6 @@ debian_mirror() {
 }
 mirror=${OFFLOADD_DEBIAN_MIRROR:-$(debian_mirror || true)}
 mirror=${mirror:-http://deb.debian.org/debian}
-# offloadd's PyPI dependencies, at the versions the project venv tested with.
-pydeps=$("$repo/.venv/bin/python" - <<'EOF'
-import importlib.metadata as m
-print(" ".join(f"{d}=={m.version(d)}" for d in ("pyroute2", "prometheus-client")))
-EOF
-)
 sysroot="$LAB_CACHE/sysroot"
 # chroot with a clean environment: the host's PIP_* settings (local indexes,
 # find-links dirs) mean nothing inside the root.
@@ -55,7 +54,7 @@ in_root() {
     shift
     env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 chroot "$dir" "$@"
 }
-want_stamp=$(printf 'v1\n%s\n%s\n' "$root_packages" "$pydeps" | sha256sum | cut -d' ' -f1)
+want_stamp=$(printf 'v2\n%s\n' "$root_packages" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$sysroot/.offloadd-sysroot" 2>/dev/null)" != "$want_stamp" ]; then
     t0=$(date +%s)
     log "system root: debootstrap bookworm from $mirror (packages: $root_packages)"
@@ -65,17 +64,7 @@ if [ "$(cat "$sysroot/.offloadd-sysroot" 2>/dev/null)" != "$want_stamp" ]; then
         bookworm "$sysroot.tmp" "$mirror" > "$LAB_CACHE/debootstrap.log" 2>&1 \
         || { tail -20 "$LAB_CACHE/debootstrap.log" >&2; die "debootstrap failed (log: $LAB_CACHE/debootstrap.log)"; }
     rm -rf "$sysroot.tmp"/var/cache/apt/archives/*.deb "$sysroot.tmp"/var/lib/apt/lists/*
-    log "system root: venv /opt/offloadd with $pydeps"
-    wheels="$sysroot.tmp/tmp/wheels"
-    mkdir -p "$wheels"
-    # shellcheck disable=SC2086
-    "$repo/.venv/bin/pip" download -q --disable-pip-version-check --no-deps \
-        --only-binary=:all: -d "$wheels" $pydeps 2>&1 | { grep -v "^WARNING: Location" || true; } >&2
-    in_root "$sysroot.tmp" /usr/bin/python3 -m venv --system-site-packages /opt/offloadd
-    # shellcheck disable=SC2086
-    in_root "$sysroot.tmp" /opt/offloadd/bin/pip install -q --disable-pip-version-check \
-        --no-index --find-links /tmp/wheels $pydeps
-    rm -rf "$wheels"
+    mkdir -p "$sysroot.tmp/var/lib/apt/lists/partial"
     # A quiet, quick boot: nothing here needs timers or a login prompt.
     for u in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer \
              getty@tty1.service serial-getty@ttyS0.service systemd-timesyncd.service; do
@@ -91,42 +80,38 @@ else
     log "system root: cached ($sysroot)"
 fi
 
-# ---- 2. this checkout installed into a copy of it ---------------------------
+# ---- 2. this checkout's package, twice, beside a copy of it --------------------
 out="$repo/build/system/$series"
 stage="$out/root"
+debs="$out/debs"
 mkdir -p "$out"
-rm -rf "$stage" "$out/wheel"
-log "image: building the offloadd wheel"
-"$repo/.venv/bin/pip" wheel -q --disable-pip-version-check --no-deps --no-build-isolation \
-    -w "$out/wheel" "$repo" > "$out/wheel.log" 2>&1 || { cat "$out/wheel.log" >&2; die "wheel build failed"; }
-wheel=$(ls "$out/wheel"/offloadd-*.whl)
+rm -rf "$stage" "$out/wheel" "$debs"
+log "image: building the Debian package (this version and ~test1, to upgrade from)"
+"$here/build-deb.sh" --out "$debs"
+"$here/build-deb.sh" --suffix "~test1" --out "$debs"
+[ "$(find "$debs" -name 'offloadd_*_all.deb' | wc -l)" = 2 ] || die "expected two packages in $debs"
 cp -a "$sysroot" "$stage"
-cp "$wheel" "$stage/tmp/"
-# --no-deps: the dependencies are in the venv already; systemd-python is
-# Debian's python3-systemd, seen through --system-site-packages.
-in_root "$stage" /opt/offloadd/bin/pip install -q --disable-pip-version-check --no-index \
-    --no-deps "/tmp/$(basename "$wheel")"
-rm -f "$stage/tmp/$(basename "$wheel")"
-in_root "$stage" /opt/offloadd/bin/pip check -q --disable-pip-version-check >/dev/null \
-    || die "pip check in the image venv: $(in_root "$stage" /opt/offloadd/bin/pip check 2>&1)"
+mkdir -p "$stage/opt/offloadd-systemtest/debs"
+cp "$debs"/offloadd_*_all.deb "$stage/opt/offloadd-systemtest/debs/"
+# The VM has no network: apt there must find every dependency installed.
+for deb in "$stage"/opt/offloadd-systemtest/debs/*.deb; do
+    in_root "$stage" apt-get install -s -q "/opt/offloadd-systemtest/debs/$(basename "$deb")" \
+        > "$out/apt-simulate.log" 2>&1 \
+        || die "the image cannot install $(basename "$deb") offline (add its dependencies to root_packages): $(tail -5 "$out/apt-simulate.log")"
+    grep -q '^Inst offloadd ' "$out/apt-simulate.log" \
+        || die "apt-get -s would not install offloadd: $(cat "$out/apt-simulate.log")"
+    if grep '^Inst ' "$out/apt-simulate.log" | grep -qv '^Inst offloadd '; then
+        die "the package needs more than the image has: $(grep '^Inst ' "$out/apt-simulate.log")"
+    fi
+done
 
-# The unit and its companions exactly as shipped, in the distribution layout.
-install -D -m644 "$repo/systemd/offloadd.service" "$stage/usr/lib/systemd/system/offloadd.service"
-install -D -m644 "$repo/systemd/offloadd-modules.conf" "$stage/usr/lib/modules-load.d/offloadd.conf"
-install -D -m644 "$repo/systemd/offloadd-sysctl.conf" "$stage/usr/lib/sysctl.d/60-offloadd.conf"
-install -D -m644 "$repo/etc/offloadd/offloadd.toml" "$stage/etc/offloadd/offloadd.toml"
-# The venv install, as the unit's header says to do it.
-install -D -m644 /dev/stdin "$stage/etc/systemd/system/offloadd.service.d/10-venv.conf" <<'EOF'
-[Service]
-ExecStart=
-ExecStart=/opt/offloadd/bin/offloadd --config /etc/offloadd/offloadd.toml
-EOF
 # Test-only: a short watchdog so that the hang test takes seconds, not 30+.
+# In place before the package is: the unit is offloadd.service as the package
+# installs it, with this one drop-in.
 install -D -m644 /dev/stdin "$stage/etc/systemd/system/offloadd.service.d/50-systemtest.conf" <<'EOF'
 [Service]
 WatchdogSec=5
 EOF
-ln -sf /opt/offloadd/bin/offloadctl "$stage/usr/local/bin/offloadctl"
 
 # The kernel's modules, so that systemd-modules-load and autoloading work.
 mkdir -p "$stage/lib/modules"
@@ -204,4 +189,4 @@ chmod 755 "$ird/init"
 rm -rf "$ird"
 cp "$kdir/boot/vmlinuz-$kver" "$out/vmlinuz"
 echo "$kver" > "$out/kernel-version"
-log "image: $out/root.img (${size_mb} MiB, offloadd $(basename "$wheel")), kernel $kver"
+log "image: $out/root.img (${size_mb} MiB, $(cd "$debs" && echo offloadd_*_all.deb)), kernel $kver"

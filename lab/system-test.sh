@@ -1,9 +1,11 @@
 #!/bin/bash
 # Full-system test: boots the image from lab/system-image.sh with systemd as
 # PID 1 (qemu, TCG: nested KVM hangs on these machines). Inside, the unit
-# offloadd-systemtest.service runs tests/system against offloadd.service
-# (start/READY, hardening, reload, refused reload, watchdog restart, traffic
-# offload) and powers off. Results come back on a second disk (ext4, read
+# offloadd-systemtest.service runs tests/system: it installs the Debian
+# package built from this checkout with apt (a ~test1 build first, then an
+# upgrade to this one with an edited config), tests offloadd.service as the
+# package installed it (start/READY, hardening, reload, refused reload,
+# watchdog restart, traffic offload), purges the package, and powers off. Results come back on a second disk (ext4, read
 # with debugfs: no loop mount) and are judged by check_results.py: no
 # results, zero tests, a failure or a skip all fail the run.
 set -euo pipefail

@@ -1,10 +1,11 @@
-"""Full-system test: offloadd under systemd as PID 1, installed as a package is.
+"""Full-system test: offloadd under systemd as PID 1, installed by its Debian package.
 
-Runs inside the VM that lab/system-test.sh boots (a debootstrap root, offloadd
-in /opt/offloadd from the wheel, the shipped unit with only ExecStart and a
-test WatchdogSec=5 in drop-ins), as root, started by offloadd-systemtest.service
-once the system is up. Never collected on the host: tests/unit is the unit
-test path, and these tests need a systemd that is PID 1.
+Runs inside the VM that lab/system-test.sh boots (a debootstrap root with the
+package's dependencies; test_package.py installed the package with apt just
+before, so the unit is the shipped one with only a test WatchdogSec=5 in a
+drop-in), as root, started by offloadd-systemtest.service once the system is
+up. Never collected on the host: tests/unit is the unit test path, and these
+tests need a systemd that is PID 1.
 
 The tests run in file order and share one system: start, hardening, reload,
 bad reload, traffic, watchdog, stop.
@@ -12,162 +13,50 @@ bad reload, traffic, watchdog, stop.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import TypeVar
+from collections.abc import Iterator
 
 import pytest
 
-UNIT = "offloadd.service"
-CONFIG = Path("/etc/offloadd/offloadd.toml")
-TABLE = "offloadd"
+from .common import (
+    NEEDS_SYSTEMD,
+    UNIT,
+    UNIT_FILE,
+    Journal,
+    flowtables,
+    run,
+    show,
+    wait_for,
+    write_config,
+)
+
 CAP_NET_ADMIN = 1 << 12
 # systemd's DynamicUser= range (systemd 252).
 DYNAMIC_UIDS = range(61184, 65520)
 
-T = TypeVar("T")
-
-pytestmark = pytest.mark.skipif(
-    not Path("/run/systemd/system").is_dir() or os.getpid() == 1 or os.geteuid() != 0,
-    reason="needs root on a system booted with systemd (lab/system-test.sh)")
-
-
-def run(*args: str, check: bool = True, timeout: float = 120) -> str:
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}: "
-                             f"{proc.stderr.strip() or proc.stdout.strip()}")
-    return proc.stdout
-
-
-def show(*props: str) -> dict[str, str]:
-    out = run("systemctl", "show", UNIT, *(f"--property={p}" for p in props))
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-
-
-def flowtables() -> dict[str, set[str]] | None:
-    """Flowtable name -> devices in offloadd's table; None if there is no table."""
-    proc = subprocess.run(["nft", "-j", "list", "table", "inet", TABLE],
-                          capture_output=True, text=True, timeout=60, check=False)
-    if proc.returncode != 0:
-        return None
-    fts: dict[str, set[str]] = {}
-    for obj in json.loads(proc.stdout)["nftables"]:
-        ft = obj.get("flowtable")
-        if ft is not None:
-            dev = ft.get("dev", [])
-            fts[ft["name"]] = {dev} if isinstance(dev, str) else set(dev)
-    return fts
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
-
-
-class Journal:
-    """The journal from now on (offloadd's entries and systemd's about it)."""
-
-    def __init__(self) -> None:
-        out = run("journalctl", "--show-cursor", "-n", "0", "--no-pager")
-        m = re.search(r"-- cursor: (\S+)", out)
-        self._cursor = m.group(1) if m else None
-
-    def text(self) -> str:
-        # The whole journal, not -u: a message sent just before the process
-        # exits can reach journald after its cgroup is gone (no _SYSTEMD_UNIT),
-        # and PID 1's watchdog message did not match UNIT= here. The patterns
-        # looked for are specific enough.
-        args = ["journalctl", "--no-pager", "-o", "cat"]
-        if self._cursor:
-            args.append(f"--after-cursor={self._cursor}")
-        return run(*args)
-
-    def wait_for(self, pattern: str, timeout: float = 60) -> str:
-        return wait_for(f"journal line /{pattern}/ (so far:\n{self.text()})",
-                        lambda: re.search(pattern, self.text()) and self.text(), timeout)
-
-
-def write_config(devices: list[str], *, bad: bool = False) -> None:
-    devs = ", ".join(json.dumps(d) for d in devices)
-    text = f"""\
-[daemon]
-table = "{TABLE}"
-family = "inet"
-priority = "auto"
-on_exit = "remove"
-
-[metrics]
-listen = "127.0.0.1:9468"
-enabled = true
-
-[control]
-socket = "/run/offloadd/control.sock"
-group = ""
-
-[[flowtable]]
-name = "lan"
-devices = [{devs}]
-protocols = ["tcp", "udp"]
-counter = true
-hardware = "off"
-"""
-    if bad:
-        # Valid TOML, invalid offloadd config: a second flowtable of the same name.
-        text += '\n[[flowtable]]\nname = "lan"\ndevices = ["nothere"]\n'
-    tmp = CONFIG.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(CONFIG)
-
-
-def ip(*args: str) -> None:
-    run("ip", *args)
+pytestmark = NEEDS_SYSTEMD
 
 
 @pytest.fixture(scope="module", autouse=True)
-def lab() -> Iterator[None]:
-    """A router (this, the initial netns) between netns a (via lan0) and b (via wan0),
-    plus a dummy lan1: what offloadd is configured to manage."""
-    for ns in ("a", "b"):
-        ip("netns", "add", ns)
-        ip("-n", ns, "link", "set", "lo", "up")
-    ip("link", "add", "lan0", "type", "veth", "peer", "name", "a0", "netns", "a")
-    ip("link", "add", "wan0", "type", "veth", "peer", "name", "b0", "netns", "b")
-    ip("link", "add", "lan1", "type", "dummy")
-    for dev, addr in (("lan0", "10.1.0.1/24"), ("wan0", "10.2.0.1/24")):
-        ip("addr", "add", addr, "dev", dev)
-        ip("link", "set", dev, "up")
-    ip("link", "set", "lan1", "up")
-    for ns, dev, addr, gw in (("a", "a0", "10.1.0.2/24", "10.1.0.1"),
-                              ("b", "b0", "10.2.0.2/24", "10.2.0.1")):
-        ip("-n", ns, "addr", "add", addr, "dev", dev)
-        ip("-n", ns, "link", "set", dev, "up")
-        ip("-n", ns, "route", "add", "default", "via", gw)
-    Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
+def lab_config() -> Iterator[None]:
+    """offloadd configured for the lab's lan* devices (conftest.network), stopped."""
+    run("systemctl", "stop", UNIT, check=False)
     write_config(["lan*"])
     yield
     run("systemctl", "stop", UNIT, check=False)
-    for ns in ("a", "b"):
-        run("ip", "netns", "del", ns, check=False)
 
 
-def test_flowtable_modules_loaded_at_boot() -> None:
-    # The service cannot modprobe (no CAP_SYS_MODULE): modules-load.d did it.
+def test_flowtable_modules_loaded() -> None:
+    # The service cannot modprobe (no CAP_SYS_MODULE): systemd-modules-load did
+    # it, with the package's modules-load.d file (at boot; after an install,
+    # from the postinst).
     for mod in ("nf_flow_table", "nf_flow_table_inet", "nft_flow_offload"):
-        assert Path("/sys/module", mod).exists(), f"{mod} not loaded at boot"
+        assert os.path.exists(f"/sys/module/{mod}"), f"{mod} not loaded"
     assert show("ActiveState")["ActiveState"] == "inactive"
     assert flowtables() is None
 
@@ -205,11 +94,10 @@ def test_runs_hardened_as_dynamic_user_with_only_cap_net_admin() -> None:
                  "ProtectSystem", "ProtectKernelModules", "ProtectKernelTunables",
                  "RestrictAddressFamilies", "SystemCallFilter", "WatchdogUSec")
     # /lib is /usr/lib on Debian 12 (merged /usr); systemd may name either.
-    assert os.path.realpath(props["FragmentPath"]) == "/usr/lib/systemd/system/offloadd.service"
-    assert sorted(props["DropInPaths"].split()) == [
-        "/etc/systemd/system/offloadd.service.d/10-venv.conf",
+    assert os.path.realpath(props["FragmentPath"]) == str(UNIT_FILE)
+    assert props["DropInPaths"].split() == [
         "/etc/systemd/system/offloadd.service.d/50-systemtest.conf"]
-    assert "path=/opt/offloadd/bin/offloadd" in props["ExecStart"]
+    assert "path=/usr/sbin/offloadd " in props["ExecStart"], props["ExecStart"]
     assert props["DynamicUser"] == "yes"
     assert props["CapabilityBoundingSet"] == "cap_net_admin"
     assert props["AmbientCapabilities"] == "cap_net_admin"
@@ -220,8 +108,8 @@ def test_runs_hardened_as_dynamic_user_with_only_cap_net_admin() -> None:
     assert props["SystemCallFilter"] not in ("", "~")
     assert props["WatchdogUSec"] == "5s"
 
-    status = dict(line.split(":", 1)
-                  for line in Path(f"/proc/{props['MainPID']}/status").read_text().splitlines())
+    with open(f"/proc/{props['MainPID']}/status") as f:
+        status = dict(line.split(":", 1) for line in f.read().splitlines())
     uids = {int(u) for u in status["Uid"].split()}
     gids = {int(g) for g in status["Gid"].split()}
     assert len(uids) == 1 and uids.pop() in DYNAMIC_UIDS, status["Uid"]
@@ -241,7 +129,7 @@ def test_metrics_and_control_socket_answer() -> None:
     with urllib.request.urlopen("http://127.0.0.1:9468/metrics", timeout=30) as resp:
         body = resp.read().decode()
     assert re.search(r"^offloadd_\w+", body, re.M), body[:500]
-    out = run("/opt/offloadd/bin/offloadctl", "--json", "status")
+    out = run("/usr/sbin/offloadctl", "--json", "status")
     assert "lan0" in out, out
 
 
@@ -327,7 +215,7 @@ def test_hung_main_loop_is_restarted_by_watchdog() -> None:
     assert int(after["NRestarts"]) == int(before["NRestarts"]) + 1
     text = journal.wait_for(r"Watchdog timeout")
     assert "offloadd.service: Watchdog timeout (limit 5s)!" in text, text
-    assert not Path(f"/proc/{pid}").exists()
+    assert not os.path.exists(f"/proc/{pid}")
     # The new instance took the table over; devices are as configured.
     wait_for("the flowtable after the restart",
              lambda: flowtables() == {"lan": {"lan0", "lan1", "wan0"}})
