@@ -57,6 +57,7 @@ def test_contents(deb: Path) -> None:
                  "/usr/share/bash-completion/completions/offloadctl",
                  "/usr/share/bash-completion/completions/offloadd",
                  "/usr/share/doc/offloadd/examples/offloadd.rules.yml",
+                 "/usr/share/doc/offloadd/examples/offloadd.json",
                  "/usr/lib/offloadd/offloadd/cli/run.py",
                  "/usr/lib/offloadd/vendor/pyroute2/__init__.py",
                  "/usr/lib/offloadd/vendor/prometheus_client/__init__.py"):

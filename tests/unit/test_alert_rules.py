@@ -6,15 +6,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from offloadd.service.metrics import SPECS
+from tests.unit.metricnames import EXPORTED, used_metrics
 
 RULES = Path(__file__).resolve().parents[2] / "contrib" / "prometheus"
 
 
 def test_rules_use_only_exported_metrics() -> None:
-    used = set(re.findall(r"\boffloadd_[a-z_]+", (RULES / "offloadd.rules.yml").read_text()))
+    used = used_metrics((RULES / "offloadd.rules.yml").read_text())
     assert used, "no offloadd metric found in the rules"
-    assert used <= {s.name for s in SPECS}, used - {s.name for s in SPECS}
+    assert used <= EXPORTED, used - EXPORTED
 
 
 def test_every_alert_has_tests_that_fire_and_that_do_not() -> None:
