@@ -299,5 +299,18 @@ def replace_flowtables_plan(current: TableState, names: Iterable[str], *,
     return Plan(tuple(ops))
 
 
+def release_flowtables_plan(current: TableState, names: Iterable[str]) -> Plan:
+    """The first half of a replacement in two steps: the flowtables (and the
+    chain that references them) go; ``compute_plan`` brings them back later.
+
+    Why two steps: on 7.3 the old flowtable's entries are freed after the
+    batch, and a busy flow that the new flowtable took in the meantime loses
+    its offload mark again when its old entry goes. Waiting for the old
+    entries to be released before creating the new flowtable avoids that.
+    """
+    plan = replace_flowtables_plan(current, names)
+    return Plan(tuple(op for op in plan.ops if isinstance(op, DeleteChain | DeleteFlowtable)))
+
+
 def teardown_plan(table_name: str, family: str) -> Plan:
     return Plan((DeleteTable(table_name, family),))

@@ -24,7 +24,7 @@ from typing import Protocol
 
 from offloadd.core.errors import OffloaddError, VerifyError
 from offloadd.core.model import TableState
-from offloadd.core.plan import Plan, replace_flowtables_plan
+from offloadd.core.plan import Plan, compute_plan, release_flowtables_plan
 from offloadd.core.repair import (
     FlowtableRecord,
     RepairPolicy,
@@ -39,6 +39,10 @@ log = logging.getLogger("offloadd")
 
 AFTER_REMOVAL_S = (1.0, 3.0)
 AFTER_REPAIR_S = (2.5, 4.0)
+# Between deleting a flowtable and creating it again: how often to look
+# whether the kernel released the entries it held, and for how long at most.
+RELEASE_POLL_S = 0.25
+RELEASE_MAX_S = 3.0
 PERIODIC_S = 30.0
 NOT_IN_SYNC_RETRY_S = 0.5
 
@@ -58,13 +62,15 @@ class TableBackend(Protocol):
 class Repairer:
     def __init__(self, backend: TableBackend, source: LeftBehindSource, status: Status, *,
                  policy: RepairPolicy | None = None, periodic_s: float = PERIODIC_S,
-                 enabled: Callable[[], bool] = lambda: True) -> None:
+                 enabled: Callable[[], bool] = lambda: True,
+                 release_max_s: float = RELEASE_MAX_S) -> None:
         self._enabled = enabled
         self._backend = backend
         self._source = source
         self._status = status
         self._policy = policy or RepairPolicy()
         self._periodic_s = periodic_s
+        self._release_max_s = release_max_s
         self._records: Mapping[str, FlowtableRecord] = {}
         self._previous: Scan | None = None
         self._due: list[float] = []  # monotonic times of the checks asked for
@@ -143,23 +149,30 @@ class Repairer:
         self._status.repair_held = "; ".join(f"{h.flowtable}: {h.reason}"
                                              for h in (*decision.ineffective, *decision.held))
         if decision.repair:
-            self._repair(desired.table, decision.repair, found, scan.at - t0)
+            await self._repair(desired.table, decision.repair, found, scan.at - t0,
+                               flowtable_of)
         if decision.recheck_in is not None:
             self.check_in(decision.recheck_in)
 
-    def _repair(self, table: TableState, names: tuple[str, ...],
-                found: Mapping[str, frozenset[int]], scan_s: float) -> None:
-        plan = replace_flowtables_plan(table, names)
+    async def _repair(self, table: TableState, names: tuple[str, ...],
+                      found: Mapping[str, frozenset[int]], scan_s: float,
+                      flowtable_of: Mapping[str, str]) -> None:
+        """Replaces the flowtables in two transactions: delete, wait until the
+        kernel released the entries they held, create (see release_flowtables_plan)."""
         t1 = time.monotonic()
+        ids = frozenset(i for n in names for i in found.get(n, ()))
         try:
-            self._backend.apply(plan)
+            self._backend.apply(release_flowtables_plan(table, names))
+            released = await self._released(ids, flowtable_of)
+            # From what is there now: a reconcile may have run meanwhile.
+            self._backend.apply(compute_plan(table, self._backend.read()))
             after = self._backend.read()
             if after != table:
                 raise VerifyError("kernel state differs after replacing flowtable(s) "
                                   + ", ".join(names))
         except OffloaddError as e:
             log.error("repair of flowtable(s) %s failed: %s", ", ".join(names), e)
-            self._status.last_error = f"repair failed: {e}"
+            self._status.record_error(f"repair failed: {e}")
             self.check_in(self._policy.min_interval_s)
             return
         # On 7.3 a busy flow can lose the mark again a moment after the
@@ -168,7 +181,7 @@ class Repairer:
         for delay in AFTER_REPAIR_S:
             self.check_in(delay)
         self._status.repairs_total += len(names)
-        self._status.transactions_total += 1
+        self._status.transactions_total += 2
         flows = {n: len(found.get(n, ())) for n in names}
         self._status.last_repair = {
             "time": time.time(), "flowtables": list(names), "flows": flows,
@@ -178,6 +191,21 @@ class Repairer:
             log.warning("flowtable %s: replaced to free %d flow(s) the kernel left behind "
                         "(forwarded by the flowtable but not marked offloaded in conntrack); "
                         "each is offloaded again at its next packet (scan %.0f ms, "
-                        "replacement %.0f ms)", name, flows[name], scan_s * 1000,
+                        "replacement %.0f ms, entries %s)", name, flows[name], scan_s * 1000,
                         (time.monotonic() - t1) * 1000,
+                        "released" if released else "not all released before re-creating",
                         extra={"FLOWTABLE": name, "OPERATION": "repair"})
+
+    async def _released(self, ids: frozenset[int], flowtable_of: Mapping[str, str]) -> bool:
+        """Waits until none of ``ids`` is held any more (True), at most release_max_s."""
+        deadline = time.monotonic() + self._release_max_s
+        loop = asyncio.get_running_loop()
+        while time.monotonic() < deadline:
+            await asyncio.sleep(RELEASE_POLL_S)
+            try:
+                scan = await loop.run_in_executor(self._worker, self._source.scan, flowtable_of)
+            except OffloaddError:
+                return False
+            if not ids & scan.held.keys():
+                return True
+        return False

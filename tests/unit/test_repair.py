@@ -21,6 +21,8 @@ from offloadd.core.plan import (
     CreateFlowtable,
     DeleteChain,
     DeleteFlowtable,
+    compute_plan,
+    release_flowtables_plan,
     replace_flowtables_plan,
 )
 from offloadd.core.repair import (
@@ -183,6 +185,14 @@ def test_replacement_is_valid_and_leaves_the_same_state() -> None:
     assert apply_plan(TABLE, plan) == TABLE  # the simulator refuses EBUSY orders
 
 
+def test_release_then_reconcile_is_the_same_replacement_in_two_steps() -> None:
+    release = release_flowtables_plan(TABLE, ["ft"])
+    assert [type(op) for op in release.ops] == [DeleteChain, DeleteFlowtable]
+    gap = apply_plan(TABLE, release)
+    assert gap is not None and gap.flowtable("ft") is None and gap.chain is None
+    assert apply_plan(gap, compute_plan(TABLE, gap)) == TABLE
+
+
 def test_replacement_of_unknown_flowtables_is_empty() -> None:
     assert replace_flowtables_plan(TABLE, ["nope"]).is_empty
 
@@ -220,13 +230,28 @@ def test_repairer_replaces_the_flowtable_and_reports_it(tmp_path: Path) -> None:
     before = b.state
     assert d.repairer is not None
     asyncio.run(d.repairer.check())
-    assert scanner.seen == [{"lan0": "ft", "wan0": "ft"}]
+    assert scanner.seen[0] == {"lan0": "ft", "wan0": "ft"}
     assert b.state == before
-    last = b.applied[-1]
-    assert [type(op) for op in last.ops] == [DeleteChain, DeleteFlowtable, CreateFlowtable,
-                                             CreateChain]
+    # Two steps: delete, then (the entries released: the next scan holds none) create.
+    release, create = b.applied[-2:]
+    assert [type(op) for op in release.ops] == [DeleteChain, DeleteFlowtable]
+    assert [type(op) for op in create.ops] == [CreateFlowtable, CreateChain]
+    assert len(scanner.seen) == 2  # the first look after the delete saw them released
     assert d.status.repairs_total == 1 and d.status.left_behind_flows == 3
     assert d.status.last_repair is not None and d.status.last_repair["flowtables"] == ["ft"]
+
+
+def test_entries_never_released_still_get_their_flowtable_back(tmp_path: Path) -> None:
+    # The kernel keeps holding them (every scan finds them): after the wait,
+    # the flowtable comes back anyway; the next checks judge the repair.
+    scanner = FakeScanner([{"ft": IDS}] * 20)
+    d, b = _daemon(tmp_path, scanner)
+    before = b.state
+    assert d.repairer is not None
+    d.repairer._release_max_s = 0.6
+    asyncio.run(d.repairer.check())
+    assert b.state == before and d.status.repairs_total == 1
+    assert 2 <= len(scanner.seen) <= 4
 
 
 def test_repairer_does_nothing_when_nothing_is_left_behind(tmp_path: Path) -> None:
