@@ -300,16 +300,27 @@ def replace_flowtables_plan(current: TableState, names: Iterable[str], *,
 
 
 def release_flowtables_plan(current: TableState, names: Iterable[str]) -> Plan:
-    """The first half of a replacement in two steps: the flowtables (and the
-    chain that references them) go; ``compute_plan`` brings them back later.
+    """The first half of a replacement in two steps: the flowtables are
+    replaced in one batch (as by replace_flowtables_plan), but the chain comes
+    back without the rules that add flows to them; ``compute_plan`` brings
+    those back later.
 
     Why two steps: on 7.3 the old flowtable's entries are freed after the
     batch, and a busy flow that the new flowtable took in the meantime loses
-    its offload mark again when its old entry goes. Waiting for the old
-    entries to be released before creating the new flowtable avoids that.
+    its offload mark again when its old entry goes. Holding the flows on the
+    slow path until the old entries are released avoids that; the flowtable
+    itself is never absent between transactions.
     """
     plan = replace_flowtables_plan(current, names)
-    return Plan(tuple(op for op in plan.ops if isinstance(op, DeleteChain | DeleteFlowtable)))
+    held = set(names)
+    ops: list[Op] = []
+    for op in plan.ops:
+        if isinstance(op, CreateChain):
+            rules = tuple(r for r in op.chain.rules
+                          if not set(_FLOW_REF.findall(r)) & held)
+            op = CreateChain(ChainState(op.chain.priority, rules))
+        ops.append(op)
+    return Plan(tuple(ops))
 
 
 def teardown_plan(table_name: str, family: str) -> Plan:

@@ -157,8 +157,9 @@ class Repairer:
     async def _repair(self, table: TableState, names: tuple[str, ...],
                       found: Mapping[str, frozenset[int]], scan_s: float,
                       flowtable_of: Mapping[str, str]) -> None:
-        """Replaces the flowtables in two transactions: delete, wait until the
-        kernel released the entries they held, create (see release_flowtables_plan)."""
+        """Replaces the flowtables in two transactions: replace them with their
+        offload rules held back, wait until the kernel released the entries the
+        old ones held, put the rules back (see release_flowtables_plan)."""
         t1 = time.monotonic()
         ids = frozenset(i for n in names for i in found.get(n, ()))
         try:

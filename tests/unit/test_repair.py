@@ -187,10 +187,17 @@ def test_replacement_is_valid_and_leaves_the_same_state() -> None:
 
 def test_release_then_reconcile_is_the_same_replacement_in_two_steps() -> None:
     release = release_flowtables_plan(TABLE, ["ft"])
-    assert [type(op) for op in release.ops] == [DeleteChain, DeleteFlowtable]
+    assert [type(op) for op in release.ops] == [DeleteChain, DeleteFlowtable, CreateFlowtable,
+                                                CreateChain]
     gap = apply_plan(TABLE, release)
-    assert gap is not None and gap.flowtable("ft") is None and gap.chain is None
-    assert apply_plan(gap, compute_plan(TABLE, gap)) == TABLE
+    # The flowtable is there; only the rule that adds flows to it is held back.
+    assert gap is not None and gap.flowtable("ft") == TABLE.flowtable("ft")
+    assert gap.chain is not None and TABLE.chain is not None
+    assert [r for r in gap.chain.rules if "flow add" in r] == [
+        r for r in TABLE.chain.rules if "flow add" in r and "@ft" not in r.split("flow add")[1]]
+    second = compute_plan(TABLE, gap)
+    assert [type(op) for op in second.ops] == [DeleteChain, CreateChain]
+    assert apply_plan(gap, second) == TABLE
 
 
 def test_replacement_of_unknown_flowtables_is_empty() -> None:
@@ -234,8 +241,9 @@ def test_repairer_replaces_the_flowtable_and_reports_it(tmp_path: Path) -> None:
     assert b.state == before
     # Two steps: delete, then (the entries released: the next scan holds none) create.
     release, create = b.applied[-2:]
-    assert [type(op) for op in release.ops] == [DeleteChain, DeleteFlowtable]
-    assert [type(op) for op in create.ops] == [CreateFlowtable, CreateChain]
+    assert [type(op) for op in release.ops] == [DeleteChain, DeleteFlowtable, CreateFlowtable,
+                                                CreateChain]
+    assert [type(op) for op in create.ops] == [DeleteChain, CreateChain]
     assert len(scanner.seen) == 2  # the first look after the delete saw them released
     assert d.status.repairs_total == 1 and d.status.left_behind_flows == 3
     assert d.status.last_repair is not None and d.status.last_repair["flowtables"] == ["ft"]
