@@ -318,8 +318,9 @@ def release_flowtables_plan(current: TableState, names: Iterable[str]) -> Plan:
         if isinstance(op, CreateChain):
             rules = tuple(r for r in op.chain.rules
                           if not set(_FLOW_REF.findall(r)) & held)
-            op = CreateChain(ChainState(op.chain.priority, rules))
-        ops.append(op)
+            ops.append(CreateChain(ChainState(op.chain.priority, rules)))
+        else:
+            ops.append(op)
     return Plan(tuple(ops))
 
 
