@@ -26,9 +26,9 @@ VARIABLES = {"job": "offloadd", "instance": TARGET, "__rate_interval": "5m"}
 V4, V6 = 8, 4
 ADMIN = """
 table inet dashboard_admin {
-    chain fwd { type filter hook forward priority 0; policy accept; }
+    chain filter_fwd { type filter hook forward priority 0; policy accept; }
 }
-add rule inet dashboard_admin fwd udp dport 9 counter drop
+add rule inet dashboard_admin filter_fwd udp dport 9 counter drop
 """
 
 
