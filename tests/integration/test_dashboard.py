@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from tests.integration.test_metrics import CONFIG
-from tests.lab import conntrack, grafana
+from tests.lab import grafana
 from tests.lab.daemon import offloadd
 from tests.lab.prom import label_values, prometheus, query, query_many
 from tests.lab.topology import Lab
-from tests.lab.traffic import udp_echo_server, udp_flows, wait_for
+from tests.lab.traffic import offloaded_udp_flows, udp_echo_server, wait_for
 
 TARGET = "127.0.0.1:9468"
 VARIABLES = {"job": "offloadd", "instance": TARGET, "__rate_interval": "5m"}
@@ -44,70 +44,61 @@ def test_every_dashboard_query_returns_data(lab: Lab, tmp_path: Path) -> None:
     r = lab.router
     with offloadd(r, CONFIG, tmp_path) as d, udp_echo_server(lab.server, "::"):
         d.wait_devices("ft", {"lan0", "lan1", "wan0"})
-        f4 = udp_flows(lab.client, lab.server_addr(4), flows=V4, seconds=600, interval=0.2)
-        f6 = udp_flows(lab.client, lab.server_addr(6), flows=V6, seconds=600, interval=0.2)
-        try:
-            wait_for(lambda: conntrack.offloaded_count(r, 4) == V4
-                     and conntrack.offloaded_count(r, 6) == V6, 30,
-                     what=f"{V4} ipv4 and {V6} ipv6 offloaded flows")
-            with prometheus(r, tmp_path, TARGET) as base:
-                wait_for(lambda: query(r, base, 'up{job="offloadd"} == 1'), 60, interval=1,
-                         what="a first scrape of offloadd")
-                # Counters move between scrapes.
-                r.run("ip", "link", "add", "lan7", "type", "dummy")
-                r.run("ip", "link", "set", "lan7", "up")
-                d.wait_devices("ft", {"lan0", "lan1", "lan7", "wan0"})
-                r.nft(ADMIN)
-                d.ctl("reload", check=True)
-                wait_for(lambda: query(r, base, "offloadd_last_revalidation_timestamp_seconds"),
-                         60, interval=1, what="a re-validation scraped")
+        with offloaded_udp_flows(lab, V4, V6), prometheus(r, tmp_path, TARGET) as base:
+            wait_for(lambda: query(r, base, 'up{job="offloadd"} == 1'), 60, interval=1,
+                     what="a first scrape of offloadd")
+            # Counters move between scrapes.
+            r.run("ip", "link", "add", "lan7", "type", "dummy")
+            r.run("ip", "link", "set", "lan7", "up")
+            d.wait_devices("ft", {"lan0", "lan1", "lan7", "wan0"})
+            r.nft(ADMIN)
+            d.ctl("reload", check=True)
+            wait_for(lambda: query(r, base, "offloadd_last_revalidation_timestamp_seconds"),
+                     60, interval=1, what="a re-validation scraped")
 
-                def missing() -> list[grafana.Query]:
-                    results = query_many(r, base, [q.expr for q in queries])
-                    return [q for q, res in zip(queries, results, strict=True) if not res]
+            def missing() -> list[grafana.Query]:
+                results = query_many(r, base, [q.expr for q in queries])
+                return [q for q, res in zip(queries, results, strict=True) if not res]
 
-                try:
-                    wait_for(lambda: not missing(), 90, interval=2,
-                             what="every dashboard query to return data")
-                except AssertionError:
-                    raise AssertionError("no data for: " + "; ".join(
-                        f"{q.panel} [{q.ref}] {q.expr}" for q in missing())) from None
+            try:
+                wait_for(lambda: not missing(), 90, interval=2,
+                         what="every dashboard query to return data")
+            except AssertionError:
+                raise AssertionError("no data for: " + "; ".join(
+                    f"{q.panel} [{q.ref}] {q.expr}" for q in missing())) from None
 
-                for v in grafana.variable_queries(dash, VARIABLES):
-                    listed = label_values(r, base, v.label, v.selector)
-                    assert listed == [VARIABLES[v.name]], (v, listed)
+            for v in grafana.variable_queries(dash, VARIABLES):
+                listed = label_values(r, base, v.label, v.selector)
+                assert listed == [VARIABLES[v.name]], (v, listed)
 
-                # The figures behind the main panels, as the test made them
-                # (polled: the last scrape may predate the last change by 2 s).
-                by_panel = {(q.panel, q.ref): q.expr for q in queries}
-                seen: dict[str, dict[str, float]] = {}
+            # The figures behind the main panels, as the test made them
+            # (polled: the last scrape may predate the last change by 2 s).
+            by_panel = {(q.panel, q.ref): q.expr for q in queries}
+            seen: dict[str, dict[str, float]] = {}
 
-                def figures_as_made() -> bool:
-                    results = query_many(r, base, list(by_panel.values()))
-                    for (panel, ref), res in zip(by_panel, results, strict=True):
-                        seen[f"{panel} [{ref}]"] = _values(res)
-                    flows = seen["Offloaded flows by family and mode vs conntrack entries [A]"]
-                    moved = [seen[k] for k in (
-                        "Link events and resyncs [A]",
-                        "Reconciles, transactions and failures [A]",
-                        "Reconciles, transactions and failures [B]",
-                        "Policy changes and re-validations [A]",
-                        "Policy changes and re-validations [B]",
-                        "Config reloads [A]")]
-                    return (flows.get("family=ipv4,mode=software", 0) > 0
-                            and flows.get("family=ipv6,mode=software", 0) > 0
-                            and seen["Devices per flowtable: desired vs attached [A]"] == {
-                                "flowtable=ft,state=attached": 4,
-                                "flowtable=ft,state=desired": 4}
-                            and all(m and min(m.values()) > 0 for m in moved)
-                            and list(seen["Kernel state [A]"].values()) == [1])
+            def figures_as_made() -> bool:
+                results = query_many(r, base, list(by_panel.values()))
+                for (panel, ref), res in zip(by_panel, results, strict=True):
+                    seen[f"{panel} [{ref}]"] = _values(res)
+                flows = seen["Offloaded flows by family and mode vs conntrack entries [A]"]
+                moved = [seen[k] for k in (
+                    "Link events and resyncs [A]",
+                    "Reconciles, transactions and failures [A]",
+                    "Reconciles, transactions and failures [B]",
+                    "Policy changes and re-validations [A]",
+                    "Policy changes and re-validations [B]",
+                    "Config reloads [A]")]
+                return (flows.get("family=ipv4,mode=software", 0) > 0
+                        and flows.get("family=ipv6,mode=software", 0) > 0
+                        and seen["Devices per flowtable: desired vs attached [A]"] == {
+                            "flowtable=ft,state=attached": 4,
+                            "flowtable=ft,state=desired": 4}
+                        and all(m and min(m.values()) > 0 for m in moved)
+                        and list(seen["Kernel state [A]"].values()) == [1])
 
-                try:
-                    wait_for(figures_as_made, 30, interval=2, what="the panels' figures")
-                except AssertionError:
-                    raise AssertionError("figures: " + "\n".join(
-                        f"{k}: {v}" for k, v in seen.items())) from None
-        finally:
-            f4.stop()
-            f6.stop()
-            r.run("nft", "delete", "table", "inet", "dashboard_admin", check=False)
+            try:
+                wait_for(figures_as_made, 30, interval=2, what="the panels' figures")
+            except AssertionError:
+                raise AssertionError("figures: " + "\n".join(
+                    f"{k}: {v}" for k, v in seen.items())) from None
+        r.run("nft", "delete", "table", "inet", "dashboard_admin", check=False)

@@ -10,7 +10,7 @@ from tests.lab import conntrack
 from tests.lab.daemon import offloadd
 from tests.lab.prom import http_get, prometheus, query
 from tests.lab.topology import Lab
-from tests.lab.traffic import udp_echo_server, udp_flows, wait_for
+from tests.lab.traffic import offloaded_udp_flows, udp_echo_server, wait_for
 
 CONFIG = """
 [metrics]
@@ -37,12 +37,7 @@ def test_offloaded_flows_metric_equals_conntrack_and_prometheus(lab: Lab, tmp_pa
     r = lab.router
     with offloadd(r, CONFIG, tmp_path) as d, udp_echo_server(lab.server, "::"):
         d.wait_devices("ft", {"lan0", "lan1", "wan0"})
-        f4 = udp_flows(lab.client, lab.server_addr(4), flows=V4, seconds=600, interval=0.2)
-        f6 = udp_flows(lab.client, lab.server_addr(6), flows=V6, seconds=600, interval=0.2)
-        try:
-            wait_for(lambda: conntrack.offloaded_count(r, 4) == V4
-                     and conntrack.offloaded_count(r, 6) == V6, 30,
-                     what=f"{V4} ipv4 and {V6} ipv6 offloaded flows")
+        with offloaded_udp_flows(lab, V4, V6):
             text = http_get(r, "http://127.0.0.1:9468/metrics")
             for fam, want in (("ipv4", V4), ("ipv6", V6)):
                 got = _metric(text, "offloadd_offloaded_flows", family=fam, mode="software")
@@ -69,6 +64,3 @@ def test_offloaded_flows_metric_equals_conntrack_and_prometheus(lab: Lab, tmp_pa
                 # Scrapes succeed (an emulated CPU may miss one now and then).
                 up = query(r, base, 'max_over_time(up{job="offloadd"}[5m])')
                 assert up and up[0]["value"][1] == "1"
-        finally:
-            f4.stop()
-            f6.stop()

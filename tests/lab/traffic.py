@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.lab import conntrack
 from tests.lab.netns import CommandError, Netns
+from tests.lab.topology import Lab
 
 FLOWGEN = str(Path(__file__).with_name("flowgen.py"))
 
@@ -126,6 +128,23 @@ def udp_flows(ns: Netns, dst: str, *, port: int = 7000, flows: int = 1, seconds:
                     "--interval", str(interval), "--size", str(size),
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     return Background(proc)
+
+
+@contextmanager
+def offloaded_udp_flows(lab: Lab, v4: int, v6: int, interval: float = 0.2) -> Iterator[None]:
+    """``v4`` IPv4 and ``v6`` IPv6 UDP flows from the client to an echo server
+    that must already answer on port 7000, held until they are all offloaded
+    (conntrack-tools the oracle); stopped on exit."""
+    gens = [udp_flows(lab.client, lab.server_addr(4), flows=v4, seconds=600, interval=interval),
+            udp_flows(lab.client, lab.server_addr(6), flows=v6, seconds=600, interval=interval)]
+    try:
+        wait_for(lambda: conntrack.offloaded_count(lab.router, 4) == v4
+                 and conntrack.offloaded_count(lab.router, 6) == v6, 30,
+                 what=f"{v4} ipv4 and {v6} ipv6 offloaded flows")
+        yield
+    finally:
+        for g in gens:
+            g.stop()
 
 
 def wait_for(pred: Any, timeout: float, interval: float = 0.2, what: str = "condition") -> Any:
