@@ -1,8 +1,13 @@
-"""Hotplug case: link appears → attached (100 samples); 500 links at once.
+"""Hotplug case: link appears → attached (100 samples); 500 links at once;
+device appears → first offloaded packet, by offloadd and by the kernel.
 
 Runs the real daemon in the lab router. The burst's transaction count comes
 from the daemon itself (offloadctl --json status), so it counts what was
-really sent to the kernel.
+really sent to the kernel. The last part (bench/first_offload_probe.py)
+times a flow's first offloaded packet after its device appears under a name
+offloadd attaches (``first_offload_ms_daemon_*``) and, on a kernel with name
+hooks, under a name declared to the kernel ahead of the device
+(``first_offload_ms_kernel_*``), interleaved in one run.
 """
 
 from __future__ import annotations
@@ -15,13 +20,21 @@ from pathlib import Path
 from typing import Any
 
 from tests.lab.daemon import offloadd
-from tests.lab.topology import lab_topology
+from tests.lab.topology import Lab, lab_topology
+from tests.lab.traffic import udp_echo_server
 
 CONFIG = """
 [[flowtable]]
 name = "ft"
 devices = ["lan*", "wan*"]
 """
+FIRST_OFFLOAD_CONFIG = """
+[[flowtable]]
+name = "ft"
+devices = ["lan*", "wan*", "up9"]
+"""
+DAEMON_TARGET = "wan9"  # selected by the pattern: offloadd attaches it
+KERNEL_TARGET = "up9"  # an exact name: declared to the kernel where it has name hooks
 BURST = 500
 # A burst that has not converged by then will not: the daemon retries the same
 # refused transaction (e.g. EFBIG: nf_tables takes at most 256 devices per
@@ -32,6 +45,36 @@ BURST_TIMEOUT = 240
 def _transactions(d: Any) -> int:
     return int(json.loads(d.ctl("--json", "status", check=True).stdout)
                ["reconcile"]["transactions_total"])
+
+
+def _stats(prefix: str, ms: list[float | None]) -> dict[str, Any]:
+    got = [m for m in ms if m is not None]
+    return {f"{prefix}_p50": round(statistics.median(got), 1) if got else None,
+            f"{prefix}_max": round(max(got), 1) if got else None,
+            f"{prefix}_missed": len(ms) - len(got)}
+
+
+def first_offload(lab: Lab, workdir: Path, samples: int = 10) -> dict[str, Any]:
+    """Device appears → first offloaded packet, by offloadd and (name hooks) the kernel."""
+    r = lab.router
+    r.run("ip", "link", "set", "wan0", "down")
+    r.run("ip", "link", "set", "wan0", "name", "spare0")
+    r.run("ip", "link", "set", "spare0", "up")
+    with offloadd(r, FIRST_OFFLOAD_CONFIG, workdir) as d, \
+            udp_echo_server(lab.server, "0.0.0.0"):
+        status = json.loads(d.ctl("--json", "status", check=True).stdout)
+        hooks = bool(status["kernel"]["name_hooks"])
+        targets = [DAEMON_TARGET] + ([KERNEL_TARGET] if hooks else [])
+        d.wait_devices("ft", {"lan0", "lan1"} | ({KERNEL_TARGET} if hooks else set()))
+        probe = r.run(sys.executable, "-m", "bench.first_offload_probe", "--device", "spare0",
+                      "--targets", ",".join(targets), "--client-ns", lab.client.name,
+                      "--dst", lab.server_addr(4), "--samples", str(samples), timeout=900)
+    ms = json.loads(probe.stdout)
+    res: dict[str, Any] = {"name_hooks": hooks, "first_offload_samples": ms}
+    res.update(_stats("first_offload_ms_daemon", ms[DAEMON_TARGET]))
+    if hooks:
+        res.update(_stats("first_offload_ms_kernel", ms[KERNEL_TARGET]))
+    return res
 
 
 def run(workdir: Path, samples: int = 100) -> dict[str, Any]:
@@ -71,4 +114,8 @@ def run(workdir: Path, samples: int = 100) -> dict[str, Any]:
     }
     if error:
         res["error"] = error
+    with lab_topology() as lab:
+        first = first_offload(lab, workdir)
+    res["samples"]["first_offload_ms"] = first.pop("first_offload_samples")
+    res.update(first)
     return res

@@ -26,21 +26,10 @@ def format_status(r: dict[str, Any]) -> str:
                    f"{t['forward_priority']}")
     else:
         out.append(f"table {t['family']} {t['name']}: absent (nothing is offloaded)")
+    if r.get("kernel"):
+        out.append(f"kernel: {r['kernel']['reason']}")
     for ft in r["flowtables"]:
-        kind = "hardware" if ft["hardware"] else "software"
-        if ft["desired"] is None:
-            sync = f"{len(ft['attached'])} attached"
-        else:
-            state = "in sync" if ft["in_sync"] else "OUT OF SYNC"
-            sync = f"{len(ft['attached'])}/{len(ft['desired'])} devices attached, {state}"
-        out.append(f"flowtable {ft['name']} ({kind}{', counter' if ft['counter'] else ''}): "
-                   f"{sync}")
-        if ft["devices"]:
-            for dev in ft["devices"]:
-                mark = "" if dev["device"] in ft["attached"] else "  [NOT ATTACHED]"
-                out.append(f"  {dev['device']:<15} {dev['mode']:<8} {dev['reason']}{mark}")
-        else:
-            out.extend(f"  {name}" for name in ft["attached"])
+        out.extend(_format_flowtable(ft))
     if r.get("left_out"):
         out.append("not offloaded:")
         out.extend(f"  {x['device']:<15} {x['reason']}" for x in r["left_out"])
@@ -64,6 +53,36 @@ def format_status(r: dict[str, Any]) -> str:
         out.append("recent errors: " + ("none" if not errors else ""))
         out.extend(f"  {e}" for e in errors)
     return "\n".join(out) + "\n"
+
+
+def _format_flowtable(ft: dict[str, Any]) -> list[str]:
+    out = []
+    kind = "hardware" if ft["hardware"] else "software"
+    declared = ft.get("declared", [])
+    if ft["desired"] is None:
+        sync = f"{len(ft['attached'])} attached"
+    else:
+        state = "in sync" if ft["in_sync"] else "OUT OF SYNC"
+        sync = (f"{len(ft['attached'])}/{len(ft['desired']) - len(declared)} devices "
+                f"attached, {state}")
+        if declared:
+            sync += f", {len(declared)} name(s) declared ahead of their device"
+    out.append(f"flowtable {ft['name']} ({kind}{', counter' if ft['counter'] else ''}): "
+               f"{sync}")
+    if ft.get("attach_reason"):
+        out.append(f"  attach: {ft['attach']} ({ft['attach_reason']})")
+    if ft["devices"]:
+        for dev in ft["devices"]:
+            if not dev.get("present", True):
+                mark = "  [DECLARED, no device yet]"
+            elif dev["device"] in ft["attached"]:
+                mark = ""
+            else:
+                mark = "  [NOT ATTACHED]"
+            out.append(f"  {dev['device']:<15} {dev['mode']:<8} {dev['reason']}{mark}")
+    else:
+        out.extend(f"  {name}" for name in ft["attached"])
+    return out
 
 
 def format_repair(rep: dict[str, Any]) -> str:

@@ -23,7 +23,7 @@ from offloadd.core.configparse import load_config
 from offloadd.core.errors import ConfigError, OffloaddError
 from offloadd.core.render import render
 from offloadd.kernel.backend import NftBackend
-from offloadd.kernel.capability import probe
+from offloadd.kernel.capability import probe, probe_name_hooks
 from offloadd.kernel.conntrack import ConntrackCounter, teardown_timeout_warnings
 from offloadd.kernel.leftbehind import ConntrackScanner
 from offloadd.kernel.links import LinkWatcher, current_links
@@ -110,11 +110,16 @@ def check(config: Config) -> int:
     """Prints the plan for the current links and kernel state; applies nothing."""
     backend = NftBackend(config.daemon.family.value, config.daemon.table)
     daemon = Daemon(Path("-"), config, backend, links=_NoLinks())
+    hooks = probe_name_hooks(Nft())
+    daemon.status.name_hooks, daemon.status.name_hooks_reason = hooks.name_hooks, hooks.reason
     daemon.status.links = asyncio.run(current_links())
     desired, current, plan = daemon.plan_once()
     print(f"# config OK: {len(config.flowtables)} flowtable(s); table "
           f"{config.daemon.family.value} {config.daemon.table} "
           f"{'exists' if current else 'does not exist yet'}")
+    print(f"# kernel: {hooks.reason}")
+    for a in desired.attach:
+        print(f"# flowtable {a.flowtable}: {a.mode.value} attach ({a.reason})")
     for d in desired.decisions:
         print(f"# {d.device}: {d.flowtable or 'not offloaded'} ({d.reason})")
     for n in desired.problems:
@@ -141,6 +146,8 @@ async def run(config_path: Path, config: Config) -> int:
         return _fail(EXIT_RUNTIME, cap.reason)
     for warning in teardown_timeout_warnings():
         log.warning("%s", warning)
+    hooks = probe_name_hooks(nft)
+    log.info("kernel: %s", hooks.reason)
     backend = NftBackend(config.daemon.family.value, config.daemon.table, nft)
     # A small receive buffer provokes netlink overruns (ENOBUFS) on purpose
     # in tests of the resync path.
@@ -151,6 +158,7 @@ async def run(config_path: Path, config: Config) -> int:
                                               config.daemon.family.value, config.daemon.table),
                     notify=Notifier.from_environ(), nft_changes=NftEvents(),
                     left_behind=ConntrackScanner())
+    daemon.status.name_hooks, daemon.status.name_hooks_reason = hooks.name_hooks, hooks.reason
     exporter = _start_metrics(config, daemon, watcher)
     try:
         await daemon.run()

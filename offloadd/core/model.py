@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import enum
 import fnmatch
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from offloadd.core.attach import FlowtableAttach
 from offloadd.core.config import INT32_MAX, INT32_MIN, Config, FlowtableConfig, Hardware
 from offloadd.core.errors import ConfigError
 from offloadd.core.gate import PASSED_SETS, gate_match, passed_rules
@@ -109,6 +110,9 @@ class DeviceDecision:
     hardware: bool
     reason: str
     selector: str  # the configured [[flowtable]] name that matched
+    # False: a name declared to the kernel ahead of its device (offloadd.core.attach);
+    # in the flowtable's list, but nothing is attached until the device appears.
+    present: bool = True
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,11 @@ class DesiredResult:
     table: TableState
     decisions: tuple[DeviceDecision, ...] = ()
     notes: tuple[DeviceNote, ...] = ()
+    attach: tuple[FlowtableAttach, ...] = ()
+
+    def declared_only(self) -> frozenset[str]:
+        """Names in a flowtable's list that no present device carries."""
+        return frozenset(d.device for d in self.decisions if not d.present)
 
     @property
     def problems(self) -> tuple[DeviceNote, ...]:
@@ -235,12 +244,17 @@ def desired_state(
     links: Iterable[Link],
     hw_capable: Callable[[str], bool] | Mapping[str, bool],
     forward_priority: int,
+    *,
     refused: Mapping[str, str] | None = None,
+    attach: Sequence[FlowtableAttach] = (),
 ) -> DesiredResult:
     """What offloadd's table should hold for these links.
 
     ``refused`` maps devices the kernel would not attach to its message: they
     are left out and reported, so one such device does not hold back the rest.
+    ``attach`` (offloadd.core.attach.attach_plan): names to declare to the
+    kernel ahead of their device; each stays in its flowtable whether or not
+    the device exists, so the kernel hooks it the moment it appears.
 
     Every configured flowtable yields its kernel flowtables (and sets) even
     when no device matches yet, so a device appearing later changes only
@@ -304,6 +318,7 @@ def desired_state(
                 )
             else:
                 members[decision.flowtable].add(link.name)
+    decisions.extend(_declare(attach, owner, members, refused or {}))
 
     # Hardware rules first: a flow is offloaded by the first rule that adds it.
     ordered = [k for k in kernel_fts if k.hardware] + [k for k in kernel_fts if not k.hardware]
@@ -328,7 +343,32 @@ def desired_state(
         sets=sets,
         chain=ChainState(priority=forward_priority, rules=rules),
     )
-    return DesiredResult(table=table, decisions=tuple(decisions), notes=tuple(notes))
+    return DesiredResult(table=table, decisions=tuple(decisions), notes=tuple(notes),
+                         attach=tuple(attach))
+
+
+def _declare(attach: Sequence[FlowtableAttach], owner: dict[str, str],
+             members: dict[str, set[str]], refused: Mapping[str, str]
+             ) -> list[DeviceDecision]:
+    """Adds the names to declare ahead of their device to ``members``.
+
+    A name a present device carries was placed like any device; a refused or
+    unsafe name is never declared.
+    """
+    out = []
+    for fa in attach:
+        if fa.flowtable not in members:
+            continue
+        for name in fa.declared:
+            if name in owner or name in refused or not is_safe_ifname(name):
+                continue
+            owner[name] = fa.flowtable
+            members[fa.flowtable].add(name)
+            out.append(DeviceDecision(
+                name, fa.flowtable, False,
+                f"declared to the kernel ahead of the device (name hooks); no device {name} "
+                "yet: the kernel hooks it when it appears", fa.flowtable, present=False))
+    return out
 
 
 def _place(

@@ -1,10 +1,14 @@
-"""Can this kernel run flowtables? Asked before anything else is done.
+"""What can this kernel do with flowtables? Asked before anything else is done.
 
 A kernel without CONFIG_NF_FLOW_TABLE answers ENOENT even to a dry run, so the
 probe is a dry-run transaction that creates a flowtable: nothing is changed,
 but the kernel checks every object in it. The needed modules are loaded first
 when they are not already present (a hardened service relies on
 modules-load.d instead and has no CAP_SYS_MODULE).
+
+Name hooks are probed the same way, never guessed from the version: since
+6.16 the kernel keeps a flowtable hook by name, takes a name that matches no
+device and hooks the device when it registers; older kernels answer ENOENT.
 """
 
 from __future__ import annotations
@@ -30,6 +34,14 @@ class Capability:
     reason: str
     kernel: str
     modules_loaded: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HookSupport:
+    """Whether the kernel hooks a flowtable device by name, ahead of the device."""
+
+    name_hooks: bool
+    reason: str
 
 
 def module_present(name: str, sys_module: Path = Path("/sys/module")) -> bool:
@@ -80,6 +92,27 @@ def probe(nft: NftRunner,
         return Capability(False, f"kernel {kernel} cannot create flowtables: {why}",
                           kernel, tuple(loaded))
     return Capability(True, f"kernel {kernel} can create flowtables", kernel, tuple(loaded))
+
+
+def probe_name_hooks(nft: NftRunner,
+                     exists: Callable[[str], bool] | None = None) -> HookSupport:
+    """Dry-runs a scratch flowtable that names a device which does not exist."""
+    there = exists or (lambda n: Path("/sys/class/net", n).exists())
+    ghost = next(n for n in (f"oflprobe{i}" for i in range(1000)) if not there(n))
+    script = (f"add table inet {PROBE_TABLE}\n"
+              f"add flowtable inet {PROBE_TABLE} ft {{ hook ingress priority 0; "
+              f'devices = {{ "{ghost}" }}; }}\n')
+    try:
+        nft.run(script, dry_run=True)
+    except NftError as e:
+        if getattr(e, "errno", None) == errno.ENOENT:
+            return HookSupport(False, "no name hooks: the kernel refuses a device that does "
+                                      "not exist yet (Linux < 6.16); offloadd attaches each "
+                                      "device when it appears")
+        return HookSupport(False, f"no name hooks: the probe was refused ({e}); offloadd "
+                                  "attaches each device when it appears")
+    return HookSupport(True, "name hooks: the kernel takes a device name ahead of the device "
+                             "and hooks the device when it appears (Linux 6.16+)")
 
 
 def running_as_root() -> bool:

@@ -166,7 +166,8 @@ CT_ENTRIES = _g("offloadd_conntrack_entries", "Entries in the conntrack table.")
 CT_LIMIT = _g("offloadd_conntrack_entries_limit",
               "nf_conntrack_max (left out where it cannot be read).")
 FT_DEVICES = _g("offloadd_flowtable_devices",
-                "Devices of each flowtable: desired by offloadd, or attached in the kernel.",
+                "Devices of each flowtable: desired by offloadd, attached in the kernel, or "
+                "declared to the kernel ahead of the device (name hooks, no device yet).",
                 "flowtable", "state")
 DEVICE_INFO = _g("offloadd_device_info",
                  "A device placed in a flowtable, in hardware or software mode, and why; "
@@ -261,9 +262,15 @@ class OffloaddCollector:
 
     def _nftables(self, fams: dict[str, _Family]) -> bool:
         desired = self._view.desired()
+        # Names declared to the kernel ahead of their device are in a
+        # flowtable's list but attach nothing until the device appears.
+        declared = desired.declared_only() if desired is not None else frozenset()
         if desired is not None:
             for ft in desired.table.flowtables:
-                fams[FT_DEVICES.name].add_metric([ft.name, "desired"], len(ft.devices))
+                fams[FT_DEVICES.name].add_metric([ft.name, "desired"],
+                                                 len(ft.devices - declared))
+                fams[FT_DEVICES.name].add_metric([ft.name, "declared"],
+                                                 len(ft.devices & declared))
             for d in desired.decisions:
                 if d.flowtable is not None:
                     mode = "hardware" if d.hardware else "software"
@@ -273,7 +280,8 @@ class OffloaddCollector:
         except Exception as e:
             return self._down("nftables", e)
         names = {ft.name for ft in desired.table.flowtables} if desired else set()
-        have = {ft.name: len(ft.devices) for ft in attached.flowtables} if attached else {}
+        have = ({ft.name: len(ft.devices - declared) for ft in attached.flowtables}
+                if attached else {})
         for name in sorted(names | have.keys()):
             fams[FT_DEVICES.name].add_metric([name, "attached"], have.get(name, 0))
         if desired is not None:

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Mapping
 
+from offloadd.core.attach import attach_plan
 from offloadd.core.config import Config, Hardware, PriorityMode
 from offloadd.core.errors import DeviceVanishedError, NftError, OffloaddError, VerifyError
 from offloadd.core.model import DesiredResult, TableState, auto_forward_priority, desired_state
@@ -101,7 +102,9 @@ class Reconciler:
     def _desired(self, refused: Mapping[str, str], forward_priority: int) -> DesiredResult:
         uses_hw = any(f.hardware is not Hardware.OFF for f in self.config.flowtables)
         hw = self._hw_capable if uses_hw else (lambda _d: False)
-        return desired_state(self.config, self.status.links, hw, forward_priority, refused)
+        attach = attach_plan(self.config, self.status.name_hooks, self.status.name_hooks_reason)
+        return desired_state(self.config, self.status.links, hw, forward_priority,
+                             refused=refused, attach=attach)
 
     def plan_once(self) -> tuple[DesiredResult, TableState | None, Plan]:
         if any(f.elephant_packets for f in self.config.flowtables):

@@ -21,21 +21,30 @@ def status_report(status: Status, table_name: str, family: str,
     now = time.time() if now is None else now
     desired = status.desired
     flowtables = []
+    # A name in the kernel's list is attached only if a device carries it: the
+    # kernel (6.16+) also lists names declared ahead of their device, and
+    # names of devices that went away.
+    present = {ln.name for ln in status.links}
+    attach = {a.flowtable: a for a in (desired.attach if desired else ())}
     for ft in (desired.table.flowtables if desired else ()):
         have = kernel.flowtable(ft.name) if kernel else None
         devices = [
             {"device": d.device, "mode": "hardware" if d.hardware else "software",
-             "reason": d.reason,
+             "reason": d.reason, "present": d.present,
              "hw_probe": status.hw_reasons.get(d.device, "")}
             for d in (desired.decisions if desired else ()) if d.flowtable == ft.name
         ]
+        how = attach.get(ft.name)
         flowtables.append({
             "name": ft.name,
             "hardware": ft.hardware,
             "counter": ft.counter,
             "desired": sorted(ft.devices),
-            "attached": sorted(have.devices) if have else [],
+            "attached": sorted(d for d in have.devices if d in present) if have else [],
+            "declared": sorted(d for d in ft.devices if d not in present),
             "in_sync": have is not None and have.devices == ft.devices,
+            "attach": how.mode.value if how else "daemon",
+            "attach_reason": how.reason if how else "",
             "devices": devices,
         })
     left_out = [
@@ -48,6 +57,7 @@ def status_report(status: Status, table_name: str, family: str,
             "config": str(status.config_path),
             "uptime_seconds": round(now - status.started, 1),
         },
+        "kernel": {"name_hooks": status.name_hooks, "reason": status.name_hooks_reason},
         "table": {"family": family, "name": table_name, "exists": kernel is not None,
                   "forward_priority": kernel.chain.priority if kernel and kernel.chain else None},
         "flowtables": flowtables,

@@ -34,6 +34,10 @@ class Status:
     reloads_total: int = 0
     reloads_rejected_total: int = 0
     hw_reasons: dict[str, str] = field(default_factory=dict)
+    # Probed at start (offloadd.kernel.capability.probe_name_hooks): whether
+    # exact device names are declared to the kernel ahead of the device.
+    name_hooks: bool = False
+    name_hooks_reason: str = "not probed"
     # Flows the kernel left behind (see offloadd.core.repair) and what was done.
     repair_checks_total: int = 0
     repairs_total: int = 0

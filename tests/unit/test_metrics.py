@@ -143,6 +143,8 @@ EXPECTED = {
     "offloadd_conntrack_entries_limit 262144.0",
     'offloadd_flowtable_devices{flowtable="lan",state="desired"} 2.0',
     'offloadd_flowtable_devices{flowtable="lan_hw",state="desired"} 1.0',
+    'offloadd_flowtable_devices{flowtable="lan",state="declared"} 0.0',
+    'offloadd_flowtable_devices{flowtable="lan_hw",state="declared"} 0.0',
     'offloadd_flowtable_devices{flowtable="lan",state="attached"} 1.0',
     'offloadd_flowtable_devices{flowtable="lan_hw",state="attached"} 1.0',
     'offloadd_device_info{device="eth0",flowtable="lan_hw",mode="hardware",'

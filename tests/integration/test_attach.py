@@ -1,0 +1,123 @@
+"""Kernel-native attach: a configured name is hooked by the kernel itself when
+its device appears, even while offloadd is stopped (kernels with name hooks).
+
+The oracle for "does this kernel have name hooks" is the nft command itself
+(a scratch flowtable naming a missing device), not offloadd's probe, and the
+oracle for "attached" is traffic: conntrack-tools must show the flows
+offloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from tests.lab import conntrack
+from tests.lab.daemon import offloadd
+from tests.lab.netns import CommandError, Netns
+from tests.lab.topology import Lab
+from tests.lab.traffic import udp_echo_server, udp_flows, wait_for
+
+CONFIG = """
+[daemon]
+on_exit = "keep"
+
+[[flowtable]]
+name = "ft"
+devices = ["lan*", "uplink9"]
+"""
+FLOWS = 4
+
+
+def _nft_takes_a_missing_device(ns: Netns) -> bool:
+    try:
+        ns.nft("table inet oracle { flowtable f { hook ingress priority 0; "
+               'devices = { "nosuchdev7" }; } }\n')
+    except CommandError:
+        return False
+    ns.nft("delete table inet oracle\n")
+    return True
+
+
+def _offloaded(lab: Lab) -> int:
+    return sum(1 for e in conntrack.entries(lab.router, 4)
+               if e.proto == "udp" and e.dport == 7000 and e.offloaded)
+
+
+def _rename(ns: Netns, old: str, new: str) -> None:
+    # A running device cannot be renamed; IPv4 addresses and their routes
+    # come back with the link.
+    ns.run("ip", "link", "set", old, "down")
+    ns.run("ip", "link", "set", old, "name", new)
+    ns.run("ip", "link", "set", new, "up")
+
+
+def test_a_declared_name_attaches_when_its_device_appears_with_offloadd_stopped(
+        lab: Lab, tmp_path: Path) -> None:
+    r = lab.router
+    hooks = _nft_takes_a_missing_device(r)
+    with offloadd(r, CONFIG, tmp_path) as d:
+        status = json.loads(d.ctl("--json", "status", check=True).stdout)
+        (ft,) = status["flowtables"]
+        assert status["kernel"]["name_hooks"] is hooks, status["kernel"]
+        if hooks:
+            d.wait_devices("ft", {"lan0", "lan1", "uplink9"})
+            assert (ft["attach"], ft["declared"]) == ("mixed", ["uplink9"]), ft
+            assert "uplink9" not in ft["attached"]
+            assert "uplink9 declared to the kernel" in ft["attach_reason"]
+        else:
+            d.wait_devices("ft", {"lan0", "lan1"})
+            assert (ft["attach"], ft["declared"]) == ("daemon", []), ft
+            assert "Linux < 6.16" in status["kernel"]["reason"]
+    # on_exit = "keep": the table stays; nothing of offloadd's runs now.
+    _rename(r, "wan0", "uplink9")
+    with udp_echo_server(lab.server, "::"):
+        gen = udp_flows(lab.client, lab.server_addr(4), flows=FLOWS, seconds=60, interval=0.1)
+        try:
+            if hooks:
+                # The kernel hooked uplink9 by its name: no daemon involved.
+                wait_for(lambda: _offloaded(lab) == FLOWS, 15,
+                         what=f"{FLOWS} flows offloaded through uplink9 with offloadd stopped")
+            else:
+                time.sleep(4)
+                assert _offloaded(lab) == 0, "offloaded without uplink9 in the flowtable"
+                with offloadd(r, CONFIG, tmp_path) as d:
+                    d.wait_devices("ft", {"lan0", "lan1", "uplink9"})
+                    wait_for(lambda: _offloaded(lab) == FLOWS, 15,
+                             what=f"{FLOWS} flows offloaded once offloadd attached uplink9")
+        finally:
+            gen.stop()
+
+
+def test_only_exact_names_are_declared_and_status_tells_why(lab: Lab, tmp_path: Path) -> None:
+    """A pattern is never handed to the kernel (old userspace would send "wan*"
+    as a literal name); a flowtable with kinds falls back to the daemon."""
+    config = """
+[[flowtable]]
+name = "ft"
+devices = ["lan*", "wan*", "ppp3"]
+
+[[flowtable]]
+name = "vlans"
+devices = ["vl5"]
+kinds = ["vlan"]
+"""
+    r = lab.router
+    hooks = _nft_takes_a_missing_device(r)
+    with offloadd(r, config, tmp_path) as d:
+        d.wait_devices("ft", {"lan0", "lan1", "wan0"} | ({"ppp3"} if hooks else set()))
+        d.wait_devices("vlans", set())
+        listing = r.out("nft", "list", "table", "inet", "offloadd")
+        assert "*" not in listing, listing
+        status = json.loads(d.ctl("--json", "status", check=True).stdout)
+        ft, vlans = sorted(status["flowtables"], key=lambda f: f["name"])
+        assert vlans["attach"] == "daemon" and "kinds" in vlans["attach_reason"]
+        assert ft["attach"] == ("mixed" if hooks else "daemon")
+        text = d.ctl("status", check=True).stdout
+        assert f"attach: {ft['attach']}" in text and "attach: daemon (kinds" in text
+        check = r.run(sys.executable, "-m", "offloadd.cli.run", "--config", str(d.config),
+                      "--check").stdout
+        assert "# flowtable vlans: daemon attach (kinds" in check, check
+        assert ("# ppp3: ft (declared" in check) is hooks, check
