@@ -23,6 +23,10 @@ class KernelError(OffloaddError, OSError):
     """The kernel refused or cannot do what was asked."""
 
 
+class NetlinkOverrunError(KernelError):
+    """A netlink socket's receive buffer overflowed (ENOBUFS): messages were lost."""
+
+
 class CapabilityError(KernelError):
     """The running kernel lacks flowtable support."""
 

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-from offloadd.core.errors import ConfigError, KernelError, OffloaddError
+from offloadd.core.errors import ConfigError, KernelError, NetlinkOverrunError, OffloaddError
 from offloadd.core.model import Link
 from offloadd.kernel.linkmsg import (
     ARPHRD_LOOPBACK,
@@ -34,7 +34,6 @@ from offloadd.kernel.linkmsg import (
 from offloadd.kernel.links import (
     LinkSnapshot,
     LinkWatcher,
-    NetlinkOverrunError,
     current_links,
 )
 
