@@ -5,6 +5,8 @@ for (message order, AF_BRIDGE port messages, netns moves, ENOBUFS). The
 watcher runs the way the daemon does, inside a namespace via ``ip netns
 exec``: this file doubles as the driver (``python -m tests.host.test_links_host``)
 that prints each snapshot as a JSON line. Changes are made with real ``ip``.
+The watcher tests run over both link sockets (the raw default and pyroute2's),
+and the raw socket's reading of real messages is compared with pyroute2's.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import queue
@@ -20,7 +23,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,12 +37,18 @@ REPO = Path(__file__).resolve().parents[2]
 LinkTuple = tuple[int, str, str | None, bool]
 
 
+IMPLS = ["raw", "pyroute2"]
+
+
 # -- driver (runs inside the namespace) -------------------------------------
 
-async def _drive(rcvbuf: int | None) -> None:
-    from offloadd.kernel.links import LinkWatcher  # noqa: PLC0415
+async def _drive(rcvbuf: int | None, impl: str) -> None:
+    from offloadd.kernel.links import LinkWatcher, PyrouteLinkSocket  # noqa: PLC0415
 
-    watcher = LinkWatcher(rcvbuf=rcvbuf)
+    if impl == "raw":
+        watcher = LinkWatcher(rcvbuf=rcvbuf)  # the default socket
+    else:
+        watcher = LinkWatcher(socket_factory=lambda: PyrouteLinkSocket(rcvbuf=rcvbuf))
     async with contextlib.aclosing(watcher.snapshots()) as snaps:
         async for snap in snaps:
             line = {
@@ -52,15 +61,86 @@ async def _drive(rcvbuf: int | None) -> None:
             print(json.dumps(line), flush=True)
 
 
+def _fields(msg: Any) -> list[Any]:
+    """What offloadd reads from a link message, comparable across parsers."""
+    info = msg.get("IFLA_LINKINFO")
+    return [msg.get("header")["type"], msg.get("family"), msg.get("index"),
+            msg.get("ifi_type"), msg.get("flags"), msg.get("IFLA_IFNAME"),
+            info.get("IFLA_INFO_KIND") if info is not None else None,
+            msg.get("IFLA_NEW_NETNSID") is not None]
+
+
+def _socket(impl: str, rcvbuf: int | None) -> Any:
+    from offloadd.kernel.links import PyrouteLinkSocket  # noqa: PLC0415
+    from offloadd.kernel.rtnl import RawLinkSocket  # noqa: PLC0415
+
+    return RawLinkSocket(rcvbuf) if impl == "raw" else PyrouteLinkSocket(rcvbuf)
+
+
+async def _compare() -> None:
+    """Both sockets side by side: each one's dump, then each message it reads."""
+    socks = {impl: _socket(impl, None) for impl in IMPLS}
+    for sock in socks.values():
+        await sock.open()
+        await sock.bind()
+    for impl, sock in socks.items():
+        dump = [_fields(m) for m in await sock.dump()]
+        print(json.dumps({"src": impl, "dump": dump}), flush=True)
+
+    async def events(impl: str) -> None:
+        while True:
+            for m in await socks[impl].recv():
+                print(json.dumps({"src": impl, "event": _fields(m)}), flush=True)
+
+    await asyncio.gather(*(events(impl) for impl in IMPLS))
+
+
+async def _overrun(impl: str) -> None:
+    """A tiny buffer left unread during a burst: recv() must raise NetlinkOverrunError."""
+    from offloadd.core.errors import NetlinkOverrunError  # noqa: PLC0415
+
+    sock = _socket(impl, 4096)
+    await sock.open()
+    await sock.bind()
+    await sock.dump()
+    print(json.dumps({"ready": True}), flush=True)
+    # Blocking the loop on purpose: pyroute2's transport would otherwise
+    # drain the socket in the background and the buffer never fills.
+    sys.stdin.readline()
+    got = 0
+    try:
+        while True:
+            got += len(await asyncio.wait_for(sock.recv(), 5))
+    except NetlinkOverrunError as e:
+        print(json.dumps({"overrun": e.errno, "before": got}), flush=True)
+    except TimeoutError:
+        print(json.dumps({"overrun": None, "before": got}), flush=True)
+    sock.close()
+    sock.close()
+
+
 def _driver_main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rcvbuf", type=int, default=None)
+    ap.add_argument("--socket", choices=IMPLS, default="raw")
+    ap.add_argument("--mode", choices=["watch", "compare", "overrun"], default="watch")
     args = ap.parse_args()
+    modes: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
+        "watch": lambda: _drive(args.rcvbuf, args.socket), "compare": _compare,
+        "overrun": lambda: _overrun(args.socket)}
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_drive(args.rcvbuf))
+        asyncio.run(modes[args.mode]())
 
 
 # -- test side ---------------------------------------------------------------
+
+def _driver_cmd() -> list[str]:
+    return [sys.executable, "-m", "tests.host.test_links_host"]
+
+
+def _driver_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
 
 @dataclass(frozen=True)
 class Snap:
@@ -77,12 +157,11 @@ class Snap:
 class Driver:
     """The watcher running in a namespace; snapshots arrive on a queue."""
 
-    def __init__(self, ns: Netns, rcvbuf: int | None = None) -> None:
-        cmd = [sys.executable, "-m", "tests.host.test_links_host"]
+    def __init__(self, ns: Netns, rcvbuf: int | None = None, impl: str = "raw") -> None:
+        cmd = [*_driver_cmd(), "--socket", impl]
         if rcvbuf is not None:
             cmd += ["--rcvbuf", str(rcvbuf)]
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        self.proc = subprocess.Popen(ns.argv(cmd), cwd=REPO, env=env, text=True,
+        self.proc = subprocess.Popen(ns.argv(cmd), cwd=REPO, env=_driver_env(), text=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.q: queue.Queue[Snap | None] = queue.Queue()
         self.seen: list[Snap] = []
@@ -155,9 +234,14 @@ def other_ns() -> Iterator[Netns]:
         delete_netns(n)
 
 
+@pytest.fixture(params=IMPLS)
+def impl(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @contextlib.contextmanager
-def watching(ns: Netns, rcvbuf: int | None = None) -> Iterator[Driver]:
-    d = Driver(ns, rcvbuf)
+def watching(ns: Netns, impl: str, rcvbuf: int | None = None) -> Iterator[Driver]:
+    d = Driver(ns, rcvbuf, impl)
     try:
         first = d.wait_for(lambda s: True)
         assert first.resync and first.generation == 1 and first.links == kernel_links(ns)
@@ -170,8 +254,8 @@ def _batch(ns: Netns, lines: list[str]) -> None:
     ns.run("ip", "-batch", "-", input="\n".join(lines) + "\n", timeout=60)
 
 
-def test_kinds_rename_updown_move_delete(ns: Netns, other_ns: Netns) -> None:
-    with watching(ns) as d:
+def test_kinds_rename_updown_move_delete(ns: Netns, other_ns: Netns, impl: str) -> None:
+    with watching(ns, impl) as d:
         _batch(ns, ["link add v0 type veth peer name v1", "link add br0 type bridge",
                     "link add mv0 link v0 type macvlan mode bridge"])
         s = d.wait_for(lambda s: {"v0", "v1", "br0", "mv0"} <= s.by_name().keys())
@@ -204,8 +288,8 @@ def test_kinds_rename_updown_move_delete(ns: Netns, other_ns: Netns) -> None:
         assert all(not x.resync for x in d.seen[1:])
 
 
-def test_burst_of_500_veth_pairs_coalesces(ns: Netns) -> None:
-    with watching(ns) as d:
+def test_burst_of_500_veth_pairs_coalesces(ns: Netns, impl: str) -> None:
+    with watching(ns, impl) as d:
         n = 500
         t0 = time.monotonic()
         _batch(ns, [f"link add a{i} type veth peer name b{i}" for i in range(n)])
@@ -215,15 +299,15 @@ def test_burst_of_500_veth_pairs_coalesces(ns: Netns) -> None:
         s = d.wait_for(lambda s: s.links == expected, timeout=20)
         converged = s.t - t0
         count = len(d.seen)
-        print(f"\n500 veth pairs: ip -batch took {t_cmd:.2f}s, converged after "
+        print(f"\n[{impl}] 500 veth pairs: ip -batch took {t_cmd:.2f}s, converged after "
               f"{converged:.2f}s in {count} snapshots (incl. the initial one), stats {s.stats}")
         assert count <= 20
         time.sleep(0.7)  # nothing more may follow once converged
         assert d.q.empty()
 
 
-def test_enobufs_triggers_resync_and_converges(ns: Netns) -> None:
-    with watching(ns, rcvbuf=4096) as d:
+def test_enobufs_triggers_resync_and_converges(ns: Netns, impl: str) -> None:
+    with watching(ns, impl, rcvbuf=4096) as d:
         n = 300
         t0 = time.monotonic()
         _batch(ns, [f"link add a{i} type veth peer name b{i}" for i in range(n)])
@@ -231,7 +315,7 @@ def test_enobufs_triggers_resync_and_converges(ns: Netns) -> None:
         expected = kernel_links(ns)
         s = d.wait_for(lambda s: s.links == expected, timeout=20)
         resyncs = [x for x in d.seen if x.resync]
-        print(f"\ntiny rcvbuf, {n} pairs: converged after {s.t - t0:.2f}s in "
+        print(f"\n[{impl}] tiny rcvbuf, {n} pairs: converged after {s.t - t0:.2f}s in "
               f"{len(d.seen)} snapshots incl. the initial one ({len(resyncs)} with resync), "
               f"stats {s.stats}")
         assert resyncs, "expected ENOBUFS to force a resync"
@@ -240,6 +324,75 @@ def test_enobufs_triggers_resync_and_converges(ns: Netns) -> None:
         while not d.q.empty():
             d.wait_for(lambda s: True, timeout=1)
         assert d.seen[-1].links == kernel_links(ns)
+
+
+
+def _lines(proc: subprocess.Popen[str], out: queue.Queue[dict[str, Any] | None]) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        out.put(json.loads(line))
+    out.put(None)
+
+
+def test_raw_socket_reads_real_messages_like_pyroute2(ns: Netns, other_ns: Netns) -> None:
+    _batch(ns, ["link add e0 type veth peer name e1", "link add br9 type bridge"])
+    proc = subprocess.Popen(ns.argv([*_driver_cmd(), "--mode", "compare"]), cwd=REPO,
+                            env=_driver_env(), text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
+    threading.Thread(target=_lines, args=(proc, lines), daemon=True).start()
+    try:
+        dumps: dict[str, list[Any]] = {}
+        while len(dumps) < 2:
+            d = lines.get(timeout=10)
+            assert d is not None, proc.stderr.read() if proc.stderr else ""
+            dumps[d["src"]] = d["dump"]
+        assert dumps["raw"] == dumps["pyroute2"]
+        assert {x[5] for x in dumps["raw"]} == {"lo", "e0", "e1", "br9"}
+        assert {x[6] for x in dumps["raw"] if x[5] == "e0"} == {"veth"}
+
+        _batch(ns, ["link add v0 type veth peer name v1", "link add mv0 link v0 type macvlan",
+                    "link set v1 master br9", "link set v1 nomaster", "link set v0 name w0",
+                    "link set w0 up", "link set w0 down", f"link set e1 netns {other_ns.name}",
+                    "link del br9", "link del mv0"])
+        time.sleep(0.5)
+    finally:
+        proc.terminate()
+        proc.wait(5)
+    events: dict[str, list[Any]] = {impl: [] for impl in IMPLS}
+    while (d := lines.get(timeout=5)) is not None:
+        events[d["src"]].append(d["event"])
+    assert events["raw"] == events["pyroute2"]
+    raw = events["raw"]
+    assert len(raw) >= 10
+    # The messages the table's subtle cases depend on were all among them.
+    assert [x for x in raw if x[0] == 17 and x[5] == "e1" and x[7]], "no netns move"
+    assert [x for x in raw if x[1] == 7], "no AF_BRIDGE message"
+    assert [x for x in raw if x[0] == 16 and x[5] == "w0"], "no rename"
+    assert [x for x in raw if x[0] == 16 and x[6] == "macvlan"], "no macvlan"
+
+
+@pytest.mark.parametrize("which", IMPLS)
+def test_tiny_rcvbuf_overrun_is_netlink_overrun_error(ns: Netns, which: str) -> None:
+    proc = subprocess.Popen(ns.argv([*_driver_cmd(), "--mode", "overrun", "--socket", which]),
+                            cwd=REPO, env=_driver_env(), text=True, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert json.loads(proc.stdout.readline()) == {"ready": True}
+        _batch(ns, [f"link add a{i} type veth peer name b{i}" for i in range(100)])
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        result = json.loads(proc.stdout.readline() or "null")
+        assert result is not None, proc.stderr.read() if proc.stderr else ""
+        print(f"\n[{which}] overrun after {result['before']} messages")
+        assert result["overrun"] == errno.ENOBUFS
+        assert result["before"] < 200
+        assert proc.wait(5) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 if __name__ == "__main__":
