@@ -97,21 +97,31 @@ def _link(data: bytes, pos: int, end: int, msg: RtMsg) -> None:
     family, ifi_type, index, flags, change = IFINFOMSG.unpack_from(data, pos + NLMSG_HDR.size)
     msg.update(family=family, ifi_type=ifi_type, index=index, flags=flags, change=change)
     linkinfo: dict[str, str] | None = None
-    for atype, a, b in _walk(data, pos + LINK_PAYLOAD, end):
+    # The attribute walk inlined: a veth's message has ~40 attributes and
+    # this loop is most of the parsing time.
+    unpack = NLA_HDR.unpack_from
+    a = pos + LINK_PAYLOAD
+    while a + 4 <= end:
+        alen, atype = unpack(data, a)
+        b = a + alen
+        if alen < 4 or b > end:
+            raise _MalformedError(f"attribute {atype & NLA_TYPE_MASK} of length {alen}")
+        atype &= NLA_TYPE_MASK
         if atype == IFLA_IFNAME:
-            msg["IFLA_IFNAME"] = _string(data, a, b)
+            msg["IFLA_IFNAME"] = _string(data, a + 4, b)
         elif atype == IFLA_LINKINFO:
             # Only the kind; IFLA_INFO_SLAVE_KIND names a bridge port's
             # master's kind and is deliberately not read (see linkmsg).
             linkinfo = {}
-            for itype, c, d in _walk(data, a, b):
+            for itype, c, d in _walk(data, a + 4, b):
                 if itype == IFLA_INFO_KIND:
                     linkinfo["IFLA_INFO_KIND"] = _string(data, c, d)
         elif atype == IFLA_NEW_NETNSID:
-            if b - a < S32.size:
+            if alen < 4 + S32.size:
                 raise _MalformedError("IFLA_NEW_NETNSID shorter than 4 bytes")
             # The kernel puts an s32 in host order (pyroute2 0.9 reads be32).
-            msg["IFLA_NEW_NETNSID"] = S32.unpack_from(data, a)[0]
+            msg["IFLA_NEW_NETNSID"] = S32.unpack_from(data, a + 4)[0]
+        a += (alen + 3) & ~3
     msg["IFLA_LINKINFO"] = linkinfo
 
 
@@ -183,7 +193,7 @@ class RawSocket(Protocol):
     def close(self) -> None: ...
 
 
-def open_rtnetlink() -> RawSocket:
+def open_rtnetlink() -> socket.socket:
     """A bound, non-blocking NETLINK_ROUTE socket in this thread's network namespace."""
     sock = socket.socket(socket.AF_NETLINK,
                          socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
