@@ -419,7 +419,9 @@ def test_spread_burst_is_cut_by_max_delay() -> None:
 
 def test_quiet_splits_and_merges_bursts() -> None:
     kernel = FakeKernel()
-    watcher = LinkWatcher(socket_factory=kernel.factory, quiet=0.05, max_delay=0.5)
+    # quick_messages=0: every burst is coalesced with `quiet` from its first message.
+    watcher = LinkWatcher(socket_factory=kernel.factory, quiet=0.05, max_delay=0.5,
+                          quick_messages=0)
 
     async def script() -> None:
         kernel.add("a")  # t=0.001
@@ -432,6 +434,33 @@ def test_quiet_splits_and_merges_bursts() -> None:
         got = await watch(kernel, watcher, script)
         assert [(round(t, 6), sorted(s.names)) for t, s in got] == [
             (0.0, []), (0.091, ["a", "b"]), (0.291, ["a", "b", "c"])]
+
+    run_virtual(main)
+
+
+def test_a_small_change_is_yielded_after_quick_and_a_burst_after_quiet() -> None:
+    """One link (a few messages) is attached `quick` after it appears, not
+    `quiet`; more than quick_messages in a row are coalesced as before."""
+    kernel = FakeKernel()
+    watcher = LinkWatcher(socket_factory=kernel.factory, quiet=0.05, max_delay=2.0,
+                          quick=0.01, quick_messages=8)
+
+    async def script() -> None:
+        kernel.add("a")  # t=0.001: alone
+        await asyncio.sleep(0.04)
+        kernel.add("b")  # t=0.041: alone again (a was yielded at 0.011)
+        await asyncio.sleep(0.2)
+        for i in range(20):  # t=0.241..: a burst, 3 ms apart
+            kernel.add(f"c{i:02}")
+            await asyncio.sleep(0.003)
+
+    async def main() -> None:
+        got = await watch(kernel, watcher, script)
+        assert [(round(t, 3), len(s.names)) for t, s in got] == [
+            (0.0, 0), (0.011, 1), (0.051, 2),
+            # The burst's first 8 messages leave no 10 ms gap; the 9th
+            # switches it to `quiet`: one snapshot, 50 ms after the last.
+            (round(0.241 + 19 * 0.003 + 0.05, 3), 22)]
 
     run_virtual(main)
 
@@ -559,6 +588,8 @@ def test_bad_timings_are_config_errors() -> None:
         LinkWatcher(quiet=0)
     with pytest.raises(ConfigError):
         LinkWatcher(quiet=0.5, max_delay=0.1)
+    with pytest.raises(ConfigError, match="quick"):
+        LinkWatcher(quiet=0.05, quick=0.1)
 
 
 def test_overrun_error_is_a_kernel_error() -> None:
