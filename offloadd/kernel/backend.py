@@ -35,13 +35,16 @@ class NftBackend:
         self.nft = nft or Nft()
 
     def read(self) -> TableState | None:
-        items = self.nft.list_json("tables")
-        if not any(i.get("table", {}).get("name") == self.table
-                   and i["table"].get("family") == self.family for i in items):
-            return None
         what = f"table {self.family} {self.table}"
         # Terse: without the gate's elements, one per flow on a busy gateway.
-        items = self.nft.list_json(what, terse=True)
+        # No "list tables" first: each libnftables call costs a netlink round
+        # trip and a cache fill, and a reconcile reads the table twice.
+        try:
+            items = self.nft.list_json(what, terse=True)
+        except NftError as e:
+            if e.errno == errno.ENOENT:
+                return None
+            raise
         text = self.nft.list_text(what, terse=True)
         elements = {name: set_elements(self.nft.list_json(
                         f"set {self.family} {self.table} {name}"))
