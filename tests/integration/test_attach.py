@@ -32,10 +32,14 @@ FLOWS = 4
 
 
 def _nft_takes_a_missing_device(ns: Netns) -> bool:
+    """Asked after offloadd started, so the flowtable modules are loaded:
+    the only refusal left is the missing device's (ENOENT)."""
     try:
-        ns.nft("table inet oracle { flowtable f { hook ingress priority 0; "
-               'devices = { "nosuchdev7" }; } }\n')
-    except CommandError:
+        ns.nft("add table inet oracle\n"
+               "add flowtable inet oracle f { hook ingress priority 0; "
+               'devices = { "nosuchdev7" }; }\n')
+    except CommandError as e:
+        assert "No such file or directory" in str(e), e
         return False
     ns.nft("delete table inet oracle\n")
     return True
@@ -57,8 +61,8 @@ def _rename(ns: Netns, old: str, new: str) -> None:
 def test_a_declared_name_attaches_when_its_device_appears_with_offloadd_stopped(
         lab: Lab, tmp_path: Path) -> None:
     r = lab.router
-    hooks = _nft_takes_a_missing_device(r)
     with offloadd(r, CONFIG, tmp_path) as d:
+        hooks = _nft_takes_a_missing_device(r)
         status = json.loads(d.ctl("--json", "status", check=True).stdout)
         (ft,) = status["flowtables"]
         assert status["kernel"]["name_hooks"] is hooks, status["kernel"]
@@ -105,8 +109,8 @@ devices = ["vl5"]
 kinds = ["vlan"]
 """
     r = lab.router
-    hooks = _nft_takes_a_missing_device(r)
     with offloadd(r, config, tmp_path) as d:
+        hooks = _nft_takes_a_missing_device(r)
         d.wait_devices("ft", {"lan0", "lan1", "wan0"} | ({"ppp3"} if hooks else set()))
         d.wait_devices("vlans", set())
         listing = r.out("nft", "list", "table", "inet", "offloadd")

@@ -92,6 +92,7 @@ def test_every_dashboard_query_returns_data(lab: Lab, tmp_path: Path) -> None:
                         and flows.get("family=ipv6,mode=software", 0) > 0
                         and seen["Devices per flowtable: desired vs attached [A]"] == {
                             "flowtable=ft,state=attached": 4,
+                            "flowtable=ft,state=declared": 0,
                             "flowtable=ft,state=desired": 4}
                         and all(m and min(m.values()) > 0 for m in moved)
                         and list(seen["Kernel state [A]"].values()) == [1])
