@@ -243,8 +243,10 @@ class Daemon:
             return
         daemon = self.config.daemon
         try:
+            self.reconciler.others_watched = True
             async for batch in self._nft_changes.changes():
                 if needs_reconcile(batch, daemon.family.value, daemon.table, self._own_pid):
+                    self.reconciler.others_changed()
                     self._wake.set()
                 for trigger in triggers(batch, daemon.family.value, daemon.table,
                                         self._own_pid):
@@ -255,6 +257,8 @@ class Daemon:
             self._record_error(str(e))
             log.error("%s; other tables' changes are picked up at the next link event and "
                       "offloaded flows are NOT re-validated", e)
+        finally:
+            self.reconciler.others_watched = False
 
     async def run(self, signals: Sequence[signal.Signals] = SIGNALS,
                   control: bool = True) -> None:

@@ -30,6 +30,11 @@ from offloadd.service.status import Status
 
 log = logging.getLogger("offloadd")
 
+# How long other tables' forward priorities are trusted without a fresh read,
+# while nf_tables change events flow (a backstop: each event that touches
+# another table's chains drops them at once).
+OTHERS_TTL_S = 5.0
+
 
 def describe_diff(desired: TableState, current: TableState | None) -> str:
     """A one-line desired-vs-current summary for the log on verify mismatch."""
@@ -79,6 +84,12 @@ class Reconciler:
         self.status = status
         self.refusals = Refusals()
         self._hw_cache: dict[str, bool] = {}
+        # Other tables' forward priorities, read with "list chains" (a whole
+        # ruleset's chains). A device change does not change them, and that
+        # read was one of the eight libnftables calls of an attach (~6.5 ms
+        # each under TCG); the daemon says when they may have changed.
+        self.others_watched = False
+        self._others: tuple[float, list[int]] | None = None
 
     def configure(self, config: Config) -> None:
         """A reloaded config: hardware answers and refusals are asked again."""
@@ -93,10 +104,23 @@ class Reconciler:
             self.status.hw_reasons[device] = why
         return self._hw_cache[device]
 
+    def others_changed(self) -> None:
+        """Another table's chains may have changed: read their priorities again."""
+        self._others = None
+
+    def _other_priorities(self) -> list[int]:
+        now = time.monotonic()
+        if (self.others_watched and self._others is not None
+                and now - self._others[0] < OTHERS_TTL_S):
+            return self._others[1]
+        prios = self.backend.other_forward_priorities()
+        self._others = (now, prios)
+        return prios
+
     def _forward_priority(self) -> int:
         prio = self.config.daemon.priority
         if isinstance(prio, PriorityMode):
-            return auto_forward_priority(self.backend.other_forward_priorities())
+            return auto_forward_priority(self._other_priorities())
         return prio
 
     def _desired(self, refused: Mapping[str, str], forward_priority: int) -> DesiredResult:

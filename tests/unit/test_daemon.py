@@ -63,6 +63,29 @@ def test_auto_priority_runs_after_other_forward_chains(tmp_path: Path) -> None:
     assert b.state.chain.priority == 11
 
 
+def test_other_priorities_are_read_again_only_when_they_may_have_changed(
+        tmp_path: Path) -> None:
+    """While nf_tables events are watched, a device change reuses the other
+    tables' priorities; an event that touches their chains drops them."""
+    d, b = _daemon(tmp_path, backend=FakeBackend(others=[10]))
+    d.status.links = (LAN0,)
+    d.reconcile()
+    b.others = [20]  # unwatched: seen at the next pass
+    d.status.links = (LAN0, WAN0)
+    d.reconcile()
+    assert b.state is not None and b.state.chain is not None
+    assert b.state.chain.priority == 21
+    d.reconciler.others_watched = True
+    d.reconcile()  # reads once more, then keeps it
+    b.others = [30]
+    d.status.links = (LAN0,)
+    d.reconcile()
+    assert b.state.chain.priority == 21, "a device change re-read the other chains"
+    d.reconciler.others_changed()
+    d.reconcile()
+    assert b.state.chain is not None and b.state.chain.priority == 31
+
+
 def test_verify_mismatch_is_a_failure_with_a_diff(tmp_path: Path) -> None:
     d, b = _daemon(tmp_path)
     d.status.links = (LAN0,)
