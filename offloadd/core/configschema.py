@@ -121,7 +121,9 @@ KEYS = (
     Key("flowtable", "devices", STRINGS, _toml(_F.devices),
         f"Interfaces to put in the flowtable: exact names (at most {IFNAME_MAX} bytes) or "
         'shell-style globs ("wan*", "lan[0-9]"). Empty: any name, and then kinds must be '
-        "given."),
+        "given. On a kernel with name hooks (Linux 6.16+, probed at start) the exact names "
+        'of a flowtable with hardware = "off" and no kinds are declared to the kernel ahead '
+        "of their device, which the kernel then hooks by itself when it appears."),
     Key("flowtable", "exclude", STRINGS, _toml(_F.exclude),
         "Names or globs never to put in this flowtable, even if they match devices."),
     Key("flowtable", "kinds", STRINGS, _toml(_F.kinds),
