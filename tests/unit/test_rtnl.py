@@ -389,15 +389,23 @@ def test_group_messages_during_the_dump_come_after_it_in_order() -> None:
     _run(main)
 
 
+async def _waiting_recv(fake: FakeKernelSocket, *, bind: bool = True
+                        ) -> tuple[RawLinkSocket, asyncio.Future[list[rtnl.RtMsg]]]:
+    """An open socket with a recv() already waiting on it."""
+    sock = RawLinkSocket(opener=lambda: fake)
+    await sock.open()
+    if bind:
+        await sock.bind()
+    task = asyncio.ensure_future(sock.recv())
+    await asyncio.sleep(0.01)
+    return sock, task
+
+
 def test_recv_waits_skips_control_and_malformed_messages() -> None:
     fake = FakeKernelSocket()
 
     async def main() -> None:
-        sock = RawLinkSocket(opener=lambda: fake)
-        await sock.open()
-        await sock.bind()
-        task = asyncio.ensure_future(sock.recv())
-        await asyncio.sleep(0.01)
+        sock, task = await _waiting_recv(fake)
         assert not task.done()
         fake.emit(control(rtnl.NLMSG_DONE, 0), b"\0" * 20,
                   encode(4, "a") + encode(5, "b", mtype=RTM_DELLINK))
@@ -474,11 +482,7 @@ def test_close_wakes_a_pending_recv() -> None:
     fake = FakeKernelSocket()
 
     async def main() -> None:
-        sock = RawLinkSocket(opener=lambda: fake)
-        await sock.open()
-        await sock.bind()
-        task = asyncio.ensure_future(sock.recv())
-        await asyncio.sleep(0.01)
+        sock, task = await _waiting_recv(fake)
         fd = fake.fileno()
         sock.close()
         with pytest.raises(KernelError) as e:
@@ -494,10 +498,7 @@ def test_cancelled_recv_unregisters_its_reader() -> None:
     fake = FakeKernelSocket()
 
     async def main() -> None:
-        sock = RawLinkSocket(opener=lambda: fake)
-        await sock.open()
-        task = asyncio.ensure_future(sock.recv())
-        await asyncio.sleep(0.01)
+        sock, task = await _waiting_recv(fake, bind=False)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
