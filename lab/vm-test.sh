@@ -18,6 +18,16 @@ kdir=$(kernel_dir "$series")
 [ -n "$kdir" ] || die "kernel $series is not fetched yet: run lab/setup.sh (or make setup)"
 ver=$(basename "$kdir")
 
+# The whole suite on an older kernel leaves out the tests marked one_kernel
+# (the CLI's status/reload/check, the dashboard's queries, the mixed-config
+# attach modes): they check offloadd, not the kernel, and run on the newest
+# kernel. This keeps a fresh machine's `make test` within its 45 minutes.
+args=("$@")
+newest=${LAB_KERNELS##* }
+if [ "$series" != "$newest" ] && ! printf '%s\n' "$@" | grep -q '^tests/'; then
+    args+=(--not-newest-kernel)
+fi
+
 out="$repo/build/results/$series"
 rm -rf "$out"
 mkdir -p "$out"
@@ -39,7 +49,7 @@ for boot in 1 2 3; do
         vng --run "$kdir/boot/vmlinuz-$ver" --disable-kvm \
             --cpus "${OFFLOADD_VM_CPUS:-2}" --memory "${OFFLOADD_VM_MEMORY:-2G}" \
             --rwdir "$out" --cwd "$repo" ${OFFLOADD_VNG_EXTRA:-} \
-            -- "$here/guest-run.sh" "$out" "$kdir/boot/config-$ver" "$@" </dev/null 2>&1 | tee "$out/console.log" | sed -u "s/^/[vm $series] /"
+            -- "$here/guest-run.sh" "$out" "$kdir/boot/config-$ver" "${args[@]}" </dev/null 2>&1 | tee "$out/console.log" | sed -u "s/^/[vm $series] /"
     vng_rc=${PIPESTATUS[0]}
     set -e
     # guest-run.sh writes $out/kernel first thing: its absence means no test ran.

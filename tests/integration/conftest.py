@@ -14,9 +14,22 @@ import pytest
 from tests.lab.topology import Lab, lab_topology
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--not-newest-kernel", action="store_true",
+        help="leave out the tests marked one_kernel: they check the CLI or the dashboard, "
+             "not the kernel, and `make test` runs them on the newest lab kernel only")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         item.add_marker(pytest.mark.integration)
+    if config.getoption("--not-newest-kernel"):
+        # Deselected, not skipped: a skip would count as a harness failure.
+        dropped = [i for i in items if i.get_closest_marker("one_kernel") is not None]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = [i for i in items if i.get_closest_marker("one_kernel") is None]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.lab import conntrack
 from tests.lab.daemon import offloadd
 from tests.lab.netns import CommandError, Netns
@@ -95,6 +97,7 @@ def test_a_declared_name_attaches_when_its_device_appears_with_offloadd_stopped(
             gen.stop()
 
 
+@pytest.mark.one_kernel
 def test_only_exact_names_are_declared_and_status_tells_why(lab: Lab, tmp_path: Path) -> None:
     """A pattern is never handed to the kernel (old userspace would send "wan*"
     as a literal name); a flowtable with kinds falls back to the daemon."""

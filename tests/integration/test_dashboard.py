@@ -14,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.integration.test_metrics import CONFIG
 from tests.lab import grafana
 from tests.lab.daemon import offloadd
@@ -38,6 +40,7 @@ def _values(res: list[dict[str, Any]]) -> dict[str, float]:
             for x in res}
 
 
+@pytest.mark.one_kernel
 def test_every_dashboard_query_returns_data(lab: Lab, tmp_path: Path) -> None:
     dash = grafana.load()
     queries = grafana.queries(dash, VARIABLES)

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.lab.daemon import offloadd
 from tests.lab.topology import Lab
 from tests.lab.traffic import iperf3_client, iperf3_server, udp_echo_server, udp_flows, wait_for
@@ -20,6 +22,7 @@ exclude = ["lan1"]
 """
 
 
+@pytest.mark.one_kernel
 def test_status_reload_check_and_daemon_down(lab: Lab, tmp_path: Path) -> None:
     with offloadd(lab.router, CONFIG, tmp_path) as d:
         d.wait_devices("ft", {"lan0", "wan0"})
