@@ -25,6 +25,7 @@ def status_report(status: Status, table_name: str, family: str,
     # kernel (6.16+) also lists names declared ahead of their device, and
     # names of devices that went away.
     present = {ln.name for ln in status.links}
+    declared = desired.declared_only() if desired else frozenset()
     attach = {a.flowtable: a for a in (desired.attach if desired else ())}
     for ft in (desired.table.flowtables if desired else ()):
         have = kernel.flowtable(ft.name) if kernel else None
@@ -41,7 +42,7 @@ def status_report(status: Status, table_name: str, family: str,
             "counter": ft.counter,
             "desired": sorted(ft.devices),
             "attached": sorted(d for d in have.devices if d in present) if have else [],
-            "declared": sorted(d for d in ft.devices if d not in present),
+            "declared": sorted(ft.devices & declared),
             "in_sync": have is not None and have.devices == ft.devices,
             "attach": how.mode.value if how else "daemon",
             "attach_reason": how.reason if how else "",
