@@ -110,7 +110,7 @@ def check(config: Config) -> int:
     """Prints the plan for the current links and kernel state; applies nothing."""
     backend = NftBackend(config.daemon.family.value, config.daemon.table)
     daemon = Daemon(Path("-"), config, backend, links=_NoLinks())
-    hooks = probe_name_hooks(Nft())
+    hooks = probe_name_hooks(backend.nft)
     daemon.status.name_hooks, daemon.status.name_hooks_reason = hooks.name_hooks, hooks.reason
     daemon.status.links = asyncio.run(current_links())
     desired, current, plan = daemon.plan_once()
