@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
 def judge(kernel: str, res: Path, vng_rc: int) -> int:
     tag = f"kernel {kernel}"
     guest_kernel = _read(res / "kernel") or "?"
+    userspace = _read(res / "userspace")
+    if userspace:
+        guest_kernel += f"; {userspace}"
     rc_text = _read(res / "guest_rc")
     junit = res / "junit.xml"
     if rc_text is None:

@@ -8,12 +8,22 @@ shift 2
 export PYTHONDONTWRITEBYTECODE=1   # the shared root filesystem is read-only
 uname -r > "$out/kernel"
 nft --version > "$out/nft-version" 2>&1
+# A root of another Debian suite (lab/roots.sh) carries offloadd's PyPI
+# dependencies in /opt/offloadd-lab/site and runs its own python3 on the
+# mounted repo; the host's root has the project venv.
+if [ -d /opt/offloadd-lab/site ]; then
+    py=/usr/bin/python3
+    export PYTHONPATH="/opt/offloadd-lab/site:$PWD"
+else
+    py=.venv/bin/python
+fi
+echo "Debian $(cat /etc/debian_version), $("$py" --version 2>&1), $(nft --version)" > "$out/userspace"
 # Boot time as the guest saw it, for the issue notes.
 cut -d' ' -f1 /proc/uptime > "$out/guest_uptime_at_start"
 # Test paths given on the command line replace the whole suite.
 suite=tests/integration
 for a in "$@"; do case "$a" in tests/*) suite= ;; esac; done
-.venv/bin/python -m pytest $suite -p no:cacheprovider \
+"$py" -m pytest $suite -p no:cacheprovider \
     -o junit_suite_name="integration-$(uname -r)" \
     --junitxml="$out/junit.xml" -rfEs "$@"
 rc=$?

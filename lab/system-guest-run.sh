@@ -10,6 +10,7 @@ mount -t ext4 /dev/vdb /results || { echo "system test: no results disk"; exit 1
 out=/results/out
 mkdir -p "$out"
 uname -r > "$out/kernel"
+echo "Debian $(cat /etc/debian_version), $(python3 --version 2>&1), $(nft --version)" > "$out/userspace"
 cut -d' ' -f1 /proc/uptime > "$out/guest_uptime_at_start"
 # Boot figures (this unit is part of the boot transaction, so systemd-analyze
 # cannot answer yet): when multi-user.target was reached, in guest seconds.

@@ -1,10 +1,10 @@
 #!/bin/bash
 # Builds the disk image for the full-system test (systemd as PID 1), as root:
-#   1. a minimal Debian 12 root (debootstrap, minbase) with systemd, nftables,
-#      conntrack, python3 + python3-nftables/python3-systemd (the Debian
-#      package's dependencies: the VM has no network, so they must be here)
-#      and python3-pytest. Cached under $LAB_CACHE/sysroot (a stamp names what
-#      went in; cold ~1-2 min).
+#   1. a minimal Debian root of SUITE (bookworm = Debian 12, trixie = Debian
+#      13; debootstrap, minbase) with systemd, nftables, conntrack, python3 +
+#      python3-nftables/python3-systemd (the Debian package's dependencies:
+#      the VM has no network, so they must be here) and python3-pytest.
+#      Cached by lab/roots.sh (a stamp names what went in; cold ~35 s).
 #   2. per run: the Debian package built twice from this checkout (its
 #      version, and the same tree as <version>~test1 to upgrade from; see
 #      lab/build-deb.sh), checked to install offline in a copy of that root,
@@ -15,15 +15,19 @@
 #      installed in the image: the test does that.
 #   3. a tiny initramfs (busybox from the root) that loads virtio_blk + ext4
 #      (modules in Debian's kernels), mounts /dev/vda and execs systemd.
-# Output: build/system/KERNEL/{root.img,initrd.img,vmlinuz}.
+# Usage: system-image.sh KERNEL [SUITE]  (SUITE: bookworm, the default, or trixie)
+# Output: build/system/SUITE-KERNEL/{root.img,initrd.img,vmlinuz}.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 # shellcheck source=lab/common.sh
 . "$here/common.sh"
+# shellcheck source=lab/roots.sh
+. "$here/roots.sh"
 
 series=${1:-6.1}
+suite=${2:-bookworm}
 [ "$(id -u)" = 0 ] || die "system-image.sh needs root (debootstrap, chroot)"
 command -v debootstrap >/dev/null || die "debootstrap is missing: apt-get install debootstrap"
 command -v mkfs.ext4 >/dev/null || die "mkfs.ext4 is missing: apt-get install e2fsprogs"
@@ -31,57 +35,11 @@ kdir=$(kernel_dir "$series")
 [ -n "$kdir" ] || die "kernel $series is not fetched yet: run lab/setup.sh (or make setup)"
 kver=$(basename "$kdir")
 
-# ---- 1. the cached Debian root --------------------------------------------
-# No netbase on purpose: without /etc/protocols nft lists `meta l4proto
-# { 6, 17 }`, which offloadd's read-back must still match (it once did not and
-# never got READY).
-# procps: the unit's ExecReload=/bin/kill comes from it (203/EXEC without it).
-# Everything the package Depends on is here (checked below with apt-get -s).
-root_packages=procps,systemd,systemd-sysv,udev,kmod,nftables,iproute2,conntrack,busybox-static,python3,python3-nftables,python3-systemd,python3-pytest
-# The Debian mirror this machine's apt uses (deb822 or one-line sources).
-debian_mirror() {
-    cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list \
-        2>/dev/null | sed -n 's/^URIs: *\(http[^ ]*\/debian\)\/*$/\1/p
-            s/^deb  *\(\[[^]]*\]  *\)\{0,1\}\(http[^ ]*\/debian\)\/*  *bookworm .*/\2/p' | head -1
-}
-mirror=${OFFLOADD_DEBIAN_MIRROR:-$(debian_mirror || true)}
-mirror=${mirror:-http://deb.debian.org/debian}
-sysroot="$LAB_CACHE/sysroot"
-# chroot with a clean environment: the host's PIP_* settings (local indexes,
-# find-links dirs) mean nothing inside the root.
-in_root() {
-    local dir=$1
-    shift
-    env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 chroot "$dir" "$@"
-}
-want_stamp=$(printf 'v2\n%s\n' "$root_packages" | sha256sum | cut -d' ' -f1)
-if [ "$(cat "$sysroot/.offloadd-sysroot" 2>/dev/null)" != "$want_stamp" ]; then
-    t0=$(date +%s)
-    log "system root: debootstrap bookworm from $mirror (packages: $root_packages)"
-    rm -rf "$sysroot.tmp"
-    mkdir -p "$LAB_CACHE/debs"
-    debootstrap --variant=minbase --cache-dir="$LAB_CACHE/debs" --include="$root_packages" \
-        bookworm "$sysroot.tmp" "$mirror" > "$LAB_CACHE/debootstrap.log" 2>&1 \
-        || { tail -20 "$LAB_CACHE/debootstrap.log" >&2; die "debootstrap failed (log: $LAB_CACHE/debootstrap.log)"; }
-    rm -rf "$sysroot.tmp"/var/cache/apt/archives/*.deb "$sysroot.tmp"/var/lib/apt/lists/*
-    mkdir -p "$sysroot.tmp/var/lib/apt/lists/partial"
-    # A quiet, quick boot: nothing here needs timers or a login prompt.
-    for u in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer \
-             getty@tty1.service serial-getty@ttyS0.service systemd-timesyncd.service; do
-        ln -sf /dev/null "$sysroot.tmp/etc/systemd/system/$u"
-    done
-    echo offloadd-system > "$sysroot.tmp/etc/hostname"
-    : > "$sysroot.tmp/etc/machine-id"
-    echo "$want_stamp" > "$sysroot.tmp/.offloadd-sysroot"
-    rm -rf "$sysroot"
-    mv "$sysroot.tmp" "$sysroot"
-    log "system root: ready in $(( $(date +%s) - t0 )) s ($(du -sh "$sysroot" | cut -f1))"
-else
-    log "system root: cached ($sysroot)"
-fi
+# ---- 1. the cached Debian root (lab/roots.sh) ---------------------------
+sysroot=$(ensure_root "$suite" system)
 
 # ---- 2. this checkout's package, twice, beside a copy of it --------------------
-out="$repo/build/system/$series"
+out="$repo/build/system/$suite-$series"
 stage="$out/root"
 debs="$out/debs"
 mkdir -p "$out"
@@ -189,4 +147,5 @@ chmod 755 "$ird/init"
 rm -rf "$ird"
 cp "$kdir/boot/vmlinuz-$kver" "$out/vmlinuz"
 echo "$kver" > "$out/kernel-version"
+echo "$suite $(cat "$sysroot/etc/debian_version")" > "$out/debian-version"
 log "image: $out/root.img (${size_mb} MiB, $(cd "$debs" && echo offloadd_*_all.deb)), kernel $kver"

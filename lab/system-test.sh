@@ -8,6 +8,8 @@
 # watchdog restart, traffic offload), purges the package, and powers off. Results come back on a second disk (ext4, read
 # with debugfs: no loop mount) and are judged by check_results.py: no
 # results, zero tests, a failure or a skip all fail the run.
+# Usage: system-test.sh [KERNEL [SUITE]]  (SUITE: bookworm = Debian 12, the
+# default, or trixie = Debian 13)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -15,20 +17,23 @@ repo=$(dirname "$here")
 . "$here/common.sh"
 
 series=${1:-6.1}
+suite=${2:-bookworm}
 case " $LAB_KERNELS " in *" $series "*) ;; *) die "unknown kernel '$series'; use one of: $LAB_KERNELS" ;; esac
+case "$suite" in bookworm|trixie) ;; *) die "unknown Debian suite '$suite' for the system test; use bookworm (Debian 12) or trixie (Debian 13)" ;; esac
+name="system-$suite-$series"
 
 t0=$(date +%s.%N)
-"$here/system-image.sh" "$series"
+"$here/system-image.sh" "$series" "$suite"
 t1=$(date +%s.%N)
-img="$repo/build/system/$series"
-out="$repo/build/results/system-$series"
+img="$repo/build/system/$suite-$series"
+out="$repo/build/results/$name"
 rm -rf "$out"
 mkdir -p "$out"
 results_img="$img/results.img"
 rm -f "$results_img"
 mkfs.ext4 -q -F -L results "$results_img" 64M
 
-log "system test ($series, $(cat "$img/kernel-version")): booting VM, systemd as PID 1"
+log "system test (Debian $(cat "$img/debian-version"), kernel $(cat "$img/kernel-version")): booting VM, systemd as PID 1"
 set +e
 timeout "${OFFLOADD_VM_TIMEOUT:-900}" qemu-system-x86_64 \
     -accel tcg -cpu max -smp "${OFFLOADD_VM_CPUS:-2}" -m "${OFFLOADD_VM_MEMORY:-2G}" \
@@ -37,7 +42,7 @@ timeout "${OFFLOADD_VM_TIMEOUT:-900}" qemu-system-x86_64 \
     -append "console=ttyS0 root=/dev/vda rw panic=-1 loglevel=4 systemd.show_status=auto" \
     -drive "file=$img/root.img,format=raw,if=virtio,snapshot=on" \
     -drive "file=$results_img,format=raw,if=virtio" \
-    </dev/null 2>&1 | tee "$out/console.log" | sed -u "s/^/[system $series] /"
+    </dev/null 2>&1 | tee "$out/console.log" | sed -u "s/^/[$name] /"
 qemu_rc=${PIPESTATUS[0]}
 set -e
 t2=$(date +%s.%N)
@@ -49,4 +54,4 @@ if debugfs -R "rdump /out $out" "$results_img" >/dev/null 2>&1 && [ -d "$out/out
 fi
 log "system test: image $(python3 -c "print(round($t1 - $t0))") s, VM $(cat "$out/wall_seconds") s (qemu exit $qemu_rc)"
 [ -f "$out/boot" ] && log "guest: $(cat "$out/boot")"
-"$repo/.venv/bin/python" "$here/check_results.py" --kernel "system-$series" --vng-rc "$qemu_rc" "$out"
+"$repo/.venv/bin/python" "$here/check_results.py" --kernel "$name" --vng-rc "$qemu_rc" "$out"

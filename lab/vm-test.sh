@@ -1,17 +1,28 @@
 #!/bin/bash
 # Boots the lab VM on one Debian kernel (virtme-ng, TCG: nested KVM hangs on
 # these machines) and runs the integration suite inside it. The guest shares
-# the host's root filesystem read-only; results come back through --rwdir as
-# JUnit XML plus the guest's exit status, and check_results.py refuses a run
-# that collected nothing, skipped anything, or left no readable result.
+# the host's root filesystem read-only (Debian 12 userspace), or with
+# --userspace SUITE a Debian root of that suite (lab/roots.sh: trixie =
+# Debian 13, sid = unstable) with the repo mounted in. Results come back
+# through --rwdir as JUnit XML plus the guest's exit status, and
+# check_results.py refuses a run that collected nothing, skipped anything, or
+# left no readable result.
+# Usage: vm-test.sh KERNEL [--userspace SUITE] [pytest args...]
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 . "$here/common.sh"
+# shellcheck source=lab/roots.sh
+. "$here/roots.sh"
 
-series=${1:?usage: vm-test.sh KERNEL [pytest args...]  (KERNEL: ${LAB_KERNELS// /|})}
+series=${1:?usage: vm-test.sh KERNEL [--userspace SUITE] [pytest args...]  (KERNEL: ${LAB_KERNELS// /|})}
 shift
+suite=host
+if [ "${1:-}" = --userspace ]; then
+    suite=${2:?--userspace needs a Debian suite: ${LAB_SUITES// /|}}
+    shift 2
+fi
 case " $LAB_KERNELS " in *" $series "*) ;; *) die "unknown kernel '$series'; use one of: $LAB_KERNELS" ;; esac
 
 kdir=$(kernel_dir "$series")
@@ -28,9 +39,28 @@ if [ "$series" != "$newest" ] && ! printf '%s\n' "$@" | grep -q '^tests/'; then
     args+=(--not-newest-kernel)
 fi
 
-out="$repo/build/results/$series"
+run=$series
+[ "$suite" = host ] || run="$series-$suite"
+# Debian unstable's nftables (>= 1.1.6) is the one with wildcard hooks.
+[ "$suite" = sid ] && args+=(--with-wildcards)
+out="$repo/build/results/$run"
 rm -rf "$out"
 mkdir -p "$out"
+# The capability test's ground truth, where a guest with another root sees it.
+cp "$kdir/boot/config-$ver" "$out/kernel-config"
+root_args=(--rwdir "$out")
+cwd=$repo
+gout=$out   # the results dir as the guest sees it
+if [ "$suite" != host ]; then
+    vmroot=$(ensure_root "$suite" vm)
+    prepare_vm_root "$vmroot" "$ver" "$kdir" "$repo" /offloadd-results
+    # The results dir apart from the repo: under the read-only repo mount a
+    # read-write one was shadowed (seen: "Read-only file system").
+    gout=/offloadd-results
+    root_args=(--root "$vmroot" --rodir "$repo=$repo" --rwdir "$gout=$out")
+    # vng takes --cwd as a host path under --root; the repo is mounted there.
+    cwd=$vmroot$repo
+fi
 
 # A boot that never reaches the test runner is booted again (at most 3 boots):
 # 7.3.4 under TCG with 2 vCPUs now and then oopses at boot (int3 in
@@ -40,7 +70,7 @@ mkdir -p "$out"
 start=$(date +%s.%N)
 for boot in 1 2 3; do
     if [ "$boot" = 1 ]; then
-        log "kernel $series ($ver): booting VM"
+        log "kernel $series ($ver), userspace $suite: booting VM"
     else
         log "kernel $series ($ver): booting VM again (boot $boot of at most 3)"
     fi
@@ -48,8 +78,8 @@ for boot in 1 2 3; do
     PATH="$repo/.venv/bin:$PATH" timeout "${OFFLOADD_VM_TIMEOUT:-2700}" \
         vng --run "$kdir/boot/vmlinuz-$ver" --disable-kvm \
             --cpus "${OFFLOADD_VM_CPUS:-2}" --memory "${OFFLOADD_VM_MEMORY:-2G}" \
-            --rwdir "$out" --cwd "$repo" ${OFFLOADD_VNG_EXTRA:-} \
-            -- "$here/guest-run.sh" "$out" "$kdir/boot/config-$ver" "${args[@]}" </dev/null 2>&1 | tee "$out/console.log" | sed -u "s/^/[vm $series] /"
+            "${root_args[@]}" --cwd "$cwd" ${OFFLOADD_VNG_EXTRA:-} \
+            -- "$here/guest-run.sh" "$gout" "$gout/kernel-config" "${args[@]}" </dev/null 2>&1 | tee "$out/console.log" | sed -u "s/^/[vm $run] /"
     vng_rc=${PIPESTATUS[0]}
     set -e
     # guest-run.sh writes $out/kernel first thing: its absence means no test ran.
@@ -63,4 +93,4 @@ done
 end=$(date +%s.%N)
 python3 -c "print(round($end - $start))" > "$out/wall_seconds"
 
-"$repo/.venv/bin/python" "$here/check_results.py" --kernel "$series" --vng-rc "$vng_rc" "$out"
+"$repo/.venv/bin/python" "$here/check_results.py" --kernel "$run" --vng-rc "$vng_rc" "$out"

@@ -19,17 +19,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--not-newest-kernel", action="store_true",
         help="leave out the tests marked one_kernel: they check the CLI or the dashboard, "
              "not the kernel, and `make test` runs them on the newest lab kernel only")
+    parser.addoption(
+        "--with-wildcards", action="store_true",
+        help="also run the tests marked wildcards: the VM has a kernel and nftables with "
+             "wildcard hooks (7.x, nftables >= 1.1.6: `make test` runs them with Debian "
+             "unstable's userspace)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         item.add_marker(pytest.mark.integration)
+    # Deselected, not skipped: a skip would count as a harness failure.
+    leave_out = [] if config.getoption("--with-wildcards") else ["wildcards"]
     if config.getoption("--not-newest-kernel"):
-        # Deselected, not skipped: a skip would count as a harness failure.
-        dropped = [i for i in items if i.get_closest_marker("one_kernel") is not None]
-        if dropped:
-            config.hook.pytest_deselected(items=dropped)
-            items[:] = [i for i in items if i.get_closest_marker("one_kernel") is None]
+        leave_out.append("one_kernel")
+    dropped = [i for i in items if any(i.get_closest_marker(m) for m in leave_out)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [i for i in items if i not in dropped]
 
 
 @pytest.fixture(scope="session", autouse=True)

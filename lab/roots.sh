@@ -1,0 +1,134 @@
+# Debian roots for the lab VMs (sourced, not run; needs common.sh first).
+#
+# Why: the integration suite normally runs on the host's own root (Debian 12:
+# Python 3.11, nftables 1.0.6), shared into the VM read-only. A gateway built
+# today runs Debian 13 (Python 3.13, nftables 1.1.3), and the kernel wildcard
+# hooks need nftables >= 1.1.6, which only unstable has (1.1.7, Python 3.14).
+# So the VM can boot with a debootstrapped root of another Debian suite
+# instead (vng --root), and the full-system test's image starts from one.
+#
+# Two kinds of root, each cached under $LAB_CACHE/roots/<suite>-<purpose> with
+# a stamp naming what went in (cold: ~35 s each from the package registry):
+#   system  systemd, the package's dependencies, pytest (lab/system-image.sh)
+#   vm      the integration suite's tools (nft, conntrack, iperf3, prometheus),
+#           python3-nftables and pytest from the suite, and offloadd's PyPI
+#           dependencies as the Debian package vendors them (debian/vendor.txt,
+#           unpacked into /opt/offloadd-lab/site: pure-Python wheels, so one
+#           download serves every Python). The repo is not in the root: the
+#           VM mounts it, and guest-run.sh puts it on PYTHONPATH.
+
+LAB_SUITES="bookworm trixie sid"
+
+# No netbase on purpose: without /etc/protocols nft lists `meta l4proto
+# { 6, 17 }`, which offloadd's read-back must still match (it once did not and
+# never got READY).
+# procps: the unit's ExecReload=/bin/kill comes from it (203/EXEC without it).
+# Everything the package Depends on is here (checked with apt-get -s).
+ROOT_PACKAGES_system=procps,systemd,systemd-sysv,udev,kmod,nftables,iproute2,conntrack,busybox-static,python3,python3-nftables,python3-systemd,python3-pytest
+# udev: without it the guest script's output and exit status are lost (vng).
+ROOT_PACKAGES_vm=procps,udev,kmod,nftables,iproute2,iputils-ping,conntrack,iperf3,prometheus,python3,python3-nftables,python3-systemd,python3-pytest
+
+# The Debian mirror this machine's apt uses (deb822 or one-line sources).
+debian_mirror() {
+    cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list \
+        2>/dev/null | sed -n 's/^URIs: *\(http[^ ]*\/debian\)\/*$/\1/p
+            s/^deb  *\(\[[^]]*\]  *\)\{0,1\}\(http[^ ]*\/debian\)\/*  *bookworm .*/\2/p' | head -1
+}
+
+# chroot with a clean environment: the host's PIP_* settings (local indexes,
+# find-links dirs) mean nothing inside the root.
+in_root() {
+    local dir=$1
+    shift
+    env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 chroot "$dir" "$@"
+}
+
+# The vendored wheels of debian/vendor.txt, fetched once (hash-checked).
+lab_wheels() {
+    local wheels="$LAB_CACHE/wheels" py=/usr/bin/python3
+    mkdir -p "$wheels"
+    dl() {
+        PIP_CONFIG_FILE=/dev/null "$py" -m pip download -q --disable-pip-version-check \
+            --no-deps --only-binary=:all: --require-hashes -r "$repo/debian/vendor.txt" -d "$wheels" "$@"
+    }
+    if ! dl --no-index --find-links "$wheels" >/dev/null 2>&1; then
+        log "fetching the wheels of debian/vendor.txt from PyPI"
+        dl >/dev/null || die "could not fetch the wheels of debian/vendor.txt"
+    fi
+    echo "$wheels"
+}
+
+# Path of the cached root for suite $1 and purpose $2 (system|vm); builds it
+# when missing or stale. Needs root (debootstrap, chroot).
+ensure_root() {
+    local suite=$1 purpose=$2 dir packages want have mirror t0 wheels w
+    case " $LAB_SUITES " in *" $suite "*) ;; *) die "unknown Debian suite '$suite'; use one of: $LAB_SUITES" ;; esac
+    case "$purpose" in
+        system) packages=$ROOT_PACKAGES_system ;;
+        vm) packages=$ROOT_PACKAGES_vm ;;
+        *) die "unknown root purpose '$purpose' (system or vm)" ;;
+    esac
+    [ "$(id -u)" = 0 ] || die "building a Debian root needs root (debootstrap, chroot)"
+    command -v debootstrap >/dev/null || die "debootstrap is missing: apt-get install debootstrap"
+    dir="$LAB_CACHE/roots/$suite-$purpose"
+    want=$(printf 'v3\n%s\n%s\n%s\n' "$suite" "$packages" \
+        "$([ "$purpose" = vm ] && cat "$repo/debian/vendor.txt")" | sha256sum | cut -d' ' -f1)
+    have=$(cat "$dir/.offloadd-root" 2>/dev/null || true)
+    if [ "$have" = "$want" ]; then
+        log "$suite $purpose root: cached ($dir)"
+        echo "$dir"
+        return 0
+    fi
+    mirror=${OFFLOADD_DEBIAN_MIRROR:-$(debian_mirror || true)}
+    mirror=${mirror:-http://deb.debian.org/debian}
+    t0=$(date +%s)
+    log "$suite $purpose root: debootstrap $suite from $mirror (packages: $packages)"
+    rm -rf "$dir.tmp"
+    mkdir -p "$LAB_CACHE/debs-$suite"
+    debootstrap --variant=minbase --cache-dir="$LAB_CACHE/debs-$suite" --include="$packages" \
+        "$suite" "$dir.tmp" "$mirror" > "$LAB_CACHE/debootstrap-$suite-$purpose.log" 2>&1 \
+        || { tail -20 "$LAB_CACHE/debootstrap-$suite-$purpose.log" >&2
+             die "debootstrap $suite failed (log: $LAB_CACHE/debootstrap-$suite-$purpose.log)"; }
+    rm -rf "$dir.tmp"/var/cache/apt/archives/*.deb "$dir.tmp"/var/lib/apt/lists/*
+    mkdir -p "$dir.tmp/var/lib/apt/lists/partial"
+    if [ "$purpose" = system ]; then
+        # A quiet, quick boot: nothing here needs timers or a login prompt.
+        for u in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer \
+                 getty@tty1.service serial-getty@ttyS0.service systemd-timesyncd.service; do
+            ln -sf /dev/null "$dir.tmp/etc/systemd/system/$u"
+        done
+        echo offloadd-system > "$dir.tmp/etc/hostname"
+        : > "$dir.tmp/etc/machine-id"
+    else
+        wheels=$(lab_wheels)
+        mkdir -p "$dir.tmp/opt/offloadd-lab/site"
+        for w in "$wheels"/*.whl; do
+            /usr/bin/python3 -m zipfile -e "$w" "$dir.tmp/opt/offloadd-lab/site/"
+        done
+        in_root "$dir.tmp" python3 -c "import sys; sys.path.insert(0, '/opt/offloadd-lab/site'); import pyroute2, prometheus_client, nftables, pytest" \
+            || die "the $suite vm root cannot import offloadd's dependencies"
+    fi
+    echo "$want" > "$dir.tmp/.offloadd-root"
+    rm -rf "$dir"
+    mv "$dir.tmp" "$dir"
+    log "$suite $purpose root: ready in $(( $(date +%s) - t0 )) s ($(du -sh "$dir" | cut -f1))"
+    echo "$dir"
+}
+
+# Makes kernel $2 (version $3, unpacked in $4) and the host directories given
+# after it visible in the vm root $1: the modules where modprobe looks (hard
+# links when on the same filesystem), and empty mount points for vng's
+# --rodir/--rwdir.
+prepare_vm_root() {
+    local root=$1 ver=$2 kdir=$3 d
+    shift 3
+    if [ ! -d "$root/usr/lib/modules/$ver" ]; then
+        mkdir -p "$root/usr/lib/modules"
+        cp -al "$kdir/lib/modules/$ver" "$root/usr/lib/modules/" 2>/dev/null \
+            || cp -a "$kdir/lib/modules/$ver" "$root/usr/lib/modules/"
+        rm -f "$root/usr/lib/modules/$ver/build" "$root/usr/lib/modules/$ver/source"
+    fi
+    for d in "$@"; do
+        mkdir -p "$root$d"
+    done
+}
