@@ -26,8 +26,10 @@ def format_status(r: dict[str, Any]) -> str:
                    f"{t['forward_priority']}")
     else:
         out.append(f"table {t['family']} {t['name']}: absent (nothing is offloaded)")
-    if r.get("kernel"):
-        out.append(f"kernel: {r['kernel']['reason']}")
+    k = r.get("kernel")
+    if k:
+        wild = f"; {k['wildcards_reason']}" if k.get("wildcards_reason") else ""
+        out.append(f"kernel: {k['reason']}{wild}")
     for ft in r["flowtables"]:
         out.extend(_format_flowtable(ft))
     if r.get("left_out"):

@@ -15,7 +15,7 @@ from offloadd.core.attach import AttachMode, attach_plan, is_glob
 from offloadd.core.config import Config, FlowtableConfig, Hardware
 from offloadd.core.errors import NftError
 from offloadd.core.model import DesiredResult, Link, desired_state
-from offloadd.kernel.capability import probe_name_hooks
+from offloadd.kernel.capability import probe_name_hooks, probe_wildcard_hooks
 from offloadd.service.report import status_report
 from offloadd.service.status import Status
 
@@ -136,6 +136,62 @@ def test_the_probe_dry_runs_a_flowtable_naming_a_device_that_does_not_exist() ->
     assert not other.name_hooks and "refused" in other.reason
 
 
+class _ScriptedRunner:
+    """Answers each dry run by what it holds: "lo*" -> ``wild``, lo alone -> ``control``
+    (an errno, or None for accepted)."""
+
+    def __init__(self, wild: int | None, control: int | None = None,
+                 tables: tuple[str, ...] = ()) -> None:
+        self.wild, self.control, self.tables = wild, control, tables
+        self.scripts: list[tuple[str, bool]] = []
+
+    def run(self, script: str, *, dry_run: bool = False) -> None:
+        self.scripts.append((script, dry_run))
+        code = self.wild if '"lo*"' in script else self.control
+        if code is not None:
+            e = NftError(f"nft refused the transaction: Could not process rule: "
+                         f"{errno.errorcode[code]}")
+            e.errno = code
+            raise e
+
+    def list_json(self, what: str) -> list[dict[str, Any]]:
+        assert what == "tables"
+        return [{"table": {"family": "inet", "name": n}} for n in self.tables]
+
+
+def test_the_wildcard_probe_takes_eexist_as_the_kernel_matching_lo_by_prefix() -> None:
+    runner = _ScriptedRunner(errno.EEXIST, tables=("oflprobe0", "filter"))
+    res = probe_wildcard_hooks(runner, name_hooks=True)
+    assert res.wildcards and '"lo*" took lo' in res.reason
+    (control, c_dry), (wild, w_dry) = runner.scripts
+    assert c_dry and w_dry
+    # A scratch table nobody has; the control names lo alone.
+    assert control.startswith("add table inet oflprobe1\n") and '"lo*"' not in control
+    assert 'flowtable inet oflprobe1 b { hook ingress priority 0; devices = { "lo" }; }' in control
+    assert ('flowtable inet oflprobe1 a { hook ingress priority 0; devices = { "lo*" }; }'
+            in wild) and control.splitlines()[1] in wild.splitlines()
+
+
+def test_the_wildcard_probe_tells_old_userspace_and_old_kernels_apart() -> None:
+    literal = probe_wildcard_hooks(_ScriptedRunner(None), name_hooks=True)
+    assert not literal.wildcards and "literal name (nftables < 1.1.6)" in literal.reason
+    enoent = probe_wildcard_hooks(_ScriptedRunner(errno.ENOENT), name_hooks=True)
+    assert not enoent.wildcards and "does not exist" in enoent.reason
+    other = probe_wildcard_hooks(_ScriptedRunner(errno.EINVAL), name_hooks=True)
+    assert not other.wildcards and "refused a wildcard" in other.reason
+    assert "EINVAL" in other.reason
+    control = probe_wildcard_hooks(_ScriptedRunner(errno.EEXIST, control=errno.EPERM),
+                                   name_hooks=True)
+    assert not control.wildcards and "flowtable on lo was refused" in control.reason
+
+
+def test_without_name_hooks_wildcards_are_not_probed() -> None:
+    runner = _ScriptedRunner(errno.EEXIST)
+    res = probe_wildcard_hooks(runner, name_hooks=False)
+    assert not res.wildcards and "need name hooks" in res.reason
+    assert runner.scripts == []
+
+
 def test_status_shows_the_mode_and_counts_a_declared_name_as_not_attached() -> None:
     cfg = _cfg(FlowtableConfig("wan", devices=("ppp0", "eth*")))
     links = (Link(1, "eth0", None),)
@@ -144,12 +200,13 @@ def test_status_shows_the_mode_and_counts_a_declared_name_as_not_attached() -> N
     status.desired = _desired(cfg, links)
     rep = status_report(status, "offloadd", "inet", status.desired.table, now=0.0)
     (ft,) = rep["flowtables"]
-    assert rep["kernel"] == {"name_hooks": True, "reason": "name hooks: yes"}
+    assert rep["kernel"] == {"name_hooks": True, "reason": "name hooks: yes",
+                             "wildcards": False, "wildcards_reason": "not probed"}
     assert ft["attached"] == ["eth0"] and ft["declared"] == ["ppp0"]
     assert ft["attach"] == "mixed" and ft["in_sync"]
     rep["daemon"]["running"] = True
     text = format_status(rep)
-    assert "kernel: name hooks: yes" in text
+    assert "kernel: name hooks: yes; not probed" in text
     assert "1/1 devices attached, in sync, 1 name(s) declared ahead of their device" in text
     assert "attach: mixed (ppp0 declared" in text
     assert "ppp0" in text and "[DECLARED, no device yet]" in text
