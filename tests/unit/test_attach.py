@@ -410,3 +410,32 @@ def test_status_shows_the_mode_and_counts_a_declared_name_as_not_attached() -> N
     assert "1/1 devices attached, in sync, 1 name(s) declared ahead of their device" in text
     assert "attach: mixed (ppp0 declared" in text
     assert "ppp0" in text and "[DECLARED, no device yet]" in text
+
+
+def test_status_counts_what_a_kernel_wildcard_hooks_as_attached() -> None:
+    cfg = _cfg(FlowtableConfig("edge", devices=("lan0", "ppp0", "wan*")))
+    links = _links("lan0", "wan0", "wan1")
+    status = Status(config_path=Path("/etc/offloadd/offloadd.toml"), links=links,
+                    name_hooks=True, name_hooks_reason="name hooks: yes",
+                    wildcard_hooks=True, wildcard_hooks_reason="kernel wildcards: yes")
+    status.desired = _desired(cfg, links, wild=True)
+    rep = status_report(status, "offloadd", "inet", status.desired.table, now=0.0)
+    (ft,) = rep["flowtables"]
+    assert rep["kernel"]["wildcards"] is True
+    assert rep["kernel"]["wildcards_reason"] == "kernel wildcards: yes"
+    assert ft["desired"] == ["lan0", "ppp0", "wan*"] and ft["wildcards"] == ["wan*"]
+    assert ft["attached"] == ["lan0", "wan0", "wan1"] and ft["declared"] == ["ppp0"]
+    assert ft["attach"] == "kernel" and ft["in_sync"]
+    rep["daemon"]["running"] = True
+    text = format_status(rep)
+    assert "kernel: name hooks: yes; kernel wildcards: yes" in text
+    assert ("3/3 devices attached, in sync, 1 name(s) declared ahead of their device, "
+            "1 kernel wildcard(s)") in text
+    assert "  wan*            [KERNEL WILDCARD: wan0, wan1]" in text
+    assert "hooked by the kernel's wildcard wan*" in text and "NOT ATTACHED" not in text
+    # Nothing under it yet.
+    status.links = _links("lan0")
+    status.desired = _desired(cfg, status.links, wild=True)
+    rep = status_report(status, "offloadd", "inet", status.desired.table, now=0.0)
+    rep["daemon"]["running"] = True
+    assert "  wan*            [KERNEL WILDCARD, no device yet]" in format_status(rep)
