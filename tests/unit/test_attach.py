@@ -27,6 +27,7 @@ from offloadd.core.simulate import apply_plan
 from offloadd.kernel.capability import probe_name_hooks, probe_wildcard_hooks
 from offloadd.service.report import status_report
 from offloadd.service.status import Status
+from tests.lab.nftns import wildcard_hooks_by_version
 
 
 def _cfg(*fts: FlowtableConfig) -> Config:
@@ -439,3 +440,16 @@ def test_status_counts_what_a_kernel_wildcard_hooks_as_attached() -> None:
     rep = status_report(status, "offloadd", "inet", status.desired.table, now=0.0)
     rep["daemon"]["running"] = True
     assert "  wan*            [KERNEL WILDCARD, no device yet]" in format_status(rep)
+
+
+def test_the_labs_version_oracle_for_kernel_wildcards() -> None:
+    """tests.lab.nftns.wildcard_hooks_by_version decides which lab runs carry
+    the integration tests marked wildcards."""
+    v117, v106 = "nftables v1.1.7 (Commodore Bullmoose #8)\n", "nftables v1.0.6 (Lester Gooch #5)"
+    assert wildcard_hooks_by_version("7.3.4+deb13-amd64", v117)[0]
+    assert wildcard_hooks_by_version("6.16.6", v117)[0]
+    ok, why = wildcard_hooks_by_version("7.3.4+deb13-amd64", v106)
+    assert not ok and "v1.0.6" in why and "literal name" in why
+    for old in ("6.1.0-56-amd64", "6.12.117+deb12-amd64", "6.16.5"):
+        ok, why = wildcard_hooks_by_version(old, v117)
+        assert not ok and "no wildcard hooks" in why, old
