@@ -303,3 +303,4 @@ def test_with_kernel_wildcards_a_device_the_wildcard_covers_costs_no_transaction
     assert d.reconcile().is_empty
     assert d.status.desired is not None
     assert d.status.desired.flowtable_of() == {"lan0": "ft", "wan0": "ft", "wan7": "ft"}
+    assert d.status_line().startswith("1 flowtable(s), 3 device(s);")
