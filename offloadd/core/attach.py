@@ -61,8 +61,8 @@ def is_glob(pattern: str) -> bool:
 
 
 def wildcard_prefix(pattern: str) -> str | None:
-    """"wan" for "wan*": the prefix of a pattern the kernel can take as a
-    wildcard; None for any other pattern or name."""
+    """The prefix of a pattern the kernel can take as a wildcard ("wan" for
+    "wan*"); None for any other pattern or name."""
     if not _PREFIX_GLOB.match(pattern):
         return None
     prefix = pattern[:-1]
@@ -109,9 +109,11 @@ def _not_a_wildcard(pattern: str, sel: FlowtableConfig, config: Config) -> str |
     """Why ``pattern`` of ``sel`` cannot be a kernel wildcard; None if it can."""
     prefix = wildcard_prefix(pattern)
     if prefix is None:
-        if _PREFIX_GLOB.match(pattern):
-            return f"its prefix {pattern[:-1]!r} is too long for a kernel wildcard"
-        return 'only prefix patterns ("name*") can be kernel wildcards'
+        if not _PREFIX_GLOB.match(pattern):
+            return 'only prefix patterns ("name*") can be kernel wildcards'
+        if len(pattern.encode()) > IFNAME_MAX:
+            return f"longer than {IFNAME_MAX} bytes, too long for a kernel wildcard"
+        return "its prefix cannot be written in an nft script"
     for x in sel.exclude:
         if _may_share_prefix(prefix, x):
             return (f'exclude "{x}" may match devices starting with "{prefix}", which the '

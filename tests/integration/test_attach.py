@@ -164,7 +164,7 @@ def _flowtable_devices(ns: Netns, table: str, name: str) -> set[str]:
 @pytest.mark.wildcards
 def test_a_kernel_wildcard_hooks_a_device_that_appears_with_offloadd_stopped(
         lab: Lab, tmp_path: Path) -> None:
-    """"wan*" goes to the kernel as it is, in place of wan0; with offloadd
+    """The kernel gets "wan*" as it is, in place of wan0; with offloadd
     stopped, a wan7 that registers afterwards is hooked by the kernel alone."""
     r = lab.router
     with offloadd(r, WILDCARD_CONFIG, tmp_path) as d:
