@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from offloadd.core.attach import wildcard_covering
+
 
 def format_status(r: dict[str, Any]) -> str:
     out = []
@@ -26,8 +28,10 @@ def format_status(r: dict[str, Any]) -> str:
                    f"{t['forward_priority']}")
     else:
         out.append(f"table {t['family']} {t['name']}: absent (nothing is offloaded)")
-    if r.get("kernel"):
-        out.append(f"kernel: {r['kernel']['reason']}")
+    k = r.get("kernel")
+    if k:
+        wild = f"; {k['wildcards_reason']}" if k.get("wildcards_reason") else ""
+        out.append(f"kernel: {k['reason']}{wild}")
     for ft in r["flowtables"]:
         out.extend(_format_flowtable(ft))
     if r.get("left_out"):
@@ -59,18 +63,27 @@ def _format_flowtable(ft: dict[str, Any]) -> list[str]:
     out = []
     kind = "hardware" if ft["hardware"] else "software"
     declared = ft.get("declared", [])
+    wildcards = ft.get("wildcards", [])
+    present = [d["device"] for d in ft["devices"] if d.get("present", True)]
     if ft["desired"] is None:
         sync = f"{len(ft['attached'])} attached"
     else:
         state = "in sync" if ft["in_sync"] else "OUT OF SYNC"
-        sync = (f"{len(ft['attached'])}/{len(ft['desired']) - len(declared)} devices "
-                f"attached, {state}")
+        # Out of the devices offloadd placed: listed ones and those a kernel
+        # wildcard covers (never listed themselves).
+        sync = f"{len(ft['attached'])}/{len(present)} devices attached, {state}"
         if declared:
             sync += f", {len(declared)} name(s) declared ahead of their device"
+        if wildcards:
+            sync += f", {len(wildcards)} kernel wildcard(s)"
     out.append(f"flowtable {ft['name']} ({kind}{', counter' if ft['counter'] else ''}): "
                f"{sync}")
     if ft.get("attach_reason"):
         out.append(f"  attach: {ft['attach']} ({ft['attach_reason']})")
+    for spec in wildcards:
+        covered = [d for d in present if wildcard_covering((spec,), d) is not None]
+        hooked = f": {', '.join(covered)}" if covered else ", no device yet"
+        out.append(f"  {spec:<15} [KERNEL WILDCARD{hooked}]")
     if ft["devices"]:
         for dev in ft["devices"]:
             if not dev.get("present", True):

@@ -23,7 +23,7 @@ from offloadd.core.configparse import load_config
 from offloadd.core.errors import ConfigError, OffloaddError
 from offloadd.core.render import render
 from offloadd.kernel.backend import NftBackend
-from offloadd.kernel.capability import probe, probe_name_hooks
+from offloadd.kernel.capability import probe, probe_name_hooks, probe_wildcard_hooks
 from offloadd.kernel.conntrack import ConntrackCounter, teardown_timeout_warnings
 from offloadd.kernel.leftbehind import ConntrackScanner
 from offloadd.kernel.links import LinkWatcher, current_links
@@ -111,13 +111,16 @@ def check(config: Config) -> int:
     backend = NftBackend(config.daemon.family.value, config.daemon.table)
     daemon = Daemon(Path("-"), config, backend, links=_NoLinks())
     hooks = probe_name_hooks(backend.nft)
+    wild = probe_wildcard_hooks(backend.nft, hooks.name_hooks)
     daemon.status.name_hooks, daemon.status.name_hooks_reason = hooks.name_hooks, hooks.reason
+    daemon.status.wildcard_hooks, daemon.status.wildcard_hooks_reason = wild.wildcards, wild.reason
     daemon.status.links = asyncio.run(current_links())
     desired, current, plan = daemon.plan_once()
     print(f"# config OK: {len(config.flowtables)} flowtable(s); table "
           f"{config.daemon.family.value} {config.daemon.table} "
           f"{'exists' if current else 'does not exist yet'}")
     print(f"# kernel: {hooks.reason}")
+    print(f"# kernel: {wild.reason}")
     for a in desired.attach:
         print(f"# flowtable {a.flowtable}: {a.mode.value} attach ({a.reason})")
     for d in desired.decisions:
@@ -148,6 +151,8 @@ async def run(config_path: Path, config: Config) -> int:
         log.warning("%s", warning)
     hooks = probe_name_hooks(nft)
     log.info("kernel: %s", hooks.reason)
+    wild = probe_wildcard_hooks(nft, hooks.name_hooks)
+    log.info("kernel: %s", wild.reason)
     backend = NftBackend(config.daemon.family.value, config.daemon.table, nft)
     # A small receive buffer provokes netlink overruns (ENOBUFS) on purpose
     # in tests of the resync path.
@@ -159,6 +164,7 @@ async def run(config_path: Path, config: Config) -> int:
                     notify=Notifier.from_environ(), nft_changes=NftEvents(),
                     left_behind=ConntrackScanner())
     daemon.status.name_hooks, daemon.status.name_hooks_reason = hooks.name_hooks, hooks.reason
+    daemon.status.wildcard_hooks, daemon.status.wildcard_hooks_reason = wild.wildcards, wild.reason
     exporter = _start_metrics(config, daemon, watcher)
     try:
         await daemon.run()

@@ -13,23 +13,33 @@ the device, known only when it appears), no ``kinds`` (the kernel hooks a
 name whatever its kind), not excluded, and not possibly claimed by an earlier
 flowtable. Everything else is attached by the daemon, per flowtable, with the
 reason shown in ``offloadctl status`` and ``--check``.
+
+Where kernel and libnftables hook by prefix (the wildcard probe), a prefix
+pattern ("wan*") is handed to the kernel as it is, on the same conditions and
+two more: no exclude of its flowtable may match a name with that prefix, and
+no other flowtable of the table may take one. The kernel refuses a whole
+batch (EEXIST) when a name its wildcard covers sits in another flowtable of
+the table, and it would hook an excluded device all the same.
 """
 
 from __future__ import annotations
 
 import enum
 import fnmatch
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from offloadd.core.config import Config, FlowtableConfig, Hardware
+from offloadd.core.config import IFNAME_MAX, Config, FlowtableConfig, Hardware, is_safe_ifname
 
 GLOB_CHARS = frozenset("*?[")
+# A literal prefix and one trailing "*": the only glob the kernel can match.
+_PREFIX_GLOB = re.compile(r"^[^*?\[\]]+\*$")
 
 
 class AttachMode(enum.Enum):
-    KERNEL = "kernel"  # every configured name declared; the kernel hooks each device itself
-    MIXED = "mixed"  # exact names declared, patterns attached by offloadd
+    KERNEL = "kernel"  # every configured name or pattern declared; the kernel hooks each device
+    MIXED = "mixed"  # some declared (names, wildcards), the rest attached by offloadd
     DAEMON = "daemon"  # offloadd attaches each device when it sees it
 
 
@@ -41,10 +51,48 @@ class FlowtableAttach:
     mode: AttachMode
     reason: str
     declared: tuple[str, ...] = ()  # names given to the kernel ahead of their device
+    # Prefix patterns ("wan*") given to the kernel as wildcards: it hooks every
+    # device whose name starts with the prefix, present or to come.
+    wildcards: tuple[str, ...] = ()
 
 
 def is_glob(pattern: str) -> bool:
     return any(c in GLOB_CHARS for c in pattern)
+
+
+def wildcard_prefix(pattern: str) -> str | None:
+    """The prefix of a pattern the kernel can take as a wildcard ("wan" for
+    "wan*"); None for any other pattern or name."""
+    if not _PREFIX_GLOB.match(pattern):
+        return None
+    prefix = pattern[:-1]
+    # The kernel keeps the spec in an IFNAMSIZ buffer, "*" included.
+    if not is_safe_ifname(prefix) or len(prefix.encode()) + 1 > IFNAME_MAX:
+        return None
+    return prefix
+
+
+def wildcard_covering(specs: Iterable[str], name: str) -> str | None:
+    """The wildcard among ``specs`` that covers device ``name``, if any."""
+    for spec in specs:
+        prefix = wildcard_prefix(spec)
+        if prefix is not None and name.startswith(prefix):
+            return spec
+    return None
+
+
+def _literal_part(pattern: str) -> str:
+    cut = min((pattern.index(c) for c in GLOB_CHARS if c in pattern), default=len(pattern))
+    return pattern[:cut]
+
+
+def _may_share_prefix(prefix: str, pattern: str) -> bool:
+    """Whether ``pattern`` might match a name starting with ``prefix``
+    (conservative: compares the literal parts only)."""
+    if not is_glob(pattern):
+        return pattern.startswith(prefix)
+    lit = _literal_part(pattern)
+    return lit.startswith(prefix) or prefix.startswith(lit)
 
 
 def _claimed_before(name: str, earlier: Sequence[FlowtableConfig]) -> str | None:
@@ -57,54 +105,125 @@ def _claimed_before(name: str, earlier: Sequence[FlowtableConfig]) -> str | None
     return None
 
 
+def _not_a_wildcard(pattern: str, sel: FlowtableConfig, config: Config) -> str | None:
+    """Why ``pattern`` of ``sel`` cannot be a kernel wildcard; None if it can."""
+    prefix = wildcard_prefix(pattern)
+    if prefix is None:
+        if not _PREFIX_GLOB.match(pattern):
+            return 'only prefix patterns ("name*") can be kernel wildcards'
+        if len(pattern.encode()) > IFNAME_MAX:
+            return f"longer than {IFNAME_MAX} bytes, too long for a kernel wildcard"
+        return "its prefix cannot be written in an nft script"
+    for x in sel.exclude:
+        if _may_share_prefix(prefix, x):
+            return (f'exclude "{x}" may match devices starting with "{prefix}", which the '
+                    "kernel would hook all the same")
+    for other in config.flowtables:
+        if other.name == sel.name:
+            continue
+        if not other.devices or any(_may_share_prefix(prefix, p) for p in other.devices):
+            return f'flowtable {other.name!r} may take devices starting with "{prefix}"'
+    return None
+
+
+def _wildcards(sel: FlowtableConfig, config: Config
+               ) -> tuple[list[str], list[str], list[str]]:
+    """(wildcards to declare, patterns covered by a shorter one, patterns left
+    to offloadd with why) for a flowtable the kernel may attach."""
+    candidates: list[str] = []
+    kept: list[str] = []
+    for p in sel.devices:
+        if not is_glob(p):
+            continue
+        why = _not_a_wildcard(p, sel, config)
+        if why is None:
+            candidates.append(p)
+        else:
+            kept.append(f'"{p}" attached by offloadd: {why}')
+    # "wan*" next to "wa*" is the same hook twice, which the kernel refuses
+    # in one list (EEXIST): the shorter prefix covers it.
+    declared: list[str] = []
+    covered: list[str] = []
+    for p in candidates:
+        by = wildcard_covering([c for c in candidates if c != p], p[:-1])
+        if by is None:
+            declared.append(p)
+        else:
+            covered.append(f"{p} ({by})")
+    return declared, covered, kept
+
+
 def attach_plan(config: Config, name_hooks: bool,
-                no_hooks_reason: str = "the kernel has no name hooks (Linux < 6.16)"
+                no_hooks_reason: str = "the kernel has no name hooks (Linux < 6.16)",
+                wildcards: bool = False,
+                no_wildcards_reason: str = "kernel wildcards are not used",
                 ) -> tuple[FlowtableAttach, ...]:
-    """Per configured flowtable: which exact names to declare, and why (not)."""
+    """Per configured flowtable: which exact names and (with ``wildcards``)
+    which prefix patterns to declare, and why (not)."""
     out: list[FlowtableAttach] = []
     for i, sel in enumerate(config.flowtables):
-        daemon = AttachMode.DAEMON
-        if not name_hooks:
-            out.append(FlowtableAttach(sel.name, daemon, no_hooks_reason))
-            continue
-        if sel.hardware is not Hardware.OFF:
-            out.append(FlowtableAttach(sel.name, daemon, (
-                f'hardware = "{sel.hardware.value}": whether a device goes to the hardware '
-                "or the software flowtable is known only when it appears")))
-            continue
-        if sel.kinds:
-            out.append(FlowtableAttach(sel.name, daemon, (
-                f"kinds = {sorted(sel.kinds)}: the kernel would hook a name whatever its "
-                "kind")))
-            continue
-        exact = [p for p in sel.devices if not is_glob(p)]
-        patterns = [p for p in sel.devices if is_glob(p)]
-        declared: list[str] = []
-        skipped: list[str] = []
-        for name in exact:
-            if any(fnmatch.fnmatchcase(name, p) for p in sel.exclude):
-                skipped.append(f"{name} (excluded)")
-                continue
-            before = _claimed_before(name, config.flowtables[:i])
-            if before is not None:
-                skipped.append(f"{name} (flowtable {before!r} may take it)")
-                continue
-            declared.append(name)
-        parts = []
-        if declared:
-            parts.append(f"{', '.join(declared)} declared to the kernel ahead of the device")
-        if patterns:
-            parts.append(f"patterns {', '.join(patterns)} attached by offloadd "
-                         "(kernel wildcards are not used)")
-        if skipped:
-            parts.append(f"attached by offloadd: {', '.join(skipped)}")
-        if not sel.devices:
-            parts.append("no device names, only kinds or every device: attached by offloadd")
-        if not declared:
-            mode = daemon
-        elif patterns or skipped:
-            mode = AttachMode.MIXED
+        why = no_hooks_reason if not name_hooks else _daemon_only(sel)
+        if why is not None:
+            out.append(FlowtableAttach(sel.name, AttachMode.DAEMON, why))
         else:
-            mode = AttachMode.KERNEL
-        out.append(FlowtableAttach(sel.name, mode, "; ".join(parts), tuple(declared)))
+            out.append(_declared(config, i, wildcards, no_wildcards_reason))
     return tuple(out)
+
+
+def _daemon_only(sel: FlowtableConfig) -> str | None:
+    """Why the kernel can attach nothing of ``sel`` by itself, if so."""
+    if sel.hardware is not Hardware.OFF:
+        return (f'hardware = "{sel.hardware.value}": whether a device goes to the hardware '
+                "or the software flowtable is known only when it appears")
+    if sel.kinds:
+        return f"kinds = {sorted(sel.kinds)}: the kernel would hook a name whatever its kind"
+    return None
+
+
+def _declared(config: Config, i: int, wildcards: bool, no_wildcards_reason: str
+              ) -> FlowtableAttach:
+    """What flowtable ``i`` (hardware off, no kinds) declares to the kernel."""
+    sel = config.flowtables[i]
+    patterns = [p for p in sel.devices if is_glob(p)]
+    wild: list[str] = []
+    covered: list[str] = []
+    kept: list[str] = []
+    if wildcards:
+        wild, covered, kept = _wildcards(sel, config)
+    declared: list[str] = []
+    skipped: list[str] = []
+    for name in (p for p in sel.devices if not is_glob(p)):
+        # Listed beside a wildcard that covers it, the kernel would take the
+        # name for the same hook (EEXIST, or dropped on an update).
+        by = wildcard_covering(wild, name)
+        if by is not None:
+            covered.append(f"{name} ({by})")
+        elif any(fnmatch.fnmatchcase(name, p) for p in sel.exclude):
+            skipped.append(f"{name} (excluded)")
+        elif (before := _claimed_before(name, config.flowtables[:i])) is not None:
+            skipped.append(f"{name} (flowtable {before!r} may take it)")
+        else:
+            declared.append(name)
+    parts = []
+    if declared:
+        parts.append(f"{', '.join(declared)} declared to the kernel ahead of the device")
+    if wild:
+        parts.append(f"wildcards {', '.join(wild)} declared to the kernel: it hooks every "
+                     "device whose name starts with the prefix, present or to come")
+    if covered:
+        parts.append(f"covered by a wildcard: {', '.join(covered)}")
+    if patterns and not wildcards:
+        kept.append(f"patterns {', '.join(patterns)} attached by offloadd "
+                    f"({no_wildcards_reason})")
+    parts.extend(kept)
+    if skipped:
+        parts.append(f"attached by offloadd: {', '.join(skipped)}")
+    if not sel.devices:
+        parts.append("no device names, only kinds or every device: attached by offloadd")
+    if not declared and not wild:
+        mode = AttachMode.DAEMON
+    elif skipped or kept:
+        mode = AttachMode.MIXED
+    else:
+        mode = AttachMode.KERNEL
+    return FlowtableAttach(sel.name, mode, "; ".join(parts), tuple(declared), tuple(wild))

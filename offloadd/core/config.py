@@ -21,6 +21,20 @@ INT32_MAX = 2**31 - 1
 # IFNAMSIZ is 16 including the terminating NUL.
 IFNAME_MAX = 15
 
+
+def is_safe_ifname(name: str) -> bool:
+    """True if `name` can be written as "name" in an nft script.
+
+    The kernel accepts quotes and other oddities in interface names, but nft's
+    quoted strings have no escapes, so such names cannot be expressed at all.
+    """
+    return (
+        0 < len(name.encode()) <= IFNAME_MAX
+        and name.isprintable()
+        and not any(c.isspace() or c in '"\\/' for c in name)
+    )
+
+
 # Words the nft parser treats as keywords where offloadd writes names; a table,
 # flowtable or set called like this would make the rendered script unparsable.
 NFT_KEYWORDS: frozenset[str] = frozenset(

@@ -123,7 +123,11 @@ KEYS = (
         'shell-style globs ("wan*", "lan[0-9]"). Empty: any name, and then kinds must be '
         "given. On a kernel with name hooks (Linux 6.16+, probed at start) the exact names "
         'of a flowtable with hardware = "off" and no kinds are declared to the kernel ahead '
-        "of their device, which the kernel then hooks by itself when it appears."),
+        "of their device, which the kernel then hooks by itself when it appears. Where the "
+        "kernel and nftables also hook by prefix (Linux 6.17+, nftables 1.1.6+, probed too), "
+        'a prefix pattern such as "wan*" is handed to the kernel as a wildcard on the same '
+        "conditions, unless an exclude of the flowtable or another flowtable may match a name "
+        "with that prefix; every other pattern is matched by offloadd."),
     Key("flowtable", "exclude", STRINGS, _toml(_F.exclude),
         "Names or globs never to put in this flowtable, even if they match devices."),
     Key("flowtable", "kinds", STRINGS, _toml(_F.kinds),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from offloadd.core.attach import wildcard_covering
 from offloadd.core.config import Config
 from offloadd.core.flows import IPS_ASSURED, IPS_OFFLOAD, IPS_SEEN_REPLY, OffloadedFlow
 from offloadd.core.model import TableState
@@ -43,7 +44,11 @@ class Explanation:
 def _flowtable_of(table: TableState | None, dev: str | None) -> str | None:
     if table is None or dev is None:
         return None
-    return next((ft.name for ft in table.flowtables if dev in ft.devices), None)
+    listed = next((ft.name for ft in table.flowtables if dev in ft.devices), None)
+    # offloadd lists "wan*" only as a kernel wildcard, with the devices it
+    # covers left out of the list.
+    return listed or next((ft.name for ft in table.flowtables
+                           if wildcard_covering(ft.devices, dev) is not None), None)
 
 
 def explain(flow: OffloadedFlow | None, in_dev: str | None, out_dev: str | None,

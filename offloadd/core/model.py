@@ -13,14 +13,20 @@ import fnmatch
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from offloadd.core.attach import FlowtableAttach
-from offloadd.core.config import INT32_MAX, INT32_MIN, Config, FlowtableConfig, Hardware
+from offloadd.core.attach import FlowtableAttach, wildcard_covering
+from offloadd.core.config import (
+    INT32_MAX,
+    INT32_MIN,
+    Config,
+    FlowtableConfig,
+    Hardware,
+    is_safe_ifname,
+)
 from offloadd.core.errors import ConfigError
 from offloadd.core.gate import PASSED_SETS, gate_match, passed_rules
 
 CHAIN_NAME = "forward"
 SET_SUFFIX = "_ifs"
-IFNAME_MAX = 15
 
 
 # One enum for config and model; config owns it because model imports config.
@@ -46,8 +52,17 @@ class FlowtableState:
 
 class SetKind(enum.Enum):
     IFNAMES = "ifnames"  # `type ifname`: a flowtable's devices, for its rule's guard
+    # `type ifname; flags interval`: the same for a flowtable with kernel
+    # wildcards, whose "wan*" is a range of names; only there, so every other
+    # set stays declared as before.
+    IFNAMES_WILD = "ifnames_wild"
     PASSED = "passed"  # the gate's ct ids (offloadd.core.gate), filled by the packet path
     OTHER = "other"  # read from the kernel, declared as offloadd never declares it
+
+    @property
+    def holds_names(self) -> bool:
+        """Its elements are interface names (or wildcards): offloadd's state."""
+        return self in (SetKind.IFNAMES, SetKind.IFNAMES_WILD)
 
 
 @dataclass(frozen=True)
@@ -138,22 +153,30 @@ class DesiredResult:
         """Names in a flowtable's list that no present device carries."""
         return frozenset(d.device for d in self.decisions if not d.present)
 
+    def wildcards(self) -> frozenset[str]:
+        """The kernel wildcards ("wan*") in the flowtables' lists."""
+        listed = {d for ft in self.table.flowtables for d in ft.devices}
+        return frozenset(w for fa in self.attach for w in fa.wildcards if w in listed)
+
+    def flowtable_of(self) -> dict[str, str]:
+        """Device -> kernel flowtable, for every device offloadd has in one:
+        listed, declared ahead of the device, or hooked by a wildcard."""
+        return {d.device: d.flowtable for d in self.decisions if d.flowtable is not None}
+
     @property
     def problems(self) -> tuple[DeviceNote, ...]:
         return tuple(n for n in self.notes if n.is_problem)
 
 
-def is_safe_ifname(name: str) -> bool:
-    """True if `name` can be written as "name" in an nft script.
-
-    The kernel accepts quotes and other oddities in interface names, but nft's
-    quoted strings have no escapes, so such names cannot be expressed at all.
-    """
-    return (
-        0 < len(name.encode()) <= IFNAME_MAX
-        and name.isprintable()
-        and not any(c.isspace() or c in '"\\/' for c in name)
-    )
+def hooked_devices(listed: Iterable[str], present: Iterable[str],
+                   wildcards: frozenset[str]) -> frozenset[str]:
+    """The ``present`` devices a flowtable listing ``listed`` hooks: those it
+    names, and those a wildcard of it covers. A "wan*" that is not one of
+    ``wildcards`` is a literal name (libnftables < 1.1.6 sends it as such)."""
+    names = frozenset(listed)
+    specs = names & wildcards
+    return frozenset(d for d in present
+                     if d in names or wildcard_covering(specs, d) is not None)
 
 
 def set_name(flowtable: str) -> str:
@@ -254,7 +277,9 @@ def desired_state(
     are left out and reported, so one such device does not hold back the rest.
     ``attach`` (offloadd.core.attach.attach_plan): names to declare to the
     kernel ahead of their device; each stays in its flowtable whether or not
-    the device exists, so the kernel hooks it the moment it appears.
+    the device exists, so the kernel hooks it the moment it appears. Its
+    wildcards ("wan*") go into the flowtable and its (interval) set in place
+    of the devices they cover, which are decided but not listed.
 
     Every configured flowtable yields its kernel flowtables (and sets) even
     when no device matches yet, so a device appearing later changes only
@@ -272,8 +297,10 @@ def desired_state(
     decisions: list[DeviceDecision] = []
     notes: list[DeviceNote] = []
     owner: dict[str, str] = {}  # device -> selector name that claimed it
+    wild = _wildcards(attach, members, refused or {}, notes)
     for sel in config.flowtables:
         mode = sel.hardware
+        specs = wild.get(sel.name, ()) if mode is HardwareMode.OFF else ()
         for link in links_sorted:
             why = _included(sel, link)
             if why is None:
@@ -300,6 +327,15 @@ def desired_state(
             # The kernel refuses one device in two flowtables of a table
             # (EEXIST), so the first configured flowtable keeps it.
             owner[link.name] = sel.name
+            spec = wildcard_covering(specs, link.name)
+            if spec is not None:
+                # Hooked by the kernel: listed beside its wildcard, the name
+                # would be the same hook twice (the kernel drops it or, in one
+                # list, refuses it), so the read-back would never match.
+                decisions.append(DeviceDecision(
+                    link.name, sel.name, False, f"{why}; hooked by the kernel's wildcard {spec}",
+                    sel.name))
+                continue
             if not is_safe_ifname(link.name):
                 msg = f"{link.name!r} cannot be written safely in an nft script; left out"
                 notes.append(DeviceNote(link.name, sel.name, NoteKind.UNSAFE_NAME, msg))
@@ -319,7 +355,18 @@ def desired_state(
             else:
                 members[decision.flowtable].add(link.name)
     decisions.extend(_declare(attach, owner, members, refused or {}))
+    for kname, specs in wild.items():
+        members[kname].update(specs)
 
+    table = _table(config, kernel_fts, members, frozenset(wild), forward_priority)
+    return DesiredResult(table=table, decisions=tuple(decisions), notes=tuple(notes),
+                         attach=tuple(attach))
+
+
+def _table(config: Config, kernel_fts: Sequence[_KernelFlowtable],
+           members: Mapping[str, set[str]], wild: frozenset[str],
+           forward_priority: int) -> TableState:
+    """The table for these members; ``wild``: kernel flowtables with wildcards."""
     # Hardware rules first: a flow is offloaded by the first rule that adds it.
     ordered = [k for k in kernel_fts if k.hardware] + [k for k in kernel_fts if not k.hardware]
     flowtables = tuple(
@@ -328,7 +375,11 @@ def desired_state(
         )
         for k in kernel_fts
     )
-    sets = tuple(SetState(set_name(k.name), frozenset(members[k.name])) for k in kernel_fts)
+    # A wildcard in the set too: the rule's guard then matches the devices
+    # the kernel hooks while offloadd is not there to list them.
+    sets = tuple(SetState(set_name(k.name), frozenset(members[k.name]),
+                          SetKind.IFNAMES_WILD if k.name in wild else SetKind.IFNAMES)
+                 for k in kernel_fts)
     rules = tuple(
         offload_rule(k.name, k.selector.protocols, k.selector.elephant_packets) for k in ordered
     )
@@ -336,15 +387,36 @@ def desired_state(
         protocols = sorted({p for sel in config.flowtables for p in sel.protocols})
         sets += tuple(SetState(name, kind=SetKind.PASSED) for name in PASSED_SETS)
         rules = passed_rules(protocols) + rules
-    table = TableState(
+    return TableState(
         name=config.daemon.table,
         family=config.daemon.family.value,
         flowtables=flowtables,
         sets=sets,
         chain=ChainState(priority=forward_priority, rules=rules),
     )
-    return DesiredResult(table=table, decisions=tuple(decisions), notes=tuple(notes),
-                         attach=tuple(attach))
+
+
+def _wildcards(attach: Sequence[FlowtableAttach], members: Mapping[str, set[str]],
+               refused: Mapping[str, str], notes: list[DeviceNote]
+               ) -> dict[str, tuple[str, ...]]:
+    """Kernel flowtable -> the wildcards it gets; one the kernel refused is
+    left out (reported), and offloadd attaches what it covers."""
+    out: dict[str, tuple[str, ...]] = {}
+    for fa in attach:
+        if fa.flowtable not in members:
+            continue
+        specs = []
+        for spec in fa.wildcards:
+            if spec in refused:
+                notes.append(DeviceNote(
+                    spec, fa.flowtable, NoteKind.KERNEL_REFUSED,
+                    f"the kernel refused the wildcard {spec}: {refused[spec]}; offloadd "
+                    "attaches the devices it covers"))
+                continue
+            specs.append(spec)
+        if specs:
+            out[fa.flowtable] = tuple(specs)
+    return out
 
 
 def _declare(attach: Sequence[FlowtableAttach], owner: dict[str, str],

@@ -222,7 +222,7 @@ def _diff_sets(desired: TableState, have: TableState) -> _SetDiff:
         if old is None:
             create.append(CreateSet(new.name, new.kind))
             old = SetState(new.name, kind=new.kind)
-        if new.kind is not SetKind.IFNAMES:
+        if not new.kind.holds_names:
             continue
         if old.elements - new.elements:
             remove.append(RemoveSetElements(new.name, old.elements - new.elements))

@@ -12,9 +12,10 @@ import re
 from collections.abc import Iterable
 from typing import assert_never
 
+from offloadd.core.config import is_safe_ifname
 from offloadd.core.errors import OffloaddError
 from offloadd.core.gate import PASSED_DECLARATION
-from offloadd.core.model import CHAIN_NAME, FlowtableState, SetKind, is_safe_ifname
+from offloadd.core.model import CHAIN_NAME, FlowtableState, SetKind
 from offloadd.core.plan import (
     AddFlowtableDevices,
     AddSetElements,
@@ -40,6 +41,12 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # and 6.12), so longer lists go out as several statements of one batch.
 DEVICES_PER_STATEMENT = 128
 _FAMILIES = frozenset({"inet", "ip", "ip6", "netdev", "bridge", "arp"})
+_SET_DECLARATIONS = {
+    SetKind.IFNAMES: "{ type ifname; }",
+    # Wildcards ("wan*") are ranges of names: only an interval set holds them.
+    SetKind.IFNAMES_WILD: "{ type ifname; flags interval; }",
+    SetKind.PASSED: PASSED_DECLARATION,
+}
 
 
 class RenderError(OffloaddError, ValueError):
@@ -123,7 +130,7 @@ def _render_op(op: Op, family: str, table: str, where: str) -> list[str]:
     if isinstance(op, CreateSet):
         if op.kind is SetKind.OTHER:
             raise RenderError(f"set {op.name}: offloadd only creates sets it declares")
-        decl = PASSED_DECLARATION if op.kind is SetKind.PASSED else "{ type ifname; }"
+        decl = _SET_DECLARATIONS[op.kind]
         return [f"add set {where} {_ident('set', op.name)} {decl}"]
     if isinstance(op, FlushSet):
         return [f"flush set {where} {_ident('set', op.name)}"]

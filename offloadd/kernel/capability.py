@@ -9,6 +9,13 @@ modules-load.d instead and has no CAP_SYS_MODULE).
 Name hooks are probed the same way, never guessed from the version: since
 6.16 the kernel keeps a flowtable hook by name, takes a name that matches no
 device and hooks the device when it registers; older kernels answer ENOENT.
+
+Kernel wildcards ("wan*" hooks every device whose name starts with "wan",
+Linux 6.17+ and 6.16.6+) need both the kernel and libnftables >= 1.1.6: an
+older libnftables sends "wan*" as a plain name, which a kernel with name hooks
+takes without a word and never matches. So the probe asks the combination: a
+wildcard in one scratch flowtable and a device it covers (lo) in another is
+refused (EEXIST) only where the wildcard reached the kernel as one.
 """
 
 from __future__ import annotations
@@ -41,6 +48,14 @@ class HookSupport:
     """Whether the kernel hooks a flowtable device by name, ahead of the device."""
 
     name_hooks: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class WildcardSupport:
+    """Whether this kernel and libnftables hook flowtable devices by prefix ("wan*")."""
+
+    wildcards: bool
     reason: str
 
 
@@ -113,6 +128,52 @@ def probe_name_hooks(nft: NftRunner,
                                   "attaches each device when it appears")
     return HookSupport(True, "name hooks: the kernel takes a device name ahead of the device "
                              "and hooks the device when it appears (Linux 6.16+)")
+
+
+def _scratch_table(nft: NftRunner) -> str:
+    """A table name nobody uses, so the dry runs meet nothing of anyone's."""
+    try:
+        taken = {i["table"].get("name") for i in nft.list_json("tables") if "table" in i}
+    except NftError:
+        taken = set()  # the dry run then says what is wrong
+    return next(n for n in (f"oflprobe{i}" for i in range(1000)) if n not in taken)
+
+
+def probe_wildcard_hooks(nft: NftRunner, name_hooks: bool) -> WildcardSupport:
+    """Dry-runs "lo*" in one scratch flowtable and lo in another of the same table.
+
+    lo exists in every network namespace. A kernel that hooks by prefix finds
+    lo in both and refuses the batch (EEXIST); where libnftables sent "lo*" as
+    a literal name the batch is accepted; a kernel without name hooks refuses
+    the literal name of a device that does not exist (ENOENT). A control run
+    with lo alone first makes sure a refusal is the wildcard's.
+    """
+    if not name_hooks:
+        return WildcardSupport(False, "no kernel wildcards: they need name hooks "
+                                      "(Linux 6.16.6+ or 6.17+)")
+    table = _scratch_table(nft)
+    head = f"add table inet {table}\n"
+    lo = f'add flowtable inet {table} b {{ hook ingress priority 0; devices = {{ "lo" }}; }}\n'
+    wild = f'add flowtable inet {table} a {{ hook ingress priority 0; devices = {{ "lo*" }}; }}\n'
+    try:
+        nft.run(head + lo, dry_run=True)
+    except NftError as e:
+        return WildcardSupport(False, "no kernel wildcards: the probe's flowtable on lo was "
+                                      f"refused ({e})")
+    try:
+        nft.run(head + wild + lo, dry_run=True)
+    except NftError as e:
+        code = getattr(e, "errno", None)
+        if code == errno.EEXIST:
+            return WildcardSupport(True, 'kernel wildcards: the kernel hooks devices by '
+                                         'prefix ("lo*" took lo); prefix patterns ("wan*") '
+                                         "can be handed to the kernel")
+        if code == errno.ENOENT:
+            return WildcardSupport(False, 'no kernel wildcards: the kernel took "lo*" for the '
+                                          "name of a device that does not exist")
+        return WildcardSupport(False, f"no kernel wildcards: the kernel refused a wildcard ({e})")
+    return WildcardSupport(False, 'no kernel wildcards: this nftables sends "lo*" as a literal '
+                                  "name (nftables < 1.1.6)")
 
 
 def running_as_root() -> bool:

@@ -75,7 +75,9 @@ def _set_state(st: Mapping[str, Any], body: list[str],
     if st.get("type") == "ifname":
         listed = elements.get(st["name"]) if elements is not None else None
         elems = listed if listed is not None else frozenset(_as_list(st.get("elem")))
-        return SetState(name=st["name"], elements=elems)
+        wild = "interval" in _as_list(st.get("flags"))
+        return SetState(name=st["name"], elements=elems,
+                        kind=SetKind.IFNAMES_WILD if wild else SetKind.IFNAMES)
     kind = SetKind.PASSED if is_passed_declaration(dict(st), body) else SetKind.OTHER
     return SetState(name=st["name"], kind=kind)
 

@@ -93,7 +93,8 @@ class Daemon:
         """One line for systemd's STATUS= (shown by systemctl status)."""
         desired = self.status.desired
         fts = desired.table.flowtables if desired else ()
-        devs = sum(len(f.devices) for f in fts)
+        # Devices, not list entries: a kernel wildcard ("wan*") counts what it covers.
+        devs = len(desired.flowtable_of()) if desired else 0
         line = (f"{len(fts)} flowtable(s), {devs} device(s); "
                 f"{self.status.reconciles_total} reconciles, "
                 f"{self.status.reconcile_failures_total} failed")

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from offloadd import __version__
+from offloadd.core.attach import wildcard_covering
 from offloadd.core.model import DesiredResult, TableState
 from offloadd.kernel.conntrack import ConntrackTotals, OffloadCounts
 from offloadd.service.status import Status
@@ -167,7 +168,8 @@ CT_LIMIT = _g("offloadd_conntrack_entries_limit",
               "nf_conntrack_max (left out where it cannot be read).")
 FT_DEVICES = _g("offloadd_flowtable_devices",
                 "Devices of each flowtable: desired by offloadd, attached in the kernel, or "
-                "declared to the kernel ahead of the device (name hooks, no device yet).",
+                "declared to the kernel ahead of the device (name hooks, no device yet). A "
+                "device a kernel wildcard (\"wan*\") covers counts as desired and attached.",
                 "flowtable", "state")
 DEVICE_INFO = _g("offloadd_device_info",
                  "A device placed in a flowtable, in hardware or software mode, and why; "
@@ -265,10 +267,19 @@ class OffloaddCollector:
         # Names declared to the kernel ahead of their device are in a
         # flowtable's list but attach nothing until the device appears.
         declared = desired.declared_only() if desired is not None else frozenset()
+        # A kernel wildcard is no device; the present devices it covers are.
+        wild = desired.wildcards() if desired is not None else frozenset()
+        present = ({d.device for d in desired.decisions if d.present and d.flowtable}
+                   if desired is not None else set())
+
+        def count(listed: frozenset[str]) -> int:
+            specs = listed & wild
+            covered = {d for d in present if wildcard_covering(specs, d) is not None}
+            return len(listed - declared - wild) + len(covered)
+
         if desired is not None:
             for ft in desired.table.flowtables:
-                fams[FT_DEVICES.name].add_metric([ft.name, "desired"],
-                                                 len(ft.devices - declared))
+                fams[FT_DEVICES.name].add_metric([ft.name, "desired"], count(ft.devices))
                 fams[FT_DEVICES.name].add_metric([ft.name, "declared"],
                                                  len(ft.devices & declared))
             for d in desired.decisions:
@@ -280,8 +291,7 @@ class OffloaddCollector:
         except Exception as e:
             return self._down("nftables", e)
         names = {ft.name for ft in desired.table.flowtables} if desired else set()
-        have = ({ft.name: len(ft.devices - declared) for ft in attached.flowtables}
-                if attached else {})
+        have = {ft.name: count(ft.devices) for ft in attached.flowtables} if attached else {}
         for name in sorted(names | have.keys()):
             fams[FT_DEVICES.name].add_metric([name, "attached"], have.get(name, 0))
         if desired is not None:

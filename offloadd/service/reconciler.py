@@ -126,7 +126,8 @@ class Reconciler:
     def _desired(self, refused: Mapping[str, str], forward_priority: int) -> DesiredResult:
         uses_hw = any(f.hardware is not Hardware.OFF for f in self.config.flowtables)
         hw = self._hw_capable if uses_hw else (lambda _d: False)
-        attach = attach_plan(self.config, self.status.name_hooks, self.status.name_hooks_reason)
+        attach = attach_plan(self.config, self.status.name_hooks, self.status.name_hooks_reason,
+                             self.status.wildcard_hooks, self.status.wildcard_hooks_reason)
         return desired_state(self.config, self.status.links, hw, forward_priority,
                              refused=refused, attach=attach)
 

@@ -39,7 +39,9 @@ class Refusals:
         if self._refused and time.monotonic() - self.since > self.retry_s:
             self._refused.clear()
         index = {link.name: link.index for link in links}
-        self._refused = {d: v for d, v in self._refused.items() if index.get(d) == v[0]}
+        # A name without a link (a wildcard, a name declared ahead of its
+        # device) was stored with index 0: kept until a link takes the name.
+        self._refused = {d: v for d, v in self._refused.items() if index.get(d, 0) == v[0]}
         return {d: msg for d, (_i, msg) in self._refused.items()}
 
     def add(self, bad: Mapping[str, str], links: Iterable[Link]) -> None:

@@ -116,7 +116,7 @@ class Repairer:
         desired = self._status.desired
         if desired is None or not self._enabled():
             return
-        flowtable_of = {d: ft.name for ft in desired.table.flowtables for d in ft.devices}
+        flowtable_of = desired.flowtable_of()
         t0 = time.monotonic()
         try:
             scan = await asyncio.get_running_loop().run_in_executor(

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from offloadd import __version__
-from offloadd.core.model import TableState
+from offloadd.core.model import TableState, hooked_devices
 from offloadd.service.status import Status
 
 
@@ -23,9 +23,11 @@ def status_report(status: Status, table_name: str, family: str,
     flowtables = []
     # A name in the kernel's list is attached only if a device carries it: the
     # kernel (6.16+) also lists names declared ahead of their device, and
-    # names of devices that went away.
+    # names of devices that went away. A kernel wildcard ("wan*") attaches
+    # every present device it covers.
     present = {ln.name for ln in status.links}
     declared = desired.declared_only() if desired else frozenset()
+    wild = desired.wildcards() if desired else frozenset()
     attach = {a.flowtable: a for a in (desired.attach if desired else ())}
     for ft in (desired.table.flowtables if desired else ()):
         have = kernel.flowtable(ft.name) if kernel else None
@@ -41,8 +43,9 @@ def status_report(status: Status, table_name: str, family: str,
             "hardware": ft.hardware,
             "counter": ft.counter,
             "desired": sorted(ft.devices),
-            "attached": sorted(d for d in have.devices if d in present) if have else [],
+            "attached": sorted(hooked_devices(have.devices, present, wild)) if have else [],
             "declared": sorted(ft.devices & declared),
+            "wildcards": sorted(ft.devices & wild),
             "in_sync": have is not None and have.devices == ft.devices,
             "attach": how.mode.value if how else "daemon",
             "attach_reason": how.reason if how else "",
@@ -58,7 +61,9 @@ def status_report(status: Status, table_name: str, family: str,
             "config": str(status.config_path),
             "uptime_seconds": round(now - status.started, 1),
         },
-        "kernel": {"name_hooks": status.name_hooks, "reason": status.name_hooks_reason},
+        "kernel": {"name_hooks": status.name_hooks, "reason": status.name_hooks_reason,
+                   "wildcards": status.wildcard_hooks,
+                   "wildcards_reason": status.wildcard_hooks_reason},
         "table": {"family": family, "name": table_name, "exists": kernel is not None,
                   "forward_priority": kernel.chain.priority if kernel and kernel.chain else None},
         "flowtables": flowtables,

@@ -38,6 +38,10 @@ class Status:
     # exact device names are declared to the kernel ahead of the device.
     name_hooks: bool = False
     name_hooks_reason: str = "not probed"
+    # Probed right after (probe_wildcard_hooks): whether prefix patterns
+    # ("wan*") can be handed to the kernel as wildcards.
+    wildcard_hooks: bool = False
+    wildcard_hooks_reason: str = "not probed"
     # Flows the kernel left behind (see offloadd.core.repair) and what was done.
     repair_checks_total: int = 0
     repairs_total: int = 0

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.lab.nftns import wildcard_hooks_here
 from tests.lab.topology import Lab, lab_topology
 
 
@@ -26,9 +27,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
              "unstable's userspace)")
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    ok, why = wildcard_hooks_here()
+    return f"kernel wildcards by the versions: {'yes' if ok else 'no'} ({why})"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         item.add_marker(pytest.mark.integration)
+    # Asked for explicitly, so that a lab which lost its new nftables fails
+    # instead of quietly running fewer tests.
+    if config.getoption("--with-wildcards") and not wildcard_hooks_here()[0]:
+        raise pytest.UsageError(
+            f"--with-wildcards, but this VM cannot hook by prefix: {wildcard_hooks_here()[1]}")
     # Deselected, not skipped: a skip would count as a harness failure.
     leave_out = [] if config.getoption("--with-wildcards") else ["wildcards"]
     if config.getoption("--not-newest-kernel"):

@@ -1,10 +1,11 @@
 """Kernel-native attach: a configured name is hooked by the kernel itself when
-its device appears, even while offloadd is stopped (kernels with name hooks).
+its device appears, even while offloadd is stopped (kernels with name hooks);
+where kernel and nftables hook by prefix, a "wan*" too.
 
 The oracle for "does this kernel have name hooks" is the nft command itself
-(a scratch flowtable naming a missing device), not offloadd's probe, and the
-oracle for "attached" is traffic: conntrack-tools must show the flows
-offloaded.
+(a scratch flowtable naming a missing device), for wildcards the kernel's and
+nftables' versions (tests.lab.nftns), never offloadd's probe; the oracle for
+"attached" is traffic: conntrack-tools must show the flows offloaded.
 """
 
 from __future__ import annotations
@@ -17,18 +18,21 @@ from pathlib import Path
 import pytest
 
 from tests.lab import conntrack
-from tests.lab.daemon import offloadd
+from tests.lab.daemon import offloadd, table_exists
 from tests.lab.netns import CommandError, Netns
-from tests.lab.topology import Lab
+from tests.lab.nftns import nft_list, wildcard_hooks_here
+from tests.lab.topology import Lab, recreate_leg
 from tests.lab.traffic import udp_echo_server, udp_flows, wait_for
 
+# "lan?", not "lan*": a pattern the kernel never takes as a wildcard, so this
+# is about the declared name alone whatever nftables the lab has.
 CONFIG = """
 [daemon]
 on_exit = "keep"
 
 [[flowtable]]
 name = "ft"
-devices = ["lan*", "uplink9"]
+devices = ["lan?", "uplink9"]
 """
 FLOWS = 4
 
@@ -99,8 +103,9 @@ def test_a_declared_name_attaches_when_its_device_appears_with_offloadd_stopped(
 
 @pytest.mark.one_kernel
 def test_only_exact_names_are_declared_and_status_tells_why(lab: Lab, tmp_path: Path) -> None:
-    """A pattern is never handed to the kernel (old userspace would send "wan*"
-    as a literal name); a flowtable with kinds falls back to the daemon."""
+    """A pattern is handed to the kernel only where kernel and nftables hook by
+    prefix (old userspace would send "wan*" as a literal name); a flowtable
+    with kinds falls back to the daemon."""
     config = """
 [[flowtable]]
 name = "ft"
@@ -112,21 +117,74 @@ devices = ["vl5"]
 kinds = ["vlan"]
 """
     r = lab.router
+    wild = wildcard_hooks_here()[0]
     with offloadd(r, config, tmp_path) as d:
         hooks = _nft_takes_a_missing_device(r)
-        d.wait_devices("ft", {"lan0", "lan1", "wan0"} | ({"ppp3"} if hooks else set()))
+        by_name = {"lan*", "wan*"} if wild else {"lan0", "lan1", "wan0"}
+        d.wait_devices("ft", by_name | ({"ppp3"} if hooks else set()))
         d.wait_devices("vlans", set())
         listing = r.out("nft", "list", "table", "inet", "offloadd")
-        assert "*" not in listing, listing
+        assert ("*" in listing) is wild, listing
         status = json.loads(d.ctl("--json", "status", check=True).stdout)
+        assert status["kernel"]["wildcards"] is wild, status["kernel"]
         ft, vlans = sorted(status["flowtables"], key=lambda f: f["name"])
         # Without name hooks every flowtable falls back for that reason first.
         why = "kinds" if hooks else "no name hooks"
         assert vlans["attach"] == "daemon" and vlans["attach_reason"].startswith(why), vlans
-        assert ft["attach"] == ("mixed" if hooks else "daemon")
+        assert ft["attach"] == ("kernel" if wild else "mixed" if hooks else "daemon")
         text = d.ctl("status", check=True).stdout
         assert f"attach: {ft['attach']}" in text and f"attach: daemon ({why}" in text, text
         check = r.run(sys.executable, "-m", "offloadd.cli.run", "--config", str(d.config),
                       "--check").stdout
         assert f"# flowtable vlans: daemon attach ({why}" in check, check
         assert ("# ppp3: ft (declared" in check) is hooks, check
+
+
+WILDCARD_CONFIG = """
+[daemon]
+on_exit = "keep"
+
+[[flowtable]]
+name = "ft"
+devices = ["lan0", "wan*"]
+"""
+
+
+def _flowtable_devices(ns: Netns, table: str, name: str) -> set[str]:
+    """The flowtable's devices as ``nft -j list flowtables`` gives them (a
+    string for one device, a list otherwise)."""
+    for item in nft_list(ns, "flowtables"):
+        ft = item.get("flowtable")
+        if ft and ft["table"] == table and ft["name"] == name:
+            dev = ft.get("dev", [])
+            return {dev} if isinstance(dev, str) else set(dev)
+    raise AssertionError(f"no flowtable {name} in table {table}")
+
+
+@pytest.mark.wildcards
+def test_a_kernel_wildcard_hooks_a_device_that_appears_with_offloadd_stopped(
+        lab: Lab, tmp_path: Path) -> None:
+    """The kernel gets "wan*" as it is, in place of wan0; with offloadd
+    stopped, a wan7 that registers afterwards is hooked by the kernel alone."""
+    r = lab.router
+    with offloadd(r, WILDCARD_CONFIG, tmp_path) as d:
+        d.wait_devices("ft", {"lan0", "wan*"})
+        status = json.loads(d.ctl("--json", "status", check=True).stdout)
+        assert status["kernel"]["wildcards"] is True, status["kernel"]
+        (ft,) = status["flowtables"]
+        assert (ft["attach"], ft["wildcards"]) == ("kernel", ["wan*"]), ft
+        assert ft["attached"] == ["lan0", "wan0"] and ft["in_sync"], ft
+        # wan0 is the wildcard's: listed beside it, it would be the same hook.
+        listed = _flowtable_devices(r, "offloadd", "ft")
+        assert listed == {"lan0", "wan*"}, listed
+    assert table_exists(r)  # on_exit = "keep"
+    # Not a rename: a device the kernel has never seen registers now.
+    recreate_leg(r, lab.wan, "wan7")
+    assert _flowtable_devices(r, "offloadd", "ft") == {"lan0", "wan*"}
+    with udp_echo_server(lab.server, "::"):
+        gen = udp_flows(lab.client, lab.server_addr(4), flows=FLOWS, seconds=60, interval=0.1)
+        try:
+            wait_for(lambda: _offloaded(lab) == FLOWS, 15,
+                     what=f"{FLOWS} flows offloaded through wan7 with offloadd stopped")
+        finally:
+            gen.stop()

@@ -7,7 +7,11 @@ libnftables backend.
 
 from __future__ import annotations
 
+import functools
 import json
+import platform
+import re
+import subprocess
 import sys
 from typing import Any
 
@@ -42,6 +46,38 @@ def rule_counter_packets(ns: Netns, family: str, table: str, chain: str) -> int:
             if "counter" in expr:
                 total += int(expr["counter"]["packets"])
     return total
+
+
+_VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+def _version(text: str) -> tuple[int, int, int] | None:
+    m = _VERSION.search(text)
+    return (int(m[1]), int(m[2]), int(m[3] or 0)) if m else None
+
+
+def wildcard_hooks_by_version(kernel_release: str, nft_version: str) -> tuple[bool, str]:
+    """Whether this kernel and nftables hook flowtable devices by prefix ("wan*"),
+    and why, from their versions alone: Linux 6.17+ or 6.16.6+, nftables 1.1.6+.
+    An oracle independent of offloadd's probe, which asks the kernel instead."""
+    k, n = _version(kernel_release), _version(nft_version)
+    nft = nft_version.strip() or "nft"
+    if k is None or not (k >= (6, 17, 0) or (k[:2] == (6, 16) and k[2] >= 6)):
+        return False, f"kernel {kernel_release} has no wildcard hooks (6.16.6+ or 6.17+)"
+    if n is None or n < (1, 1, 6):
+        return False, f'{nft} sends "wan*" as a literal name (wildcards need 1.1.6+)'
+    return True, f"kernel {kernel_release} with {nft}"
+
+
+@functools.cache
+def wildcard_hooks_here() -> tuple[bool, str]:
+    """wildcard_hooks_by_version for this kernel and the nft on this machine."""
+    try:
+        out = subprocess.run(["nft", "--version"], capture_output=True, text=True,
+                             check=False, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, f"nft --version failed: {e}"
+    return wildcard_hooks_by_version(platform.release(), out)
 
 
 def kernel_config_has_flowtables(config_text: str) -> bool:

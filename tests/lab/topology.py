@@ -83,6 +83,18 @@ def _leg(router: Netns, host: Netns, router_dev: str, subnet: int) -> tuple[Leg,
     return leg, on_router, on_host
 
 
+def recreate_leg(router: Netns, leg: Leg, new_dev: str) -> Leg:
+    """Deletes ``leg``'s veth pair and builds the same leg again with the
+    router's end called ``new_dev``: a device that registers now (a rename
+    would keep the one the kernel may have hooked already)."""
+    subnet = int(leg.router_v4.split(".")[2])
+    router.run("ip", "link", "del", leg.router_dev)  # the host's end goes with it
+    new, on_router, on_host = _leg(router, leg.host, new_dev, subnet)
+    router.sh(on_router)
+    leg.host.sh(on_host)
+    return new
+
+
 @contextmanager
 def lab_topology() -> Iterator[Lab]:
     """Builds the lab, yields it, and always tears every namespace down."""

@@ -32,6 +32,7 @@ class FakeBackend:
     refuse: dict[str, str] = field(default_factory=dict)
     refuse_all: str = ""  # every batch is refused with this
     checks: int = 0
+    wildcards: bool = False  # the kernel hooks "wan*" by prefix
 
     def read(self) -> TableState | None:
         if self.corrupt_reads and self.state is not None:
@@ -53,7 +54,7 @@ class FakeBackend:
             raise NftError(f"nft refused the transaction: {self.refuse_all}")
         for dev in sorted(plan.attached_devices & self.refuse.keys()):
             raise NftError(f"nft refused the transaction: {self.refuse[dev]}")
-        apply_plan(self.state, plan)  # what the kernel refuses in any case
+        apply_plan(self.state, plan, wildcards=self.wildcards)  # refused in any case
 
     def check(self, plan: Plan) -> None:
         self.checks += 1
@@ -64,7 +65,7 @@ class FakeBackend:
             self.vanish_next -= 1
             raise DeviceVanishedError("nft refused the transaction: No such file or directory")
         self._refusal(plan)
-        self.state = apply_plan(self.state, plan)
+        self.state = apply_plan(self.state, plan, wildcards=self.wildcards)
         self.applied.append(plan)
         return render(plan, self.family, self.table)
 

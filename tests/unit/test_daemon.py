@@ -283,3 +283,24 @@ def test_several_refused_devices_are_each_found(tmp_path: Path) -> None:
     d.reconcile()
     assert _attached(b) == {"lan0"} | {m.name for m in many} - set(refuse)
     assert b.checks <= 20  # halving, not one dry run per device
+
+
+WILD_CONFIG = """
+[[flowtable]]
+name = "ft"
+devices = ["lan0", "wan*"]
+"""
+
+
+def test_with_kernel_wildcards_a_device_the_wildcard_covers_costs_no_transaction(
+        tmp_path: Path) -> None:
+    d, b = _daemon(tmp_path, WILD_CONFIG, FakeBackend(wildcards=True))
+    d.status.name_hooks = d.status.wildcard_hooks = True
+    d.status.links = (LAN0, WAN0)
+    d.reconcile()
+    assert b.state is not None and b.state.flowtable("ft").devices == {"lan0", "wan*"}  # type: ignore[union-attr]
+    d.status.links = (LAN0, WAN0, Link(7, "wan7", "veth"))
+    assert d.reconcile().is_empty
+    assert d.status.desired is not None
+    assert d.status.desired.flowtable_of() == {"lan0": "ft", "wan0": "ft", "wan7": "ft"}
+    assert d.status_line().startswith("1 flowtable(s), 3 device(s);")

@@ -72,3 +72,13 @@ def test_the_gate() -> None:
     assert "no packet of its reply direction has passed" in why
     assert "everything allows it" not in why
     assert "original or reply direction" in reasons(Passed(False, False))
+
+
+def test_a_device_a_kernel_wildcard_covers_is_in_its_flowtable() -> None:
+    wild = TableState("offloadd", "inet", flowtables=(
+        FlowtableState("ft", frozenset({"lan0", "wan*"}), False, True),
+        FlowtableState("other", frozenset({"vpn0"}), False, True)), chain=ChainState(1, ()))
+    e = explain(_flow(status=IPS_OFFLOAD | IPS_SEEN_REPLY), "lan0", "wan7", CONFIG, wild)
+    assert e.verdict is Verdict.OFFLOADED and e.flowtable == "ft"
+    e = explain(_flow(packets=500), "wan7", "vpn0", CONFIG, wild)
+    assert "different flowtables (wan7 in ft, vpn0 in other)" in " | ".join(e.reasons)

@@ -16,12 +16,16 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from offloadd import __version__
+from offloadd.core.attach import attach_plan
+from offloadd.core.config import Config, FlowtableConfig
 from offloadd.core.model import (
     DesiredResult,
     DeviceDecision,
     FlowtableState,
+    Link,
     SetState,
     TableState,
+    desired_state,
 )
 from offloadd.kernel.conntrack import ConntrackTotals, FlowCounts, OffloadCounts
 from offloadd.kernel.links import WatcherStats
@@ -195,6 +199,19 @@ def test_before_first_reconcile() -> None:
     assert "offloadd_device_info" not in names and "offloadd_kernel_state_matches" not in names
     assert "offloadd_reconciles_total 0.0" in got
     assert 'offloadd_source_up{source="nftables"} 1.0' in got
+
+
+def test_devices_a_kernel_wildcard_covers_count_as_desired_and_attached() -> None:
+    cfg = Config(flowtables=(FlowtableConfig("edge", devices=("lan0", "ppp0", "wan*")),))
+    links = [Link(i, n, "veth") for i, n in enumerate(("lan0", "wan0", "wan1"), 1)]
+    desired = desired_state(cfg, links, {}, 0,
+                            attach=attach_plan(cfg, True, wildcards=True))
+    assert desired.table.flowtable("edge").devices == {  # type: ignore[union-attr]
+        "lan0", "ppp0", "wan*"}
+    got = samples(scrape(FakeView(desired_=desired, kernel=desired.table), FakeFlows()))
+    for state, n in (("desired", 3), ("attached", 3), ("declared", 1)):
+        assert f'offloadd_flowtable_devices{{flowtable="edge",state="{state}"}} {n}.0' in got
+    assert "offloadd_kernel_state_matches 1.0" in got
 
 
 @pytest.mark.parametrize("source", SOURCES)

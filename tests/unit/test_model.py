@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from offloadd.core.config import Config, FlowtableConfig, Hardware
+from offloadd.core.config import Config, FlowtableConfig, Hardware, is_safe_ifname
 from offloadd.core.configparse import parse_config
 from offloadd.core.errors import ConfigError
 from offloadd.core.gate import passed_rules
@@ -19,7 +19,6 @@ from offloadd.core.model import (
     TableState,
     auto_forward_priority,
     desired_state,
-    is_safe_ifname,
     offload_rule,
     selector_matches,
 )

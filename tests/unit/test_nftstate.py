@@ -109,3 +109,26 @@ def test_a_gate_set_declared_otherwise_reads_as_other() -> None:
                    for i in items]
         state = parse_table(changed, text, "inet", "offloadd", {})
         assert state is not None and all(s.kind is not SetKind.PASSED for s in state.sets)
+
+
+def test_an_interval_ifname_set_and_a_wildcard_flowtable_read_back() -> None:
+    # The shapes nft 1.1.7 lists (7.3.4): "dev" is a string for one device,
+    # an interval ifname set's wildcard element a plain string.
+    items: list[dict[str, Any]] = [
+        {"table": {"family": "inet", "name": "offloadd", "handle": 1}},
+        {"flowtable": {"family": "inet", "name": "edge", "table": "offloadd", "handle": 2,
+                       "hook": "ingress", "prio": 0, "dev": "oflpw*"}},
+        {"set": {"family": "inet", "name": "edge_ifs", "table": "offloadd", "type": "ifname",
+                 "handle": 3, "flags": ["interval"], "elem": ["lan0", "oflpw*"]}},
+        {"set": {"family": "inet", "name": "plain_ifs", "table": "offloadd", "type": "ifname",
+                 "handle": 4, "elem": ["lan1"]}},
+    ]
+    listed = {"nftables": [{"metainfo": {"version": "1.1.7"}}, items[2]]}
+    assert set_elements(listed["nftables"]) == {"lan0", "oflpw*"}
+    state = parse_table(items, "", "inet", "offloadd")
+    assert state is not None
+    assert state.flowtable("edge") == FlowtableState("edge", frozenset({"oflpw*"}), False,
+                                                     False, 0)
+    assert state.set("edge_ifs") == SetState("edge_ifs", frozenset({"lan0", "oflpw*"}),
+                                             SetKind.IFNAMES_WILD)
+    assert state.set("plain_ifs") == SetState("plain_ifs", frozenset({"lan1"}), SetKind.IFNAMES)

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from offloadd.core.attach import attach_plan
 from offloadd.core.config import Config, FlowtableConfig, Hardware
 from offloadd.core.errors import NftError
 from offloadd.core.model import (
@@ -373,3 +374,71 @@ def test_attached_devices_are_what_creates_and_adds_put_in_flowtables() -> None:
     grown = compute_plan(_desired("eth0", "eth1", "lan0"), _desired("eth0", "lan0", "lan1"))
     assert grown.attached_devices == {"eth1"}  # lan1 leaving is not attaching
     assert teardown_plan("offloadd", "inet").attached_devices == frozenset()
+
+
+# --- kernel wildcards --------------------------------------------------------
+
+WILD_CONFIG = Config(flowtables=(FlowtableConfig("w", devices=("lan0", "wan*")),))
+WILD_LINKS = ("lan0", "wan0", "wan1")
+
+
+def _wild_desired(wildcards: bool, *names: str) -> TableState:
+    attach = attach_plan(WILD_CONFIG, True, wildcards=wildcards)
+    return desired_state(WILD_CONFIG, _links(*names), {}, 0, attach=attach).table
+
+
+def test_switching_to_kernel_wildcards_recreates_only_the_set_and_the_chain() -> None:
+    """The flowtable stays (its flows survive): the devices the wildcard covers
+    leave it in the batch that brings the wildcard, before it (added beside
+    them, the kernel would drop the wildcard as a hook it has)."""
+    daemon, wild = _wild_desired(False, *WILD_LINKS), _wild_desired(True, *WILD_LINKS)
+    plan = compute_plan(wild, daemon)
+    assert apply_plan(daemon, plan, wildcards=True) == wild
+    assert not any(isinstance(op, CreateFlowtable | DeleteFlowtable) for op in plan.ops)
+    assert _kinds(plan) == [DeleteChain, RemoveFlowtableDevices, DeleteSet,
+                            AddFlowtableDevices, CreateSet, AddSetElements, CreateChain]
+    remove, add = plan.ops[1], plan.ops[3]
+    assert isinstance(remove, RemoveFlowtableDevices) and remove.devices == {"wan0", "wan1"}
+    assert isinstance(add, AddFlowtableDevices) and add.devices == {"wan*"}
+    assert CreateSet("w_ifs", SetKind.IFNAMES_WILD) in plan.ops
+    # And back (wildcards gone after an nftables downgrade): the same way round.
+    back = compute_plan(daemon, wild)
+    assert apply_plan(wild, back, wildcards=True) == daemon
+    assert not any(isinstance(op, CreateFlowtable | DeleteFlowtable) for op in back.ops)
+
+
+def test_the_simulator_drops_a_wildcard_added_beside_a_device_it_covers() -> None:
+    daemon, wild = _wild_desired(False, *WILD_LINKS), _wild_desired(True, *WILD_LINKS)
+    ft = wild.flowtable("w")
+    assert ft is not None
+    late = Plan((AddFlowtableDevices(ft, frozenset({"wan*"})),
+                 RemoveFlowtableDevices(ft, frozenset({"wan0", "wan1"}))))
+    after = apply_plan(daemon, late, wildcards=True)
+    assert after is not None and after.flowtable("w").devices == {"lan0"}  # type: ignore[union-attr]
+
+
+def test_the_simulator_refuses_a_name_a_wildcard_of_another_flowtable_covers() -> None:
+    wild = FlowtableState("a", frozenset({"wan*"}), False, True)
+    named = FlowtableState("b", frozenset({"wan0"}), False, True)
+    base = TableState("t", "inet")
+    for first, second in ((wild, named), (named, wild)):
+        plan = Plan((CreateFlowtable(first), CreateFlowtable(second)))
+        with pytest.raises(NftError, match="another flowtable"):
+            apply_plan(base, plan, wildcards=True)
+        # Old libnftables sends "wan*" as a literal name: no clash.
+        assert apply_plan(base, plan, wildcards=False) is not None
+    with pytest.raises(NftError, match="same hook twice"):
+        apply_plan(base, Plan((CreateFlowtable(replace(wild, devices=frozenset(
+            {"wan*", "wan0"}))),)), wildcards=True)
+
+
+def test_the_simulator_keeps_wildcard_elements_to_interval_sets() -> None:
+    base = TableState("t", "inet", sets=(SetState("plain"),
+                                         SetState("wild", kind=SetKind.IFNAMES_WILD)))
+    with pytest.raises(NftError, match="need flags interval"):
+        apply_plan(base, Plan((AddSetElements("plain", frozenset({"wan*"})),)))
+    with pytest.raises(NftError, match="overlap"):
+        apply_plan(base, Plan((AddSetElements("wild", frozenset({"wan*", "wan0"})),)))
+    after = apply_plan(base, Plan((AddSetElements("wild", frozenset({"wan*", "lan0"})),)))
+    assert after is not None and after.set("wild") == SetState(
+        "wild", frozenset({"wan*", "lan0"}), SetKind.IFNAMES_WILD)

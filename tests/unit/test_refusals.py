@@ -65,3 +65,11 @@ def test_refused_devices_stay_out_until_recreated_or_due(monkeypatch: pytest.Mon
     assert r.current([links[0], Link(9, "lan8", "veth")]) == {"lan7": "Operation not supported"}
     now[0] += 301
     assert r.current(links) == {} and not r
+
+
+def test_a_refused_name_without_a_link_stays_out_until_a_link_takes_it() -> None:
+    # A wildcard ("wan*") or a name declared ahead of its device has no link.
+    r = Refusals(retry_s=300)
+    r.add({"wan*": "File exists"}, [])
+    assert r.current([Link(3, "wan0", "veth")]) == {"wan*": "File exists"}
+    assert r.current([Link(4, "wan*", "veth")]) == {}

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from offloadd.core.attach import attach_plan
 from offloadd.core.config import Config, FlowtableConfig, Hardware
 from offloadd.core.model import FlowtableState, Link, TableState, desired_state
 from offloadd.core.plan import (
@@ -51,6 +52,16 @@ def _with(a: FlowtableConfig = A, b: FlowtableConfig = B) -> Config:
     return Config(flowtables=(a, b))
 
 
+# Kernel wildcards: "wan*" in the flowtable and in an interval set.
+WILD = Config(flowtables=(FlowtableConfig("edge", devices=("lan0", "ppp0", "wan*")),))
+
+
+def _wild_state(wildcards: bool) -> TableState:
+    links = [Link(i, n, None) for i, n in enumerate(("lan0", "wan0", "wan1"))]
+    attach = attach_plan(WILD, True, wildcards=wildcards)
+    return replace(desired_state(WILD, links, {}, 100, attach=attach).table, name=TABLE)
+
+
 BASE = ("eth0", "lan0", "lan1")
 
 SCENARIOS: dict[str, Callable[[], Plan]] = {
@@ -68,6 +79,10 @@ SCENARIOS: dict[str, Callable[[], Plan]] = {
         _state(*BASE, config=_with(b=replace(B, hardware=Hardware.REQUIRED))), _state(*BASE)
     ),
     "teardown": lambda: teardown_plan(TABLE, "inet"),
+    "wildcard_create": lambda: compute_plan(_wild_state(True), None),
+    # Names declared one by one before, the wildcard now: the set is declared
+    # anew (interval), the flowtable stays.
+    "wildcard_switch": lambda: compute_plan(_wild_state(True), _wild_state(False)),
     # A re-validation: every flowtable replaced, the gate's sets emptied.
     "revalidate_replace": lambda: replace_flowtables_plan(
         _state(*BASE), ("lan", "lan_hw", "wan"), forget_passed=True
