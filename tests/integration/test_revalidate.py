@@ -47,12 +47,12 @@ ADMIN = """
 table inet admin {
     set blocked4 { type ipv4_addr; }
     set noise4 { type ipv4_addr; }
-    chain rules { }
+    chain acl { }
     chain filter_fwd {
         type filter hook forward priority 0; policy accept;
         ip saddr @blocked4 drop
         ip daddr @noise4 drop
-        jump rules
+        jump acl
     }
 }
 table ip adminnat {
@@ -148,9 +148,9 @@ def test_new_rules_and_set_elements_reach_offloaded_flows(lab: Lab, tmp_path: Pa
             rv0 = _revalidate(d)
 
             # 1. Drop rules for some flows, in the admin's table (one nft transaction).
-            r.nft(f"add rule inet admin rules ip daddr {s4} udp dport 7001 counter drop\n"
-                  f"add rule inet admin rules ip6 daddr {s6} udp dport 7001 counter drop\n"
-                  f"add rule inet admin rules ip daddr {s4} tcp dport 7101 counter drop\n")
+            r.nft(f"add rule inet admin acl ip daddr {s4} udp dport 7001 counter drop\n"
+                  f"add rule inet admin acl ip6 daddr {s6} udp dport 7001 counter drop\n"
+                  f"add rule inet admin acl ip daddr {s4} tcp dport 7101 counter drop\n")
             rule_at = time.time()
             time.sleep(WITHIN_S)
             bad = _still_offloaded(lab, before, keep_keys)
@@ -172,7 +172,7 @@ def test_new_rules_and_set_elements_reach_offloaded_flows(lab: Lab, tmp_path: Pa
             # 3. The admin takes both back: the flows come back, offloaded.
             # (Taken before the command: replies may come back as soon as it commits.)
             lifted_at = time.time()
-            r.nft("flush chain inet admin rules\n"
+            r.nft("flush chain inet admin acl\n"
                   f"delete element inet admin blocked4 {{ {lab.lan2.host_v4} }}\n")
             # TCP retransmits back off; within 10 s all are through again.
             wait_for(lambda: _all_offloaded(lab, ports, 34), 15, interval=0.3,
@@ -287,19 +287,19 @@ def test_a_rule_for_one_direction_is_not_skipped_when_the_other_keeps_flowing(
             wait_for(lambda: _all_offloaded(lab, {port}, 6), 60, interval=0.5,
                      what="6 offloaded udp flows to the pushing server")
             rv0 = _revalidate(d)
-            r.nft(f"add rule inet admin rules ip daddr {s4} udp dport {port} counter drop\n"
-                  f"add rule inet admin rules ip6 daddr {s6} udp dport {port} counter drop\n")
+            r.nft(f"add rule inet admin acl ip daddr {s4} udp dport {port} counter drop\n"
+                  f"add rule inet admin acl ip6 daddr {s6} udp dport {port} counter drop\n")
             rule_at = time.time()
             time.sleep(5)  # 50 pushes per flow pass the router meanwhile
             now = _entries(lab, {port})
             offloaded = sorted(k for k, e in now.items() if e.offloaded)
-            counters = r.out("nft", "list", "chain", "inet", "admin", "rules")
+            counters = r.out("nft", "list", "chain", "inet", "admin", "acl")
             rv1 = _revalidate(d)
             why = d.ctl("--json", "explain", "udp", lab.lan.host_v4, f"{s4}:{port}",
                         check=True).stdout
             # The admin takes it back: both directions pass, the flows are offloaded.
             lifted_at = time.time()
-            r.nft("flush chain inet admin rules")
+            r.nft("flush chain inet admin acl")
             wait_for(lambda: _all_offloaded(lab, {port}, 6), 15, interval=0.3,
                      what="the flows offloaded again after the rule went")
             results = [g.finish() for g in gens]
