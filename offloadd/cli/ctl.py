@@ -24,7 +24,7 @@ import socket
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from offloadd import __version__
 from offloadd.cli.format import format_flows, format_status
@@ -39,9 +39,11 @@ from offloadd.kernel.backend import NftBackend
 from offloadd.kernel.conntrack import list_by_status, list_offloaded, teardown_timeout_warnings
 from offloadd.kernel.links import current_links
 from offloadd.kernel.nftstate import other_forward_priorities
-from offloadd.kernel.routes import RouteLookup
 from offloadd.service.control import ControlError, NotRunningError, request
 from offloadd.service.daemon import Daemon
+
+if TYPE_CHECKING:
+    from offloadd.kernel.routes import RouteLookup
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DOWN = 0, 1, 2, 3
 # For --help and offloadctl(8), which is generated from it.
@@ -244,6 +246,14 @@ def cmd_reload(args: argparse.Namespace, sock: Path) -> int:
 
 
 # -- flows ----------------------------------------------------------------------
+def _routes() -> RouteLookup:
+    # pyroute2 is imported only by the commands that look up routes: under
+    # emulation its import alone took 2.4 s of every offloadctl call.
+    from offloadd.kernel.routes import RouteLookup  # noqa: PLC0415
+
+    return RouteLookup()
+
+
 def _flow_dict(f: OffloadedFlow, routes: RouteLookup) -> dict[str, Any]:
     return {"id": f.id, "family": "ipv4" if f.family == socket.AF_INET else "ipv6",
             "proto": f.proto_name, "src": f.orig.src, "sport": f.orig.sport,
@@ -259,7 +269,7 @@ def cmd_flows(args: argparse.Namespace) -> int:
     # the heap in list_offloaded); without, only the top N are parsed.
     limit = args.top if not (args.device or args.addr) else 1_000_000
     flows = [f for fam in (socket.AF_INET, socket.AF_INET6) for f in list_offloaded(fam, limit)]
-    routes = RouteLookup()
+    routes = _routes()
     try:
         rows = []
         for f in flows:
@@ -317,7 +327,7 @@ def cmd_explain(args: argparse.Namespace, config: Config) -> int:
 
     candidates = [f for f in list_by_status(fam, 0, 0, 1_000_000) if matches(f)]
     flow = candidates[0] if candidates else None
-    routes = RouteLookup()
+    routes = _routes()
     try:
         in_dev, out_dev = routes.device_towards(src), routes.device_towards(dst)
     finally:

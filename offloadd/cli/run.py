@@ -80,13 +80,21 @@ def configure_logging(level: str) -> None:
 
     Its per-message debug chatter must not: at ``--log-level debug`` it wrote
     5 MB for 500 new links and slowed the watcher enough (under TCG) to split
-    one burst into 15 transactions. pyroute2 resets its logger's level when
-    it is first imported (pyroute2/config/log.py), so it is imported first.
+    one burst into 15 transactions. pyroute2 resets its logger's level when it
+    is imported (pyroute2/config/log.py), which now happens late or never (its
+    import alone took 2.4 s of a start under emulation), so the handler
+    filters its records rather than trusting that level.
     """
-    import pyroute2  # noqa: F401, PLC0415 - for that reset to happen before ours
-
-    journal_logging(logging.getLogger(), level=level.upper())
+    handler = journal_logging(logging.getLogger(), level=level.upper())
+    handler.addFilter(quiet_pyroute2)
     logging.getLogger("pyroute2").setLevel(logging.WARNING)
+
+
+def quiet_pyroute2(record: logging.LogRecord) -> bool:
+    """Lets pyroute2's records through from WARNING up only."""
+    if record.name == "pyroute2" or record.name.startswith("pyroute2."):
+        return record.levelno >= logging.WARNING
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
