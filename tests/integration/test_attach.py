@@ -188,3 +188,41 @@ def test_a_kernel_wildcard_hooks_a_device_that_appears_with_offloadd_stopped(
                      what=f"{FLOWS} flows offloaded through wan7 with offloadd stopped")
         finally:
             gen.stop()
+
+
+def _offloaded_ids(lab: Lab) -> set[int]:
+    return {e.id for e in conntrack.entries(lab.router, 4)
+            if e.proto == "udp" and e.dport == 7000 and e.offloaded}
+
+
+@pytest.mark.wildcards
+def test_switching_a_flowtable_to_a_wildcard_keeps_its_flows(lab: Lab, tmp_path: Path) -> None:
+    """A reload from "wan0" to "wan*" swaps the device for the wildcard and the
+    plain ifname set for an interval one in one transaction; the flowtable
+    stays, and the flows through wan0 stay offloaded under their entries."""
+    r = lab.router
+    exact = WILDCARD_CONFIG.replace('"wan*"', '"wan0"')
+    with offloadd(r, exact, tmp_path) as d, udp_echo_server(lab.server, "::"):
+        d.wait_devices("ft", {"lan0", "wan0"})
+        gen = udp_flows(lab.client, lab.server_addr(4), flows=FLOWS, seconds=120, interval=0.1)
+        try:
+            wait_for(lambda: len(_offloaded_ids(lab)) == FLOWS, 20,
+                     what=f"{FLOWS} flows offloaded through wan0")
+            ids = _offloaded_ids(lab)
+            handle = _flowtable_handle(r)
+            d.config.write_text(d.config.read_text().replace('"wan0"', '"wan*"'))
+            d.ctl("reload", check=True)
+            d.wait_devices("ft", {"lan0", "wan*"})
+            assert _flowtable_handle(r) == handle, "the flowtable was re-created"
+            wait_for(lambda: _offloaded_ids(lab) == ids, 5,
+                     what="the same conntrack entries offloaded after the switch")
+        finally:
+            gen.stop()
+
+
+def _flowtable_handle(ns: Netns) -> int:
+    for item in nft_list(ns, "flowtables"):
+        ft = item.get("flowtable")
+        if ft and ft["table"] == "offloadd" and ft["name"] == "ft":
+            return int(ft["handle"])
+    raise AssertionError("no flowtable ft in table offloadd")
