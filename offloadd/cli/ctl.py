@@ -28,14 +28,17 @@ from typing import TYPE_CHECKING, Any
 
 from offloadd import __version__
 from offloadd.cli.format import format_flows, format_status
+from offloadd.core.attach import wildcard_prefix
 from offloadd.core.config import DEFAULT_CONFIG_PATH, Config, ControlConfig, Revalidate
 from offloadd.core.configparse import load_config, parse_config
 from offloadd.core.errors import ConfigError, OffloaddError
 from offloadd.core.explain import Passed, explain
 from offloadd.core.flows import OffloadedFlow
+from offloadd.core.model import hooked_devices
 from offloadd.core.render import render
 from offloadd.core.revalidate import coverage
 from offloadd.kernel.backend import NftBackend
+from offloadd.kernel.capability import probe_name_hooks, probe_wildcard_hooks
 from offloadd.kernel.conntrack import list_by_status, list_offloaded, teardown_timeout_warnings
 from offloadd.kernel.links import current_links
 from offloadd.kernel.nftstate import other_forward_priorities
@@ -221,11 +224,27 @@ def cmd_status(args: argparse.Namespace, config: Config | None, sock: Path) -> i
 
 
 def kernel_only_status(config: Config) -> dict[str, Any]:
-    """What the kernel itself shows when the daemon cannot be asked."""
+    """What the kernel itself shows when the daemon cannot be asked.
+
+    A listed name counts as attached only if a device carries it (7.x keeps
+    names without a device), and a "wan*" covers the devices it starts only
+    where kernel and libnftables hook by prefix: probed here as offloadd
+    does, since older libnftables stores "wan*" as a literal name.
+    """
     fam, name = config.daemon.family.value, config.daemon.table
-    table = NftBackend(fam, name).read()
+    backend = NftBackend(fam, name)
+    table = backend.read()
+    present = {link.name for link in asyncio.run(current_links())}
+    specs: frozenset[str] = frozenset()
+    listed = {d for ft in (table.flowtables if table else ()) for d in ft.devices}
+    if any(wildcard_prefix(d) is not None for d in listed):
+        hooks = probe_name_hooks(backend.nft)
+        if probe_wildcard_hooks(backend.nft, hooks.name_hooks).wildcards:
+            specs = frozenset(d for d in listed if wildcard_prefix(d) is not None)
     fts = [{"name": ft.name, "hardware": ft.hardware, "counter": ft.counter,
-            "desired": None, "attached": sorted(ft.devices), "in_sync": None, "devices": []}
+            "desired": None, "in_sync": None, "devices": [],
+            "attached": sorted(hooked_devices(ft.devices, present, specs)),
+            "listed": sorted(ft.devices), "wildcards": sorted(ft.devices & specs)}
            for ft in (table.flowtables if table else ())]
     return {"table": {"family": fam, "name": name, "exists": table is not None,
                       "forward_priority": table.chain.priority if table and table.chain

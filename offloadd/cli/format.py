@@ -80,6 +80,18 @@ def _format_flowtable(ft: dict[str, Any]) -> list[str]:
                f"{sync}")
     if ft.get("attach_reason"):
         out.append(f"  attach: {ft['attach']} ({ft['attach_reason']})")
+    if ft["desired"] is None:
+        # The kernel's own view (offloadd not running): what it lists, and
+        # which of it a device carries.
+        attached = set(ft["attached"])
+        for name in ft.get("listed", ft["attached"]):
+            if name in wildcards:
+                covered = sorted(d for d in attached if wildcard_covering((name,), d))
+                hooked = f": {', '.join(covered)}" if covered else ", no device yet"
+                out.append(f"  {name:<15} [KERNEL WILDCARD{hooked}]")
+            else:
+                out.append(f"  {name}" + ("" if name in attached else "  [listed, no device]"))
+        return out
     for spec in wildcards:
         covered = [d for d in present if wildcard_covering((spec,), d) is not None]
         hooked = f": {', '.join(covered)}" if covered else ", no device yet"

@@ -181,6 +181,12 @@ def test_a_kernel_wildcard_hooks_a_device_that_appears_with_offloadd_stopped(
     # Not a rename: a device the kernel has never seen registers now.
     recreate_leg(r, lab.wan, "wan7")
     assert _flowtable_devices(r, "offloadd", "ft") == {"lan0", "wan*"}
+    # offloadctl with offloadd down reads the kernel, and knows "wan*" for
+    # the wildcard it is (it probes, as offloadd does).
+    down = d.ctl("--json", "status")
+    assert down.returncode == 3, down.stderr
+    (ft,) = json.loads(down.stdout)["flowtables"]
+    assert (ft["attached"], ft["wildcards"]) == (["lan0", "wan7"], ["wan*"]), ft
     with udp_echo_server(lab.server, "::"):
         gen = udp_flows(lab.client, lab.server_addr(4), flows=FLOWS, seconds=60, interval=0.1)
         try:

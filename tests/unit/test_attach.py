@@ -442,6 +442,22 @@ def test_status_counts_what_a_kernel_wildcard_hooks_as_attached() -> None:
     assert "  wan*            [KERNEL WILDCARD, no device yet]" in format_status(rep)
 
 
+def test_status_with_offloadd_down_shows_what_the_kernel_lists_and_hooks() -> None:
+    """offloadctl status without a daemon: a listed name without a device and a
+    wildcard's devices are told apart (offloadd.cli.ctl.kernel_only_status)."""
+    ft = {"name": "ft", "hardware": False, "counter": False, "desired": None,
+          "in_sync": None, "devices": [], "attached": ["lan0", "wan0", "wan1"],
+          "listed": ["lan0", "ppp0", "wan*"], "wildcards": ["wan*"]}
+    rep = {"daemon": {"running": False, "reason": "offloadd is not running"},
+           "table": {"family": "inet", "name": "offloadd", "exists": True,
+                     "forward_priority": 0},
+           "flowtables": [ft], "left_out": [], "problems": []}
+    text = format_status(rep)
+    assert "flowtable ft (software): 3 attached" in text
+    assert "  lan0\n" in text and "  ppp0  [listed, no device]" in text
+    assert "  wan*            [KERNEL WILDCARD: wan0, wan1]" in text
+
+
 def test_the_labs_version_oracle_for_kernel_wildcards() -> None:
     """tests.lab.nftns.wildcard_hooks_by_version decides which lab runs carry
     the integration tests marked wildcards."""
