@@ -12,9 +12,11 @@ SUITE ?= bookworm
 # root the VM boots (lab/roots.sh; none = this machine's own Debian 12).
 # Debian 12 on its kernels, Debian 13 on the 7.x kernel of its backports.
 VM_RUNS := 6.1 6.12 7:trixie
-# Debian unstable (nftables 1.1.7, Python 3.14) on 7.x: the kernel wildcard
-# mode and what it rests on (a stated subset: the whole suite runs above).
-SID_TESTS := tests/integration/test_attach.py tests/integration/test_capability.py
+# Debian testing (forky: nftables 1.1.7, Python 3.14) on 7.x: the kernel
+# wildcard mode and what it rests on (a stated subset: the whole suite runs
+# above). Testing, not unstable: its packages always install together, so its
+# debootstrap does not break in the middle of a transition.
+TESTING_TESTS := tests/integration/test_attach.py tests/integration/test_capability.py
 # The full-system test (systemd as PID 1), SUITE:KERNEL: Debian 12 on its
 # own kernel, Debian 13 on the 7.x kernel of its backports.
 SYSTEM_RUNS := bookworm:6.1 trixie:7
@@ -28,7 +30,7 @@ SYSTEM_RUNS := bookworm:6.1 trixie:7
 ## newcomer's command stays working.
 test: setup lint test-unit test-host test-alerts vagrant-validate test-vms test-systems demo
 	@echo '== integration and system results per run =='
-	@$(PY) lab/check_results.py --summary $(subst :,-,$(VM_RUNS)) 7-sid $(addprefix system-,$(subst :,-,$(SYSTEM_RUNS)))
+	@$(PY) lab/check_results.py --summary $(subst :,-,$(VM_RUNS)) 7-forky $(addprefix system-,$(subst :,-,$(SYSTEM_RUNS)))
 
 setup:
 	@lab/setup.sh
@@ -67,7 +69,7 @@ test-vms: setup
 		k=$${r%%:*}; s=$${r#*:}; [ "$$s" != "$$r" ] || s=host; \
 		lab/vm-test.sh $$k --userspace $$s $(PYTEST_ARGS) || rc=1; \
 	done; \
-	lab/vm-test.sh 7 --userspace sid $(SID_TESTS) || rc=1; exit $$rc
+	lab/vm-test.sh 7 --userspace forky $(TESTING_TESTS) || rc=1; exit $$rc
 
 ## make test-system [KERNEL=6.1|6.12|7] [SUITE=bookworm|trixie]: offloadd under
 ## systemd as PID 1 in a VM (a Debian 12 or 13 root, debootstrapped and cached

@@ -3,7 +3,8 @@
 # Why: the integration suite normally runs on the host's own root (Debian 12:
 # Python 3.11, nftables 1.0.6), shared into the VM read-only. A gateway built
 # today runs Debian 13 (Python 3.13, nftables 1.1.3), and the kernel wildcard
-# hooks need nftables >= 1.1.6, which only unstable has (1.1.7, Python 3.14).
+# hooks need nftables >= 1.1.6, which only testing (forky) and unstable have
+# (1.1.7, Python 3.14).
 # So the VM can boot with a debootstrapped root of another Debian suite
 # instead (vng --root), and the full-system test's image starts from one.
 #
@@ -17,7 +18,7 @@
 #           download serves every Python). The repo is not in the root: the
 #           VM mounts it, and guest-run.sh puts it on PYTHONPATH.
 
-LAB_SUITES="bookworm trixie sid"
+LAB_SUITES="bookworm trixie forky sid"
 
 # No netbase on purpose: without /etc/protocols nft lists `meta l4proto
 # { 6, 17 }`, which offloadd's read-back must still match (it once did not and

@@ -3,7 +3,8 @@
 # these machines) and runs the integration suite inside it. The guest shares
 # the host's root filesystem read-only (Debian 12 userspace), or with
 # --userspace SUITE a Debian root of that suite (lab/roots.sh: trixie =
-# Debian 13, sid = unstable) with the repo mounted in. Results come back
+# Debian 13, forky = testing,
+# sid = unstable) with the repo mounted in. Results come back
 # through --rwdir as JUnit XML plus the guest's exit status, and
 # check_results.py refuses a run that collected nothing, skipped anything, or
 # left no readable result.
@@ -41,8 +42,8 @@ fi
 
 run=$series
 [ "$suite" = host ] || run="$series-$suite"
-# Debian unstable's nftables (>= 1.1.6) is the one with wildcard hooks.
-[ "$suite" = sid ] && args+=(--with-wildcards)
+# Debian testing's and unstable's nftables (>= 1.1.6) have wildcard hooks.
+case "$suite" in forky|sid) args+=(--with-wildcards) ;; esac
 out="$repo/build/results/$run"
 rm -rf "$out"
 mkdir -p "$out"

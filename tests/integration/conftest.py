@@ -24,7 +24,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--with-wildcards", action="store_true",
         help="also run the tests marked wildcards: the VM has a kernel and nftables with "
              "wildcard hooks (7.x, nftables >= 1.1.6: `make test` runs them with Debian "
-             "unstable's userspace)")
+             "testing's userspace)")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
