@@ -62,7 +62,7 @@ lab_wheels() {
 # Path of the cached root for suite $1 and purpose $2 (system|vm); builds it
 # when missing or stale. Needs root (debootstrap, chroot).
 ensure_root() {
-    local suite=$1 purpose=$2 dir packages want have mirror t0 wheels w
+    local suite=$1 purpose=$2 dir packages want have mirror t0 wheels w script
     case " $LAB_SUITES " in *" $suite "*) ;; *) die "unknown Debian suite '$suite'; use one of: $LAB_SUITES" ;; esac
     case "$purpose" in
         system) packages=$ROOT_PACKAGES_system ;;
@@ -86,8 +86,12 @@ ensure_root() {
     log "$suite $purpose root: debootstrap $suite from $mirror (packages: $packages)"
     rm -rf "$dir.tmp"
     mkdir -p "$LAB_CACHE/debs-$suite"
+    # Debian 12's debootstrap has no script for suites newer than itself
+    # (forky); they bootstrap like unstable.
+    script=/usr/share/debootstrap/scripts/$suite
+    [ -e "$script" ] || script=/usr/share/debootstrap/scripts/sid
     debootstrap --variant=minbase --cache-dir="$LAB_CACHE/debs-$suite" --include="$packages" \
-        "$suite" "$dir.tmp" "$mirror" > "$LAB_CACHE/debootstrap-$suite-$purpose.log" 2>&1 \
+        "$suite" "$dir.tmp" "$mirror" "$script" > "$LAB_CACHE/debootstrap-$suite-$purpose.log" 2>&1 \
         || { tail -20 "$LAB_CACHE/debootstrap-$suite-$purpose.log" >&2
              die "debootstrap $suite failed (log: $LAB_CACHE/debootstrap-$suite-$purpose.log)"; }
     rm -rf "$dir.tmp"/var/cache/apt/archives/*.deb "$dir.tmp"/var/lib/apt/lists/*
