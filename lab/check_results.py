@@ -52,6 +52,10 @@ def judge(kernel: str, res: Path, vng_rc: int) -> int:
     errors = sum(int(s.get("errors", 0)) for s in suites)
     skipped = sum(int(s.get("skipped", 0)) for s in suites)
     passed = tests - failures - errors - skipped
+    rerun = _read(res / "rerun-after-kernel-death")
+    if rerun:
+        print(f"{tag}: note: run a second time: the first guest's kernel died during the "
+              f"tests ({rerun}; {res}/console-died.log)")
     wall = _read(res / "wall_seconds") or "?"
     boot = _read(res / "guest_uptime_at_start") or "?"
     print(f"{tag} ({guest_kernel}): {tests} integration tests ran, {passed} passed, "
