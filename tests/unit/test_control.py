@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,35 @@ def test_server_round_trip_and_socket_mode(tmp_path: Path) -> None:
         assert not path.exists()
 
     asyncio.run(scenario())
+
+
+def test_an_oversized_request_gets_its_error_reply_not_a_reset(tmp_path: Path) -> None:
+    """The client sends all of it before reading (as the lab's fuzz test
+    does); the server reads the rest before replying and closing."""
+    path = tmp_path / "control.sock"
+
+    def client() -> bytes:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(str(path))
+            s.sendall(b"x" * 1_000_000 + b"\n")
+            s.shutdown(socket.SHUT_WR)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            return data
+
+    async def scenario() -> bytes:
+        server = ControlServer(path, HANDLERS)
+        await server.start()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, client)
+        finally:
+            await server.close()
+
+    for _ in range(5):
+        reply = json.loads(asyncio.run(scenario()))
+        assert reply["ok"] is False and "larger than" in reply["error"], reply
 
 
 def test_client_says_daemon_not_running(tmp_path: Path) -> None:
