@@ -58,7 +58,7 @@ def judge(kernel: str, res: Path, vng_rc: int) -> int:
               f"tests ({rerun}; {res}/console-died.log)")
     wall = _read(res / "wall_seconds") or "?"
     boot = _read(res / "guest_uptime_at_start") or "?"
-    print(f"{tag} ({guest_kernel}): {tests} integration tests ran, {passed} passed, "
+    print(f"{tag} ({guest_kernel}): {tests} tests ran, {passed} passed, "
           f"{failures} failed, {errors} errors, {skipped} skipped "
           f"(guest up after {boot} s, VM wall {wall} s)")
     problems = []
