@@ -55,7 +55,7 @@ cp "$debs"/offloadd_*_all.deb "$stage/opt/offloadd-systemtest/debs/"
 for deb in "$stage"/opt/offloadd-systemtest/debs/*.deb; do
     in_root "$stage" apt-get install -s -q "/opt/offloadd-systemtest/debs/$(basename "$deb")" \
         > "$out/apt-simulate.log" 2>&1 \
-        || die "the image cannot install $(basename "$deb") offline (add its dependencies to root_packages): $(tail -5 "$out/apt-simulate.log")"
+        || die "the image cannot install $(basename "$deb") offline (add its dependencies to ROOT_PACKAGES_system in lab/roots.sh): $(tail -5 "$out/apt-simulate.log")"
     grep -q '^Inst offloadd ' "$out/apt-simulate.log" \
         || die "apt-get -s would not install offloadd: $(cat "$out/apt-simulate.log")"
     if grep '^Inst ' "$out/apt-simulate.log" | grep -qv '^Inst offloadd '; then
