@@ -69,9 +69,10 @@ fi
 # 2026-11-26), which says nothing about offloadd. A guest whose kernel died
 # while its tests ran (an Oops or panic on the console: the kernel's warnings
 # are printed, loglevel=5) is run again once, and the results say so
-# (rerun-after-kernel-death, console-died.log): the same emulator artifact
-# killed a 7.3.4 guest 2 tests into a run on 2026-11-26. Anything else a guest
-# that started its tests did stands, whatever it is.
+# (rerun-after-kernel-death, console-died.log): a 7.3.4 guest died 2 tests
+# into a run on 2026-11-26, before the kernel's log was printed (likely the
+# same artifact; not confirmed). Anything else a guest that started its
+# tests did stands, whatever it is.
 start=$(date +%s.%N)
 died=0
 for boot in 1 2 3 4; do
