@@ -53,17 +53,9 @@ logged=$(dpkg-parsechangelog -l debian/changelog -S Version)
   add an entry for $version to debian/changelog"
 deb_version="$version$suffix"
 
-# The vendored wheels: from the cache if it has them (offline rebuilds), else PyPI.
+# The vendored wheels (hash-checked; from the cache when it has them).
 wheels="$repo/build/deb/wheels"
-mkdir -p "$wheels"
-pip_dl() {
-    PIP_CONFIG_FILE=/dev/null "$py" -m pip download -q --disable-pip-version-check \
-        --no-deps --only-binary=:all: --require-hashes -r debian/vendor.txt -d "$wheels" "$@"
-}
-if ! pip_dl --no-index --find-links "$wheels" >/dev/null 2>&1; then
-    log "fetching the wheels of debian/vendor.txt from PyPI"
-    pip_dl || die "could not fetch the wheels of debian/vendor.txt"
-fi
+"$here/vendor-wheels.sh" "$wheels"
 
 work="$repo/build/deb"
 src="$work/offloadd-$deb_version"

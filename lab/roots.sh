@@ -44,19 +44,10 @@ in_root() {
     env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 chroot "$dir" "$@"
 }
 
-# The vendored wheels of debian/vendor.txt, fetched once (hash-checked).
+# The vendored wheels of debian/vendor.txt, fetched once (lab/vendor-wheels.sh).
 lab_wheels() {
-    local wheels="$LAB_CACHE/wheels" py=/usr/bin/python3
-    mkdir -p "$wheels"
-    dl() {
-        PIP_CONFIG_FILE=/dev/null "$py" -m pip download -q --disable-pip-version-check \
-            --no-deps --only-binary=:all: --require-hashes -r "$repo/debian/vendor.txt" -d "$wheels" "$@"
-    }
-    if ! dl --no-index --find-links "$wheels" >/dev/null 2>&1; then
-        log "fetching the wheels of debian/vendor.txt from PyPI"
-        dl >/dev/null || die "could not fetch the wheels of debian/vendor.txt"
-    fi
-    echo "$wheels"
+    "$repo/lab/vendor-wheels.sh" "$LAB_CACHE/wheels" || die "could not fetch the wheels of debian/vendor.txt"
+    echo "$LAB_CACHE/wheels"
 }
 
 # Path of the cached root for suite $1 and purpose $2 (system|vm); builds it
