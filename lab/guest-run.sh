@@ -20,11 +20,13 @@ fi
 echo "Debian $(cat /etc/debian_version), $("$py" --version 2>&1), $(nft --version)" > "$out/userspace"
 # Boot time as the guest saw it, for the issue notes.
 cut -d' ' -f1 /proc/uptime > "$out/guest_uptime_at_start"
-# Test paths given on the command line replace the whole suite.
+# Test paths given on the command line replace the whole suite. What each
+# test prints (its measured margins: gaps, packet counts, times) goes into
+# the JUnit file, to compare runs when one fails.
 suite=tests/integration
 for a in "$@"; do case "$a" in tests/*) suite= ;; esac; done
 "$py" -m pytest $suite -p no:cacheprovider \
-    -o junit_suite_name="integration-$(uname -r)" \
+    -o junit_suite_name="integration-$(uname -r)" -o junit_logging=system-out \
     --junitxml="$out/junit.xml" -rfEs "$@"
 rc=$?
 echo "$rc" > "$out/guest_rc"
