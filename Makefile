@@ -92,10 +92,12 @@ test-systems: setup
 demo: setup
 	lab/vm-run.sh $(KERNEL) "$(CURDIR)/.venv/bin/python" lab/demo.py
 
-## make bench [KERNEL=6.1|6.12|7] [CASES=...]: benchmarks in the lab VM -> bench/results/<KERNEL>.json
+## make bench [KERNEL=6.1|6.12|7] [USERSPACE=trixie|forky|sid] [CASES=...]: benchmarks
+## in the lab VM -> bench/results/<KERNEL>[-<USERSPACE>].json. The kernel
+## wildcard attach: make bench KERNEL=7 USERSPACE=forky CASES=first_offload
 bench:
 	@lab/setup.sh --bench
-	lab/vm-bench.sh $(KERNEL) $(CASES)
+	lab/vm-bench.sh $(KERNEL) $(if $(USERSPACE),--userspace $(USERSPACE)) $(CASES)
 
 ## make test-native: the integration suite on this machine's own kernel (a
 ## Vagrant box, a gateway with flowtables); fails if the kernel cannot.
