@@ -111,6 +111,25 @@ ensure_root() {
     echo "$dir"
 }
 
+# The vng arguments for a guest of userspace $1 (host: this machine's own
+# root, shared read-only; else a vm root of that suite) on kernel version $2
+# (unpacked in $3), with the repo at its own path and the host dir $4
+# writable. Sets vm_args (vng's --root/--rodir/--rwdir/--cwd) and vm_out
+# (where the guest sees $4). Shared by lab/vm-test.sh and lab/vm-bench.sh.
+vm_userspace() {
+    local suite=$1 ver=$2 kdir=$3 out=$4 root
+    vm_out=$out
+    vm_args=(--rwdir "$out" --cwd "$repo")
+    [ "$suite" != host ] || return 0
+    root=$(ensure_root "$suite" vm)
+    # $4 apart from the repo: under the read-only repo mount a read-write one
+    # was shadowed (seen: "Read-only file system").
+    vm_out=/offloadd-out
+    prepare_vm_root "$root" "$ver" "$kdir" "$repo" "$vm_out"
+    # vng takes --cwd as a host path under --root; the repo is mounted there.
+    vm_args=(--root "$root" --rodir "$repo=$repo" --rwdir "$vm_out=$out" --cwd "$root$repo")
+}
+
 # Makes kernel $2 (version $3, unpacked in $4) and the host directories given
 # after it visible in the vm root $1: the modules where modprobe looks (hard
 # links when on the same filesystem), and empty mount points for vng's

@@ -34,16 +34,9 @@ run=$series
 out="$LAB_CACHE/bench/$run.$$"
 rm -rf "$out"; mkdir -p "$out" "$repo/bench/results" "$repo/build/bench/$run"
 trap 'rm -rf "$out"' EXIT
-root_args=(--rwdir "$out")
-cwd=$repo
-gout=$out
+vm_userspace "$suite" "$ver" "$kdir" "$out"
 py=("$repo/.venv/bin/python")
 if [ "$suite" != host ]; then
-    vmroot=$(ensure_root "$suite" vm)
-    gout=/offloadd-bench
-    prepare_vm_root "$vmroot" "$ver" "$kdir" "$repo" "$gout"
-    root_args=(--root "$vmroot" --rodir "$repo=$repo" --rwdir "$gout=$out")
-    cwd=$vmroot$repo
     # The root's own Python with offloadd's vendored dependencies (guest-run.sh).
     py=(env PYTHONDONTWRITEBYTECODE=1 "PYTHONPATH=/opt/offloadd-lab/site:$repo" /usr/bin/python3)
 fi
@@ -54,8 +47,8 @@ set +e
 PATH="$repo/.venv/bin:$PATH" timeout "${OFFLOADD_BENCH_TIMEOUT:-1800}" \
     vng --run "$kdir/boot/vmlinuz-$ver" --disable-kvm \
         --cpus "${OFFLOADD_VM_CPUS:-2}" --memory "${OFFLOADD_VM_MEMORY:-2G}" \
-        "${root_args[@]}" --cwd "$cwd" \
-        -- "${py[@]}" -m bench.run --out "$gout/latest.json" "$@" \
+        "${vm_args[@]}" \
+        -- "${py[@]}" -m bench.run --out "$vm_out/latest.json" "$@" \
         </dev/null 2>&1 | sed -u "s/^/[vm $run] /"
 set -e
 [ -s "$out/latest.json" ] || die "the benchmark wrote no results (see the output above)"

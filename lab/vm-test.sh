@@ -49,19 +49,7 @@ rm -rf "$out"
 mkdir -p "$out"
 # The capability test's ground truth, where a guest with another root sees it.
 cp "$kdir/boot/config-$ver" "$out/kernel-config"
-root_args=(--rwdir "$out")
-cwd=$repo
-gout=$out   # the results dir as the guest sees it
-if [ "$suite" != host ]; then
-    vmroot=$(ensure_root "$suite" vm)
-    prepare_vm_root "$vmroot" "$ver" "$kdir" "$repo" /offloadd-results
-    # The results dir apart from the repo: under the read-only repo mount a
-    # read-write one was shadowed (seen: "Read-only file system").
-    gout=/offloadd-results
-    root_args=(--root "$vmroot" --rodir "$repo=$repo" --rwdir "$gout=$out")
-    # vng takes --cwd as a host path under --root; the repo is mounted there.
-    cwd=$vmroot$repo
-fi
+vm_userspace "$suite" "$ver" "$kdir" "$out"
 
 # A boot that never reaches the test runner is booted again (at most 3 boots):
 # 7.3.4 under TCG with 2 vCPUs now and then oopses at boot (int3 in
@@ -85,8 +73,8 @@ for boot in 1 2 3 4; do
     PATH="$repo/.venv/bin:$PATH" timeout "${OFFLOADD_VM_TIMEOUT:-2700}" \
         vng --run "$kdir/boot/vmlinuz-$ver" --disable-kvm \
             --cpus "${OFFLOADD_VM_CPUS:-2}" --memory "${OFFLOADD_VM_MEMORY:-2G}" \
-            "${root_args[@]}" --cwd "$cwd" --append loglevel=5 ${OFFLOADD_VNG_EXTRA:-} \
-            -- "$here/guest-run.sh" "$gout" "$gout/kernel-config" "${args[@]}" </dev/null 2>&1 | tee "$out/console.log" | sed -u "s/^/[vm $run] /"
+            "${vm_args[@]}" --append loglevel=5 ${OFFLOADD_VNG_EXTRA:-} \
+            -- "$here/guest-run.sh" "$vm_out" "$vm_out/kernel-config" "${args[@]}" </dev/null 2>&1 | tee "$out/console.log" | sed -u "s/^/[vm $run] /"
     vng_rc=${PIPESTATUS[0]}
     set -e
     if [ -e "$out/guest_rc" ] || [ "$vng_rc" = 0 ]; then
