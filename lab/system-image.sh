@@ -68,7 +68,7 @@ done
 # installs it, with this one drop-in.
 install -D -m644 /dev/stdin "$stage/etc/systemd/system/offloadd.service.d/50-systemtest.conf" <<'EOF'
 [Service]
-WatchdogSec=5
+WatchdogSec=10
 EOF
 
 # The kernel's modules, so that systemd-modules-load and autoloading work.

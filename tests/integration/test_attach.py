@@ -22,7 +22,7 @@ from tests.lab.daemon import offloadd, table_exists
 from tests.lab.netns import CommandError, Netns
 from tests.lab.nftns import nft_list, wildcard_hooks_here
 from tests.lab.topology import Lab, recreate_leg
-from tests.lab.traffic import udp_echo_server, udp_flows, wait_for
+from tests.lab.traffic import LIFETIME_S, SETTLE_S, udp_echo_server, udp_flows, wait_for
 
 # "lan?", not "lan*": a pattern the kernel never takes as a wildcard, so this
 # is about the declared name alone whatever nftables the lab has.
@@ -84,18 +84,19 @@ def test_a_declared_name_attaches_when_its_device_appears_with_offloadd_stopped(
     # on_exit = "keep": the table stays; nothing of offloadd's runs now.
     _rename(r, "wan0", "uplink9")
     with udp_echo_server(lab.server, "::"):
-        gen = udp_flows(lab.client, lab.server_addr(4), flows=FLOWS, seconds=60, interval=0.1)
+        gen = udp_flows(lab.client, lab.server_addr(4), flows=FLOWS, seconds=LIFETIME_S,
+                        interval=0.1)
         try:
             if hooks:
                 # The kernel hooked uplink9 by its name: no daemon involved.
-                wait_for(lambda: _offloaded(lab) == FLOWS, 15,
+                wait_for(lambda: _offloaded(lab) == FLOWS, SETTLE_S,
                          what=f"{FLOWS} flows offloaded through uplink9 with offloadd stopped")
             else:
                 time.sleep(4)
                 assert _offloaded(lab) == 0, "offloaded without uplink9 in the flowtable"
                 with offloadd(r, CONFIG, tmp_path) as d:
                     d.wait_devices("ft", {"lan0", "lan1", "uplink9"})
-                    wait_for(lambda: _offloaded(lab) == FLOWS, 15,
+                    wait_for(lambda: _offloaded(lab) == FLOWS, SETTLE_S,
                              what=f"{FLOWS} flows offloaded once offloadd attached uplink9")
         finally:
             gen.stop()
@@ -188,9 +189,10 @@ def test_a_kernel_wildcard_hooks_a_device_that_appears_with_offloadd_stopped(
     (ft,) = json.loads(down.stdout)["flowtables"]
     assert (ft["attached"], ft["wildcards"]) == (["lan0", "wan7"], ["wan*"]), ft
     with udp_echo_server(lab.server, "::"):
-        gen = udp_flows(lab.client, lab.server_addr(4), flows=FLOWS, seconds=60, interval=0.1)
+        gen = udp_flows(lab.client, lab.server_addr(4), flows=FLOWS, seconds=LIFETIME_S,
+                        interval=0.1)
         try:
-            wait_for(lambda: _offloaded(lab) == FLOWS, 15,
+            wait_for(lambda: _offloaded(lab) == FLOWS, SETTLE_S,
                      what=f"{FLOWS} flows offloaded through wan7 with offloadd stopped")
         finally:
             gen.stop()
@@ -210,9 +212,10 @@ def test_switching_a_flowtable_to_a_wildcard_keeps_its_flows(lab: Lab, tmp_path:
     exact = WILDCARD_CONFIG.replace('"wan*"', '"wan0"')
     with offloadd(r, exact, tmp_path) as d, udp_echo_server(lab.server, "::"):
         d.wait_devices("ft", {"lan0", "wan0"})
-        gen = udp_flows(lab.client, lab.server_addr(4), flows=FLOWS, seconds=120, interval=0.1)
+        gen = udp_flows(lab.client, lab.server_addr(4), flows=FLOWS, seconds=LIFETIME_S,
+                        interval=0.1)
         try:
-            wait_for(lambda: len(_offloaded_ids(lab)) == FLOWS, 20,
+            wait_for(lambda: len(_offloaded_ids(lab)) == FLOWS, SETTLE_S,
                      what=f"{FLOWS} flows offloaded through wan0")
             ids = _offloaded_ids(lab)
             handle = _flowtable_handle(r)
@@ -220,7 +223,7 @@ def test_switching_a_flowtable_to_a_wildcard_keeps_its_flows(lab: Lab, tmp_path:
             d.ctl("reload", check=True)
             d.wait_devices("ft", {"lan0", "wan*"})
             assert _flowtable_handle(r) == handle, "the flowtable was re-created"
-            wait_for(lambda: _offloaded_ids(lab) == ids, 5,
+            wait_for(lambda: _offloaded_ids(lab) == ids, SETTLE_S,
                      what="the same conntrack entries offloaded after the switch")
         finally:
             gen.stop()

@@ -18,7 +18,15 @@ from tests.lab import conntrack
 from tests.lab.daemon import RunningDaemon, offloadd, table_exists
 from tests.lab.nftns import nft_list
 from tests.lab.topology import Lab
-from tests.lab.traffic import iperf3_client, iperf3_server, udp_echo_server, udp_flows, wait_for
+from tests.lab.traffic import (
+    LIFETIME_S,
+    SETTLE_S,
+    iperf3_client,
+    iperf3_server,
+    udp_echo_server,
+    udp_flows,
+    wait_for,
+)
 
 BASIC = """
 [[flowtable]]
@@ -38,15 +46,17 @@ def test_daemon_offloads_tcp_and_udp(lab: Lab, tmp_path: Path, family: int) -> N
         d.wait_devices("ft", {"lan0", "lan1", "wan0"})
         dst = lab.server_addr(family)
         with iperf3_server(lab.server), udp_echo_server(lab.server, "::"):
-            tcp = iperf3_client(lab.client, dst, seconds=15)
-            udp = udp_flows(lab.client, dst, flows=3, seconds=15, interval=0.05)
+            tcp = iperf3_client(lab.client, dst, seconds=LIFETIME_S)
+            udp = udp_flows(lab.client, dst, flows=3, seconds=LIFETIME_S, interval=0.05)
             try:
-                wait_for(lambda: _offloaded(lab, family, "tcp", 5201), 12,
+                wait_for(lambda: _offloaded(lab, family, "tcp", 5201), SETTLE_S,
                          what="offloaded tcp flow")
-                wait_for(lambda: len(_offloaded(lab, family, "udp", 7000)) == 3, 12,
+                wait_for(lambda: len(_offloaded(lab, family, "udp", 7000)) == 3, SETTLE_S,
                          what="3 offloaded udp flows")
-                tcp.result()
-                udp.result()
+                # Offloaded and still carrying traffic: the client has not failed.
+                assert tcp.proc.poll() is None, tcp.proc.communicate()
+                got = udp.finish()
+                assert got["received"] > got["sent"] * 0.8, got
             finally:
                 tcp.stop()
                 udp.stop()
@@ -140,9 +150,12 @@ table inet bystander {
             blocked = lab.client.run("iperf3", "-c", dst, "-p", "5202", "-t", "2",
                                      "--connect-timeout", "3000", check=False, timeout=30)
             assert blocked.returncode != 0, "the admin's drop rule was bypassed"
-            ok = iperf3_client(lab.client, dst, seconds=12)
-            wait_for(lambda: _offloaded(lab, 4, "tcp", 5201), 10, what="offloaded flow")
-            ok.result()
+            ok = iperf3_client(lab.client, dst, seconds=LIFETIME_S)
+            try:
+                wait_for(lambda: _offloaded(lab, 4, "tcp", 5201), SETTLE_S, what="offloaded flow")
+                assert ok.proc.poll() is None, ok.proc.communicate()
+            finally:
+                ok.stop()
         assert not [e for e in conntrack.entries(r, 4) if e.dport == 5202 and e.offloaded]
     after = r.out("nft", "list", "table", "ip", "admin") + r.out("nft", "list", "table",
                                                                   "inet", "bystander")
@@ -161,10 +174,12 @@ def test_flow_below_elephant_threshold_is_not_offloaded(lab: Lab, tmp_path: Path
             mouse.result()
             udp = [e for e in conntrack.entries(lab.router, 4) if e.dport == 7000]
             assert udp and not any(e.offloaded for e in udp), udp
-            elephant = udp_flows(lab.client, dst, flows=1, seconds=12, interval=0.02)
-            wait_for(lambda: len(_offloaded(lab, 4, "udp", 7000)) == 1, 10,
-                     what="the elephant flow offloaded")
-            elephant.result()
+            elephant = udp_flows(lab.client, dst, flows=1, seconds=LIFETIME_S, interval=0.02)
+            try:
+                wait_for(lambda: len(_offloaded(lab, 4, "udp", 7000)) == 1, SETTLE_S,
+                         what="the elephant flow offloaded")
+            finally:
+                elephant.stop()
 
 
 def test_sighup_reload_and_bad_reload_keeps_state(lab: Lab, tmp_path: Path) -> None:
@@ -175,7 +190,7 @@ def test_sighup_reload_and_bad_reload_keeps_state(lab: Lab, tmp_path: Path) -> N
         d.wait_devices("ft", {"wan0"})
         d.config.write_text(BASIC.replace('devices', 'devcies'))
         d.signal(signal.SIGHUP)
-        wait_for(lambda: "reload refused" in d.log_text(), 20, what="reload refused")
+        wait_for(lambda: "reload refused" in d.log_text(), SETTLE_S, what="reload refused")
         assert d.proc.poll() is None
         d.wait_devices("ft", {"wan0"})
 
@@ -190,7 +205,7 @@ def test_keep_on_exit_then_restart_adopts_without_disturbing_flows(lab: Lab,
         try:
             with offloadd(lab.router, config, tmp_path) as d:
                 d.wait_devices("ft", {"lan0", "lan1", "wan0"})
-                wait_for(lambda: len(_offloaded(lab, 4, "udp", 7000)) == 4, 15,
+                wait_for(lambda: len(_offloaded(lab, 4, "udp", 7000)) == 4, SETTLE_S,
                          what="4 offloaded flows")
                 ids = {e.id for e in _offloaded(lab, 4, "udp", 7000)}
                 assert d.stop() == 0
@@ -232,7 +247,7 @@ def test_more_devices_than_one_kernel_message_holds(lab: Lab, tmp_path: Path) ->
         with udp_echo_server(lab.server, "0.0.0.0"):
             udp = udp_flows(lab.client, dst, flows=2, seconds=600, interval=0.05)
             try:
-                wait_for(lambda: len(_offloaded(lab, 4, "udp", 7000)) == 2, 20,
+                wait_for(lambda: len(_offloaded(lab, 4, "udp", 7000)) == 2, SETTLE_S,
                          what="2 offloaded udp flows through a 303-device flowtable")
             finally:
                 udp.stop()

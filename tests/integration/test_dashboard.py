@@ -21,7 +21,7 @@ from tests.lab import grafana
 from tests.lab.daemon import offloadd
 from tests.lab.prom import label_values, prometheus, query, query_many
 from tests.lab.topology import Lab
-from tests.lab.traffic import offloaded_udp_flows, udp_echo_server, wait_for
+from tests.lab.traffic import SETTLE_S, offloaded_udp_flows, udp_echo_server, wait_for
 
 TARGET = "127.0.0.1:9468"
 VARIABLES = {"job": "offloadd", "instance": TARGET, "__rate_interval": "5m"}
@@ -101,7 +101,7 @@ def test_every_dashboard_query_returns_data(lab: Lab, tmp_path: Path) -> None:
                         and list(seen["Kernel state [A]"].values()) == [1])
 
             try:
-                wait_for(figures_as_made, 30, interval=2, what="the panels' figures")
+                wait_for(figures_as_made, SETTLE_S, interval=2, what="the panels' figures")
             except AssertionError:
                 raise AssertionError("figures: " + "\n".join(
                     f"{k}: {v}" for k, v in seen.items())) from None

@@ -15,8 +15,11 @@ from tests.lab import conntrack
 from tests.lab.nftns import nft_apply, rule_counter_packets
 from tests.lab.topology import Lab
 from tests.lab.traffic import (
+    LIFETIME_S,
+    SETTLE_S,
     iperf3_client,
     iperf3_server,
+    tx_packets,
     udp_echo_server,
     udp_flows,
     wait_for,
@@ -45,25 +48,28 @@ def _offloaded(lab: Lab, family: int, proto: str, dport: int) -> list[conntrack.
 def test_tcp_flow_offloaded_and_bypasses_forward_chain(lab: Lab, family: int) -> None:
     nft_apply(lab.router, RULESET)
     with iperf3_server(lab.server):
-        client = iperf3_client(lab.client, lab.server_addr(family), seconds=14,
-                               extra=("-i", "1"))
+        client = iperf3_client(lab.client, lab.server_addr(family), seconds=LIFETIME_S)
         try:
-            wait_for(lambda: _offloaded(lab, family, "tcp", 5201), timeout=10,
+            wait_for(lambda: _offloaded(lab, family, "tcp", 5201), timeout=SETTLE_S,
                      what="an [OFFLOAD] tcp conntrack entry to port 5201")
-            before = rule_counter_packets(lab.router, "inet", "lab", "forward")
-            t0 = time.monotonic()
-            time.sleep(2.5)
-            after = rule_counter_packets(lab.router, "inet", "lab", "forward")
-            window = time.monotonic() - t0
-            result = client.result()
+            before, crossed, after = _window(lab)
+            assert client.proc.poll() is None, client.proc.communicate()
         finally:
             client.stop()
     assert before > 0, "the forward chain never saw the handshake: counter broken?"
-    sent_bytes = result["end"]["sum_sent"]["bytes"]
-    rate = sent_bytes / result["end"]["sum_sent"]["seconds"]
     # Thousands of segments crossed the router in the window; the chain saw ~none.
-    assert rate * window / 1500 > 1000, f"too little traffic to judge: {rate:.0f} B/s"
+    assert crossed > 1000, f"too little traffic to judge: {crossed} packets out of wan0"
     assert after - before <= 10, f"forward chain still saw {after - before} packets"
+
+
+def _window(lab: Lab) -> tuple[int, int, int]:
+    """Forward-chain packets before and after a 2.5 s window, and the packets
+    that left the router towards the server meanwhile (wan0's counter)."""
+    before = rule_counter_packets(lab.router, "inet", "lab", "forward")
+    tx = tx_packets(lab.router, "wan0")
+    time.sleep(2.5)
+    crossed = tx_packets(lab.router, "wan0") - tx
+    return before, crossed, rule_counter_packets(lab.router, "inet", "lab", "forward")
 
 
 @pytest.mark.parametrize("family", [4, 6])
@@ -71,17 +77,16 @@ def test_udp_flows_offloaded_and_bypass_forward_chain(lab: Lab, family: int) -> 
     nft_apply(lab.router, RULESET)
     server = lab.server_addr(family)
     with udp_echo_server(lab.server, "::" if family == 6 else "0.0.0.0"):
-        client = udp_flows(lab.client, server, flows=4, seconds=14, interval=0.02)
+        client = udp_flows(lab.client, server, flows=4, seconds=LIFETIME_S, interval=0.02)
         try:
-            wait_for(lambda: len(_offloaded(lab, family, "udp", 7000)) == 4, timeout=10,
+            wait_for(lambda: len(_offloaded(lab, family, "udp", 7000)) == 4, timeout=SETTLE_S,
                      what="4 [OFFLOAD] udp conntrack entries to port 7000")
-            before = rule_counter_packets(lab.router, "inet", "lab", "forward")
-            time.sleep(2.5)
-            after = rule_counter_packets(lab.router, "inet", "lab", "forward")
-            result = client.result()
+            before, crossed, after = _window(lab)
+            result = client.finish()
         finally:
             client.stop()
     assert before > 0
     assert result["received"] > result["sent"] * 0.8, result
-    # ~4 flows x 50 pkt/s x 2.5 s x 2 directions = ~1000 packets crossed meanwhile.
+    # ~4 flows x 50 pkt/s x 2.5 s one way crossed meanwhile (fewer under a slow VM).
+    assert crossed > 100, f"too little traffic to judge: {crossed} packets out of wan0"
     assert after - before <= 10, f"forward chain still saw {after - before} packets"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tests.lab.daemon import offloadd
 from tests.lab.topology import Lab
-from tests.lab.traffic import wait_for
+from tests.lab.traffic import SETTLE_S, wait_for
 
 
 def test_auto_falls_back_to_software_on_veth(lab: Lab, tmp_path: Path) -> None:
@@ -24,6 +24,6 @@ def test_required_leaves_incapable_devices_out_and_says_why(lab: Lab, tmp_path: 
     config = '[[flowtable]]\nname = "ft"\ndevices = ["lan*", "wan*"]\nhardware = "required"\n'
     with offloadd(lab.router, config, tmp_path) as d:
         d.wait_devices("ft_hw", set())
-        wait_for(lambda: "cannot offload in hardware" in d.log_text(), 20,
+        wait_for(lambda: "cannot offload in hardware" in d.log_text(), SETTLE_S,
                  what="a log line naming the incapable device")
         assert d.proc.poll() is None

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tests.lab.daemon import offloadd
 from tests.lab.topology import Lab
+from tests.lab.traffic import SETTLE_S
 
 CONFIG = """
 [[flowtable]]
@@ -43,9 +44,9 @@ def test_random_link_operations_converge(lab: Lab, tmp_path: Path) -> None:
         # One big burst first: 80 veth pairs at once overrun the tiny buffer.
         big = [f"link add lan{100 + i} type veth peer name y{i}" for i in range(80)]
         r.run("ip", "-batch", "-", input="\n".join(big) + "\n")
-        d.wait_devices("ft", _selected(_router_links(lab)), timeout=60)
+        d.wait_devices("ft", _selected(_router_links(lab)))
         r.run("ip", "-batch", "-", input="".join(f"link del y{i}\n" for i in range(80)))
-        d.wait_devices("ft", _selected(_router_links(lab)), timeout=60)
+        d.wait_devices("ft", _selected(_router_links(lab)))
         ops_done = 160
         for _burst in range(28):
             have = _router_links(lab) - {"lo"}
@@ -80,7 +81,7 @@ def test_random_link_operations_converge(lab: Lab, tmp_path: Path) -> None:
             r.run("ip", "-force", "-batch", "-", input="\n".join(lines) + "\n", check=False)
             ops_done += len(lines)
             expected = _selected(_router_links(lab))
-            d.wait_devices("ft", expected, timeout=30)
+            d.wait_devices("ft", expected, timeout=SETTLE_S)
         log = d.log_text()
         assert d.proc.poll() is None, log
         assert "overrun (ENOBUFS)" in log, "no overrun was induced: the resync path went untested"

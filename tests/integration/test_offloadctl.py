@@ -12,7 +12,15 @@ import pytest
 
 from tests.lab.daemon import offloadd
 from tests.lab.topology import Lab
-from tests.lab.traffic import iperf3_client, iperf3_server, udp_echo_server, udp_flows, wait_for
+from tests.lab.traffic import (
+    LIFETIME_S,
+    SETTLE_S,
+    iperf3_client,
+    iperf3_server,
+    udp_echo_server,
+    udp_flows,
+    wait_for,
+)
 
 CONFIG = """
 [[flowtable]]
@@ -58,7 +66,8 @@ def test_status_reload_check_and_daemon_down(lab: Lab, tmp_path: Path) -> None:
                        "priority 0; policy accept;\n }\n}\n")
         # offloadd notices the new chain by itself and moves its rule after it.
         wait_for(lambda: json.loads(d.ctl("--json", "status", check=True).stdout)
-                 ["table"]["forward_priority"] == 1, 20, what="offload rule moved to priority 1")
+                 ["table"]["forward_priority"] == 1, SETTLE_S,
+                 what="offload rule moved to priority 1")
         chk = json.loads(d.ctl("--json", "check", check=True).stdout)
         assert chk["valid"] and chk["plan"] == [], chk["plan"]
         assert any("ip admin admin_forward" in w and "after each ruleset change" in w
@@ -126,11 +135,10 @@ def test_flows_and_explain(lab: Lab, tmp_path: Path) -> None:
     with offloadd(r, config, tmp_path) as d, udp_echo_server(lab.server, "0.0.0.0"):
         d.wait_devices("ft", {"lan0", "lan1", "wan0"})
         dst = lab.server_addr(4)
-        # Long enough to outlive the slow (emulated) offloadctl calls below.
-        big = udp_flows(lab.client, dst, flows=1, seconds=300, interval=0.02)
+        big = udp_flows(lab.client, dst, flows=1, seconds=LIFETIME_S, interval=0.02)
         try:
-            first = wait_for(lambda: json.loads(d.ctl("--json", "flows", check=True).stdout), 15,
-                             what="an offloaded flow listed")
+            first = wait_for(lambda: json.loads(d.ctl("--json", "flows", check=True).stdout),
+                             SETTLE_S, what="an offloaded flow listed")
             rows = json.loads(d.ctl("--json", "flows", "--addr", dst, check=True).stdout)
             assert len(rows) == 1, (first, rows, r.out("conntrack", "-L"), d.log_text()[-2000:])
             row = rows[0]

@@ -16,7 +16,7 @@ from tests.lab import conntrack
 from tests.lab.daemon import offloadd
 from tests.lab.nftns import rule_counter_packets
 from tests.lab.topology import Lab
-from tests.lab.traffic import udp_echo_server, udp_flows, wait_for
+from tests.lab.traffic import SETTLE_S, udp_echo_server, udp_flows, wait_for
 
 CONFIG = """
 [[flowtable]]
@@ -50,7 +50,7 @@ def test_device_churn_keeps_flows_offloaded_rebuild_does_not(lab: Lab, tmp_path:
         flows = udp_flows(lab.client, lab.server_addr(4), flows=FLOWS, seconds=600,
                           interval=0.1)
         try:
-            wait_for(lambda: len(_offloaded_ids(lab)) == FLOWS, 20,
+            wait_for(lambda: len(_offloaded_ids(lab)) == FLOWS, SETTLE_S,
                      what=f"{FLOWS} offloaded udp flows")
             ids = _offloaded_ids(lab)
 
@@ -72,7 +72,7 @@ def test_device_churn_keeps_flows_offloaded_rebuild_does_not(lab: Lab, tmp_path:
                 r.run("ip", "link", "del", name)
             d.wait_devices("ft", base)
             leave_slow = _slowpath(lab) - before
-            wait_for(lambda: _offloaded_ids(lab) == ids, 20,
+            wait_for(lambda: _offloaded_ids(lab) == ids, SETTLE_S,
                      what="the same conntrack entries offloaded after devices left")
 
             # The contrast: the same table rebuilt from scratch in one
@@ -80,7 +80,7 @@ def test_device_churn_keeps_flows_offloaded_rebuild_does_not(lab: Lab, tmp_path:
             listing = r.out("nft", "list", "table", "inet", "offloadd")
             before = _slowpath(lab)
             r.nft("delete table inet offloadd\n" + listing)
-            wait_for(lambda: len(_offloaded_ids(lab)) == FLOWS, 20,
+            wait_for(lambda: len(_offloaded_ids(lab)) == FLOWS, SETTLE_S,
                      what="flows re-offloaded after the rebuild")
             rebuild_slow = _slowpath(lab) - before
             print(f"slow-path packets: {join_slow} for 10 joins, {leave_slow} for 10 leaves, "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tests.lab.netns import Netns
 from tests.lab.nftns import nft_list
-from tests.lab.traffic import wait_for
+from tests.lab.traffic import SETTLE_S, wait_for
 
 
 @dataclass
@@ -50,7 +50,7 @@ class RunningDaemon:
         return self.members(name)[0]
 
     def wait_devices(self, flowtable: str, want: set[str] | frozenset[str],
-                     timeout: float = 20) -> None:
+                     timeout: float = SETTLE_S) -> None:
         """Waits until flowtable and its ifname set both hold exactly ``want``."""
         def ok() -> bool:
             return self.members(flowtable) == (frozenset(want), frozenset(want))

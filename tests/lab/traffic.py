@@ -22,6 +22,16 @@ from tests.lab.topology import Lab
 
 FLOWGEN = str(Path(__file__).with_name("flowgen.py"))
 
+# How long a test waits for state that should come at once (a flow offloaded,
+# a device attached, a log line). Tests assert the state, never the time it
+# took: the lab VM runs under TCG on machines that differ ~2x from day to day,
+# and a loaded CI machine is slower again. Waiting is free when the state is
+# already there, so the bound is generous.
+SETTLE_S = 60.0
+# How long background traffic lasts: longer than any wait for it, since a test
+# stops its clients itself (each client is stopped in a ``finally``).
+LIFETIME_S = 900.0
+
 
 def stop_process(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
@@ -135,11 +145,11 @@ def offloaded_udp_flows(lab: Lab, v4: int, v6: int, interval: float = 0.2) -> It
     """``v4`` IPv4 and ``v6`` IPv6 UDP flows from the client to an echo server
     that must already answer on port 7000, held until they are all offloaded
     (conntrack-tools the oracle); stopped on exit."""
-    gens = [udp_flows(lab.client, lab.server_addr(4), flows=v4, seconds=600, interval=interval),
-            udp_flows(lab.client, lab.server_addr(6), flows=v6, seconds=600, interval=interval)]
+    gens = [udp_flows(lab.client, lab.server_addr(fam), flows=n, seconds=LIFETIME_S,
+                      interval=interval) for fam, n in ((4, v4), (6, v6))]
     try:
         wait_for(lambda: conntrack.offloaded_count(lab.router, 4) == v4
-                 and conntrack.offloaded_count(lab.router, 6) == v6, 30,
+                 and conntrack.offloaded_count(lab.router, 6) == v6, SETTLE_S,
                  what=f"{v4} ipv4 and {v6} ipv6 offloaded flows")
         yield
     finally:
@@ -157,3 +167,10 @@ def wait_for(pred: Any, timeout: float, interval: float = 0.2, what: str = "cond
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def tx_packets(ns: Netns, device: str) -> int:
+    """Packets ``device`` has sent (the kernel's counter): what crossed the
+    router, whichever path it took."""
+    (link,) = json.loads(ns.out("ip", "-s", "-j", "link", "show", "dev", device))
+    return int(link["stats64"]["tx"]["packets"])

@@ -2,7 +2,7 @@
 
 Runs inside the VM that lab/system-test.sh boots (a debootstrap root with the
 package's dependencies; test_package.py installed the package with apt just
-before, so the unit is the shipped one with only a test WatchdogSec=5 in a
+before, so the unit is the shipped one with only a test WatchdogSec=10 in a
 drop-in), as root, started by offloadd-systemtest.service once the system is
 up. Never collected on the host: tests/unit is the unit test path, and these
 tests need a systemd that is PID 1.
@@ -106,7 +106,7 @@ def test_runs_hardened_as_dynamic_user_with_only_cap_net_admin() -> None:
     assert props["ProtectKernelModules"] == "yes"
     assert props["ProtectKernelTunables"] == "yes"
     assert props["SystemCallFilter"] not in ("", "~")
-    assert props["WatchdogUSec"] == "5s"
+    assert props["WatchdogUSec"] == "10s"
 
     with open(f"/proc/{props['MainPID']}/status") as f:
         status = dict(line.split(":", 1) for line in f.read().splitlines())
@@ -183,7 +183,7 @@ def test_forwarded_traffic_is_offloaded() -> None:
              "import socket, time\n"
              "c = socket.create_connection(('10.2.0.2', 5001), timeout=30)\n"
              "for _ in range(64): c.sendall(bytes(16384))\n"
-             "time.sleep(20)\n"
+             "time.sleep(600)\n"
              "c.sendall(bytes(16384))\n"])
 
         def offloaded() -> str | None:
@@ -191,7 +191,7 @@ def test_forwarded_traffic_is_offloaded() -> None:
             return out if "[OFFLOAD]" in out else None
 
         wait_for(f"the flow to be offloaded ({run('conntrack', '-L', check=False)})",
-                 offloaded, timeout=20)
+                 offloaded, timeout=60)
     finally:
         for p in (client, server):
             if p is not None:
@@ -211,10 +211,10 @@ def test_hung_main_loop_is_restarted_by_watchdog() -> None:
               and p["MainPID"] not in ("0", before["MainPID"]))
         return p if ok else None
 
-    after = wait_for("a restart by the watchdog", restarted, timeout=90)
+    after = wait_for("a restart by the watchdog", restarted, timeout=180)
     assert int(after["NRestarts"]) == int(before["NRestarts"]) + 1
     text = journal.wait_for(r"Watchdog timeout")
-    assert "offloadd.service: Watchdog timeout (limit 5s)!" in text, text
+    assert "offloadd.service: Watchdog timeout (limit 10s)!" in text, text
     assert not os.path.exists(f"/proc/{pid}")
     # The new instance took the table over; devices are as configured.
     wait_for("the flowtable after the restart",
