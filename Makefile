@@ -20,8 +20,15 @@ TESTING_TESTS := tests/integration/test_attach.py tests/integration/test_capabil
 # The full-system test (systemd as PID 1), SUITE:KERNEL: Debian 12 on its
 # own kernel, Debian 13 on the 7.x kernel of its backports.
 SYSTEM_RUNS := bookworm:6.1 trixie:7
+# Every lab VM of make test, as lab/lab-runs.sh names them, longest first: it
+# runs two at a time (OFFLOADD_VM_JOBS).
+comma := ,
+empty :=
+space := $(empty) $(empty)
+LAB_RUNS := 7-trixie 6.12 6.1 system-trixie-7 system-bookworm-6.1 \
+	7-forky:$(subst $(space),$(comma),$(TESTING_TESTS))
 
-.PHONY: deb install demo bench test-native test setup test-unit test-host lint test-vm test-vms lab-shell vagrant-validate clean test-system test-systems generate install-docs test-alerts
+.PHONY: deb install demo bench test-native test test-slow test-lab setup test-unit test-host lint test-vm test-vms lab-shell vagrant-validate clean test-system test-systems generate install-docs test-alerts
 
 ## make test: everything CI runs — setup, lint, unit tests, host checks, the
 ## alert rules' tests, the Vagrantfile check, the integration suite in the VM
@@ -30,9 +37,19 @@ SYSTEM_RUNS := bookworm:6.1 trixie:7
 ## newcomer's command stays working.
 ## Every step runs even after one fails; the log ends with each failed step and
 ## test (lab/test-all.sh), and each step's output is kept in build/logs/.
-TEST_STEPS := lint test-unit test-host test-alerts vagrant-validate test-vms test-systems demo
+TEST_STEPS := lint test-unit test-host test-alerts vagrant-validate test-lab demo
 test: setup
 	@lab/test-all.sh "$(subst :,-,$(VM_RUNS)) 7-forky $(addprefix system-,$(subst :,-,$(SYSTEM_RUNS)))" $(TEST_STEPS)
+
+## make test-slow: make test as a slow day runs it, to rehearse one: a busy
+## loop per core (nice 0, as busy as the VMs) beside the whole of make test.
+test-slow: setup
+	@lab/slow-day.sh make --no-print-directory test
+
+## make test-lab: every lab VM of make test (the integration runs and the
+## full-system tests), two at a time (lab/lab-runs.sh).
+test-lab: setup
+	@lab/lab-runs.sh $(LAB_RUNS)
 
 setup:
 	@lab/setup.sh
@@ -67,11 +84,7 @@ test-vm: setup
 	lab/vm-test.sh $(KERNEL) $(PYTEST_ARGS)
 
 test-vms: setup
-	@rc=0; for r in $(VM_RUNS); do \
-		k=$${r%%:*}; s=$${r#*:}; [ "$$s" != "$$r" ] || s=host; \
-		lab/vm-test.sh $$k --userspace $$s $(PYTEST_ARGS) || rc=1; \
-	done; \
-	lab/vm-test.sh 7 --userspace forky $(TESTING_TESTS) || rc=1; exit $$rc
+	@lab/lab-runs.sh $(filter-out system-%,$(LAB_RUNS))
 
 ## make test-system [KERNEL=6.1|6.12|7] [SUITE=bookworm|trixie]: offloadd under
 ## systemd as PID 1 in a VM (a Debian 12 or 13 root, debootstrapped and cached
@@ -85,7 +98,7 @@ test-system: setup
 
 ## make test-systems: the full-system test for each of SYSTEM_RUNS.
 test-systems: setup
-	@rc=0; for r in $(SYSTEM_RUNS); do lab/system-test.sh $${r#*:} $${r%%:*} || rc=1; done; exit $$rc
+	@lab/lab-runs.sh $(filter system-%,$(LAB_RUNS))
 
 ## make demo: the lab VM with offloadd in a router namespace, traffic, a
 ## hot-plugged VLAN, then offloadctl status, conntrack and metrics.

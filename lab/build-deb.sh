@@ -53,11 +53,27 @@ logged=$(dpkg-parsechangelog -l debian/changelog -S Version)
   add an entry for $version to debian/changelog"
 deb_version="$version$suffix"
 
+work="$repo/build/deb"
+mkdir -p "$work" "$out"
+# One build at a time (make test runs two lab VMs at once, and each system
+# image builds two packages), and a tree that was built once is not built
+# again: the host checks and both system images take the same bytes.
+exec 8>"$work/.lock"
+flock 8
+deb="offloadd_${deb_version}_all.deb"
+key=$( { find offloadd pyproject.toml README.md debian systemd etc man contrib -type f \
+             -not -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum
+         sha256sum "$0"; echo "$deb_version"; } | sha256sum | cut -d' ' -f1)
+cache="$work/cache/$key"
+if [ -f "$cache/$deb" ]; then
+    [ "$(realpath "$out")" = "$(realpath "$cache")" ] || cp "$cache/$deb" "$out/$deb"
+    log "$deb: built before from this tree ($cache)"
+else
+
 # The vendored wheels (hash-checked; from the cache when it has them).
 wheels="$repo/build/deb/wheels"
 "$here/vendor-wheels.sh" "$wheels"
 
-work="$repo/build/deb"
 src="$work/offloadd-$deb_version"
 rm -rf "$src"
 mkdir -p "$src"
@@ -83,11 +99,13 @@ if ! (cd "$src" && env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="${HOME:-/root
     tail -40 "$work/build-$deb_version.log" >&2
     die "dpkg-buildpackage failed (log: $work/build-$deb_version.log)"
 fi
-deb="offloadd_${deb_version}_all.deb"
-mkdir -p "$out"
-mv "$work/$deb" "$out/$deb"
+find "$work/cache" -mindepth 1 -maxdepth 1 -mtime +1 -exec rm -rf {} + 2>/dev/null || true
+mkdir -p "$cache"
+mv "$work/$deb" "$cache/$deb"
+cp "$cache/$deb" "$out/$deb"
 rm -rf "$src"
 log "built $out/$deb"
+fi
 
 if [ "$run_lintian" = 1 ]; then
     command -v lintian >/dev/null || die "lintian is missing: apt-get install lintian"

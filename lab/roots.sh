@@ -63,6 +63,12 @@ ensure_root() {
     [ "$(id -u)" = 0 ] || die "building a Debian root needs root (debootstrap, chroot)"
     command -v debootstrap >/dev/null || die "debootstrap is missing: apt-get install debootstrap"
     dir="$LAB_CACHE/roots/$suite-$purpose"
+    # One build per suite at a time (make test runs two lab VMs at once): a
+    # suite's roots share debootstrap's package cache. Held until the
+    # caller's $(ensure_root ...) subshell ends.
+    mkdir -p "$LAB_CACHE/roots"
+    exec 7>"$LAB_CACHE/roots/.lock-$suite"
+    flock 7
     want=$(printf 'v3\n%s\n%s\n%s\n' "$suite" "$packages" \
         "$([ "$purpose" = vm ] && cat "$repo/debian/vendor.txt")" | sha256sum | cut -d' ' -f1)
     have=$(cat "$dir/.offloadd-root" 2>/dev/null || true)

@@ -10,6 +10,10 @@ set -euo pipefail
 dir=${1:?usage: lab/vendor-wheels.sh DIR}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$dir"
+# One fetch at a time into DIR: make test runs two lab VMs at once, and each
+# may build a root or a package that needs these wheels.
+exec 8>"$dir/.lock"
+flock 8
 dl() {
     # Debian's pip, whatever is first on PATH; the host's pip config (local
     # indexes) does not apply to pinned, hashed downloads.

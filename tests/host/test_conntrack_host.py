@@ -349,8 +349,10 @@ def test_20k_entries_speed() -> None:
         print(f"traced peak memory, count / count checking status / top-10 list: {peaks} bytes")
         # Bounded by the 64 KiB receive buffer, not by the 20k entries.
         assert max(peaks) < 512 * 1024
-        # Loose bound: the point is "no per-entry objects", not a benchmark gate.
-        assert out[1]["seconds"] / total < 20e-6
+        # Loose bound, calibrated in this run: the point is "no per-entry
+        # objects", not a benchmark gate; conntrack-tools' C walk (which
+        # formats every entry) is the yardstick.
+        assert out[1]["seconds"] < 2 * tool_s, per
     finally:
         _drop_pair(pair, server)
 

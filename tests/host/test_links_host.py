@@ -296,7 +296,7 @@ def test_burst_of_500_veth_pairs_coalesces(ns: Netns, impl: str) -> None:
         t_cmd = time.monotonic() - t0
         expected = kernel_links(ns)
         assert len(expected) == 2 * n
-        s = d.wait_for(lambda s: s.links == expected, timeout=20)
+        s = d.wait_for(lambda s: s.links == expected, timeout=60)
         converged = s.t - t0
         count = len(d.seen)
         print(f"\n[{impl}] 500 veth pairs: ip -batch took {t_cmd:.2f}s, converged after "
@@ -313,7 +313,7 @@ def test_enobufs_triggers_resync_and_converges(ns: Netns, impl: str) -> None:
         _batch(ns, [f"link add a{i} type veth peer name b{i}" for i in range(n)])
         _batch(ns, [f"link set a{i} up" for i in range(0, n, 3)])
         expected = kernel_links(ns)
-        s = d.wait_for(lambda s: s.links == expected, timeout=20)
+        s = d.wait_for(lambda s: s.links == expected, timeout=60)
         resyncs = [x for x in d.seen if x.resync]
         print(f"\n[{impl}] tiny rcvbuf, {n} pairs: converged after {s.t - t0:.2f}s in "
               f"{len(d.seen)} snapshots incl. the initial one ({len(resyncs)} with resync), "
