@@ -21,6 +21,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="leave out the tests marked one_kernel: they check the CLI or the dashboard, "
              "not the kernel, and `make test` runs them on the newest lab kernel only")
     parser.addoption(
+        "--kernel-facing-only", action="store_true",
+        help="leave out the tests marked daemon_logic: they check offloadd's own logic "
+             "(coalescing, reload, the CLI) on a kernel that behaves like the next one "
+             "up; `make test` runs them on 6.12 and 7.x, not on 6.1")
+    parser.addoption(
         "--with-wildcards", action="store_true",
         help="also run the tests marked wildcards: the VM has a kernel and nftables with "
              "wildcard hooks (7.x, nftables >= 1.1.6: `make test` runs them with Debian "
@@ -44,6 +49,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     leave_out = [] if config.getoption("--with-wildcards") else ["wildcards"]
     if config.getoption("--not-newest-kernel"):
         leave_out.append("one_kernel")
+    if config.getoption("--kernel-facing-only"):
+        leave_out.append("daemon_logic")
     dropped = [i for i in items if any(i.get_closest_marker(m) for m in leave_out)]
     if dropped:
         config.hook.pytest_deselected(items=dropped)

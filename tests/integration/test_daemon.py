@@ -163,6 +163,7 @@ table inet bystander {
     assert not table_exists(r)  # SIGTERM removed offloadd's own table
 
 
+@pytest.mark.daemon_logic
 def test_flow_below_elephant_threshold_is_not_offloaded(lab: Lab, tmp_path: Path) -> None:
     config = BASIC + "elephant_packets = 40\n"
     with offloadd(lab.router, config, tmp_path) as d:
@@ -182,6 +183,7 @@ def test_flow_below_elephant_threshold_is_not_offloaded(lab: Lab, tmp_path: Path
                 elephant.stop()
 
 
+@pytest.mark.daemon_logic
 def test_sighup_reload_and_bad_reload_keeps_state(lab: Lab, tmp_path: Path) -> None:
     with offloadd(lab.router, BASIC, tmp_path) as d:
         d.wait_devices("ft", {"lan0", "lan1", "wan0"})
@@ -195,6 +197,7 @@ def test_sighup_reload_and_bad_reload_keeps_state(lab: Lab, tmp_path: Path) -> N
         d.wait_devices("ft", {"wan0"})
 
 
+@pytest.mark.daemon_logic
 def test_keep_on_exit_then_restart_adopts_without_disturbing_flows(lab: Lab,
                                                                    tmp_path: Path) -> None:
     config = '[daemon]\non_exit = "keep"\n' + BASIC
@@ -218,6 +221,7 @@ def test_keep_on_exit_then_restart_adopts_without_disturbing_flows(lab: Lab,
             flows.stop()
 
 
+@pytest.mark.daemon_logic
 def test_check_prints_plan_and_applies_nothing(lab: Lab, tmp_path: Path) -> None:
     cfg = tmp_path / "offloadd.toml"
     cfg.write_text(BASIC)

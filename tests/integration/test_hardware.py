@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.lab.daemon import offloadd
 from tests.lab.topology import Lab
 from tests.lab.traffic import SETTLE_S, wait_for
@@ -20,6 +22,7 @@ def test_auto_falls_back_to_software_on_veth(lab: Lab, tmp_path: Path) -> None:
                                                      "offloadd", "ft")
 
 
+@pytest.mark.daemon_logic
 def test_required_leaves_incapable_devices_out_and_says_why(lab: Lab, tmp_path: Path) -> None:
     config = '[[flowtable]]\nname = "ft"\ndevices = ["lan*", "wan*"]\nhardware = "required"\n'
     with offloadd(lab.router, config, tmp_path) as d:

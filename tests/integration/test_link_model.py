@@ -13,6 +13,8 @@ import json
 import random
 from pathlib import Path
 
+import pytest
+
 from tests.lab.daemon import offloadd
 from tests.lab.topology import Lab
 from tests.lab.traffic import SETTLE_S
@@ -36,6 +38,7 @@ def _router_links(lab: Lab) -> set[str]:
     return {link["ifname"] for link in json.loads(lab.router.out("ip", "-j", "link", "show"))}
 
 
+@pytest.mark.daemon_logic
 def test_random_link_operations_converge(lab: Lab, tmp_path: Path) -> None:
     rng = random.Random(20261122)
     r = lab.router

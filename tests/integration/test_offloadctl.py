@@ -127,6 +127,7 @@ def _raw(lab: Lab, path: str, payload: bytes) -> str:
 
 
 
+@pytest.mark.daemon_logic
 def test_flows_and_explain(lab: Lab, tmp_path: Path) -> None:
     config = CONFIG.replace('exclude = ["lan1"]', 'elephant_packets = 30\nprotocols = ["udp"]')
     r = lab.router

@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.lab import conntrack
 from tests.lab.daemon import RunningDaemon, offloadd
 from tests.lab.pace import Pace, measure
@@ -273,6 +275,7 @@ def _check_blocked_and_kept(results: dict[str, Any], rule_at: float, elem_at: fl
             f"{name}: a {gap:.2f} s gap in replies while only others were blocked")
 
 
+@pytest.mark.daemon_logic
 def test_bursts_are_coalesced_and_own_changes_do_not_count(lab: Lab, tmp_path: Path) -> None:
     r = lab.router
     r.nft(ADMIN)
