@@ -66,7 +66,10 @@ def udp_flows(dst: str, port: int, *, flows: int, seconds: float, interval: floa
     sent = received = 0
     end = time.monotonic() + seconds
     next_send = time.monotonic()
-    while True:
+    # SIGTERM ends the run early and still prints what was seen (finish()).
+    stop: list[int] = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    while not stop:
         now = time.monotonic()
         if now >= next_send:
             if now >= end:
