@@ -62,7 +62,6 @@ ensure_root() {
     esac
     [ "$(id -u)" = 0 ] || die "building a Debian root needs root (debootstrap, chroot)"
     command -v debootstrap >/dev/null || die "debootstrap is missing: apt-get install debootstrap"
-    dir="$LAB_CACHE/roots/$suite-$purpose"
     # One build per suite at a time (make test runs two lab VMs at once): a
     # suite's roots share debootstrap's package cache. Held until the
     # caller's $(ensure_root ...) subshell ends.
@@ -71,8 +70,14 @@ ensure_root() {
     flock 7
     want=$(printf 'v3\n%s\n%s\n%s\n' "$suite" "$packages" \
         "$([ "$purpose" = vm ] && cat "$repo/debian/vendor.txt")" | sha256sum | cut -d' ' -f1)
+    # Named by what went in: a checkout with another package list builds a
+    # root of its own beside this one, never over one a running VM uses.
+    dir="$LAB_CACHE/roots/$suite-$purpose-${want:0:12}"
+    find "$LAB_CACHE/roots" -mindepth 1 -maxdepth 1 -type d -name "$suite-$purpose-*" \
+        ! -name "$(basename "$dir")" -mtime +2 -exec rm -rf {} + 2>/dev/null || true
     have=$(cat "$dir/.offloadd-root" 2>/dev/null || true)
     if [ "$have" = "$want" ]; then
+        touch "$dir"  # in use: not pruned
         log "$suite $purpose root: cached ($dir)"
         echo "$dir"
         return 0
