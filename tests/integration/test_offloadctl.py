@@ -157,11 +157,19 @@ def test_flows_and_explain(lab: Lab, tmp_path: Path) -> None:
             assert ex["verdict"] == "offloaded" and ex["flowtable"] == "ft", (
                 ex, lab.router.out("conntrack", "-L"))
 
-            # A mouse below the threshold, and TCP which this flowtable does not offload.
-            mouse = udp_flows(lab.client2, dst, flows=1, seconds=0.5, interval=0.1)
-            mouse.result()
-            ex = d.ctl("explain", "udp", lab.lan2.host_v4, f"{dst}:7000", check=True).stdout
-            assert "NOT OFFLOADED" in ex and "below the elephant threshold" in ex, ex
+            # A mouse below the threshold (a datagram every 5 s: its entry stays,
+            # and 30 packets are minutes away), and TCP which this flowtable
+            # does not offload.
+            mouse = udp_flows(lab.client2, dst, flows=1, seconds=LIFETIME_S, interval=5)
+            try:
+                def mouse_explained() -> str | None:
+                    out = d.ctl("explain", "udp", lab.lan2.host_v4, f"{dst}:7000",
+                                check=True).stdout
+                    return out if "NOT OFFLOADED" in out else None
+                ex = wait_for(mouse_explained, SETTLE_S, interval=1, what="the mouse explained")
+            finally:
+                mouse.stop()
+            assert "below the elephant threshold" in ex, ex
             with iperf3_server(lab.server):
                 iperf3_client(lab.client, dst, seconds=2).result()
             ex = d.ctl("explain", "tcp", lab.lan.host_v4, f"{dst}:5201", check=True).stdout

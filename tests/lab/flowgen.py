@@ -72,7 +72,8 @@ def udp_flows(dst: str, port: int, *, flows: int, seconds: float, interval: floa
     while not stop:
         now = time.monotonic()
         if now >= next_send:
-            if now >= end:
+            # At least one datagram per flow, however late this process ran.
+            if now >= end and sent:
                 break
             for s in socks:
                 try:
