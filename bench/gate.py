@@ -42,6 +42,7 @@ IDS = 200_000
 SAMPLES = 20
 SCRAPES = 5
 SETS = ("passed_original", "passed_reply")
+MARKER = "zzmarker0"
 
 
 def _fill(r: Netns, path: Path, ids: int) -> float:
@@ -63,6 +64,12 @@ def _gate_size(r: Netns) -> int:
         total += sum(len(i["set"].get("elem", [])) for i in json.loads(out)["nftables"]
                      if "set" in i)
     return total
+
+
+def _ifs(r: Netns) -> list[str]:
+    out = r.out("nft", "-j", "list", "set", "inet", "offloadd", "ft_ifs")
+    elems = [i["set"].get("elem", []) for i in json.loads(out)["nftables"] if "set" in i]
+    return [e for el in elems for e in ([el] if isinstance(el, str) else el)]
 
 
 def _revalidate(d: RunningDaemon) -> dict[str, Any]:
@@ -106,11 +113,15 @@ def run(workdir: Path, ids: int = IDS) -> dict[str, Any]:
             r.nft("add table inet foreign\n")
             changed = time.monotonic()
             wait_for(lambda: _revalidate(d)["revalidations_total"] > rv0["revalidations_total"],
-                     300, interval=0.2, what="a re-validation after one foreign change")
+                     300, interval=1.0, what="a re-validation after one foreign change")
             took = time.monotonic() - changed
-            # A second one (the old flush's overrun) would follow within the
-            # policy's 1-2 s spacing: wait that plus several times the first.
-            time.sleep(2.0 + 3 * took)
+            # A marker after it in the change stream (someone else's element
+            # in offloadd's ifname set, which a reconcile removes): once it is
+            # gone, an overrun of the daemon's event socket by its own
+            # re-validation would have been counted.
+            r.nft(f'add element inet offloadd ft_ifs {{ "{MARKER}" }}\n')
+            wait_for(lambda: MARKER not in _ifs(r), 300, interval=1.0,
+                     what=f"the marker {MARKER} removed by a reconcile")
             rv1 = _revalidate(d)
             gate_ids_replaced = _gate_size(r)
     res: dict[str, Any] = {
