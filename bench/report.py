@@ -98,8 +98,8 @@ HEADLINE = {
                "unaffected_reoffloaded_1s_min", "revalidation_delay_ms_p50", "revalidations"],
     "gate": ["gate_ids", "attach_ms_p50_empty", "attach_ms_p50_full", "attach_p50_ratio",
              "attach_ms_max_empty", "attach_ms_max_full", "scrape_s_empty", "scrape_s_full",
-             "scrape_ratio", "scrape_min_ratio", "start_s_empty", "start_s_full", "revalidations_per_change",
-             "revalidation_replace_s", "gate_ids_after_revalidation"],
+             "scrape_ratio", "scrape_min_ratio", "start_s_empty", "start_s_full",
+             "revalidations_per_change", "revalidation_replace_s", "gate_ids_after_revalidation"],
 }
 
 
