@@ -52,6 +52,12 @@ TARGETS = [
     Target("scrape", "offloaded_flows", ">=", 100_000, "100k offloaded flows"),
     Target("scrape", "scrape_vs_conntrack_ratio", "<=", 0.5, "scrape at most half of conntrack -L"),
     Target("scrape", "scrape_rss_growth_mb", "<=", 1.0, "scraping 100k flows keeps no memory"),
+    Target("gate", "attach_p50_ratio", "<=", 1.1,
+           "attach p50 with 2x200k gate ids within 10% of an empty gate's (issue 23)"),
+    Target("gate", "scrape_ratio", "<=", 1.1,
+           "a scrape with 2x200k gate ids within 10% of an empty gate's"),
+    Target("gate", "revalidations_per_change", "==", 1,
+           "one foreign change, one re-validation, at any gate size"),
     Target("footprint", "rss_idle_mb", "<=", 40, "idle RSS"),
     Target("footprint", "idle_cpu_s", "<=", 0.6, "~0 CPU idle (<1% of 60 s)"),
 ]
@@ -63,6 +69,7 @@ REQUIRED = {
     "scrape": ["scrape_vs_conntrack_ratio", "scrape_rss_growth_mb"],
     "footprint": ["rss_idle_mb", "idle_cpu_s"],
     "policy": ["stop_ms_p50", "stop_ms_max", "unaffected_reoffloaded_1s_ratio"],
+    "gate": ["attach_p50_ratio", "scrape_ratio", "revalidations_per_change"],
 }
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, "==": operator.eq}
@@ -89,6 +96,10 @@ HEADLINE = {
     "footprint": ["rss_idle_mb", "idle_cpu_s", "flowtables", "devices"],
     "policy": ["stop_ms_p50", "stop_ms_max", "victims_stopped", "unaffected_reoffloaded_1s_ratio",
                "unaffected_reoffloaded_1s_min", "revalidation_delay_ms_p50", "revalidations"],
+    "gate": ["gate_ids", "attach_ms_p50_empty", "attach_ms_p50_full", "attach_p50_ratio",
+             "attach_ms_max_empty", "attach_ms_max_full", "scrape_s_empty", "scrape_s_full",
+             "scrape_ratio", "scrape_min_ratio", "start_s_empty", "start_s_full",
+             "revalidations_per_change", "revalidation_replace_s", "gate_ids_after_revalidation"],
 }
 
 

@@ -39,5 +39,9 @@ class DeviceVanishedError(NftError):
     """A device named in a transaction no longer exists (ENOENT): re-plan and retry."""
 
 
+class NftOutputError(OffloaddError, ValueError):
+    """libnftables printed something that is not the JSON listing it was asked for."""
+
+
 class VerifyError(OffloaddError, RuntimeError):
     """The kernel state read back after an apply differs from the desired state."""

@@ -12,9 +12,10 @@ test offloaded again while the rule stood).
 
 Each direction's packets that reach offloadd's chain (they passed every
 chain before it) put the conntrack id into that direction's set; ``flow add``
-needs the id in both. Flushing both sets in the batch that replaces the
-flowtables (a re-validation) makes each direction pass the policy as it is
-now before its flow is offloaded again.
+needs the id in both. Replacing both sets (deleted and created empty, not
+flushed: a flush is one notification per element) in the batch that
+replaces the flowtables (a re-validation) makes each direction pass the
+policy as it is now before its flow is offloaded again.
 """
 
 from __future__ import annotations

@@ -65,13 +65,6 @@ class CreateSet:
 
 
 @dataclass(frozen=True)
-class FlushSet:
-    """Empty a set; for the gate's sets, so each direction must pass again."""
-
-    name: str
-
-
-@dataclass(frozen=True)
 class AddSetElements:
     set: str
     elements: frozenset[str]
@@ -113,7 +106,6 @@ Op = (
     | UpdateFlowtableFlags
     | DeleteFlowtable
     | CreateSet
-    | FlushSet
     | AddSetElements
     | RemoveSetElements
     | DeleteSet
@@ -281,8 +273,15 @@ def replace_flowtables_plan(current: TableState, names: Iterable[str], *,
     behind) and nothing else: the same devices, flags and sets come back. The
     chain goes and comes back around them because the kernel refuses to
     delete a flowtable that a rule references (EBUSY). ``forget_passed``
-    (after a policy change) also empties the gate's sets, so a flow is
-    offloaded again only once each direction has passed the new policy.
+    (after a policy change) also replaces the gate's sets, empty, so a flow
+    is offloaded again only once each direction has passed the new policy.
+
+    Why replaced and not flushed: a flush sends one notification per element
+    (200k ids, 200k messages) to every nf_tables listener, offloadd's own
+    event socket among them, which overran (counted as a missed outside
+    change: a second re-validation) and held the commit lock for seconds; a
+    set's deletion is one message whatever it holds. The chain that uses
+    the sets is out of the batch's way already (deleted first, added last).
     """
     fts = [ft for ft in current.flowtables if ft.name in set(names)]
     if not fts:
@@ -291,9 +290,10 @@ def replace_flowtables_plan(current: TableState, names: Iterable[str], *,
     if current.chain is not None:
         ops.append(DeleteChain())
     ops += [DeleteFlowtable(ft.name) for ft in fts]
-    if forget_passed:
-        ops += [FlushSet(s.name) for s in current.sets if s.kind is SetKind.PASSED]
+    passed = [s.name for s in current.sets if s.kind is SetKind.PASSED] if forget_passed else []
+    ops += [DeleteSet(name) for name in passed]
     ops += [CreateFlowtable(ft) for ft in fts]
+    ops += [CreateSet(name, SetKind.PASSED) for name in passed]
     if current.chain is not None:
         ops.append(CreateChain(current.chain))
     return Plan(tuple(ops))

@@ -27,7 +27,6 @@ from offloadd.core.plan import (
     DeleteFlowtable,
     DeleteSet,
     DeleteTable,
-    FlushSet,
     Op,
     Plan,
     RemoveFlowtableDevices,
@@ -132,8 +131,6 @@ def _render_op(op: Op, family: str, table: str, where: str) -> list[str]:
             raise RenderError(f"set {op.name}: offloadd only creates sets it declares")
         decl = _SET_DECLARATIONS[op.kind]
         return [f"add set {where} {_ident('set', op.name)} {decl}"]
-    if isinstance(op, FlushSet):
-        return [f"flush set {where} {_ident('set', op.name)}"]
     if isinstance(op, AddSetElements | RemoveSetElements):
         verb = "add" if isinstance(op, AddSetElements) else "delete"
         return [f"{verb} element {where} {_ident('set', op.set)} {_devices(op.elements)}"]

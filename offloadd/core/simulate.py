@@ -30,7 +30,6 @@ from offloadd.core.plan import (
     DeleteFlowtable,
     DeleteSet,
     DeleteTable,
-    FlushSet,
     Op,
     Plan,
     RemoveFlowtableDevices,
@@ -94,7 +93,7 @@ def _apply_one(state: TableState | None, op: Op, wildcards: bool) -> TableState 
         return None
     if isinstance(op, DeleteChain | CreateChain):
         return _apply_chain(state, op)
-    if isinstance(op, CreateSet | FlushSet | AddSetElements | RemoveSetElements | DeleteSet):
+    if isinstance(op, CreateSet | AddSetElements | RemoveSetElements | DeleteSet):
         return _apply_set(state, op)
     return _apply_flowtable(state, op, wildcards)
 
@@ -115,7 +114,7 @@ def _apply_chain(state: TableState, op: DeleteChain | CreateChain) -> TableState
     return replace(state, chain=op.chain)
 
 
-_SetOp = CreateSet | FlushSet | AddSetElements | RemoveSetElements | DeleteSet
+_SetOp = CreateSet | AddSetElements | RemoveSetElements | DeleteSet
 
 
 def _apply_set(state: TableState, op: _SetOp) -> TableState:
@@ -131,8 +130,6 @@ def _apply_set(state: TableState, op: _SetOp) -> TableState:
         if op.name in chain_references(state.chain)[1]:
             raise _fail(op, f"set {op.name} is in use by a rule")
         return replace(state, sets=others)
-    if isinstance(op, FlushSet):
-        return replace(state, sets=(*others, replace(old, elements=frozenset())))
     if not old.kind.holds_names:
         raise _fail(op, f"set {old.name} holds no interface names")
     if isinstance(op, AddSetElements):
@@ -153,7 +150,7 @@ def _apply_set(state: TableState, op: _SetOp) -> TableState:
 
 
 def _set_target(op: _SetOp) -> str:
-    return op.name if isinstance(op, CreateSet | FlushSet | DeleteSet) else op.set
+    return op.name if isinstance(op, CreateSet | DeleteSet) else op.set
 
 
 _FtOp = (

@@ -17,7 +17,12 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Protocol
 
-from offloadd.core.errors import DeviceVanishedError, MissingDependencyError, NftError
+from offloadd.core.errors import (
+    DeviceVanishedError,
+    MissingDependencyError,
+    NftError,
+    NftOutputError,
+)
 
 _ERRNO_TEXT = {
     "No such file or directory": errno.ENOENT,
@@ -46,7 +51,7 @@ class NftRunner(Protocol):
 
     def run(self, script: str, *, dry_run: bool = False) -> None: ...
 
-    def list_json(self, what: str) -> list[dict[str, Any]]: ...
+    def list_json(self, what: str, *, terse: bool = False) -> list[dict[str, Any]]: ...
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,23 @@ def parse_error(text: str) -> NftFailure:
 
 
 _ERROR_TEXT_ITEMS = tuple(_ERRNO_TEXT.items())
+
+
+def parse_json_listing(what: str, out: str) -> list[dict[str, Any]]:
+    """The ``nftables`` array of a JSON listing; NftOutputError if ``out`` is
+    not one (a libnftables that prints a warning or two documents, say)."""
+    if not out.strip():
+        return []
+    try:
+        data = json.loads(out)
+    except ValueError as e:
+        raise NftOutputError(f"nft list {what}: output is not JSON ({e}): "
+                             f"{out.strip()[:200]!r}") from None
+    items = data.get("nftables") if isinstance(data, dict) else None
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise NftOutputError(f"nft list {what}: JSON without an 'nftables' array of "
+                             f"objects: {out.strip()[:200]!r}")
+    return items
 
 
 class Nft:
@@ -102,8 +124,7 @@ class Nft:
             exc = NftError(f"nft list {what}: {failure.message}")
             exc.errno = failure.errno
             raise exc
-        data = json.loads(out) if out.strip() else {"nftables": []}
-        return list(data.get("nftables", []))
+        return parse_json_listing(what, out)
 
     def has_element(self, where: str, value: str) -> bool:
         """Whether set ``where`` (``family table set``) holds ``value``."""

@@ -3,8 +3,9 @@
 JSON carries tables, sets, chains and flowtable devices; it does not carry a
 flowtable's ``flags offload`` or ``counter``, so those come from the native
 listing, and rules are compared as the text nft prints for them. The table is
-listed without set elements (the gate's sets may hold one per flow); the
-ifname sets' elements come from a listing of each.
+read from a terse listing of the family's ruleset, the only listing that
+fetches no named set's elements with nftables 1.0.6 (the gate's sets may hold
+one per flow); the ifname sets' elements come from a listing of each.
 """
 
 from __future__ import annotations
@@ -51,6 +52,23 @@ def _blocks(text: str, kind: str) -> dict[str, list[str]]:
     return out
 
 
+def table_listed(items: Iterable[Mapping[str, Any]], family: str, name: str) -> bool:
+    """Whether a JSON listing has the table ``family name``."""
+    return any("table" in i and i["table"].get("name") == name
+               and i["table"].get("family") == family for i in items)
+
+
+def table_text(ruleset: str, family: str, name: str) -> str:
+    """The ``table family name { ... }`` block of a native ruleset listing
+    ("" if absent): other tables may have chains and sets of the same names."""
+    head = re.compile(rf"^table {re.escape(family)} \"?{re.escape(name)}\"? \{{$", re.M)
+    m = head.search(ruleset)
+    if m is None:
+        return ""
+    end = re.compile(r"^\}$", re.M).search(ruleset, m.end())
+    return ruleset[m.start():end.end() if end else len(ruleset)] + "\n"
+
+
 def canonical_rule(rule: str) -> str:
     def names(m: re.Match[str]) -> str:
         value = re.sub(r"\b(\d+)\b", lambda n: _PROTO_NAMES.get(n.group(1), n.group(1)),
@@ -88,8 +106,7 @@ def parse_table(items: Iterable[Mapping[str, Any]], text: str, family: str,
     """offloadd's table from ``list table`` JSON items plus its native text;
     ``elements``: ifname sets' elements, where the items omit them."""
     items = list(items)
-    if not any("table" in i and i["table"].get("name") == name
-               and i["table"].get("family") == family for i in items):
+    if not table_listed(items, family, name):
         return None
     ft_text = _blocks(text, "flowtable")
     chain_text = _blocks(text, "chain")

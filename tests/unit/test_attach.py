@@ -321,7 +321,7 @@ class _Runner:
             e.errno = self.fail
             raise e
 
-    def list_json(self, what: str) -> list[dict[str, Any]]:
+    def list_json(self, what: str, *, terse: bool = False) -> list[dict[str, Any]]:
         return []
 
 
@@ -355,8 +355,8 @@ class _ScriptedRunner:
             e.errno = code
             raise e
 
-    def list_json(self, what: str) -> list[dict[str, Any]]:
-        assert what == "tables"
+    def list_json(self, what: str, *, terse: bool = False) -> list[dict[str, Any]]:
+        assert what == "ruleset" and terse
         return [{"table": {"family": "inet", "name": n}} for n in self.tables]
 
 

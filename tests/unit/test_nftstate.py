@@ -12,6 +12,8 @@ from offloadd.kernel.nftstate import (
     other_forward_priorities,
     parse_table,
     set_elements,
+    table_listed,
+    table_text,
 )
 
 DATA = Path(__file__).with_name("data")
@@ -132,3 +134,29 @@ def test_an_interval_ifname_set_and_a_wildcard_flowtable_read_back() -> None:
     assert state.set("edge_ifs") == SetState("edge_ifs", frozenset({"lan0", "oflpw*"}),
                                              SetKind.IFNAMES_WILD)
     assert state.set("plain_ifs") == SetState("plain_ifs", frozenset({"lan1"}), SetKind.IFNAMES)
+
+
+def _ruleset() -> tuple[list[dict[str, object]], str]:
+    # Captured with nft 1.0.6 (`nft -t [-j] list ruleset inet`) with 100k ids
+    # in each gate set: the listing has none of them, and holds an admin's
+    # table with a chain of the same name as offloadd's.
+    items = list(json.loads((DATA / "ruleset_terse.json").read_text())["nftables"])
+    return items, (DATA / "ruleset_terse.nft").read_text()
+
+
+def test_own_table_cut_from_a_ruleset_listing() -> None:
+    items, text = _ruleset()
+    own = table_text(text, "inet", "offloadd")
+    assert own.startswith("table inet offloadd {\n") and own.endswith("\n}\n")
+    assert "blocked4" not in own and "lan9" not in own
+    assert table_text(text, "inet", "admin").count("chain forward {") == 1
+    assert table_text(text, "inet", "nope") == "" and table_text(text, "ip", "admin") == ""
+    assert table_listed(items, "inet", "admin") and not table_listed(items, "ip", "admin")
+    lan_ifs = set_elements(json.loads((DATA / "set_lan_ifs.json").read_text())["nftables"])
+    state = parse_table(items, own, "inet", "offloadd", {"lan_ifs": lan_ifs})
+    assert state is not None and state.chain is not None
+    assert state.chain.priority == 11 and len(state.chain.rules) == 3
+    assert all("lan9" not in r and "blocked4" not in r for r in state.chain.rules)
+    assert state.set("lan_ifs") == SetState("lan_ifs", frozenset({"lo", "wan0"}))
+    assert {s.name for s in state.sets} == {"lan_ifs", "passed_original", "passed_reply"}
+    assert state.set("passed_reply") == SetState("passed_reply", kind=SetKind.PASSED)

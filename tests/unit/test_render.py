@@ -83,7 +83,8 @@ SCENARIOS: dict[str, Callable[[], Plan]] = {
     # Names declared one by one before, the wildcard now: the set is declared
     # anew (interval), the flowtable stays.
     "wildcard_switch": lambda: compute_plan(_wild_state(True), _wild_state(False)),
-    # A re-validation: every flowtable replaced, the gate's sets emptied.
+    # A re-validation: every flowtable replaced, the gate's sets replaced
+    # (deleted and created empty, never flushed).
     "revalidate_replace": lambda: replace_flowtables_plan(
         _state(*BASE), ("lan", "lan_hw", "wan"), forget_passed=True
     ),

@@ -10,13 +10,14 @@ from pathlib import Path
 
 from offloadd.cli.format import format_revalidate
 from offloadd.core.configparse import parse_config
-from offloadd.core.model import Link
+from offloadd.core.model import Link, SetKind
 from offloadd.core.plan import (
     CreateChain,
     CreateFlowtable,
+    CreateSet,
     DeleteChain,
     DeleteFlowtable,
-    FlushSet,
+    DeleteSet,
 )
 from offloadd.core.revalidate import (
     OVERRUN_TRIGGER,
@@ -221,10 +222,15 @@ def test_a_change_replaces_the_flowtables_in_one_batch_and_reports_it(tmp_path: 
     d.revalidator.changed("1 rule added in inet admin by nft[77]")
     assert d.revalidator.revalidate()
     assert b.state == before and len(b.applied) == applied + 1
-    # The gate's sets are emptied with it: each direction must pass again.
-    assert b.applied[-1].ops[:2] == (DeleteChain(), DeleteFlowtable("ft"))
-    assert b.applied[-1].ops[2:4] == (FlushSet("passed_original"), FlushSet("passed_reply"))
-    assert [type(op) for op in b.applied[-1].ops[4:]] == [CreateFlowtable, CreateChain]
+    # The gate's sets are replaced (empty) with it: each direction must pass
+    # again; deleted and created, never flushed (one message per element).
+    ops = b.applied[-1].ops
+    assert ops[:2] == (DeleteChain(), DeleteFlowtable("ft"))
+    assert ops[2:4] == (DeleteSet("passed_original"), DeleteSet("passed_reply"))
+    assert isinstance(ops[4], CreateFlowtable)
+    assert ops[5:7] == (CreateSet("passed_original", SetKind.PASSED),
+                        CreateSet("passed_reply", SetKind.PASSED))
+    assert isinstance(ops[7], CreateChain) and len(ops) == 8
     assert d.status.revalidations_total == 1 and d.status.policy_changes_total == 1
     last = d.status.last_revalidation
     assert last is not None and last["flowtables"] == ["ft"]
