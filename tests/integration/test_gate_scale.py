@@ -21,10 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.lab.daemon import RunningDaemon, offloadd
 from tests.lab.netns import Netns
 from tests.lab.topology import Lab
-from tests.lab.traffic import wait_for
+from tests.lab.traffic import SETTLE_S, wait_for
 
 CONFIG = """
 [daemon]
@@ -70,7 +72,7 @@ def _attach_s(r: Netns, name: str) -> float:
     """Seconds from the link's creation to its place in the flowtable."""
     t0 = time.monotonic()
     r.run("ip", "link", "add", name, "type", "veth", "peer", "name", f"p{name}")
-    wait_for(lambda: name in _ft_devices(r), 60, interval=0.05,
+    wait_for(lambda: name in _ft_devices(r), SETTLE_S, interval=0.05,
              what=f"{name} in flowtable ft")
     return time.monotonic() - t0
 
@@ -96,13 +98,14 @@ def _revalidate(d: RunningDaemon) -> dict[str, Any]:
     return rv
 
 
+@pytest.mark.daemon_logic
 def test_a_full_gate_slows_no_attach_and_costs_one_revalidation(lab: Lab,
                                                                  tmp_path: Path) -> None:
     r = lab.router
     base = {"lan0", "lan1", "wan0"}
     phases = [("start", time.monotonic())]
     with offloadd(r, CONFIG, tmp_path) as d:
-        wait_for(lambda: _ft_devices(r) == base, 60, what="ft with lan0, lan1, wan0")
+        wait_for(lambda: _ft_devices(r) == base, SETTLE_S, what="ft with lan0, lan1, wan0")
         empty = [_attach_s(r, f"lan5{i}") for i in range(SAMPLES)]
     phases.append(("empty gate", time.monotonic()))
 
@@ -121,7 +124,7 @@ def test_a_full_gate_slows_no_attach_and_costs_one_revalidation(lab: Lab,
 
         r.nft("add table inet foreign\n")
         rv1 = wait_for(lambda: (rv := _revalidate(d))["revalidations_total"]
-                       > rv0["revalidations_total"] and rv, 60, interval=1.0,
+                       > rv0["revalidations_total"] and rv, SETTLE_S, interval=1.0,
                        what="a re-validation after the foreign change")
         # A marker after it in the change stream: someone else's element in
         # offloadd's own ifname set, which a reconcile removes. Once it is
@@ -129,7 +132,7 @@ def test_a_full_gate_slows_no_attach_and_costs_one_revalidation(lab: Lab,
         # re-validation, so an overrun there (the old flush's 200k element
         # messages) would have been counted as a change by then.
         r.nft(f'add element inet offloadd ft_ifs {{ "{MARKER}" }}\n')
-        wait_for(lambda: MARKER not in _ifs(r), 60, interval=1.0,
+        wait_for(lambda: MARKER not in _ifs(r), SETTLE_S, interval=1.0,
                  what=f"the marker {MARKER} removed by a reconcile")
         rv2 = _revalidate(d)
         phases.append(("re-validation", time.monotonic()))
