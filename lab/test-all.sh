@@ -40,7 +40,7 @@ for step in "${failed[@]}"; do
     esac
 done
 if [ "${#failed[@]}" -gt 0 ]; then
-    echo "make test: FAILED: ${failed[*]} ($(( (SECONDS - start) / 60 )) min)"
+    echo "make test: FAILED: ${failed[*]} ($total_min min)"
     exit 1
 fi
-echo "make test: passed ($(( (SECONDS - start) / 60 )) min)"
+echo "make test: passed ($total_min min)"
