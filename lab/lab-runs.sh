@@ -52,14 +52,18 @@ finish() {
     [ "$rc" = 0 ] || failed+=("$name")
 }
 
-for run in "$@"; do
-    while [ "${#pids[@]}" -ge "$jobs" ]; do
-        wait -n -p done_pid
-        rc=$?
-        for n in "${!pids[@]}"; do
-            if [ "${pids[$n]}" = "$done_pid" ]; then unset "pids[$n]"; finish "$n" "$rc"; fi
-        done
+# Waits for one run to end and reports it.
+reap() {
+    local done_pid rc n
+    wait -n -p done_pid
+    rc=$?
+    for n in "${!pids[@]}"; do
+        if [ "${pids[$n]}" = "$done_pid" ]; then unset "pids[$n]"; finish "$n" "$rc"; fi
     done
+}
+
+for run in "$@"; do
+    while [ "${#pids[@]}" -ge "$jobs" ]; do reap; done
     name=${run%%:*}
     started[$name]=$SECONDS
     echo "[lab-runs] starting $name: $(command_of "$run")"
@@ -67,13 +71,7 @@ for run in "$@"; do
     $(command_of "$run") > "$logs/lab-$name.log" 2>&1 &
     pids[$name]=$!
 done
-while [ "${#pids[@]}" -gt 0 ]; do
-    wait -n -p done_pid
-    rc=$?
-    for n in "${!pids[@]}"; do
-        if [ "${pids[$n]}" = "$done_pid" ]; then unset "pids[$n]"; finish "$n" "$rc"; fi
-    done
-done
+while [ "${#pids[@]}" -gt 0 ]; do reap; done
 if [ "${#failed[@]}" -gt 0 ]; then
     echo "[lab-runs] failed: ${failed[*]}"
     exit 1
