@@ -13,9 +13,10 @@
 # when the run ends, so the log reads one run at a time.
 #
 # Usage: lab/lab-runs.sh RUN...   where RUN is one of
-#   KERNEL[-SUITE][:TEST,...]    the integration suite (lab/vm-test.sh KERNEL
-#                                --userspace SUITE|host [TEST...]), e.g. 6.1,
-#                                7-trixie, 7-forky:tests/integration/test_attach.py
+#   KERNEL[-SUITE][+PART][:ARG,...]  the integration suite (lab/vm-test.sh KERNEL
+#                                --userspace SUITE|host [--part PART] [ARG...]),
+#                                e.g. 6.1, 7-forky:tests/integration/test_attach.py,
+#                                7-trixie+logic:--daemon-logic-only
 #   system-SUITE-KERNEL          the full-system test (lab/system-test.sh)
 set -uo pipefail
 
@@ -28,18 +29,22 @@ logs=build/logs
 mkdir -p "$logs"
 
 command_of() {
-    local run=$1 name tests series suite
+    local run=$1 name tests series suite part=""
     name=${run%%:*}
     tests=""
     [ "$name" = "$run" ] || tests=${run#*:}
     tests=${tests//,/ }
+    if [ "${name%%+*}" != "$name" ]; then
+        part="--part ${name#*+} "
+        name=${name%%+*}
+    fi
     case "$name" in
         system-*-*)
             suite=${name#system-}; suite=${suite%%-*}; series=${name##*-}
             echo "lab/system-test.sh $series $suite" ;;
         *-*) series=${name%%-*}; suite=${name#*-}
-            echo "lab/vm-test.sh $series --userspace $suite $tests" ;;
-        *) echo "lab/vm-test.sh $name --userspace host $tests" ;;
+            echo "lab/vm-test.sh $series --userspace $suite $part$tests" ;;
+        *) echo "lab/vm-test.sh $name --userspace host $part$tests" ;;
     esac
 }
 

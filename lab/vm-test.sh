@@ -8,7 +8,9 @@
 # through --rwdir as JUnit XML plus the guest's exit status, and
 # check_results.py refuses a run that collected nothing, skipped anything, or
 # left no readable result.
-# Usage: vm-test.sh KERNEL [--userspace SUITE] [pytest args...]
+# Usage: vm-test.sh KERNEL [--userspace SUITE] [--part LABEL] [pytest args...]
+# (--part: one of several runs of one kernel and root, its results under
+# build/results/KERNEL[-SUITE]-LABEL)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -22,6 +24,11 @@ shift
 suite=host
 if [ "${1:-}" = --userspace ]; then
     suite=${2:?--userspace needs a Debian suite: ${LAB_SUITES// /|}}
+    shift 2
+fi
+part=""
+if [ "${1:-}" = --part ]; then
+    part=${2:?--part needs a label}
     shift 2
 fi
 case " $LAB_KERNELS " in *" $series "*) ;; *) die "unknown kernel '$series'; use one of: $LAB_KERNELS" ;; esac
@@ -42,6 +49,7 @@ fi
 
 run=$series
 [ "$suite" = host ] || run="$series-$suite"
+[ -z "$part" ] || run="$run-$part"
 # Debian testing's and unstable's nftables (>= 1.1.6) have wildcard hooks.
 case "$suite" in forky|sid) args+=(--with-wildcards) ;; esac
 out="$repo/build/results/$run"

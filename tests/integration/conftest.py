@@ -26,6 +26,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
              "(coalescing, reload, the CLI), not the kernel; `make test` runs them once, "
              "on 7.x, and passes this on 6.1 and 6.12")
     parser.addoption(
+        "--daemon-logic-only", action="store_true",
+        help="run only the tests marked daemon_logic: `make test` runs 7.x's suite as two "
+             "VMs (--kernel-facing-only and this), so that neither alone is the long pole")
+    parser.addoption(
         "--with-wildcards", action="store_true",
         help="also run the tests marked wildcards: the VM has a kernel and nftables with "
              "wildcard hooks (7.x, nftables >= 1.1.6: `make test` runs them with Debian "
@@ -52,6 +56,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if config.getoption("--kernel-facing-only"):
         leave_out.append("daemon_logic")
     dropped = [i for i in items if any(i.get_closest_marker(m) for m in leave_out)]
+    if config.getoption("--daemon-logic-only"):
+        dropped += [i for i in items
+                    if i not in dropped and not i.get_closest_marker("daemon_logic")]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = [i for i in items if i not in dropped]
