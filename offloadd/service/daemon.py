@@ -20,7 +20,7 @@ from typing import Any
 from offloadd.core.config import Config, OnExit, Repair, Revalidate
 from offloadd.core.configparse import load_config
 from offloadd.core.errors import ConfigError, DeviceVanishedError, OffloaddError
-from offloadd.core.model import DesiredResult, TableState
+from offloadd.core.model import DesiredResult, Link, TableState
 from offloadd.core.plan import Plan, teardown_plan
 from offloadd.core.revalidate import needs_reconcile, triggers
 from offloadd.service.control import ControlServer, Handler
@@ -36,6 +36,9 @@ from offloadd.service.status import Status
 log = logging.getLogger("offloadd")
 
 RETRY_VANISHED_S = 0.2
+# "No such device" answers in a row, with no link change between them, after
+# which it is a failure (RETRY_FAILED_S) rather than a race.
+VANISHED_RETRIES = 5
 RETRY_FAILED_S = 5.0
 # SIGHUP reloads the config, the others stop (offloadd(8) lists them from here).
 SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
@@ -60,6 +63,9 @@ class Daemon:
         self._ready = False
         self.reconciler = Reconciler(config, backend, self.status)
         self._refused_retry: asyncio.TimerHandle | None = None
+        # ENOENT answers in a row with the same links (see _safe_reconcile).
+        self._vanished_in_a_row = 0
+        self._vanished_links: tuple[Link, ...] = ()
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._reload_requested = False
@@ -105,6 +111,7 @@ class Daemon:
     def _safe_reconcile(self) -> None:
         try:
             self.reconcile()
+            self._vanished_in_a_row = 0
             if self.reconciler.refusals and self._refused_retry is None:
                 # No link event may come; the refused devices get their retry anyway.
                 self._refused_retry = asyncio.get_running_loop().call_later(
@@ -112,8 +119,24 @@ class Daemon:
         except DeviceVanishedError as e:
             # A device went away between plan and apply: the kernel applied
             # nothing. The watcher is about to report it; plan again then.
-            log.warning("transaction refused (%s); re-planning shortly", e)
-            self._retry_later()
+            # The same answer again and again with no link change in between
+            # is no race: then it is a failure (backoff, in status), not a
+            # retry every 0.2 s forever.
+            links = self.status.links
+            self._vanished_in_a_row = (self._vanished_in_a_row + 1
+                                       if links == self._vanished_links else 1)
+            self._vanished_links = links
+            if self._vanished_in_a_row < VANISHED_RETRIES:
+                log.warning("transaction refused (%s); re-planning shortly", e)
+                self._retry_later()
+                return
+            self._record_error(f"reconcile: {e} ({self._vanished_in_a_row} times with no "
+                               "link change)")
+            log.error("reconcile failed: %s, %d times in a row with no link change in "
+                      "between; retrying in %.0f s", e, self._vanished_in_a_row,
+                      RETRY_FAILED_S)
+            self._retry_later(RETRY_FAILED_S)
+            self.notify.status(self.status_line())
             return
         except OffloaddError as e:
             log.error("reconcile failed: %s", e)

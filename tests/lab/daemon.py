@@ -86,6 +86,10 @@ def table_exists(ns: Netns, table: str = "offloadd", family: str = "inet") -> bo
                for i in nft_list(ns, "tables"))
 
 
+# How much of the daemon's (debug) log a failing test prints.
+LOG_TAIL = 300
+
+
 @contextmanager
 def offloadd(ns: Netns, config_text: str, workdir: Path, *, table: str = "offloadd",
              wait_ready: bool = True,
@@ -111,6 +115,15 @@ def offloadd(ns: Netns, config_text: str, workdir: Path, *, table: str = "offloa
             if proc.poll() is not None:
                 raise AssertionError(f"offloadd exited {proc.returncode}:\n{d.log_text()}")
         yield d
+    except BaseException:
+        # A failing test's daemon log and table go to its captured output
+        # (JUnit): the log file lives in the guest's /tmp and dies with it.
+        lines = d.log_text().splitlines()
+        table_now = ns.run("nft", "list", "table", "inet", table, check=False)
+        print(f"--- offloadd log ({log}, last {min(len(lines), LOG_TAIL)} of {len(lines)} "
+              "lines) ---\n" + "\n".join(lines[-LOG_TAIL:]) + f"\n--- nft list table inet "
+              f"{table} ---\n{table_now.stdout or table_now.stderr}")
+        raise
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

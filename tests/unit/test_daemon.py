@@ -11,7 +11,7 @@ from offloadd.core.configparse import parse_config
 from offloadd.core.errors import NftError, VerifyError
 from offloadd.core.model import Link
 from offloadd.core.plan import AddFlowtableDevices, AddSetElements, CreateTable
-from offloadd.service.daemon import Daemon
+from offloadd.service.daemon import RETRY_VANISHED_S, VANISHED_RETRIES, Daemon
 from tests.unit.fakes import FakeBackend, FakeLinks
 
 CONFIG = """
@@ -150,6 +150,34 @@ def test_loop_follows_snapshots_and_retries_vanished_device(tmp_path: Path) -> N
         b.vanish_next = 1
         links.push(LAN0, WAN0, LAN5)
         await asyncio.sleep(0.5)  # refused once, re-planned after the retry delay
+        assert b.state.flowtable("ft").devices == {"lan0", "wan0", "lan5"}  # type: ignore[union-attr]
+        d.request_stop()
+        await asyncio.wait_for(task, 2)
+
+    asyncio.run(scenario())
+
+
+def test_the_same_no_such_device_answer_with_no_link_change_backs_off(tmp_path: Path) -> None:
+    """An ENOENT that no vanished device explains (the links do not change) is
+    retried VANISHED_RETRIES times quickly, then as a failure, not every 0.2 s
+    forever (seen once on a slow day: 180 s of "re-planning shortly")."""
+    async def scenario() -> None:
+        d, b = _daemon(tmp_path)
+        links = d.link_source
+        assert isinstance(links, FakeLinks)
+        b.vanish_next = 1000
+        task = asyncio.create_task(d.run(signals=(), control=False))
+        links.push(LAN0, WAN0)
+        await asyncio.sleep(VANISHED_RETRIES * RETRY_VANISHED_S + 1.0)
+        tries = 1000 - b.vanish_next
+        assert tries == VANISHED_RETRIES, tries
+        assert any("no link change" in e for e in d.status.recent_errors)
+        # A link change is a new race: quick retries again, and success once
+        # the kernel takes the batch.
+        b.vanish_next = 0
+        links.push(LAN0, WAN0, LAN5)
+        await asyncio.sleep(0.3)
+        assert b.state is not None
         assert b.state.flowtable("ft").devices == {"lan0", "wan0", "lan5"}  # type: ignore[union-attr]
         d.request_stop()
         await asyncio.wait_for(task, 2)
