@@ -155,6 +155,12 @@ class _Server(WSGIServer):
                     ) -> Iterable[bytes]:
             ticket: Ticket | None = getattr(self._current, "ticket", None)
             if ticket is not None:
+                if not self.connections.is_open(ticket):
+                    # Cut mid-request: wsgiref reads a request line that EOF
+                    # ended ("GET /metrics") as a whole one, and a scrape's
+                    # conntrack dumps would be spent on a closed socket.
+                    # wsgiref ends the connection quietly on this one.
+                    raise ConnectionAbortedError("connection cut before its request was read")
                 self.connections.working(ticket)
             body = list(app(environ, start_response))
             if ticket is not None:

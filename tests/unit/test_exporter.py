@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from offloadd.core.config import MetricsConfig
 from offloadd.service.connections import DEADLINE, LIMIT, ConnectionLimits, ConnectionTable
@@ -161,4 +162,36 @@ def test_tls_a_handshake_that_never_comes_is_cut_off(tmp_path: Path) -> None:
     finally:
         for s in silent:
             s.close()
+        exp.close()
+
+
+class CountingCollector:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def collect(self) -> Iterator[Metric]:
+        self.calls += 1
+        yield GaugeMetricFamily("unit_test_collections", "collections", value=self.calls)
+
+
+def test_a_request_cut_short_costs_no_collection() -> None:
+    """wsgiref takes a request line ended by EOF ("GET /metrics") for a whole
+    one; a cut connection must not cost a scrape's work."""
+    reg = CollectorRegistry()
+    counting = CountingCollector()
+    reg.register(counting)
+    exp = start_exporter(MetricsConfig(host="127.0.0.1", port=0), reg,
+                         connections=ConnectionTable("metrics", ConnectionLimits(1, 60, 60)))
+    try:
+        with _connect(exp.port) as first:
+            first.sendall(b"GET /metrics")
+            end = time.monotonic() + 5
+            while exp.connections.active == 0 and time.monotonic() < end:
+                time.sleep(0.05)
+            assert "unit_test_collections 1.0" in _scrape(exp.url)  # made room by the first
+            first.settimeout(5)
+            assert first.recv(1) == b""
+        assert exp.connections.dropped()[LIMIT] == 1
+        assert counting.calls == 1
+    finally:
         exp.close()
