@@ -120,8 +120,14 @@ class _Server(WSGIServer):
         if ticket is None:
             self.shutdown_request(request)
             return
-        threading.Thread(target=self._serve_one, args=(request, client_address, ticket),
-                         name="metrics-conn", daemon=True).start()
+        try:
+            threading.Thread(target=self._serve_one, args=(request, client_address, ticket),
+                             name="metrics-conn", daemon=True).start()
+        except RuntimeError as e:
+            # No thread to be had (TasksMax): refuse this one, keep its slot free.
+            self.connections.leave(ticket)
+            self.shutdown_request(request)
+            log.warning("metrics: connection from %s refused: %s", client_address, e)
 
     def service_actions(self) -> None:
         # Every poll interval of the accept loop.
