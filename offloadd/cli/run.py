@@ -29,7 +29,9 @@ from offloadd.kernel.leftbehind import ConntrackScanner
 from offloadd.kernel.links import LinkWatcher, current_links
 from offloadd.kernel.nft import Nft
 from offloadd.kernel.nftwatch import NftEvents
+from offloadd.service.connections import ConnectionTable
 from offloadd.service.daemon import Daemon
+from offloadd.service.exporter import LIMITS as METRICS_LIMITS
 from offloadd.service.exporter import Exporter, TlsOptions, start_exporter
 from offloadd.service.metrics import StatusView, register
 from offloadd.service.ports import Snapshot
@@ -195,9 +197,10 @@ def _start_metrics(config: Config, daemon: Daemon, watcher: LinkWatcher) -> Expo
     # context, never the event loop's.
     scrape_backend = NftBackend(config.daemon.family.value, config.daemon.table)
     registry = CollectorRegistry()
+    connections = ConnectionTable("metrics", METRICS_LIMITS)
     register(registry, StatusView(daemon.status, scrape_backend.read, watcher.stats),
-             ConntrackCounter())
-    exporter = start_exporter(m, registry, tls=tls)
+             ConntrackCounter(), endpoints=(connections, daemon.control_connections))
+    exporter = start_exporter(m, registry, tls=tls, connections=connections)
     log.info("metrics at %s", exporter.url)
     return exporter
 

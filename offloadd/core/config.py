@@ -27,12 +27,38 @@ def is_safe_ifname(name: str) -> bool:
 
     The kernel accepts quotes and other oddities in interface names, but nft's
     quoted strings have no escapes, so such names cannot be expressed at all.
+    A name the kernel gave as bytes that are not UTF-8 reaches offloadd with
+    those bytes as \\xNN (offloadd.kernel.linkmsg.decode_name): the
+    backslash makes it unsafe, so it is never sent.
     """
     return (
         0 < len(name.encode()) <= IFNAME_MAX
         and name.isprintable()
         and not any(c.isspace() or c in '"\\/' for c in name)
     )
+
+
+def device_name_problem(name: str) -> str | None:
+    """Why a device called `name` cannot be put in an nft script as that
+    device (and only that one); None if it can.
+
+    Beyond is_safe_ifname: nft reads a name ending in "*" as a wildcard (a
+    device literally named "lan*" would hook, or match, every device whose
+    name starts with "lan"), and a wildcard is offloadd's to write only where
+    the config asks for one (offloadd.core.attach). A "*" anywhere else is
+    refused too, so that no nft version's reading of it matters. "?" and "["
+    mean nothing to nft and are written as they are.
+    """
+    if "\\" in name:
+        return ("has a backslash, which an nft string cannot hold (a name that is not "
+                "UTF-8 is shown with its bytes as \\xNN)")
+    if "*" in name:
+        return ('has a "*", which nft reads as a wildcard matching other devices too; '
+                "offloadd writes one only where the config asks for a kernel wildcard")
+    if not is_safe_ifname(name):
+        return (f"is empty, longer than {IFNAME_MAX} bytes, or has a quote, slash, space or "
+                "control character, which an nft string cannot hold")
+    return None
 
 
 # Words the nft parser treats as keywords where offloadd writes names; a table,

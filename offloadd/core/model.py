@@ -20,7 +20,7 @@ from offloadd.core.config import (
     Config,
     FlowtableConfig,
     Hardware,
-    is_safe_ifname,
+    device_name_problem,
 )
 from offloadd.core.errors import ConfigError
 from offloadd.core.gate import PASSED_SETS, gate_match, passed_rules
@@ -112,7 +112,7 @@ class TableState:
 class NoteKind(enum.Enum):
     ALSO_MATCHES = "also_matches"  # informational: first flowtable wins
     NOT_HW_CAPABLE = "not_hw_capable"  # hardware = required, device left out
-    UNSAFE_NAME = "unsafe_name"  # name cannot be written safely in an nft script
+    UNSAFE_NAME = "unsafe_name"  # name cannot be written safely in an nft script (as itself)
     KERNEL_REFUSED = "kernel_refused"  # the kernel refused to attach it; left out for now
 
 
@@ -177,6 +177,12 @@ def hooked_devices(listed: Iterable[str], present: Iterable[str],
     specs = names & wildcards
     return frozenset(d for d in present
                      if d in names or wildcard_covering(specs, d) is not None)
+
+
+def _shown(name: str) -> str:
+    """A device name quoted for a message: as it is where that is unambiguous
+    (a name not UTF-8 already reads "lan\\xff"), else as a Python literal."""
+    return f'"{name}"' if name.isprintable() and '"' not in name else repr(name)
 
 
 def set_name(flowtable: str) -> str:
@@ -336,8 +342,13 @@ def desired_state(
                     link.name, sel.name, False, f"{why}; hooked by the kernel's wildcard {spec}",
                     sel.name))
                 continue
-            if not is_safe_ifname(link.name):
-                msg = f"{link.name!r} cannot be written safely in an nft script; left out"
+            problem = device_name_problem(link.name)
+            if problem is not None:
+                # Left out for good (a problem note is logged once, when it
+                # first appears): no transaction ever names it, so the kernel
+                # cannot refuse it again and again, holding back the rest.
+                msg = (f"{_shown(link.name)} cannot be written safely in an nft script: it "
+                       f"{problem}; left out")
                 notes.append(DeviceNote(link.name, sel.name, NoteKind.UNSAFE_NAME, msg))
                 decisions.append(DeviceDecision(link.name, None, False, msg, sel.name))
                 continue
@@ -432,7 +443,7 @@ def _declare(attach: Sequence[FlowtableAttach], owner: dict[str, str],
         if fa.flowtable not in members:
             continue
         for name in fa.declared:
-            if name in owner or name in refused or not is_safe_ifname(name):
+            if name in owner or name in refused or device_name_problem(name) is not None:
                 continue
             owner[name] = fa.flowtable
             members[fa.flowtable].add(name)

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable
 from typing import assert_never
 
+from offloadd.core.attach import wildcard_prefix
 from offloadd.core.config import is_safe_ifname
 from offloadd.core.errors import OffloaddError
 from offloadd.core.gate import PASSED_DECLARATION
@@ -66,6 +67,12 @@ def _devices(devices: Iterable[str]) -> str:
         # nft quoted strings have no escapes; refuse what would break out.
         if not is_safe_ifname(dev):
             raise RenderError(f"interface name {dev!r} cannot be written in an nft script")
+        # nft reads a trailing "*" as a wildcard. The model lists no device
+        # whose name has one (device_name_problem), so a "*" here is a kernel
+        # wildcard the config asked for, and must look like one.
+        if "*" in dev and wildcard_prefix(dev) is None:
+            raise RenderError(f"interface name {dev!r} has a '*' nft would not read as "
+                              "one prefix wildcard")
         quoted.append(f'"{dev}"')
     return "{ " + ", ".join(quoted) + " }"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 
+from offloadd.core.config import device_name_problem
 from offloadd.core.errors import NftError
 from offloadd.core.gate import PASSED_ORIGINAL, PASSED_REPLY, PASSED_SETS
 from offloadd.core.model import TableState
@@ -68,6 +69,10 @@ class NftBackend:
 
     def hw_capable(self, device: str) -> tuple[bool, str]:
         """Dry-run a hardware flowtable on ``device``: nothing is changed."""
+        problem = device_name_problem(device)
+        if problem is not None:
+            # Never written into a script, not even a dry run's.
+            return False, f"not probed: the name {problem}"
         script = (f"add table inet {HW_PROBE_TABLE}\n"
                   f"add flowtable inet {HW_PROBE_TABLE} probe {{ hook ingress priority 0; "
                   f'devices = {{ "{device}" }}; flags offload; }}\n')

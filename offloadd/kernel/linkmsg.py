@@ -33,6 +33,26 @@ class NlMsg(Protocol):
     def get(self, key: str, /) -> Any: ...
 
 
+def decode_name(raw: bytes) -> str:
+    """A name from the kernel (bytes to it) as text: UTF-8, and any byte that
+    is not UTF-8 as \\xNN.
+
+    Replacement characters ("lan\\ufffd") made a name that looked writable:
+    it was sent to nft, and the kernel's "no such device" was retried every
+    0.2 s forever, holding back every other device's change. A backslash is
+    never safe to write (offloadd.core.config.device_name_problem), so such a
+    device is left out with one log line; the text stays printable ASCII for
+    the journal, status and metrics, and two such names stay apart.
+    """
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _text(value: Any) -> str:
+    # pyroute2 hands over bytes where a name is not UTF-8; str() would make
+    # "b'...'" of them, a different and writable name.
+    return decode_name(value) if isinstance(value, bytes) else str(value)
+
+
 def _msg_type(msg: NlMsg) -> int | None:
     header = msg.get("header")
     if header is None:
@@ -75,7 +95,7 @@ def link_from_msg(msg: NlMsg) -> Link | None:
     if kind is None and ifi_type == ARPHRD_PPP:
         # pppd creates its devices through ioctls, so they carry no linkinfo.
         kind = "ppp"
-    return Link(index=int(index), name=str(name), kind=str(kind) if kind else None,
+    return Link(index=int(index), name=_text(name), kind=_text(kind) if kind else None,
                 up=bool(flags & IFF_UP))
 
 

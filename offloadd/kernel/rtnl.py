@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from offloadd.core.errors import KernelError, NetlinkOverrunError
+from offloadd.kernel.linkmsg import decode_name
 
 NETLINK_ROUTE = 0
 SOL_NETLINK = 270
@@ -86,9 +87,9 @@ def _walk(data: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
 
 
 def _string(data: bytes, start: int, end: int) -> str:
-    # Kernel names are bytes; "replace" keeps a name that is no UTF-8 from
-    # stopping the watcher (pyroute2 would hand over bytes instead).
-    return data[start:end].split(b"\0", 1)[0].decode("utf-8", "replace")
+    # Kernel names are bytes; one that is no UTF-8 must neither stop the
+    # watcher nor become a writable name (see decode_name).
+    return decode_name(data[start:end].split(b"\0", 1)[0])
 
 
 def _link(data: bytes, pos: int, end: int, msg: RtMsg) -> None:

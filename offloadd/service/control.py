@@ -5,7 +5,9 @@ One request per connection, one JSON object per line each way:
     <- {"version": 1, "ok": true, "result": {...}}
     <- {"version": 1, "ok": false, "error": "unknown command 'x'; known: reload, status"}
 Anything malformed, oversized or unknown gets an error reply and the daemon
-keeps running: a client can never take the daemon down.
+keeps running: a client can never take the daemon down, nor hold it up: at
+most LIMITS.max_connections are open at once, and a request must arrive whole
+within its deadline (offloadd.service.connections), however it trickles in.
 """
 
 from __future__ import annotations
@@ -22,10 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from offloadd.core.errors import OffloaddError
+from offloadd.service.connections import ConnectionLimits, ConnectionTable, Ticket
 
 PROTOCOL_VERSION = 1
 MAX_REQUEST_BYTES = 64 * 1024
-READ_TIMEOUT_S = 5.0
+# offloadctl sends its one line at once and waits 10 s for the answer; only
+# root (or control.group) can connect, so few connections are ever needed.
+LIMITS = ConnectionLimits(max_connections=32, request_deadline_s=5.0, reply_deadline_s=5.0)
+# How often deadlines are checked.
+REAP_INTERVAL_S = 0.5
 # What is read and dropped of an oversized request before the error reply.
 DISCARD_MAX_BYTES = 16 * 1024 * 1024
 
@@ -76,11 +83,14 @@ async def handle_request(raw: bytes, handlers: Mapping[str, Handler]) -> bytes:
 
 
 class ControlServer:
-    def __init__(self, path: Path, handlers: Mapping[str, Handler], group: str = "") -> None:
+    def __init__(self, path: Path, handlers: Mapping[str, Handler], group: str = "",
+                 connections: ConnectionTable | None = None) -> None:
         self.path = path
         self.handlers = handlers
         self.group = group
+        self.connections = connections or ConnectionTable("control", LIMITS)
         self._server: asyncio.AbstractServer | None = None
+        self._reaper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         gid = -1
@@ -105,28 +115,59 @@ class ControlServer:
         except OSError as e:
             raise ControlError(f"cannot listen on control socket {self.path}: "
                                f"{e.strerror or e}") from e
+        self._reaper = asyncio.create_task(self._reap(), name="control-deadlines")
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_INTERVAL_S)
+            self.connections.reap()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A cut aborts the transport: a read then sees EOF, a drain or close
+        # returns, and the ticket says the connection is no longer ours.
+        ticket = self.connections.admit(writer.transport.abort)
+        if ticket is None:
+            writer.transport.abort()
+            return
         try:
-            try:
-                raw = await asyncio.wait_for(reader.readline(), READ_TIMEOUT_S)
-            except (asyncio.LimitOverrunError, ValueError):
-                raw = b"x" * (MAX_REQUEST_BYTES + 1)
-                await _discard_rest(reader)
-            except (TimeoutError, ConnectionError):
+            raw = await self._read_request(reader, ticket)
+            if raw is None:
                 return
-            writer.write(await handle_request(raw.rstrip(b"\n"), self.handlers))
+            self.connections.working(ticket)
+            reply = await handle_request(raw, self.handlers)
+            if not self.connections.is_open(ticket):
+                return
+            self.connections.writing(ticket)
+            writer.write(reply)
             await writer.drain()
+            writer.close()
+            # Until the client has taken the reply (or the deadline cuts it).
+            await writer.wait_closed()
         except ConnectionError:
             pass
         finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+            self.connections.leave(ticket)
+            writer.transport.abort()
+
+    async def _read_request(self, reader: asyncio.StreamReader, ticket: Ticket
+                            ) -> bytes | None:
+        """The request line; None if the client left or was cut off."""
+        try:
+            raw = await reader.readline()
+        except (asyncio.LimitOverrunError, ValueError):
+            raw = b"x" * (MAX_REQUEST_BYTES + 1)  # answered "larger than"
+            await _discard_rest(reader)
+        # A line cut short by EOF is still a request, unless the EOF was our cut.
+        if not raw or not self.connections.is_open(ticket):
+            return None
+        return raw.rstrip(b"\n")
 
     async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
         if self._server is not None:
             self._server.close()
+            self.connections.cut_all()
             await self._server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
@@ -137,16 +178,13 @@ async def _discard_rest(reader: asyncio.StreamReader) -> None:
 
     Closing a Unix socket with unread data resets it, and a client still
     sending then lost the error reply (ECONNRESET: seen with a 200 kB request
-    in the lab). Bounded in bytes and time: a client that never stops gets
-    the reset after all.
+    in the lab). Bounded in bytes, and in time by the request's deadline: a
+    client that never stops gets the reset after all.
     """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + READ_TIMEOUT_S
     dropped = 0
-    with contextlib.suppress(TimeoutError, ConnectionError):
+    with contextlib.suppress(ConnectionError):
         while dropped < DISCARD_MAX_BYTES:
-            chunk = await asyncio.wait_for(reader.read(65536),
-                                           max(0.0, deadline - loop.time()))
+            chunk = await reader.read(65536)
             if not chunk or b"\n" in chunk:
                 return
             dropped += len(chunk)

@@ -23,6 +23,8 @@ from offloadd.core.errors import ConfigError, DeviceVanishedError, OffloaddError
 from offloadd.core.model import DesiredResult, Link, TableState
 from offloadd.core.plan import Plan, teardown_plan
 from offloadd.core.revalidate import needs_reconcile, triggers
+from offloadd.service.connections import ConnectionTable
+from offloadd.service.control import LIMITS as CONTROL_LIMITS
 from offloadd.service.control import ControlServer, Handler
 from offloadd.service.ports import Backend, ChangeSource, LinkSource, Notify
 from offloadd.service.reconciler import Reconciler
@@ -69,6 +71,9 @@ class Daemon:
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._reload_requested = False
+        # The control socket's connections; here so the metrics can count
+        # what it drops before (and after) the socket exists.
+        self.control_connections = ConnectionTable("control", CONTROL_LIMITS)
         # Without a source (unit tests, --check) nothing is ever repaired.
         self.repairer = (Repairer(backend, left_behind, self.status, enabled=self.repair_enabled)
                          if left_behind is not None else None)
@@ -290,7 +295,7 @@ class Daemon:
         server = None
         if control:
             server = ControlServer(self.config.control.socket, self.control_handlers(),
-                                   self.config.control.group)
+                                   self.config.control.group, self.control_connections)
             await server.start()
         for sig in signals:
             handler = self.request_reload if sig == signal.SIGHUP else self.request_stop

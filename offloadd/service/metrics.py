@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -49,6 +49,16 @@ class LinkStats(Protocol):
 
     @property
     def resyncs_total(self) -> int: ...
+
+
+class EndpointStats(Protocol):
+    """A listener's connection table (offloadd.service.connections.ConnectionTable)."""
+
+    @property
+    def endpoint(self) -> str: ...
+
+    def dropped(self) -> Mapping[str, int]:
+        """Connections the endpoint closed itself, by reason."""
 
 
 @dataclass(frozen=True)
@@ -203,21 +213,29 @@ REVALIDATIONS = _c("offloadd_revalidations_total",
                    "the current policy at their next packet (bursts of changes coalesced).")
 LAST_REVALIDATION = _g("offloadd_last_revalidation_timestamp_seconds",
                        "Unix time of the last re-validation (absent before the first).")
+CONNECTIONS_DROPPED = _Spec(
+    "offloadd_connections_dropped_total",
+    "Connections offloadd closed itself, per endpoint (metrics, control): the endpoint "
+    "had its maximum open (limit; the one waiting longest for its request, or the new one), "
+    "or the request or the taking of the reply passed its deadline (deadline).",
+    ("endpoint", "reason"), counter=True)
 
 SPECS = (BUILD_INFO, START_TIME, SOURCE_UP, OFFLOADED, CT_ENTRIES, CT_LIMIT, FT_DEVICES,
          DEVICE_INFO, IN_SYNC, RECONCILES, FAILURES, TRANSACTIONS, LAST_DURATION, LAST_TIME,
          LINK_EVENTS, LINK_RESYNCS, RELOADS, RELOADS_REJECTED, REPAIRS, LEFT_BEHIND,
-         POLICY_CHANGES, REVALIDATIONS, LAST_REVALIDATION)
+         POLICY_CHANGES, REVALIDATIONS, LAST_REVALIDATION, CONNECTIONS_DROPPED)
 
 
 class OffloaddCollector:
     """Reads every source once per scrape; concurrent scrapes are serialised so
     a burst of them cannot stack conntrack dumps on the kernel."""
 
-    def __init__(self, view: DaemonView, flows: FlowCounter, version: str = __version__) -> None:
+    def __init__(self, view: DaemonView, flows: FlowCounter, version: str = __version__,
+                 endpoints: Sequence[EndpointStats] = ()) -> None:
         self._view = view
         self._flows = flows
         self._version = version
+        self._endpoints = tuple(endpoints)
         self._lock = threading.Lock()
         self._was_up = dict.fromkeys(SOURCES, True)
 
@@ -234,6 +252,9 @@ class OffloaddCollector:
             up = {"conntrack": self._conntrack(fams), "nftables": self._nftables(fams),
                   "links": self._links(fams)}
             self._daemon(fams, counters)
+            for ep in self._endpoints:
+                for reason, n in sorted(ep.dropped().items()):
+                    fams[CONNECTIONS_DROPPED.name].add_metric([ep.endpoint, reason], n)
             for source in SOURCES:
                 fams[SOURCE_UP.name].add_metric([source], 1 if up[source] else 0)
             # Families with no samples are left out of the exposition entirely.
@@ -341,8 +362,12 @@ class OffloaddCollector:
 
 
 def register(registry: CollectorRegistry, view: DaemonView, flows: FlowCounter,
-             version: str = __version__) -> OffloaddCollector:
-    """Creates offloadd's collector and registers it on `registry` (never the global one)."""
-    collector = OffloaddCollector(view, flows, version)
+             version: str = __version__, *,
+             endpoints: Sequence[EndpointStats] = ()) -> OffloaddCollector:
+    """Creates offloadd's collector and registers it on `registry` (never the global one).
+
+    ``endpoints``: the listeners whose dropped connections it reports.
+    """
+    collector = OffloaddCollector(view, flows, version, endpoints)
     registry.register(collector)
     return collector

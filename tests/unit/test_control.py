@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,8 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from offloadd.core.errors import ConfigError
+from offloadd.service.connections import ConnectionLimits, ConnectionTable
 from offloadd.service.control import (
     MAX_REQUEST_BYTES,
+    REAP_INTERVAL_S,
     ControlError,
     ControlServer,
     handle_request,
@@ -137,3 +141,94 @@ def test_unknown_group_is_a_clear_error(tmp_path: Path) -> None:
         return ""
 
     assert "no such group 'no-such-grp'" in asyncio.run(scenario())
+
+
+CAP = 3
+DEADLINE_S = 1.0
+# At most one reap interval after the deadline; the rest is slack for a busy
+# machine (a bound on waiting, not an assertion on time).
+CUT_WITHIN_S = DEADLINE_S + REAP_INTERVAL_S + 5.0
+
+
+def _bounded(path: Path) -> ControlServer:
+    return ControlServer(path, HANDLERS, connections=ConnectionTable(
+        "control", ConnectionLimits(CAP, DEADLINE_S, DEADLINE_S)))
+
+
+def _eof_or_reset(s: socket.socket) -> bool:
+    try:
+        return s.recv(1) == b""
+    except ConnectionError:
+        return True
+
+
+def test_a_trickling_request_is_cut_off_at_its_deadline(tmp_path: Path) -> None:
+    """A byte every 0.2 s never lets a per-read timeout fire; the whole-request
+    deadline still ends it."""
+    path = tmp_path / "control.sock"
+
+    def client() -> tuple[bool, float]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(path))
+            s.settimeout(0.2)
+            start = time.monotonic()
+            for byte in itertools.cycle(b'{"version": 1, '):
+                try:
+                    s.send(bytes([byte]))
+                except OSError:
+                    return True, time.monotonic() - start
+                try:
+                    if _eof_or_reset(s):
+                        return True, time.monotonic() - start
+                except TimeoutError:
+                    pass
+                if time.monotonic() - start > CUT_WITHIN_S:
+                    return False, time.monotonic() - start
+        raise AssertionError("unreachable")
+
+    async def scenario() -> tuple[bool, float, Mapping[str, int]]:
+        server = _bounded(path)
+        await server.start()
+        try:
+            cut, after = await asyncio.get_running_loop().run_in_executor(None, client)
+            return cut, after, server.connections.dropped()
+        finally:
+            await server.close()
+
+    cut, after, dropped = asyncio.run(scenario())
+    assert cut, f"still open after {after:.1f} s of trickling"
+    assert after >= DEADLINE_S
+    assert dropped == {"limit": 0, "deadline": 1}
+
+
+def test_idle_connections_beyond_the_cap_do_not_lock_offloadctl_out(tmp_path: Path) -> None:
+    path = tmp_path / "control.sock"
+
+    async def scenario() -> tuple[Any, list[bool], Mapping[str, int]]:
+        server = _bounded(path)
+        await server.start()
+        loop = asyncio.get_running_loop()
+        idle = []
+        try:
+            for _ in range(2 * CAP):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect(str(path))
+                idle.append(s)
+                await asyncio.sleep(0.01)  # accepted in order: the oldest make room
+            answer = await loop.run_in_executor(None, request, path, "status")
+            closed = []
+            for s in idle:
+                s.settimeout(5)
+                closed.append(await loop.run_in_executor(None, _eof_or_reset, s))
+            return answer, closed, server.connections.dropped()
+        finally:
+            for s in idle:
+                s.close()
+            await server.close()
+
+    answer, closed, dropped = asyncio.run(scenario())
+    assert answer == {"hello": "world"}
+    # The first ones made room for the later ones and for offloadctl; the
+    # rest reached their deadline.
+    assert all(closed)
+    assert dropped["limit"] == CAP + 1

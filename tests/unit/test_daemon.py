@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from offloadd.core.configparse import parse_config
 from offloadd.core.errors import NftError, VerifyError
 from offloadd.core.model import Link
 from offloadd.core.plan import AddFlowtableDevices, AddSetElements, CreateTable
+from offloadd.core.render import render
 from offloadd.service.daemon import RETRY_VANISHED_S, VANISHED_RETRIES, Daemon
 from tests.unit.fakes import FakeBackend, FakeLinks
 
@@ -332,3 +334,27 @@ def test_with_kernel_wildcards_a_device_the_wildcard_covers_costs_no_transaction
     assert d.status.desired is not None
     assert d.status.desired.flowtable_of() == {"lan0": "ft", "wan0": "ft", "wan7": "ft"}
     assert d.status_line().startswith("1 flowtable(s), 3 device(s);")
+
+
+def test_odd_device_names_are_left_out_once_and_hold_back_nothing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A name that is not UTF-8 (read as "lan\\xff") and one literally "lan*"
+    are never sent, so no pass fails or retries over them: one log line each,
+    and a device that comes later is attached as usual."""
+    d, b = _daemon(tmp_path)
+    odd = (Link(7, "lan\\xff", "veth"), Link(8, "lan*", "veth"))
+    with caplog.at_level(logging.WARNING, logger="offloadd"):
+        d.status.links = (LAN0, *odd)
+        d.reconcile()
+        assert d.reconcile().is_empty
+        d.status.links = (LAN0, LAN5, *odd)
+        d.reconcile()
+    assert b.state is not None
+    assert b.state.flowtable("ft").devices == {"lan0", "lan5"}  # type: ignore[union-attr]
+    sent = "".join(render(p, "inet", "offloadd") for p in b.applied)
+    assert '"lan*"' not in sent and "\\x" not in sent
+    assert d.status.reconcile_failures_total == 0
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert any(line.startswith('flowtable ft: "lan\\xff" cannot be written') for line in lines)
+    assert any(line.startswith('flowtable ft: "lan*" cannot be written') for line in lines)

@@ -29,6 +29,7 @@ from offloadd.core.model import (
 )
 from offloadd.kernel.conntrack import ConntrackTotals, FlowCounts, OffloadCounts
 from offloadd.kernel.links import WatcherStats
+from offloadd.service.connections import ConnectionLimits, ConnectionTable
 from offloadd.service.metrics import (
     SOURCES,
     SPECS,
@@ -292,3 +293,21 @@ def test_promtool_accepts_the_exposition() -> None:
                               capture_output=True, text=True, check=False, timeout=30)
         assert proc.returncode == 0 and not proc.stdout.strip() and not proc.stderr.strip(), (
             proc.stdout + proc.stderr)
+
+
+def test_connections_dropped_per_endpoint_and_reason() -> None:
+    metrics = ConnectionTable("metrics", ConnectionLimits(1, 10.0, 10.0))
+    control = ConnectionTable("control", ConnectionLimits(1, 10.0, 10.0))
+    metrics.admit(lambda: None)
+    metrics.admit(lambda: None)  # at the cap: the first one makes room
+    reg = CollectorRegistry()
+    register(reg, FakeView(), FakeFlows(), endpoints=(metrics, control))
+    text = generate_latest(reg).decode()
+    got = {ln for ln in samples(text) if ln.startswith("offloadd_connections_dropped")}
+    assert got == {
+        'offloadd_connections_dropped_total{endpoint="metrics",reason="limit"} 1.0',
+        'offloadd_connections_dropped_total{endpoint="metrics",reason="deadline"} 0.0',
+        'offloadd_connections_dropped_total{endpoint="control",reason="limit"} 0.0',
+        'offloadd_connections_dropped_total{endpoint="control",reason="deadline"} 0.0',
+    }
+    assert "# TYPE offloadd_connections_dropped_total counter" in text

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from offloadd.core.config import Config, FlowtableConfig, Hardware, is_safe_ifname
+from offloadd.core.attach import attach_plan
+from offloadd.core.config import (
+    Config,
+    FlowtableConfig,
+    Hardware,
+    device_name_problem,
+    is_safe_ifname,
+)
 from offloadd.core.configparse import parse_config
 from offloadd.core.errors import ConfigError
 from offloadd.core.gate import passed_rules
@@ -283,3 +290,57 @@ def test_table_state_is_canonical_and_rejects_duplicates() -> None:
     assert TableState("t", "inet", (b, a)) == TableState("t", "inet", (a, b))
     with pytest.raises(ValueError, match="duplicate flowtable"):
         TableState("t", "inet", (a, a))
+
+
+# A device literally named "lan*" (Linux allows it), and one whose name is not
+# UTF-8: its bytes read as \xNN (offloadd.kernel.linkmsg.decode_name).
+STAR = Link(20, "lan*", "veth")
+NOT_UTF8 = Link(21, "lan\\xff", "veth")
+
+
+@pytest.mark.parametrize("pattern", ["lan*", "lan[*]", "*"])
+def test_a_device_named_with_a_star_is_never_listed(pattern: str) -> None:
+    """Listed, nft would read "lan*" as a wildcard: every lan device hooked
+    (or matched by the rule's guard), not that one."""
+    links = (Link(1, "lan0", None), STAR, Link(3, "lan?x", None))
+    result = desired_state(_config(FlowtableConfig("a", devices=(pattern,))), links, {}, 0)
+    want = {"lan0", "lan?x"} - ({"lan0", "lan?x"} if pattern == "lan[*]" else set())
+    assert result.table.flowtables[0].devices == want
+    assert result.table.sets[0].elements == want
+    (note,) = result.problems
+    assert note.kind is NoteKind.UNSAFE_NAME and note.device == "lan*"
+    assert note.message.startswith('"lan*" cannot be written safely in an nft script: it has '
+                                   'a "*", which nft reads as a wildcard')
+    (decision,) = [d for d in result.decisions if d.device == "lan*"]
+    assert decision.flowtable is None
+
+
+def test_a_configured_wildcard_covers_a_device_named_like_it() -> None:
+    """The kernel's own wildcard "lan*" does hook a device called "lan*":
+    listed once, as the wildcard the config asked for."""
+    cfg = _config(FlowtableConfig("a", devices=("lan*",)))
+    attach = attach_plan(cfg, True, wildcards=True)
+    result = desired_state(cfg, (Link(1, "lan0", None), STAR), {}, 0, attach=attach)
+    assert result.table.flowtables[0].devices == {"lan*"}
+    assert not result.problems
+    assert {d.device: d.flowtable for d in result.decisions} == {"lan0": "a", "lan*": "a"}
+
+
+def test_a_name_that_is_not_utf8_is_left_out_and_holds_back_no_other() -> None:
+    links = (Link(1, "lan0", None), NOT_UTF8)
+    result = desired_state(_config(FlowtableConfig("a", devices=("lan*",))), links, {}, 0)
+    assert result.table.flowtables[0].devices == {"lan0"}
+    (note,) = result.problems
+    assert note.message.startswith('"lan\\xff" cannot be written safely in an nft script: '
+                                   "it has a backslash")
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [("eth0", None), ("lan?x", None), ("wan[1]", None), ("lan*", '"*"'), ("l*n", '"*"'),
+     ("lan\\xff", "backslash"), ('a"b', "quote"), ("", "empty"), ("x" * 16, "longer")],
+)
+def test_device_name_problem(name: str, problem: str | None) -> None:
+    got = device_name_problem(name)
+    assert (got is None) == (problem is None)
+    assert problem is None or (got is not None and problem in got), got

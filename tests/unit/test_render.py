@@ -63,6 +63,17 @@ def _wild_state(wildcards: bool) -> TableState:
 
 
 BASE = ("eth0", "lan0", "lan1")
+# Names Linux allows that offloadd must never write as themselves: one
+# literally "lan*" (nft would read a wildcard), one not UTF-8 (read as
+# "lan\xff"); "lan?x" means nothing to nft and is written as it is.
+ODD = ("lan*", "lan\\xff", "lan?x")
+
+
+def _wild_odd_state() -> TableState:
+    """The kernel wildcard "wan*" beside a device literally called "wan*"."""
+    links = [Link(i, n, None) for i, n in enumerate(("lan0", "wan0", "wan*", "wan\\xff"))]
+    attach = attach_plan(WILD, True, wildcards=True)
+    return replace(desired_state(WILD, links, {}, 100, attach=attach).table, name=TABLE)
 
 SCENARIOS: dict[str, Callable[[], Plan]] = {
     "fresh_create": lambda: compute_plan(_state(*BASE), None),
@@ -79,6 +90,9 @@ SCENARIOS: dict[str, Callable[[], Plan]] = {
         _state(*BASE, config=_with(b=replace(B, hardware=Hardware.REQUIRED))), _state(*BASE)
     ),
     "teardown": lambda: teardown_plan(TABLE, "inet"),
+    "odd_names": lambda: compute_plan(_state(*BASE, *ODD), None),
+    "odd_names_join": lambda: compute_plan(_state(*BASE, *ODD), _state(*BASE)),
+    "odd_names_wildcard": lambda: compute_plan(_wild_odd_state(), None),
     "wildcard_create": lambda: compute_plan(_wild_state(True), None),
     # Names declared one by one before, the wildcard now: the set is declared
     # anew (interval), the flowtable stays.
@@ -146,6 +160,12 @@ def test_hardware_flowtable_has_flags_offload() -> None:
                 ),
             )
         ),
+        # A "*" that is not one prefix wildcard: nft would read it as one
+        # (or as something else); the model never lists such a name.
+        Plan((AddSetElements("lan_ifs", frozenset({"l*n"})),)),
+        Plan((AddSetElements("lan_ifs", frozenset({"lan**"})),)),
+        Plan((AddSetElements("lan_ifs", frozenset({"*"})),)),
+        Plan((AddSetElements("lan_ifs", frozenset({"lan\\xff"})),)),
         Plan((DeleteFlowtable("bad name"),)),
         Plan((DeleteFlowtable("x; flush ruleset"),)),
         Plan((CreateTable("other", "inet"),)),

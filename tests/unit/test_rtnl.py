@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
+from offloadd.core.config import device_name_problem
 from offloadd.core.errors import KernelError, NetlinkOverrunError
 from offloadd.core.model import Link
 from offloadd.kernel import rtnl
@@ -29,6 +30,7 @@ from offloadd.kernel.linkmsg import (
     RTM_DELLINK,
     RTM_NEWLINK,
     LinkTable,
+    decode_name,
     link_from_msg,
 )
 from offloadd.kernel.rtnl import RawLinkSocket, parse_messages
@@ -509,3 +511,19 @@ def test_cancelled_recv_unregisters_its_reader() -> None:
         sock.close()
 
     _run(main)
+
+
+def test_a_name_that_is_not_utf8_keeps_its_bytes_and_is_never_writable() -> None:
+    """Read as \\xNN, not replacement characters: two such names stay apart,
+    and the backslash keeps each out of every nft script; pyroute2's reading
+    (bytes) gives the same link."""
+    names = set()
+    for raw in (b"lan\xff", b"lan\xfe", b"\xc3(x"):
+        data = raw_link(13, nla(rtnl.IFLA_IFNAME, raw + b"\0"))
+        [msg] = parse_messages(data)
+        link = link_from_msg(msg)
+        assert link is not None and link == link_from_msg(decoded(data))
+        assert device_name_problem(link.name) is not None
+        names.add(link.name)
+    assert names == {"lan\\xff", "lan\\xfe", "\\xc3(x"}
+    assert decode_name("wlän0".encode()) == "wlän0"
