@@ -25,7 +25,7 @@ done
 apt_packages=(
     nftables python3-nftables python3-venv python3-dev
     libsystemd-dev pkg-config gcc
-    iproute2 iputils-ping conntrack iperf3 procps
+    iproute2 iputils-ping conntrack iperf3 procps iptables
     qemu-system-x86 kmod udev busybox-static
     vagrant prometheus debootstrap e2fsprogs xz-utils
     groff-base
