@@ -37,6 +37,7 @@ from offloadd.core.flows import OffloadedFlow
 from offloadd.core.model import hooked_devices
 from offloadd.core.render import render
 from offloadd.core.revalidate import coverage
+from offloadd.core.xtables import LegacyTables
 from offloadd.kernel.backend import NftBackend
 from offloadd.kernel.capability import probe_name_hooks, probe_wildcard_hooks
 from offloadd.kernel.conntrack import list_by_status, list_offloaded, teardown_timeout_warnings
@@ -83,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="daemon, flowtables, devices (hardware/software, why), "
                                   "last reconcile and recent errors")
     sub.add_parser("reload", help="make the daemon re-read its config (a bad one is refused)")
+    sub.add_parser("revalidate", help="send every offloaded flow through the forward chains "
+                                      "again, e.g. after changing iptables-legacy rules "
+                                      "(which send no nftables event)")
     fl = sub.add_parser("flows", help="offloaded flows, largest first (read from conntrack)")
     fl.add_argument("--top", type=_positive, default=20, metavar="N",
                     help="show the N largest (default 20)")
@@ -143,6 +147,8 @@ def main(argv: list[str] | None = None, *, default_config: Path = DEFAULT_CONFIG
         sock = args.socket or (config.control.socket if config else default_socket)
         if args.command == "status":
             return cmd_status(args, config, sock)
+        if args.command == "revalidate":
+            return cmd_revalidate(args, sock)
         return cmd_reload(args, sock)
     except ConfigError as e:
         return _fail(EXIT_USAGE, str(e))
@@ -261,6 +267,24 @@ def cmd_reload(args: argparse.Namespace, sock: Path) -> int:
     except ControlError as e:
         return _fail(EXIT_FAILED, str(e))
     _emit(args, result, f"reloaded {result['config']}\n")
+    return EXIT_OK
+
+
+# -- revalidate -----------------------------------------------------------------
+def cmd_revalidate(args: argparse.Namespace, sock: Path) -> int:
+    try:
+        result = request(sock, "revalidate")
+    except NotRunningError as e:
+        return _fail(EXIT_DOWN, str(e))
+    except ControlError as e:
+        return _fail(EXIT_FAILED, str(e))
+    if result.get("revalidate") == "off":
+        human = ("revalidate = \"off\" in the config: offloadd's forward priority is "
+                 "computed again, offloaded flows are left alone\n")
+    else:
+        human = ("re-validation scheduled: offloaded flows meet the current policy "
+                 "(nftables and iptables-legacy) at their next packet\n")
+    _emit(args, result, human)
     return EXIT_OK
 
 
@@ -389,12 +413,21 @@ def cmd_check(args: argparse.Namespace, path: Path) -> int:
     covered, not_covered = coverage(on_change)
     priorities = other_forward_priorities(chains, config.daemon.family.value,
                                           config.daemon.table)
+    legacy = daemon.status.legacy or LegacyTables()
+    prio = desired.table.chain.priority if desired.table.chain else None
+    warnings += [f"offloadd's forward chain (priority {prio}) does not run after the "
+                 f"iptables-legacy FORWARD hook of {name} (priority {p}): set "
+                 "daemon.priority = \"auto\" or above it"
+                 for name, p in sorted(legacy.forward_hooks().items())
+                 if prio is not None and p >= prio]
     script = "" if plan.is_empty else render(plan, config.daemon.family.value,
                                              config.daemon.table)
     data: dict[str, Any] = {"config": str(path), "valid": True,
             "table_exists": current is not None,
             "forward_priority": desired.table.chain.priority if desired.table.chain else None,
             "other_forward_priorities": sorted(priorities),
+            "legacy": {"tables": legacy.names, "forward_hooks": legacy.forward_hooks(),
+                       "unreadable": legacy.unreadable, "summary": legacy.describe()},
             "devices": [{"device": d.device, "flowtable": d.flowtable, "reason": d.reason}
                         for d in desired.decisions],
             "warnings": warnings + [n.message for n in desired.problems],
@@ -405,6 +438,9 @@ def cmd_check(args: argparse.Namespace, path: Path) -> int:
     human += [f"  {d['device']:<15} -> {d['flowtable'] or 'not offloaded'} ({d['reason']})"
               for d in data["devices"]]
     human += [f"warning: {w}" for w in data["warnings"]]
+    human.append(f"{legacy.describe()}" + (
+        "; their rule changes send no nftables event: run `offloadctl revalidate` after "
+        "changing them" if legacy.names or legacy.unreadable else ""))
     human.append(f"policy for offloaded flows (revalidate = {config.daemon.revalidate.value}):")
     human += [f"  covered: {c}" for c in covered]
     human += [f"  NOT covered: {c}" for c in not_covered]

@@ -49,6 +49,9 @@ def format_status(r: dict[str, Any]) -> str:
     rep = r.get("repair")
     if rep:
         out.append(format_repair(rep))
+    legacy = r.get("legacy")
+    if legacy:
+        out.extend(format_legacy(legacy))
     reval = r.get("revalidate")
     if reval:
         out.append(format_revalidate(reval))
@@ -125,6 +128,21 @@ def format_repair(rep: dict[str, Any]) -> str:
     return line
 
 
+def format_legacy(lg: dict[str, Any]) -> list[str]:
+    """iptables-legacy: shown when tables are loaded or cannot be read."""
+    if not lg.get("read") or not (lg["tables"] or lg["unreadable"]):
+        return []
+    if lg["before"]:
+        verdict = (f"WARNING: offloadd's forward chain does NOT run after "
+                   f"{', '.join(lg['before'])} (daemon.priority): a flow can be offloaded "
+                   "before their rules see it")
+    else:
+        verdict = "offloadd's forward chain runs after their FORWARD hooks"
+    return [f"iptables-legacy: {lg['summary']}; {verdict}",
+            "  legacy rule changes send no nftables event: run `offloadctl revalidate` "
+            "after changing them"]
+
+
 def format_revalidate(rv: dict[str, Any]) -> str:
     """One line on re-validating offloaded flows after others' ruleset changes."""
     if rv["mode"] == "off":
@@ -133,6 +151,9 @@ def format_revalidate(rv: dict[str, Any]) -> str:
     else:
         line = (f"revalidate ({rv['mode']}): {rv['revalidations_total']} re-validation(s) "
                 f"for {rv['policy_changes_total']} ruleset change(s) by others")
+        if rv.get("policy_changes_skipped_total"):
+            line += (f", {rv['policy_changes_skipped_total']} more skipped (tables no "
+                     "forwarded packet meets)")
     last = rv.get("last")
     if last:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["time"]))

@@ -131,6 +131,8 @@ def check(config: Config) -> int:
           f"{'exists' if current else 'does not exist yet'}")
     print(f"# kernel: {hooks.reason}")
     print(f"# kernel: {wild.reason}")
+    if daemon.status.legacy is not None:
+        print(f"# {daemon.status.legacy.describe()}")
     for a in desired.attach:
         print(f"# flowtable {a.flowtable}: {a.mode.value} attach ({a.reason})")
     for d in desired.decisions:

@@ -15,6 +15,7 @@ thousands of elements) costs a bounded number of replacements.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 
@@ -74,19 +75,37 @@ OVERRUN_TRIGGER = "nftables changes that were missed (netlink receive buffer ove
 POLICY_KINDS = frozenset(ObjectKind) - {ObjectKind.FLOWTABLE}
 
 
-def policy_trigger(tx: Transaction, own_family: str, own_table: str, own_pid: int) -> str | None:
-    """What in this transaction calls for a re-validation, in words; None if nothing.
+# Base chain hooks of ip, ip6 and inet tables that no forwarded packet passes
+# (locally delivered and locally sent packets only).
+LOCAL_HOOKS = frozenset({"input", "output"})
+_IP_FAMILIES = frozenset({"ip", "ip6", "inet"})
 
-    offloadd's own transactions never do (its device changes do not change
-    what the policy allows). Changes to offloadd's own table by someone else
-    are undone by the next reconcile, not re-validated.
+Table = tuple[str, str]  # (family, name)
+
+
+def meets_forwarded(family: str, hooks: Iterable[str]) -> bool:
+    """Whether a table whose base chains hook ``hooks`` can meet a forwarded packet.
+
+    A rule jumps or goes only to chains of its own table, and a rule names only
+    its own table's sets, maps and objects: a table none of whose base chains
+    a forwarded packet passes cannot change what is forwarded, whatever its
+    rules and elements say (crowdsec's and fail2ban's input-only tables).
+    Conservative: every hook but input and output of ip/ip6/inet counts
+    (prerouting, forward, postrouting, ingress, and any hook not known here),
+    and so does every base chain of any other family (netdev ingress/egress,
+    bridge, arp). A table with no base chain meets nothing.
     """
-    if own_pid and tx.pid == own_pid:
-        return None
-    relevant = [c for c in tx.changes
-                if c.kind in POLICY_KINDS and (c.family, c.table) != (own_family, own_table)]
-    if not relevant:
-        return None
+    hooked = set(hooks)
+    if family in _IP_FAMILIES:
+        return bool(hooked - LOCAL_HOOKS)
+    return bool(hooked)
+
+
+def _everywhere(_family: str, _table: str) -> bool:
+    return True
+
+
+def _summary(relevant: Sequence[TableChange], tx: Transaction) -> str:
     counts: dict[tuple[ObjectKind, Verb, str, str], int] = {}
     for c in relevant:
         key = (c.kind, c.verb, c.family, c.table)
@@ -98,12 +117,86 @@ def policy_trigger(tx: Transaction, own_family: str, own_table: str, own_pid: in
     return f"{shown} by {tx.by}"
 
 
+def _others(tx: Transaction, own_family: str, own_table: str,
+            own_pid: int) -> list[TableChange]:
+    """The policy changes of a transaction by someone else, outside offloadd's table.
+
+    offloadd's own transactions never count (its device changes do not change
+    what the policy allows). Changes to offloadd's own table by someone else
+    are undone by the next reconcile, not re-validated.
+    """
+    if own_pid and tx.pid == own_pid:
+        return []
+    return [c for c in tx.changes
+            if c.kind in POLICY_KINDS and (c.family, c.table) != (own_family, own_table)]
+
+
+def policy_trigger(tx: Transaction, own_family: str, own_table: str, own_pid: int,
+                   reaches: Callable[[str, str], bool] = _everywhere) -> str | None:
+    """What in this transaction calls for a re-validation, in words; None if nothing.
+
+    ``reaches(family, table)``: whether that table can meet a forwarded packet
+    (meets_forwarded); changes in tables that cannot are left out.
+    """
+    relevant = [c for c in _others(tx, own_family, own_table, own_pid)
+                if reaches(c.family, c.table)]
+    return _summary(relevant, tx) if relevant else None
+
+
+def policy_tables(changes: NftChanges, own_family: str, own_table: str,
+                  own_pid: int) -> tuple[set[Table], set[Table]]:
+    """The tables others' policy changes touched, and those among them whose
+    tables or chains were added or deleted (their hooks may have changed)."""
+    touched: set[Table] = set()
+    hooks_changed: set[Table] = set()
+    for tx in changes.transactions:
+        for c in _others(tx, own_family, own_table, own_pid):
+            touched.add((c.family, c.table))
+            if c.kind in (ObjectKind.TABLE, ObjectKind.CHAIN):
+                hooks_changed.add((c.family, c.table))
+    return touched, hooks_changed
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A transaction by others left out: no forwarded packet meets its tables."""
+
+    summary: str
+    tables: frozenset[Table]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one read of the change stream calls for: re-validation triggers, and
+    the transactions by others that were left out."""
+
+    triggers: tuple[str, ...] = ()
+    skipped: tuple[Skipped, ...] = ()
+
+
+def decide(changes: NftChanges, own_family: str, own_table: str, own_pid: int,
+           reaches: Callable[[str, str], bool] = _everywhere) -> Decision:
+    """Triggers and skipped transactions in one read of the change stream; an
+    overrun always triggers (what changed where is unknown)."""
+    found: list[str] = [OVERRUN_TRIGGER] if changes.overrun else []
+    skipped: list[Skipped] = []
+    for tx in changes.transactions:
+        others = _others(tx, own_family, own_table, own_pid)
+        if not others:
+            continue
+        relevant = [c for c in others if reaches(c.family, c.table)]
+        if relevant:
+            found.append(_summary(relevant, tx))
+        else:
+            skipped.append(Skipped(_summary(others, tx),
+                                   frozenset((c.family, c.table) for c in others)))
+    return Decision(tuple(found), tuple(skipped))
+
+
 def triggers(changes: NftChanges, own_family: str, own_table: str,
              own_pid: int) -> list[str]:
-    """The re-validation triggers in one read of the change stream."""
-    found = [t for tx in changes.transactions
-             if (t := policy_trigger(tx, own_family, own_table, own_pid)) is not None]
-    return [OVERRUN_TRIGGER, *found] if changes.overrun else found
+    """The re-validation triggers in one read of the change stream (every table counts)."""
+    return list(decide(changes, own_family, own_table, own_pid).triggers)
 
 
 # What can move offloadd's forward chain (other tables' base chains) or undo its
@@ -217,14 +310,24 @@ def coverage(on_change: bool) -> tuple[list[str], list[str]]:
         "the rule",
         "hardware-offloaded flows: replacing the flowtable removes their entries from the "
         "device too (not tested in the lab: it has no offload-capable NIC)",
+        "changes to a table whose base chains hook only input or output (crowdsec, "
+        "fail2ban): no forwarded packet meets them, so they cost no re-validation "
+        "(counted as skipped)",
+        "iptables-legacy tables: with priority = \"auto\" offloadd's forward chain runs "
+        "after their FORWARD hooks, so a flow is offloaded only after they let both "
+        "directions pass",
     ]
     not_covered = [
         "rules that act on every packet (quota, limit, counters, meta hour/day): offloaded "
         "packets skip the forward chains, so they see a flow only until it is offloaded",
         "sets a rule fills from the packet path (add/update @set, meters): the kernel sends "
         "no change event for those elements",
-        "iptables-legacy (xtables) rules and sysctl changes: they are not nf_tables "
-        "transactions",
+        "iptables-legacy (xtables) rule changes and sysctl changes: they are not nf_tables "
+        "transactions; after changing legacy rules run `offloadctl revalidate` (a legacy "
+        "table that appears is noticed within 2 s and re-validates by itself)",
+        "base chains on the postrouting hook (nft or legacy mangle POSTROUTING): they run "
+        "after offloadd's forward chain, so a drop there does not keep a flow from being "
+        "offloaded",
         "routing changes (ip route/rule, blackhole routes): the kernel's own route check "
         "decides when an offloaded flow's route is stale",
         "the moment between a change and the replacement (see above): packets of flows "

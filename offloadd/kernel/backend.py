@@ -16,9 +16,11 @@ from offloadd.core.gate import PASSED_ORIGINAL, PASSED_REPLY, PASSED_SETS
 from offloadd.core.model import TableState
 from offloadd.core.plan import Plan
 from offloadd.core.render import render
-from offloadd.kernel import conntrack
+from offloadd.core.xtables import LegacyTables
+from offloadd.kernel import conntrack, xtables
 from offloadd.kernel.nft import Nft
 from offloadd.kernel.nftstate import (
+    base_chain_hooks,
     ifname_sets,
     other_forward_priorities,
     parse_table,
@@ -66,6 +68,13 @@ class NftBackend:
 
     def other_forward_priorities(self) -> list[int]:
         return other_forward_priorities(self.nft.list_json("chains"), self.family, self.table)
+
+    def base_chain_hooks(self) -> dict[tuple[str, str], frozenset[str]]:
+        """Every table's base chain hooks: ``list chains``, no rules, no elements."""
+        return base_chain_hooks(self.nft.list_json("chains"))
+
+    def legacy_tables(self) -> LegacyTables:
+        return xtables.legacy_tables()
 
     def hw_capable(self, device: str) -> tuple[bool, str]:
         """Dry-run a hardware flowtable on ``device``: nothing is changed."""

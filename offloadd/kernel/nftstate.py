@@ -152,3 +152,17 @@ def other_forward_priorities(items: Iterable[Mapping[str, Any]], own_family: str
             continue
         out.append(int(ch.get("prio", 0)))
     return out
+
+
+def base_chain_hooks(items: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], frozenset[str]]:
+    """(family, table) -> the hooks of its base chains, for every table that
+    ``list chains`` shows (a table with regular chains only maps to no hook)."""
+    out: dict[tuple[str, str], set[str]] = {}
+    for item in items:
+        ch = item.get("chain")
+        if not ch:
+            continue
+        hooks = out.setdefault((str(ch.get("family")), str(ch.get("table"))), set())
+        if ch.get("hook"):
+            hooks.add(str(ch["hook"]))
+    return {t: frozenset(h) for t, h in out.items()}

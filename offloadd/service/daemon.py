@@ -22,10 +22,11 @@ from offloadd.core.configparse import load_config
 from offloadd.core.errors import ConfigError, DeviceVanishedError, OffloaddError
 from offloadd.core.model import DesiredResult, Link, TableState
 from offloadd.core.plan import Plan, teardown_plan
-from offloadd.core.revalidate import needs_reconcile, triggers
+from offloadd.core.revalidate import Skipped, decide, needs_reconcile
 from offloadd.service.connections import ConnectionTable
 from offloadd.service.control import LIMITS as CONTROL_LIMITS
 from offloadd.service.control import ControlServer, Handler
+from offloadd.service.policyscope import PolicyScope
 from offloadd.service.ports import Backend, ChangeSource, LinkSource, Notify
 from offloadd.service.reconciler import Reconciler
 from offloadd.service.refusals import RETRY_REFUSED_S
@@ -42,6 +43,10 @@ RETRY_VANISHED_S = 0.2
 # which it is a failure (RETRY_FAILED_S) rather than a race.
 VANISHED_RETRIES = 5
 RETRY_FAILED_S = 5.0
+# How often the iptables-legacy tables are looked at (two small /proc reads):
+# loading one sends no nf_tables event, and until offloadd's chain moves after
+# its FORWARD hook a new flow can be offloaded past it.
+LEGACY_POLL_S = 2.0
 # SIGHUP reloads the config, the others stop (offloadd(8) lists them from here).
 SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 WATCHER_RESTART_S = 1.0
@@ -83,6 +88,8 @@ class Daemon:
         # The thread that commits offloadd's transactions (the loop's), as the
         # kernel names it in NFT_MSG_NEWGEN; set when the loop starts.
         self._own_pid = 0
+        self.scope = PolicyScope(backend.base_chain_hooks)
+        self._skips_logged: set[tuple[str, str]] = set()
 
     def repair_enabled(self) -> bool:
         return self.config.daemon.repair is Repair.AUTO
@@ -197,7 +204,18 @@ class Daemon:
 
     # -- control socket commands ----------------------------------------------
     def control_handlers(self) -> dict[str, Handler]:
-        return {"status": self._cmd_status, "reload": self._cmd_reload}
+        return {"status": self._cmd_status, "reload": self._cmd_reload,
+                "revalidate": self._cmd_revalidate}
+
+    async def _cmd_revalidate(self, req: Mapping[str, Any]) -> Any:
+        """Re-validates as after a change by others (legacy rules send no event);
+        the forward priority is computed again first."""
+        who = str(req.get("by") or "offloadctl")
+        self.reconciler.others_changed()
+        self._wake.set()
+        self.revalidator.changed(f"a request ({who} revalidate)")
+        return {"scheduled": True, "revalidate": self.config.daemon.revalidate.value,
+                "revalidations_total": self.status.revalidations_total}
 
     async def _cmd_status(self, _req: Mapping[str, Any]) -> Any:
         try:
@@ -277,9 +295,14 @@ class Daemon:
                 if needs_reconcile(batch, daemon.family.value, daemon.table, self._own_pid):
                     self.reconciler.others_changed()
                     self._wake.set()
-                for trigger in triggers(batch, daemon.family.value, daemon.table,
-                                        self._own_pid):
+                reaches = self.scope.verdicts(batch, daemon.family.value, daemon.table,
+                                              self._own_pid)
+                decision = decide(batch, daemon.family.value, daemon.table, self._own_pid,
+                                  reaches)
+                for trigger in decision.triggers:
                     self.revalidator.changed(trigger)
+                for what in decision.skipped:
+                    self._skipped(what)
         except OffloaddError as e:
             # Without it, a new admin chain is noticed at the next link event,
             # and a new policy reaches offloaded flows only when they end.
@@ -288,6 +311,38 @@ class Daemon:
                       "offloaded flows are NOT re-validated", e)
         finally:
             self.reconciler.others_watched = False
+
+    def _skipped(self, skip: Skipped) -> None:
+        """A change no forwarded packet can meet: counted, logged once per table
+        (then at debug level: a bouncer adds an element every few seconds)."""
+        self.status.policy_changes_skipped_total += 1
+        new = skip.tables - self._skips_logged
+        self._skips_logged |= skip.tables
+        (log.info if new else log.debug)(
+            "not re-validated: %s (no base chain of %s hooks where a forwarded packet "
+            "passes: only input/output, or none)", skip.summary,
+            ", ".join(f"{f} {t}" for f, t in sorted(skip.tables)),
+            extra={"OPERATION": "revalidate-skipped"})
+
+    async def _watch_legacy(self) -> None:
+        """Moves offloadd's chain after iptables-legacy tables that appear
+        (no nf_tables event says so) and re-validates: a new table's rules may
+        drop what was offloaded."""
+        while True:
+            await asyncio.sleep(LEGACY_POLL_S)
+            seen = self.status.legacy
+            now = self.backend.legacy_tables()
+            if seen is None or now == seen:
+                continue
+            log.info("%s (was: %s)", now.describe(), seen.describe(),
+                     extra={"OPERATION": "legacy"})
+            self.reconciler.others_changed()
+            self._wake.set()
+            # Any new table, not only those with a FORWARD hook: a raw or
+            # mangle PREROUTING drop is skipped by offloaded packets too.
+            if set(now.names) - set(seen.names) or now.unreadable != seen.unreadable:
+                self.revalidator.changed(f"iptables-legacy table(s) loaded: "
+                                         f"{', '.join(now.names) or now.unreadable}")
 
     async def run(self, signals: Sequence[signal.Signals] = SIGNALS,
                   control: bool = True) -> None:
@@ -310,6 +365,7 @@ class Daemon:
         revalidations = asyncio.create_task(self.revalidator.run(), name="revalidate")
         repairs = (asyncio.create_task(self.repairer.run(), name="repair")
                    if self.repairer is not None else None)
+        legacy = asyncio.create_task(self._watch_legacy(), name="legacy")
         try:
             while not self._stop.is_set():
                 await self._wake.wait()
@@ -332,6 +388,7 @@ class Daemon:
             watchdog.cancel()
             nft_changes.cancel()
             revalidations.cancel()
+            legacy.cancel()
             if repairs is not None:
                 repairs.cancel()
             if server is not None:

@@ -74,6 +74,7 @@ class DaemonCounters:
     repairs_total: int = 0
     left_behind_flows: int = 0
     policy_changes_total: int = 0
+    policy_changes_skipped_total: int = 0
     revalidations_total: int = 0
     last_revalidation_time: float = 0.0  # Unix time; 0 = none yet
 
@@ -126,6 +127,7 @@ class StatusView:
             repairs_total=s.repairs_total,
             left_behind_flows=s.left_behind_flows,
             policy_changes_total=s.policy_changes_total,
+            policy_changes_skipped_total=s.policy_changes_skipped_total,
             revalidations_total=s.revalidations_total,
             last_revalidation_time=_time_of(s.last_revalidation))
 
@@ -208,6 +210,10 @@ LEFT_BEHIND = _g("offloadd_left_behind_flows",
 POLICY_CHANGES = _c("offloadd_policy_changes_total",
                     "nf_tables transactions by others that changed another table's rules, "
                     "chains, sets, elements or objects (each calls for a re-validation).")
+POLICY_CHANGES_SKIPPED = _c(
+    "offloadd_policy_changes_skipped_total",
+    "nf_tables transactions by others that called for no re-validation: every table they "
+    "changed has base chains only on hooks no forwarded packet passes (input, output).")
 REVALIDATIONS = _c("offloadd_revalidations_total",
                    "Re-validations: offloadd's flowtables replaced so that offloaded flows meet "
                    "the current policy at their next packet (bursts of changes coalesced).")
@@ -223,7 +229,8 @@ CONNECTIONS_DROPPED = _Spec(
 SPECS = (BUILD_INFO, START_TIME, SOURCE_UP, OFFLOADED, CT_ENTRIES, CT_LIMIT, FT_DEVICES,
          DEVICE_INFO, IN_SYNC, RECONCILES, FAILURES, TRANSACTIONS, LAST_DURATION, LAST_TIME,
          LINK_EVENTS, LINK_RESYNCS, RELOADS, RELOADS_REJECTED, REPAIRS, LEFT_BEHIND,
-         POLICY_CHANGES, REVALIDATIONS, LAST_REVALIDATION, CONNECTIONS_DROPPED)
+         POLICY_CHANGES, POLICY_CHANGES_SKIPPED, REVALIDATIONS, LAST_REVALIDATION,
+         CONNECTIONS_DROPPED)
 
 
 class OffloaddCollector:
@@ -339,6 +346,7 @@ class OffloaddCollector:
                             (REPAIRS, c.repairs_total),
                             (LEFT_BEHIND, c.left_behind_flows),
                             (POLICY_CHANGES, c.policy_changes_total),
+                            (POLICY_CHANGES_SKIPPED, c.policy_changes_skipped_total),
                             (REVALIDATIONS, c.revalidations_total)):
             fams[spec.name].add_metric([], value)
         if c.last_revalidation_time:

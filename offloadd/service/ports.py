@@ -13,6 +13,7 @@ from typing import Protocol
 from offloadd.core.model import Link, TableState
 from offloadd.core.plan import Plan
 from offloadd.core.revalidate import NftChanges
+from offloadd.core.xtables import LegacyTables
 
 
 class Snapshot(Protocol):
@@ -52,6 +53,10 @@ class Backend(Protocol):
     def read(self) -> TableState | None: ...
 
     def other_forward_priorities(self) -> list[int]: ...
+
+    def base_chain_hooks(self) -> dict[tuple[str, str], frozenset[str]]: ...
+
+    def legacy_tables(self) -> LegacyTables: ...
 
     def hw_capable(self, device: str) -> tuple[bool, str]: ...
 

@@ -24,6 +24,7 @@ from offloadd.core.plan import (
     RemoveFlowtableDevices,
     compute_plan,
 )
+from offloadd.core.xtables import LegacyTables
 from offloadd.service.ports import Backend
 from offloadd.service.refusals import Refusals, isolate_refused
 from offloadd.service.status import Status
@@ -117,10 +118,23 @@ class Reconciler:
         self._others = (now, prios)
         return prios
 
+    def _legacy(self) -> LegacyTables:
+        """iptables-legacy tables, read on every pass (two small /proc reads):
+        their loading sends no event. A change is logged."""
+        legacy = self.backend.legacy_tables()
+        if legacy != self.status.legacy:
+            if self.status.legacy is not None or legacy.names or legacy.unreadable:
+                log.info("%s", legacy.describe(), extra={"OPERATION": "legacy"})
+            self.status.legacy = legacy
+        return legacy
+
     def _forward_priority(self) -> int:
         prio = self.config.daemon.priority
+        legacy = self._legacy()
         if isinstance(prio, PriorityMode):
-            return auto_forward_priority(self._other_priorities())
+            # Strictly after the nft forward chains and the legacy FORWARD hooks.
+            return auto_forward_priority([*self._other_priorities(),
+                                          *legacy.forward_priorities()])
         return prio
 
     def _desired(self, refused: Mapping[str, str], forward_priority: int) -> DesiredResult:

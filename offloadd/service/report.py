@@ -88,10 +88,27 @@ def status_report(status: Status, table_name: str, family: str,
             "last": status.last_repair,
             "held": status.repair_held,
         },
+        "legacy": _legacy(status, kernel),
         "revalidate": {
             "mode": revalidate_mode,
             "policy_changes_total": status.policy_changes_total,
+            "policy_changes_skipped_total": status.policy_changes_skipped_total,
             "revalidations_total": status.revalidations_total,
             "last": status.last_revalidation,
         },
     }
+
+
+def _legacy(status: Status, kernel: TableState | None) -> dict[str, Any]:
+    """iptables-legacy tables beside offloadd, and whether its chain runs after
+    their FORWARD hooks (it does with priority = "auto"; a fixed one may not)."""
+    legacy = status.legacy
+    if legacy is None:
+        return {"read": False, "tables": [], "forward_hooks": {}, "unreadable": "",
+                "summary": "not read yet", "before": []}
+    hooks = legacy.forward_hooks()
+    prio = kernel.chain.priority if kernel and kernel.chain else None
+    return {"read": True, "tables": legacy.names, "forward_hooks": hooks,
+            "unreadable": legacy.unreadable, "summary": legacy.describe(),
+            # Legacy FORWARD hooks that offloadd's chain does not run after.
+            "before": sorted(n for n, p in hooks.items() if prio is not None and p >= prio)}

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from offloadd.core.model import DesiredResult, Link
+from offloadd.core.xtables import LegacyTables
 
 
 @dataclass
@@ -50,8 +51,12 @@ class Status:
     repair_held: str = ""  # why the last check repaired nothing it found, if so
     # Re-validation of offloaded flows after others' ruleset changes.
     policy_changes_total: int = 0  # transactions by others that called for one
+    # ... and those that did not: no forwarded packet meets their tables.
+    policy_changes_skipped_total: int = 0
     revalidations_total: int = 0
     last_revalidation: dict[str, object] | None = None
+    # iptables-legacy tables as the last reconcile saw them (None: not read yet).
+    legacy: LegacyTables | None = None
 
     def record_error(self, msg: str) -> None:
         """The last error, and the ten most recent with their time, for status."""

@@ -15,6 +15,7 @@ from offloadd.core.model import Link, TableState
 from offloadd.core.plan import Plan
 from offloadd.core.render import render
 from offloadd.core.simulate import apply_plan
+from offloadd.core.xtables import LegacyTables
 
 
 @dataclass
@@ -33,6 +34,10 @@ class FakeBackend:
     refuse_all: str = ""  # every batch is refused with this
     checks: int = 0
     wildcards: bool = False  # the kernel hooks "wan*" by prefix
+    # Other tables' base chain hooks ((family, table) -> hooks), as `list chains` shows.
+    hooks: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
+    hook_reads: int = 0
+    legacy: LegacyTables = field(default_factory=LegacyTables)
 
     def read(self) -> TableState | None:
         if self.corrupt_reads and self.state is not None:
@@ -41,6 +46,13 @@ class FakeBackend:
 
     def other_forward_priorities(self) -> list[int]:
         return list(self.others)
+
+    def base_chain_hooks(self) -> dict[tuple[str, str], frozenset[str]]:
+        self.hook_reads += 1
+        return dict(self.hooks)
+
+    def legacy_tables(self) -> LegacyTables:
+        return self.legacy
 
     def hw_capable(self, device: str) -> tuple[bool, str]:
         ok = self.hw.get(device, False)

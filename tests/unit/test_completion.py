@@ -50,9 +50,9 @@ def _complete(words: list[str], cwd: Path) -> list[str]:
 
 CASES = [
     (["offloadctl", "st"], ["status"]),
-    (["offloadctl", ""], ["check", "explain", "flows", "reload", "status"]),
+    (["offloadctl", ""], ["check", "explain", "flows", "reload", "revalidate", "status"]),
     (["offloadctl", "--j"], ["--json"]),
-    (["offloadctl", "-c", "/etc/x.toml", "re"], ["reload"]),  # an option's value is skipped
+    (["offloadctl", "-c", "/etc/x.toml", "re"], ["reload", "revalidate"]),  # an option's value is skipped
     (["offloadctl", "--config", "=", "a"], ["a.toml"]),  # --config=a, split by bash at '='
     (["offloadctl", "--socket", ""], ["a.toml", "b.toml", "sub"]),
     (["offloadctl", "--json", "explain", ""], ["icmp", "sctp", "tcp", "udp"]),

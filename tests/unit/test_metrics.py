@@ -52,7 +52,7 @@ COUNTERS = DaemonCounters(
     last_reconcile_seconds=0.25, last_reconcile_time=1_700_000_000.5,
     config_reloads_total=3, config_reloads_rejected_total=1, started=1_699_999_000.0,
     repairs_total=4, left_behind_flows=17,
-    policy_changes_total=9, revalidations_total=3, last_revalidation_time=1_700_000_100.0)
+    policy_changes_total=9, policy_changes_skipped_total=4, revalidations_total=3, last_revalidation_time=1_700_000_100.0)
 
 
 @dataclass
@@ -171,6 +171,7 @@ EXPECTED = {
     "offloadd_flowtable_repairs_total 4.0",
     "offloadd_left_behind_flows 17.0",
     "offloadd_policy_changes_total 9.0",
+    "offloadd_policy_changes_skipped_total 4.0",
     "offloadd_revalidations_total 3.0",
     "offloadd_last_revalidation_timestamp_seconds 1.7000001e+09",
 }

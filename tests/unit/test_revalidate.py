@@ -266,7 +266,8 @@ def test_a_refused_replacement_keeps_the_state_and_is_retried(tmp_path: Path) ->
 
 
 def test_the_daemon_feeds_others_changes_and_ignores_its_own(tmp_path: Path) -> None:
-    d, _b = _daemon(tmp_path)
+    d, b = _daemon(tmp_path)
+    b.hooks = {("inet", "admin"): frozenset({"forward"})}
     own = _tx((ObjectKind.RULE, Verb.ADD, "inet", "offloadd"), pid=5)
     theirs = _tx(RULE_IN_ADMIN)
 
