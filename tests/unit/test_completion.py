@@ -52,7 +52,8 @@ CASES = [
     (["offloadctl", "st"], ["status"]),
     (["offloadctl", ""], ["check", "explain", "flows", "reload", "revalidate", "status"]),
     (["offloadctl", "--j"], ["--json"]),
-    (["offloadctl", "-c", "/etc/x.toml", "re"], ["reload", "revalidate"]),  # an option's value is skipped
+    # an option's value is skipped
+    (["offloadctl", "-c", "/etc/x.toml", "re"], ["reload", "revalidate"]),
     (["offloadctl", "--config", "=", "a"], ["a.toml"]),  # --config=a, split by bash at '='
     (["offloadctl", "--socket", ""], ["a.toml", "b.toml", "sub"]),
     (["offloadctl", "--json", "explain", ""], ["icmp", "sctp", "tcp", "udp"]),

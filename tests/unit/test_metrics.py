@@ -52,7 +52,8 @@ COUNTERS = DaemonCounters(
     last_reconcile_seconds=0.25, last_reconcile_time=1_700_000_000.5,
     config_reloads_total=3, config_reloads_rejected_total=1, started=1_699_999_000.0,
     repairs_total=4, left_behind_flows=17,
-    policy_changes_total=9, policy_changes_skipped_total=4, revalidations_total=3, last_revalidation_time=1_700_000_100.0)
+    policy_changes_total=9, policy_changes_skipped_total=4, revalidations_total=3,
+    last_revalidation_time=1_700_000_100.0)
 
 
 @dataclass
