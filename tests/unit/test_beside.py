@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -162,7 +163,10 @@ def test_a_legacy_table_that_appears_moves_the_chain_and_revalidates(
 def test_revalidate_command_schedules_one(tmp_path: Path) -> None:
     d, _b = _daemon(tmp_path)
     d.reconcile()
-    out = asyncio.run(d.control_handlers()["revalidate"]({}))
+    async def ask() -> Any:
+        return await d.control_handlers()["revalidate"]({})
+
+    out = asyncio.run(ask())
     assert out["scheduled"] and out["revalidate"] == "on-change"
     pending = d.revalidator._schedule.pending
     assert pending is not None and pending.triggers == ("a request (offloadctl revalidate)",)
@@ -221,7 +225,7 @@ def test_policy_tables_names_those_whose_hooks_may_have_changed() -> None:
 
 
 def test_base_chain_hooks_from_a_chain_listing() -> None:
-    items = [{"metainfo": {}},
+    items: list[dict[str, Any]] = [{"metainfo": {}},
              {"chain": {"family": "inet", "table": "cs", "name": "in", "hook": "input",
                         "type": "filter", "prio": -10}},
              {"chain": {"family": "inet", "table": "cs", "name": "helper"}},
