@@ -84,6 +84,16 @@ def _legacy_dropped(lab: Lab, cmd: str) -> int:
                if ln.split() and ln.split()[0].isdigit() and "DROP" in ln)
 
 
+def _moved(d: RunningDaemon, st0: dict[str, Any]) -> dict[str, Any] | None:
+    """The status once offloadd's chain runs after both legacy filter tables
+    and a re-validation followed; None before."""
+    st = _status(d)
+    ok = (st["table"]["forward_priority"] == 1
+          and {"ip filter", "ip6 filter"} <= set(st["legacy"]["tables"])
+          and st["revalidate"]["revalidations_total"] > st0["revalidate"]["revalidations_total"])
+    return st if ok else None
+
+
 def test_a_legacy_reply_drop_holds_against_offloaded_flows(lab: Lab, tmp_path: Path) -> None:
     r = lab.router
     s4, s6 = lab.server_addr(4), lab.server_addr(6)
@@ -112,14 +122,7 @@ def test_a_legacy_reply_drop_holds_against_offloaded_flows(lab: Lab, tmp_path: P
                  f"iptables-legacy -A FORWARD -p tcp --sport {DROP_TCP} -j DROP\n"
                  f"ip6tables-legacy -A FORWARD -p udp --sport {DROP_UDP} -j DROP\n")
 
-            def moved() -> dict[str, Any] | None:
-                st = _status(d)
-                ok = (st["table"]["forward_priority"] == 1
-                      and {"ip filter", "ip6 filter"} <= set(st["legacy"]["tables"])
-                      and st["revalidate"]["revalidations_total"]
-                      > st0["revalidate"]["revalidations_total"])
-                return st if ok else None
-            st1 = wait_for(moved, 60, interval=0.5,
+            st1 = wait_for(lambda: _moved(d, st0), 60, interval=0.5,
                            what="offloadd's chain after the legacy FORWARD hook, re-validated")
             assert st1["legacy"]["before"] == [], st1["legacy"]
             assert "iptables-legacy" in st1["revalidate"]["last"]["trigger"], st1["revalidate"]
