@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,8 @@ from offloadd.core.revalidate import (
     meets_forwarded,
     policy_tables,
 )
-from offloadd.core.xtables import LegacyTables
+from offloadd.core.xtables import Hook, LegacyTables, from_forward_hooks
+from offloadd.kernel import xtables
 from offloadd.kernel.nftstate import base_chain_hooks
 from offloadd.kernel.xtables import legacy_tables
 from offloadd.service import daemon as daemon_mod
@@ -89,9 +92,13 @@ def test_reader_reads_both_lists(tmp_path: Path) -> None:
     assert legacy_tables(tmp_path) == LegacyTables(ipv4=frozenset({"filter", "mangle"}))
     (tmp_path / "ip6_tables_names").unlink()
     (tmp_path / "ip6_tables_names").mkdir()  # unreadable
-    got = legacy_tables(tmp_path)
+    got = legacy_tables(tmp_path, hooks=_no_hook_list)
     assert got.unreadable and "ip6_tables_names" in got.unreadable
     assert got.forward_priorities() == [-150, 0, 50]
+
+
+def _no_hook_list(_family: socket.AddressFamily) -> list[Hook]:
+    raise OSError(22, "Invalid argument")
 
 
 # -- iptables-legacy: the daemon ------------------------------------------------------------
@@ -346,3 +353,53 @@ def test_the_daemon_skips_input_only_churn_and_counts_it(
     rv = status_report(d.status, "offloadd", "inet", b.state)["revalidate"]
     assert rv["policy_changes_skipped_total"] == 10
     assert "10 more skipped" in format_revalidate(rv)
+
+
+# -- the kernel's hook list (for a daemon that may not read /proc/net) ------------------
+def _nla(kind: int, value: bytes) -> bytes:
+    raw = struct.pack("=HH", 4 + len(value), kind) + value
+    return raw + b"\0" * (-len(raw) % 4)
+
+
+def _hook_msg(prio: int, function: str, module: str = "", chain: bool = False) -> bytes:
+    attrs = (_nla(1, struct.pack(">I", 2)) + _nla(2, struct.pack(">i", prio))
+             + _nla(4, function.encode() + b"\0"))
+    if module:
+        attrs += _nla(5, module.encode() + b"\0")
+    if chain:
+        attrs += _nla(6, _nla(1, b"x\0\0\0"))
+    body = struct.pack("=BBH", 2, 0, 0) + attrs
+    return struct.pack("=IHHII", 16 + len(body), 15 << 8, 2, 1, 0) + body
+
+
+def test_the_hook_dump_is_parsed_and_legacy_hooks_named_by_priority() -> None:
+    done = struct.pack("=IHHII", 20, 3, 2, 1, 0) + b"\0" * 4
+    chunks = [_hook_msg(-150, "iptable_mangle_hook", "iptable_mangle")
+              + _hook_msg(0, "ipt_do_table", "ip_tables"),
+              _hook_msg(5, "nft_do_chain_ipv4", "nf_tables", chain=True)
+              + _hook_msg(-225, "selinux_ip_forward") + done]
+    hooks, complete = xtables.parse_hooks(chunks)
+    assert complete and [h.priority for h in hooks] == [-150, 0, 5, -225]
+    assert hooks[2].nftables and not hooks[1].nftables
+    assert xtables.parse_hooks(chunks[:1]) == (hooks[:2], False)
+    got = from_forward_hooks(hooks, [Hook(50, "ip6t_do_table", "ip6_tables")])
+    assert got.ipv4 == {"mangle", "filter"} and got.ipv6 == {"security"}
+    assert got.forward_hooks() == {"ip filter": 0, "ip mangle": -150, "ip6 security": 50,
+                                   "ip hook selinux_ip_forward": -225}
+    assert got.forward_priorities() == [-225, -150, 0, 50]
+
+
+def test_an_error_answer_raises() -> None:
+    err = struct.pack("=IHHII", 36, 2, 0, 1, 0) + struct.pack("=i", -95) + b"\0" * 16
+    with pytest.raises(OSError, match="Errno 95"):
+        xtables.parse_hooks([err])
+
+
+def test_the_reader_falls_back_to_the_hook_list(tmp_path: Path) -> None:
+    (tmp_path / "ip_tables_names").mkdir()  # unreadable, as for a dynamic user
+
+    def listed(fam: socket.AddressFamily) -> list[Hook]:
+        return [Hook(0, "ipt_do_table", "ip_tables")] if fam == socket.AF_INET else []
+    assert legacy_tables(tmp_path, listed) == LegacyTables(ipv4=frozenset({"filter"}))
+    got = legacy_tables(tmp_path, _no_hook_list)
+    assert "ip_tables_names" in got.unreadable and "Invalid argument" in got.unreadable
