@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,15 @@ def _legacy_dropped(lab: Lab, cmd: str) -> int:
                if ln.split() and ln.split()[0].isdigit() and "DROP" in ln)
 
 
+HOOK_VIEW = """
+import socket
+from offloadd.core.xtables import from_forward_hooks
+from offloadd.kernel.xtables import forward_hooks
+seen = from_forward_hooks(forward_hooks(socket.AF_INET), forward_hooks(socket.AF_INET6))
+print(" ".join(n.replace(" ", ":") for n in seen.names))
+"""
+
+
 def _moved(d: RunningDaemon, st0: dict[str, Any]) -> dict[str, Any] | None:
     """The status once offloadd's chain runs after both legacy filter tables
     and a re-validation followed; None before."""
@@ -125,6 +135,8 @@ def test_a_legacy_reply_drop_holds_against_offloaded_flows(lab: Lab, tmp_path: P
             st1 = wait_for(lambda: _moved(d, st0), 60, interval=0.5,
                            what="offloadd's chain after the legacy FORWARD hook, re-validated")
             assert st1["legacy"]["before"] == [], st1["legacy"]
+            # What a daemon that may not read /proc/net (the unit's) sees instead.
+            hook_view = r.out(sys.executable, "-c", HOOK_VIEW).split()
             assert "iptables-legacy" in st1["revalidate"]["last"]["trigger"], st1["revalidate"]
             wait_for(lambda: _all_slow(lab, BLOCKED), 60, interval=0.5,
                      what="the reply-dropped flows back on the slow path")
@@ -167,6 +179,8 @@ def test_a_legacy_reply_drop_holds_against_offloaded_flows(lab: Lab, tmp_path: P
     assert still_slow2 and _replies_after(results["keep4"], t_slow2) == 0
     assert keep6_same, "the IPv6 flows lost their conntrack entries"
     assert re.search(r"iptables-legacy tables loaded: ip filter", log), log[-2000:]
+    assert {"ip:filter", "ip6:filter"} <= set(hook_view), hook_view
+    print(f"kernel hook list (nfnetlink_hook): {hook_view}")
     print(f"legacy: chain at priority {st1['table']['forward_priority']}, dropped "
           f"{dropped[0]} IPv4 + {dropped[1]} IPv6 replies, 0 replies delivered in "
           f"{SILENT_S:.0f} s after the flows went back to the slow path")
