@@ -165,8 +165,7 @@ def test_a_legacy_reply_drop_holds_against_offloaded_flows(lab: Lab, tmp_path: P
         finally:
             for g in gens.values():
                 g.stop()
-            r.run("iptables-legacy", "-F", check=False)
-            r.run("ip6tables-legacy", "-F", check=False)
+            r.run("sh", "-c", "iptables-legacy -F; ip6tables-legacy -F", check=False)
     log = d.log_text()
     assert still_slow, f"a reply-dropped flow was offloaded again\n{log[-3000:]}"
     leaked = {n: _replies_after(results[n], t_slow) for n in ("drop4", "drop6", "tcp4")}
@@ -180,8 +179,8 @@ def test_a_legacy_reply_drop_holds_against_offloaded_flows(lab: Lab, tmp_path: P
     assert keep6_same, "the IPv6 flows lost their conntrack entries"
     assert re.search(r"iptables-legacy tables loaded: ip filter", log), log[-2000:]
     assert {"ip:filter", "ip6:filter"} <= set(hook_view), hook_view
-    print(f"kernel hook list (nfnetlink_hook): {hook_view}")
-    print(f"legacy: chain at priority {st1['table']['forward_priority']}, dropped "
+    print(f"kernel hook list (nfnetlink_hook): {hook_view}; "
+          f"legacy: chain at priority {st1['table']['forward_priority']}, dropped "
           f"{dropped[0]} IPv4 + {dropped[1]} IPv6 replies, 0 replies delivered in "
           f"{SILENT_S:.0f} s after the flows went back to the slow path")
 
