@@ -331,11 +331,16 @@ class Daemon:
         while True:
             await asyncio.sleep(LEGACY_POLL_S)
             seen = self.status.legacy
-            now = self.backend.legacy_tables()
+            try:
+                now = self.backend.legacy_tables()
+            except Exception:
+                # The top of this task's loop: nothing else would restart it.
+                log.exception("cannot look at the iptables-legacy tables")
+                continue
             if seen is None or now == seen:
                 continue
-            log.info("%s (was: %s)", now.describe(), seen.describe(),
-                     extra={"OPERATION": "legacy"})
+            # The reconcile it wakes logs the new state.
+            log.debug("iptables-legacy tables changed: %s", now.describe())
             self.reconciler.others_changed()
             self._wake.set()
             # Any new table, not only those with a FORWARD hook: a raw or
