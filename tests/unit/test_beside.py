@@ -157,13 +157,13 @@ def test_a_legacy_table_that_appears_moves_the_chain_and_revalidates(
                 break
         task.cancel()
 
-    with caplog.at_level(logging.INFO, logger="offloadd"):
-        asyncio.run(go())
+    asyncio.run(go())
     pending = d.revalidator._schedule.pending
     assert pending is not None and pending.triggers == (
         "iptables-legacy table(s) loaded: ip filter",)
+    with caplog.at_level(logging.INFO, logger="offloadd"):
+        d.reconcile()
     assert "iptables-legacy tables loaded: ip filter (FORWARD priority 0)" in caplog.text
-    d.reconcile()
     assert b.state is not None and b.state.chain is not None and b.state.chain.priority == 1
 
 
