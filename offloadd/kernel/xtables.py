@@ -26,7 +26,7 @@ from offloadd.core.xtables import Hook, LegacyTables, from_forward_hooks
 PROC_NET = Path("/proc/net")
 
 NETLINK_NETFILTER = 12
-NFNL_SUBSYS_HOOK = 15
+NFNL_SUBSYS_HOOK = 12  # uapi nfnetlink.h
 NFNL_MSG_HOOK_GET = 0
 NFNLA_HOOK_HOOKNUM = 1
 NFNLA_HOOK_PRIORITY = 2

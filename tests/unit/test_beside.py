@@ -369,7 +369,7 @@ def _hook_msg(prio: int, function: str, module: str = "", chain: bool = False) -
     if chain:
         attrs += _nla(6, _nla(1, b"x\0\0\0"))
     body = struct.pack("=BBH", 2, 0, 0) + attrs
-    return struct.pack("=IHHII", 16 + len(body), 15 << 8, 2, 1, 0) + body
+    return struct.pack("=IHHII", 16 + len(body), 12 << 8, 2, 1, 0) + body
 
 
 def test_the_hook_dump_is_parsed_and_legacy_hooks_named_by_priority() -> None:
