@@ -30,7 +30,14 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from offloadd.core.config import IFNAME_MAX, Config, FlowtableConfig, Hardware, is_safe_ifname
+from offloadd.core.config import (
+    IFNAME_MAX,
+    Config,
+    FlowtableConfig,
+    Hardware,
+    Stack,
+    is_safe_ifname,
+)
 
 GLOB_CHARS = frozenset("*?[")
 # A literal prefix and one trailing "*": the only glob the kernel can match.
@@ -177,6 +184,9 @@ def _daemon_only(sel: FlowtableConfig) -> str | None:
                 "or the software flowtable is known only when it appears")
     if sel.kinds:
         return f"kinds = {sorted(sel.kinds)}: the kernel would hook a name whatever its kind"
+    if sel.stack is not Stack.AS_LISTED:
+        return (f'stack = "{sel.stack.value}": the devices beneath a selected one are known '
+                "only when it appears")
     return None
 
 

@@ -122,6 +122,16 @@ class Hardware(enum.Enum):
     REQUIRED = "required"
 
 
+class Stack(enum.Enum):
+    """Which devices of a selected device's stack go into the flowtable
+    (offloadd.core.stack): the kernel's fast path skips the bridge, VLAN and
+    PPPoE layers only where the device beneath them is in the flowtable."""
+
+    AS_LISTED = "as-listed"
+    LOWER = "lower"
+    BOTH = "both"
+
+
 @dataclass(frozen=True)
 class DaemonConfig:
     table: str = "offloadd"
@@ -145,6 +155,7 @@ class FlowtableConfig:
     hardware: Hardware = Hardware.OFF
     elephant_packets: int = 0
     priority: int = 0
+    stack: Stack = Stack.AS_LISTED
 
     @property
     def hw_name(self) -> str:

@@ -33,6 +33,7 @@ from offloadd.core.config import (
     PriorityMode,
     Repair,
     Revalidate,
+    Stack,
 )
 from offloadd.core.configschema import TABLES, names
 from offloadd.core.errors import ConfigError
@@ -147,6 +148,7 @@ def _parse_flowtable(data: Mapping[str, Any], path: str) -> FlowtableConfig:
         )
     protocols = _protocols(s)
     hardware = enum_value(s, "hardware", Hardware, FlowtableConfig.hardware)
+    stack = enum_value(s, "stack", Stack, FlowtableConfig.stack)
     return FlowtableConfig(
         name=name,
         devices=devices,
@@ -158,6 +160,7 @@ def _parse_flowtable(data: Mapping[str, Any], path: str) -> FlowtableConfig:
         elephant_packets=int_in(s, "elephant_packets", FlowtableConfig.elephant_packets,
                                 0, 2**63 - 1),
         priority=int_in(s, "priority", FlowtableConfig.priority, INT32_MIN, INT32_MAX),
+        stack=stack,
     )
 
 

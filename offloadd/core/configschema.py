@@ -30,6 +30,7 @@ from offloadd.core.config import (
     OnExit,
     Repair,
     Revalidate,
+    Stack,
 )
 
 # A default as TOML writes it; None: the key has no default (unset or required).
@@ -147,6 +148,14 @@ KEYS = (
         "connections stay on the normal path; needs net.netfilter.nf_conntrack_acct = 1."),
     Key("flowtable", "priority", INTEGER, _toml(_F.priority),
         f"Priority of the flowtable's ingress hook (0 = filter), {INT32_MIN}..{INT32_MAX}."),
+    Key("flowtable", "stack", STRING, _toml(_F.stack),
+        '"as-listed": the selected devices themselves; "lower": instead of a bridge, VLAN '
+        "or PPPoE device, the devices beneath it (a bridge's ports, the device under a VLAN, "
+        "the Ethernet device of the PPPoE session; followed down to the last), so the "
+        "kernel's fast path skips those layers; \"both\": the selected devices and those "
+        "beneath them. Other kinds (WireGuard, bonds, tunnels) are used as they are. Which "
+        "list offloads and forwards depends on the kernel: see README, Real gateways.",
+        _values(Stack)),
     Key("metrics", "enabled", BOOLEAN, _toml(_M.enabled), "Serve metrics at all."),
     Key("metrics", "listen", STRING, MetricsConfig().listen,
         'Where the exporter listens, "host:port" ("[::1]:9468" for IPv6).'),

@@ -20,10 +20,12 @@ from offloadd.core.config import (
     Config,
     FlowtableConfig,
     Hardware,
+    Stack,
     device_name_problem,
 )
 from offloadd.core.errors import ConfigError
 from offloadd.core.gate import PASSED_SETS, gate_match, passed_rules
+from offloadd.core.stack import PppoeSessions, Resolved, resolve
 
 CHAIN_NAME = "forward"
 SET_SUFFIX = "_ifs"
@@ -39,6 +41,10 @@ class Link:
     name: str
     kind: str | None  # IFLA_INFO_KIND; None = plain device ("ether" in config)
     up: bool = True
+    # IFLA_MASTER: the bridge (or bond) this device is a port of.
+    master: int | None = None
+    # IFLA_LINK in this namespace: the device beneath a VLAN (or macvlan).
+    lower: int | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,7 @@ class NoteKind(enum.Enum):
     NOT_HW_CAPABLE = "not_hw_capable"  # hardware = required, device left out
     UNSAFE_NAME = "unsafe_name"  # name cannot be written safely in an nft script (as itself)
     KERNEL_REFUSED = "kernel_refused"  # the kernel refused to attach it; left out for now
+    STACK = "stack"  # the devices beneath it are not known (offloadd.core.stack)
 
 
 @dataclass(frozen=True)
@@ -160,8 +167,15 @@ class DesiredResult:
 
     def flowtable_of(self) -> dict[str, str]:
         """Device -> kernel flowtable, for every device offloadd has in one:
-        listed, declared ahead of the device, or hooked by a wildcard."""
-        return {d.device: d.flowtable for d in self.decisions if d.flowtable is not None}
+        listed, declared ahead of the device, or hooked by a wildcard; and
+        a device whose flows a flowtable takes through the devices beneath
+        it (stack = "lower": in the rule's guard set, not in the list)."""
+        out = {d.device: d.flowtable for d in self.decisions if d.flowtable is not None}
+        for ft in self.table.flowtables:
+            guard = self.table.set(set_name(ft.name))
+            for dev in (guard.elements - ft.devices) if guard is not None else ():
+                out.setdefault(dev, ft.name)
+        return out
 
     @property
     def problems(self) -> tuple[DeviceNote, ...]:
@@ -268,6 +282,9 @@ class _KernelFlowtable:
     selector: FlowtableConfig
 
 
+_NO_SESSIONS = PppoeSessions()
+
+
 def desired_state(
     config: Config,
     links: Iterable[Link],
@@ -276,6 +293,7 @@ def desired_state(
     *,
     refused: Mapping[str, str] | None = None,
     attach: Sequence[FlowtableAttach] = (),
+    pppoe: PppoeSessions = _NO_SESSIONS,
 ) -> DesiredResult:
     """What offloadd's table should hold for these links.
 
@@ -291,93 +309,158 @@ def desired_state(
     when no device matches yet, so a device appearing later changes only
     device lists and set elements, never the chain: flows already offloaded
     survive.
+
+    A flowtable with ``stack`` "lower" or "both" also takes the devices
+    beneath each selected one (offloadd.core.stack; ``pppoe``: the sessions
+    of the namespace); the selected device stays in the rule's guard set
+    either way, since the forward hook sees the flow on it.
     """
     links_sorted = sorted(links, key=lambda link: link.name)
-    members: dict[str, set[str]] = {}
-    kernel_fts: list[_KernelFlowtable] = []
+    kernel_fts = [_KernelFlowtable(kname, kname == sel.hw_name, sel)
+                  for sel in config.flowtables for kname in sel.kernel_names()]
+    b = _Builder({k.name: set() for k in kernel_fts}, hw_capable, refused or {})
+    wild = _wildcards(attach, b.members, b.refused, b.notes)
     for sel in config.flowtables:
-        for kname in sel.kernel_names():
-            kernel_fts.append(_KernelFlowtable(kname, kname == sel.hw_name, sel))
-            members[kname] = set()
-
-    decisions: list[DeviceDecision] = []
-    notes: list[DeviceNote] = []
-    owner: dict[str, str] = {}  # device -> selector name that claimed it
-    wild = _wildcards(attach, members, refused or {}, notes)
-    for sel in config.flowtables:
-        mode = sel.hardware
-        specs = wild.get(sel.name, ()) if mode is HardwareMode.OFF else ()
+        specs = wild.get(sel.name, ()) if sel.hardware is HardwareMode.OFF else ()
         for link in links_sorted:
-            why = _included(sel, link)
-            if why is None:
-                continue
-            pattern = _excluded_by(sel, link)
-            if pattern is not None:
-                decisions.append(
-                    DeviceDecision(
-                        link.name, None, False, f"{why}, but excluded by {pattern!r}", sel.name
-                    )
-                )
-                continue
-            if link.name in owner:
-                notes.append(
-                    DeviceNote(
-                        link.name,
-                        sel.name,
-                        NoteKind.ALSO_MATCHES,
-                        f"{link.name} also matches flowtable {sel.name!r}; "
-                        f"kept in {owner[link.name]!r}",
-                    )
-                )
-                continue
-            # The kernel refuses one device in two flowtables of a table
-            # (EEXIST), so the first configured flowtable keeps it.
-            owner[link.name] = sel.name
-            spec = wildcard_covering(specs, link.name)
-            if spec is not None:
-                # Hooked by the kernel: listed beside its wildcard, the name
-                # would be the same hook twice (the kernel drops it or, in one
-                # list, refuses it), so the read-back would never match.
-                decisions.append(DeviceDecision(
-                    link.name, sel.name, False, f"{why}; hooked by the kernel's wildcard {spec}",
-                    sel.name))
-                continue
-            problem = device_name_problem(link.name)
-            if problem is not None:
-                # Left out for good (a problem note is logged once, when it
-                # first appears): no transaction ever names it, so the kernel
-                # cannot refuse it again and again, holding back the rest.
-                msg = (f"{_shown(link.name)} cannot be written safely in an nft script: it "
-                       f"{problem}; left out")
-                notes.append(DeviceNote(link.name, sel.name, NoteKind.UNSAFE_NAME, msg))
-                decisions.append(DeviceDecision(link.name, None, False, msg, sel.name))
-                continue
-            if refused and link.name in refused:
-                msg = f"{why}; the kernel refused to attach {link.name}: {refused[link.name]}"
-                notes.append(DeviceNote(link.name, sel.name, NoteKind.KERNEL_REFUSED, msg))
-                decisions.append(DeviceDecision(link.name, None, False, msg, sel.name))
-                continue
-            decision = _place(sel, mode, link.name, why, hw_capable)
-            decisions.append(decision)
-            if decision.flowtable is None:
-                notes.append(
-                    DeviceNote(link.name, sel.name, NoteKind.NOT_HW_CAPABLE, decision.reason)
-                )
-            else:
-                members[decision.flowtable].add(link.name)
-    decisions.extend(_declare(attach, owner, members, refused or {}))
+            b.select(sel, link, links_sorted, specs, pppoe)
+    b.decisions.extend(_declare(attach, b.owner, b.members, b.refused))
     for kname, specs in wild.items():
-        members[kname].update(specs)
-
-    table = _table(config, kernel_fts, members, frozenset(wild), forward_priority)
-    return DesiredResult(table=table, decisions=tuple(decisions), notes=tuple(notes),
+        b.members[kname].update(specs)
+    guard = {k: devs | b.guard.get(k, set()) for k, devs in b.members.items()}
+    table = _table(config, kernel_fts, b.members, guard, wild=frozenset(wild),
+                   forward_priority=forward_priority)
+    return DesiredResult(table=table, decisions=tuple(b.decisions), notes=tuple(b.notes),
                          attach=tuple(attach))
 
 
+class _Builder:
+    """The decisions of one desired_state() call as they are made."""
+
+    def __init__(self, members: dict[str, set[str]],
+                 hw_capable: Callable[[str], bool] | Mapping[str, bool],
+                 refused: Mapping[str, str]) -> None:
+        self.members = members
+        # Kernel flowtable -> devices above those it took beneath them.
+        self.guard: dict[str, set[str]] = {}
+        self.hw_capable = hw_capable
+        self.refused = refused
+        self.decisions: list[DeviceDecision] = []
+        self.notes: list[DeviceNote] = []
+        self.owner: dict[str, str] = {}  # device -> selector name that claimed it
+        self.beneath: set[tuple[str, str]] = set()  # (selector, device) taken beneath another
+
+    def select(self, sel: FlowtableConfig, link: Link, links: Sequence[Link],
+               specs: Sequence[str], pppoe: PppoeSessions) -> None:
+        why = _included(sel, link)
+        if why is None:
+            return
+        pattern = _excluded_by(sel, link)
+        if pattern is not None:
+            self.decisions.append(DeviceDecision(
+                link.name, None, False, f"{why}, but excluded by {pattern!r}", sel.name))
+            return
+        if (sel.name, link.name) in self.beneath:
+            return  # already taken as a device beneath a selected one
+        if link.name in self.owner:
+            self.notes.append(DeviceNote(
+                link.name, sel.name, NoteKind.ALSO_MATCHES,
+                f"{link.name} also matches flowtable {sel.name!r}; "
+                f"kept in {self.owner[link.name]!r}"))
+            return
+        # The kernel refuses one device in two flowtables of a table
+        # (EEXIST), so the first configured flowtable keeps it.
+        self.owner[link.name] = sel.name
+        if sel.stack is not Stack.AS_LISTED:
+            resolved = resolve(link, links, pppoe)
+            if resolved.note:
+                self.notes.append(DeviceNote(link.name, sel.name, NoteKind.STACK, resolved.note))
+            if resolved.stacked:
+                for kname in self._beneath(sel, why, resolved):
+                    self.guard.setdefault(kname, set()).add(link.name)
+                if sel.stack is Stack.LOWER:
+                    self.decisions.append(DeviceDecision(
+                        link.name, None, False,
+                        f"{why}; stack = lower: the devices beneath it are used instead "
+                        f"({'; '.join(str(p) for p in resolved.paths) or 'none'})", sel.name))
+                    return
+        spec = wildcard_covering(specs, link.name)
+        if spec is not None:
+            # Hooked by the kernel: listed beside its wildcard, the name
+            # would be the same hook twice (the kernel drops it or, in one
+            # list, refuses it), so the read-back would never match.
+            self.decisions.append(DeviceDecision(
+                link.name, sel.name, False, f"{why}; hooked by the kernel's wildcard {spec}",
+                sel.name))
+            return
+        self._place(sel, link.name, why)
+
+    def _place(self, sel: FlowtableConfig, dev: str, why: str) -> str | None:
+        """Puts ``dev`` into its kernel flowtable unless its name or the
+        kernel rules it out; returns that flowtable."""
+        problem = device_name_problem(dev)
+        if problem is not None:
+            # Left out for good (a problem note is logged once, when it
+            # first appears): no transaction ever names it, so the kernel
+            # cannot refuse it again and again, holding back the rest.
+            msg = f"{_shown(dev)} cannot be written safely in an nft script: it {problem}; left out"
+            self.notes.append(DeviceNote(dev, sel.name, NoteKind.UNSAFE_NAME, msg))
+            self.decisions.append(DeviceDecision(dev, None, False, msg, sel.name))
+            return None
+        if dev in self.refused:
+            msg = f"{why}; the kernel refused to attach {dev}: {self.refused[dev]}"
+            self.notes.append(DeviceNote(dev, sel.name, NoteKind.KERNEL_REFUSED, msg))
+            self.decisions.append(DeviceDecision(dev, None, False, msg, sel.name))
+            return None
+        decision = _place(sel, sel.hardware, dev, why, self.hw_capable)
+        self.decisions.append(decision)
+        if decision.flowtable is None:
+            self.notes.append(
+                DeviceNote(dev, sel.name, NoteKind.NOT_HW_CAPABLE, decision.reason))
+        else:
+            self.members[decision.flowtable].add(dev)
+        return decision.flowtable
+
+    def _beneath(self, sel: FlowtableConfig, why: str, resolved: Resolved) -> set[str]:
+        """Places the devices beneath a selected one (stack = lower/both) like
+        selected devices; returns the kernel flowtables they went into."""
+        placed: set[str] = set()
+        for path in resolved.paths:
+            dev = path.bottom
+            if (sel.name, dev) in self.beneath or self.owner.get(dev) == sel.name:
+                # Beneath two selected devices (two VLANs on one NIC), or
+                # selected itself: one entry.
+                placed |= {d.flowtable for d in self.decisions
+                           if d.device == dev and d.flowtable is not None}
+                continue
+            what = f"{why}; beneath {resolved.device} ({path}), stack = {sel.stack.value}"
+            pattern = next((p for p in sel.exclude if fnmatch.fnmatchcase(dev, p)), None)
+            if pattern is not None:
+                self.decisions.append(DeviceDecision(
+                    dev, None, False, f"{what}, but excluded by {pattern!r}", sel.name))
+                continue
+            if dev in self.owner:
+                other = self.owner[dev]
+                self.notes.append(DeviceNote(
+                    dev, sel.name, NoteKind.ALSO_MATCHES,
+                    f"{dev} is beneath {resolved.device} ({path}) but already in flowtable "
+                    f"{other!r}; kept there, so flows of {resolved.device} through it are "
+                    f"offloaded only by {other!r}, when both their devices are in it"))
+                continue
+            self.beneath.add((sel.name, dev))
+            self.owner[dev] = sel.name
+            kname = self._place(sel, dev, what)
+            if kname is not None:
+                placed.add(kname)
+        return placed
+
+
 def _table(config: Config, kernel_fts: Sequence[_KernelFlowtable],
-           members: Mapping[str, set[str]], wild: frozenset[str],
-           forward_priority: int) -> TableState:
-    """The table for these members; ``wild``: kernel flowtables with wildcards."""
+           members: Mapping[str, set[str]], guard: Mapping[str, set[str]], *,
+           wild: frozenset[str], forward_priority: int) -> TableState:
+    """The table for these members; ``guard``: each rule's devices (the
+    members and the devices above those taken as beneath them); ``wild``:
+    kernel flowtables with wildcards."""
     # Hardware rules first: a flow is offloaded by the first rule that adds it.
     ordered = [k for k in kernel_fts if k.hardware] + [k for k in kernel_fts if not k.hardware]
     flowtables = tuple(
@@ -388,7 +471,7 @@ def _table(config: Config, kernel_fts: Sequence[_KernelFlowtable],
     )
     # A wildcard in the set too: the rule's guard then matches the devices
     # the kernel hooks while offloadd is not there to list them.
-    sets = tuple(SetState(set_name(k.name), frozenset(members[k.name]),
+    sets = tuple(SetState(set_name(k.name), frozenset(guard[k.name]),
                           SetKind.IFNAMES_WILD if k.name in wild else SetKind.IFNAMES)
                  for k in kernel_fts)
     rules = tuple(
@@ -481,3 +564,4 @@ def _place(
         f"{why}; hardware = required but {device} cannot offload in hardware; left out",
         sel.name,
     )
+

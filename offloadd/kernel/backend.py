@@ -16,8 +16,9 @@ from offloadd.core.gate import PASSED_ORIGINAL, PASSED_REPLY, PASSED_SETS
 from offloadd.core.model import TableState
 from offloadd.core.plan import Plan
 from offloadd.core.render import render
+from offloadd.core.stack import PppoeSessions
 from offloadd.core.xtables import LegacyTables
-from offloadd.kernel import conntrack, xtables
+from offloadd.kernel import conntrack, pppoe, xtables
 from offloadd.kernel.nft import Nft
 from offloadd.kernel.nftstate import (
     base_chain_hooks,
@@ -75,6 +76,9 @@ class NftBackend:
 
     def legacy_tables(self) -> LegacyTables:
         return xtables.legacy_tables()
+
+    def pppoe_sessions(self) -> PppoeSessions:
+        return pppoe.pppoe_sessions()
 
     def hw_capable(self, device: str) -> tuple[bool, str]:
         """Dry-run a hardware flowtable on ``device``: nothing is changed."""

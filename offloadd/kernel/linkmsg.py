@@ -95,8 +95,16 @@ def link_from_msg(msg: NlMsg) -> Link | None:
     if kind is None and ifi_type == ARPHRD_PPP:
         # pppd creates its devices through ioctls, so they carry no linkinfo.
         kind = "ppp"
+    master = msg.get("IFLA_MASTER")
+    lower = msg.get("IFLA_LINK")
+    # Only a VLAN's lower device is kept (offloadd.core.stack follows no
+    # other), and only in this namespace: a veth's IFLA_LINK is its peer,
+    # and with IFLA_LINK_NETNSID the index is another namespace's.
+    if kind != "vlan" or msg.get("IFLA_LINK_NETNSID") is not None or lower == index:
+        lower = None
     return Link(index=int(index), name=_text(name), kind=_text(kind) if kind else None,
-                up=bool(flags & IFF_UP))
+                up=bool(flags & IFF_UP), master=int(master) if master else None,
+                lower=int(lower) if lower else None)
 
 
 class LinkTable:

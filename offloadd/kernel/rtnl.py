@@ -45,6 +45,9 @@ LINK_TYPES = (RTM_NEWLINK, RTM_DELLINK)
 
 # include/uapi/linux/if_link.h
 IFLA_IFNAME = 3
+IFLA_LINK = 5
+IFLA_MASTER = 10
+IFLA_LINK_NETNSID = 37
 IFLA_LINKINFO = 18
 IFLA_NEW_NETNSID = 45
 IFLA_INFO_KIND = 1
@@ -92,6 +95,10 @@ def _string(data: bytes, start: int, end: int) -> str:
     return decode_name(data[start:end].split(b"\0", 1)[0])
 
 
+_U32_NAMES = {IFLA_LINK: "IFLA_LINK", IFLA_MASTER: "IFLA_MASTER",
+              IFLA_LINK_NETNSID: "IFLA_LINK_NETNSID"}
+
+
 def _link(data: bytes, pos: int, end: int, msg: RtMsg) -> None:
     if end - pos < LINK_PAYLOAD:
         raise _MalformedError(f"link message of {end - pos} bytes")
@@ -117,6 +124,10 @@ def _link(data: bytes, pos: int, end: int, msg: RtMsg) -> None:
             for itype, c, d in _walk(data, a + 4, b):
                 if itype == IFLA_INFO_KIND:
                     linkinfo["IFLA_INFO_KIND"] = _string(data, c, d)
+        elif atype in (IFLA_LINK, IFLA_MASTER, IFLA_LINK_NETNSID):
+            if alen < 4 + S32.size:
+                raise _MalformedError(f"attribute {atype} shorter than 4 bytes")
+            msg[_U32_NAMES[atype]] = S32.unpack_from(data, a + 4)[0]
         elif atype == IFLA_NEW_NETNSID:
             if alen < 4 + S32.size:
                 raise _MalformedError("IFLA_NEW_NETNSID shorter than 4 bytes")
@@ -131,7 +142,8 @@ def parse_messages(data: bytes, malformed: list[str] | None = None) -> list[RtMs
 
     RTM_NEWLINK/RTM_DELLINK get the ifinfomsg fields and IFLA_IFNAME,
     IFLA_LINKINFO (``{"IFLA_INFO_KIND": kind}``, ``{}`` without a kind, None
-    when absent) and IFLA_NEW_NETNSID; NLMSG_ERROR and NLMSG_DONE get
+    when absent), IFLA_LINK, IFLA_MASTER, IFLA_LINK_NETNSID and IFLA_NEW_NETNSID;
+    NLMSG_ERROR and NLMSG_DONE get
     ``error`` (0 or a negative errno); any other message only its header.
     A message that cannot be read is left out and, if `malformed` is given,
     a reason is appended to it; the rest of the datagram is still read

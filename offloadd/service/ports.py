@@ -13,6 +13,7 @@ from typing import Protocol
 from offloadd.core.model import Link, TableState
 from offloadd.core.plan import Plan
 from offloadd.core.revalidate import NftChanges
+from offloadd.core.stack import PppoeSessions
 from offloadd.core.xtables import LegacyTables
 
 
@@ -57,6 +58,8 @@ class Backend(Protocol):
     def base_chain_hooks(self) -> dict[tuple[str, str], frozenset[str]]: ...
 
     def legacy_tables(self) -> LegacyTables: ...
+
+    def pppoe_sessions(self) -> PppoeSessions: ...
 
     def hw_capable(self, device: str) -> tuple[bool, str]: ...
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 
 from offloadd.core.attach import attach_plan
-from offloadd.core.config import Config, Hardware, PriorityMode
+from offloadd.core.config import Config, Hardware, PriorityMode, Stack
 from offloadd.core.errors import DeviceVanishedError, NftError, OffloaddError, VerifyError
 from offloadd.core.model import DesiredResult, TableState, auto_forward_priority, desired_state
 from offloadd.core.plan import (
@@ -24,6 +24,7 @@ from offloadd.core.plan import (
     RemoveFlowtableDevices,
     compute_plan,
 )
+from offloadd.core.stack import PppoeSessions
 from offloadd.core.xtables import LegacyTables
 from offloadd.service.ports import Backend
 from offloadd.service.refusals import Refusals, isolate_refused
@@ -142,8 +143,10 @@ class Reconciler:
         hw = self._hw_capable if uses_hw else (lambda _d: False)
         attach = attach_plan(self.config, self.status.name_hooks, self.status.name_hooks_reason,
                              self.status.wildcard_hooks, self.status.wildcard_hooks_reason)
+        stacked = any(f.stack is not Stack.AS_LISTED for f in self.config.flowtables)
+        pppoe = self.backend.pppoe_sessions() if stacked else PppoeSessions()
         return desired_state(self.config, self.status.links, hw, forward_priority,
-                             refused=refused, attach=attach)
+                             refused=refused, attach=attach, pppoe=pppoe)
 
     def plan_once(self) -> tuple[DesiredResult, TableState | None, Plan]:
         if any(f.elephant_packets for f in self.config.flowtables):

@@ -15,6 +15,7 @@ from offloadd.core.model import Link, TableState
 from offloadd.core.plan import Plan
 from offloadd.core.render import render
 from offloadd.core.simulate import apply_plan
+from offloadd.core.stack import PppoeSessions
 from offloadd.core.xtables import LegacyTables
 
 
@@ -38,6 +39,7 @@ class FakeBackend:
     hooks: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
     hook_reads: int = 0
     legacy: LegacyTables = field(default_factory=LegacyTables)
+    pppoe: PppoeSessions = field(default_factory=PppoeSessions)
 
     def read(self) -> TableState | None:
         if self.corrupt_reads and self.state is not None:
@@ -53,6 +55,9 @@ class FakeBackend:
 
     def legacy_tables(self) -> LegacyTables:
         return self.legacy
+
+    def pppoe_sessions(self) -> PppoeSessions:
+        return self.pppoe
 
     def hw_capable(self, device: str) -> tuple[bool, str]:
         ok = self.hw.get(device, False)

@@ -112,6 +112,12 @@ CASES: dict[str, bytes] = {
                                       ("IFLA_IFALIAS", "uplink"), ("IFLA_TXQLEN", 1000)]),
     "no name": encode(4, None),
     "utf-8 name": encode(12, "wlän0", linkinfo=[("IFLA_INFO_KIND", "macvlan")]),
+    "vlan over eth1": encode(13, "eth1.7", linkinfo=[("IFLA_INFO_KIND", "vlan")],
+                             extra=[("IFLA_LINK", 3)]),
+    "vlan over another netns": encode(14, "eth9.7", linkinfo=[("IFLA_INFO_KIND", "vlan")],
+                                      extra=[("IFLA_LINK", 3), ("IFLA_LINK_NETNSID", 1)]),
+    "bridge port with master": encode(15, "lan0", linkinfo=[("IFLA_INFO_KIND", "veth")],
+                                      extra=[("IFLA_MASTER", 4), ("IFLA_LINK", 16)]),
 }
 
 
@@ -130,6 +136,9 @@ def _nla_number(nla_map: tuple[Any, ...], name: str) -> int:
 def test_attribute_numbers_match_pyroute2_and_if_link_h() -> None:
     assert (rtnl.IFLA_IFNAME, rtnl.IFLA_LINKINFO, rtnl.IFLA_NEW_NETNSID) == (3, 18, 45)
     assert rtnl.IFLA_INFO_KIND == 1
+    assert (rtnl.IFLA_LINK, rtnl.IFLA_MASTER, rtnl.IFLA_LINK_NETNSID) == (5, 10, 37)
+    for name in ("IFLA_LINK", "IFLA_MASTER", "IFLA_LINK_NETNSID"):
+        assert _nla_number(ifinfmsg.nla_map, name) == getattr(rtnl, name)
     assert _nla_number(ifinfmsg.nla_map, "IFLA_IFNAME") == rtnl.IFLA_IFNAME
     assert _nla_number(ifinfmsg.nla_map, "IFLA_LINKINFO") == rtnl.IFLA_LINKINFO
     assert _nla_number(ifinfmsg.nla_map, "IFLA_NEW_NETNSID") == rtnl.IFLA_NEW_NETNSID
@@ -168,6 +177,11 @@ def test_parsed_links() -> None:
     assert links["kind and slave kind"] == Link(7, "v7", "veth", False)
     assert links["ppp"] == Link(9, "ppp0", "ppp", True)
     assert links["utf-8 name"] == Link(12, "wlän0", "macvlan", False)
+    # The stack's facts (offloadd.core.stack): a VLAN's lower device in this
+    # namespace, a port's master; a veth's IFLA_LINK (its peer) is not kept.
+    assert links["vlan over eth1"] == Link(13, "eth1.7", "vlan", False, lower=3)
+    assert links["vlan over another netns"] == Link(14, "eth9.7", "vlan", False)
+    assert links["bridge port with master"] == Link(15, "lan0", "veth", False, master=4)
     for none in ("loopback", "loopback flag only", "AF_BRIDGE newlink", "no name"):
         assert links[none] is None, none
     [msg] = parse_messages(CASES["bridge port"])
