@@ -34,6 +34,12 @@ def format_status(r: dict[str, Any]) -> str:
         out.append(f"kernel: {k['reason']}{wild}")
     for ft in r["flowtables"]:
         out.extend(_format_flowtable(ft))
+    if r.get("stacks"):
+        out.append("stacks (the fast path runs on the last device of each):")
+        for st in r["stacks"]:
+            paths = "; ".join(st["paths"]) or f"{st['device']}: nothing beneath it carries packets"
+            note = f"  ({st['note']})" if st.get("note") else ""
+            out.append(f"  {paths}  [flowtable {st['flowtable']}]{note}")
     if r.get("left_out"):
         out.append("not offloaded:")
         out.extend(f"  {x['device']:<15} {x['reason']}" for x in r["left_out"])

@@ -155,6 +155,9 @@ class DesiredResult:
     decisions: tuple[DeviceDecision, ...] = ()
     notes: tuple[DeviceNote, ...] = ()
     attach: tuple[FlowtableAttach, ...] = ()
+    # (configured flowtable, what a selected device stands for), for each
+    # device of a flowtable with stack = "lower"/"both".
+    stacks: tuple[tuple[str, Resolved], ...] = ()
 
     def declared_only(self) -> frozenset[str]:
         """Names in a flowtable's list that no present device carries."""
@@ -331,7 +334,7 @@ def desired_state(
     table = _table(config, kernel_fts, b.members, guard, wild=frozenset(wild),
                    forward_priority=forward_priority)
     return DesiredResult(table=table, decisions=tuple(b.decisions), notes=tuple(b.notes),
-                         attach=tuple(attach))
+                         attach=tuple(attach), stacks=tuple(b.stacks))
 
 
 class _Builder:
@@ -349,6 +352,7 @@ class _Builder:
         self.notes: list[DeviceNote] = []
         self.owner: dict[str, str] = {}  # device -> selector name that claimed it
         self.beneath: set[tuple[str, str]] = set()  # (selector, device) taken beneath another
+        self.stacks: list[tuple[str, Resolved]] = []
 
     def select(self, sel: FlowtableConfig, link: Link, links: Sequence[Link],
                specs: Sequence[str], pppoe: PppoeSessions) -> None:
@@ -373,6 +377,7 @@ class _Builder:
         self.owner[link.name] = sel.name
         if sel.stack is not Stack.AS_LISTED:
             resolved = resolve(link, links, pppoe)
+            self.stacks.append((sel.name, resolved))
             if resolved.note:
                 self.notes.append(DeviceNote(link.name, sel.name, NoteKind.STACK, resolved.note))
             if resolved.stacked:

@@ -51,6 +51,11 @@ def status_report(status: Status, table_name: str, family: str,
             "attach_reason": how.reason if how else "",
             "devices": devices,
         })
+    stacks = [
+        {"flowtable": sel, "device": r.device, "paths": [str(p) for p in r.paths],
+         "stacked": r.stacked, "note": r.note}
+        for sel, r in (desired.stacks if desired else ())
+    ]
     left_out = [
         {"device": d.device, "selector": d.selector, "reason": d.reason}
         for d in (desired.decisions if desired else ()) if d.flowtable is None
@@ -67,6 +72,7 @@ def status_report(status: Status, table_name: str, family: str,
         "table": {"family": family, "name": table_name, "exists": kernel is not None,
                   "forward_priority": kernel.chain.priority if kernel and kernel.chain else None},
         "flowtables": flowtables,
+        "stacks": stacks,
         "left_out": left_out,
         "problems": [n.message for n in (desired.problems if desired else ())],
         "reconcile": {

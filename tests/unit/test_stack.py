@@ -3,14 +3,20 @@ flowtable with stack = "lower"/"both" holds (offloadd.core.model)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from offloadd.cli.format import format_status
 from offloadd.core.attach import AttachMode, attach_plan
 from offloadd.core.config import Config, FlowtableConfig, Stack
 from offloadd.core.configparse import parse_config
 from offloadd.core.errors import ConfigError
 from offloadd.core.model import Link, NoteKind, desired_state, set_name
-from offloadd.core.stack import Path, PppoeSessions, parse_pppoe, resolve
+from offloadd.core.stack import Path as StackPath
+from offloadd.core.stack import PppoeSessions, parse_pppoe, resolve
+from offloadd.service.report import status_report
+from offloadd.service.status import Status
 
 # A gateway: br-lan (ports lan0, lan1), PPPoE over VLAN 7 on eth1, WireGuard
 # over eth2, a second VLAN on eth1 (IPTV), a port-less bridge.
@@ -65,7 +71,7 @@ def test_a_loop_in_the_facts_ends() -> None:
     deep = tuple(Link(i, f"v{i}", "vlan", lower=i + 1) for i in range(1, 20))
     (path,) = resolve(deep[0], deep).paths
     assert len(path.names) == 9
-    assert Path(("a", "b")).bottom == "b"
+    assert StackPath(("a", "b")).bottom == "b"
 
 
 def _config(stack: Stack, *more: FlowtableConfig, exclude: tuple[str, ...] = ()) -> Config:
@@ -155,3 +161,19 @@ def test_config_key() -> None:
         is Stack.AS_LISTED
     with pytest.raises(ConfigError, match="stack"):
         parse_config(text.format("lowest"))
+
+
+def test_status_shows_each_stack_and_where_the_fast_path_runs() -> None:
+    config = _config(Stack.LOWER)
+    status = Status(config_path=Path("/etc/offloadd/offloadd.toml"), links=GATEWAY)
+    status.desired = desired_state(config, GATEWAY, {}, 0, pppoe=SESSION)
+    rep = status_report(status, "offloadd", "inet", status.desired.table, now=0.0)
+    assert {s["device"]: s["paths"] for s in rep["stacks"]} == {
+        "br-lan": ["br-lan → lan0", "br-lan → lan1"], "ppp0": ["ppp0 → eth1.7 → eth1"],
+        "wg0": ["wg0"]}
+    rep["daemon"]["running"] = True
+    text = format_status(rep)
+    assert "  ppp0 → eth1.7 → eth1  [flowtable ft]" in text
+    assert "  br-lan → lan0; br-lan → lan1  [flowtable ft]" in text
+    (ft,) = rep["flowtables"]
+    assert ft["desired"] == ["eth1", "lan0", "lan1", "wg0"] and ft["in_sync"]
