@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from offloadd.core.attach import wildcard_covering
 from offloadd.core.config import Config
 from offloadd.core.flows import IPS_ASSURED, IPS_OFFLOAD, IPS_SEEN_REPLY, OffloadedFlow
-from offloadd.core.model import TableState
+from offloadd.core.model import TableState, set_name
 
 _PROTO_NAMES = {6: "tcp", 17: "udp"}
 
@@ -45,6 +45,11 @@ def _flowtable_of(table: TableState | None, dev: str | None) -> str | None:
     if table is None or dev is None:
         return None
     listed = next((ft.name for ft in table.flowtables if dev in ft.devices), None)
+    # stack = "lower": a bridge or ppp device is not listed, the devices
+    # beneath it are; the rule's guard set names it.
+    listed = listed or next((ft.name for ft in table.flowtables
+                             if (g := table.set(set_name(ft.name))) is not None
+                             and dev in g.elements), None)
     # offloadd lists "wan*" only as a kernel wildcard, with the devices it
     # covers left out of the list.
     return listed or next((ft.name for ft in table.flowtables

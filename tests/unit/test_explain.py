@@ -11,7 +11,7 @@ from offloadd.core.flows import (
     FlowTuple,
     OffloadedFlow,
 )
-from offloadd.core.model import ChainState, FlowtableState, TableState
+from offloadd.core.model import ChainState, FlowtableState, SetKind, SetState, TableState
 
 CONFIG = parse_config('[[flowtable]]\nname = "ft"\ndevices = ["lan*", "wan*"]\n'
                       'protocols = ["udp"]\nelephant_packets = 100\n'
@@ -82,3 +82,17 @@ def test_a_device_a_kernel_wildcard_covers_is_in_its_flowtable() -> None:
     assert e.verdict is Verdict.OFFLOADED and e.flowtable == "ft"
     e = explain(_flow(packets=500), "wan7", "vpn0", CONFIG, wild)
     assert "different flowtables (wan7 in ft, vpn0 in other)" in " | ".join(e.reasons)
+
+
+def test_a_device_whose_lower_devices_are_listed_is_in_their_flowtable() -> None:
+    # stack = "lower": br-lan's port and ppp0's Ethernet are listed; the
+    # guard set names br-lan and ppp0, where the forward hook sees the flow.
+    lower = TableState("offloadd", "inet", flowtables=(
+        FlowtableState("ft", frozenset({"lan0", "eth1"}), False, True),),
+        sets=(SetState("ft_ifs", frozenset({"lan0", "eth1", "br-lan", "ppp0"}),
+                       SetKind.IFNAMES),), chain=ChainState(1, ()))
+    e = explain(_flow(packets=500), "br-lan", "ppp0", CONFIG, lower)
+    assert e.verdict is Verdict.NOT_OFFLOADED
+    assert "in no flowtable" not in " | ".join(e.reasons)
+    e = explain(_flow(status=IPS_OFFLOAD | IPS_SEEN_REPLY), "br-lan", "ppp0", CONFIG, lower)
+    assert e.flowtable == "ft"
