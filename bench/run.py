@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import dataplane, footprint, gate, hotplug, policy, scrape, survival
+from bench import dataplane, footprint, gate, hotplug, policy, scrape, stack, survival
 from bench.common import sysctl_init
 
 CASES: dict[str, Callable[[Path], dict[str, Any]]] = {
@@ -32,6 +32,7 @@ CASES: dict[str, Callable[[Path], dict[str, Any]]] = {
     "scrape": scrape.run,
     "footprint": footprint.run,
     "gate": gate.run,
+    "stack": stack.run,
 }
 # first_offload is hotplug's last part alone (for a root whose nftables turns
 # hotplug's "wan*" into a kernel wildcard): not run twice by default.

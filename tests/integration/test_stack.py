@@ -26,13 +26,12 @@ import pytest
 
 from tests.lab import conntrack
 from tests.lab.daemon import offloadd
-from tests.lab.netns import Netns
+from tests.lab.stacked import LOWER, UPPER, restack, server_addr, witnesses
 from tests.lab.topology import Lab
 from tests.lab.traffic import SETTLE_S, Background, probe, udp_echo_server, wait_for
 
 PORT = 7000
 FLOWS = {4: 3, 6: 2}
-VLAN_V4, VLAN_V6 = ("198.19.7.1", "198.19.7.2"), ("fd0f:77::1", "fd0f:77::2")
 # How long forwarding is watched once the flows are where they will stay;
 # a probe sends every 0.1 s per flow, so a stalled flow shows within it.
 WINDOW_S = 3.0
@@ -42,58 +41,6 @@ name = "ft"
 devices = ["br-lan", "wan0.7"]
 stack = "{stack}"
 """
-WITNESS = """
-table netdev witness {
-    chain br { type filter hook ingress device "br-lan" priority -500; counter; }
-    chain vlan { type filter hook ingress device "wan0.7" priority -500; counter; }
-}
-table inet witness_fwd {
-    chain forward { type filter hook forward priority -10; policy accept; counter; }
-}
-"""
-
-
-def _restack(lab: Lab) -> None:
-    """lan0 under a bridge, the server behind VLAN 7: one shell per namespace."""
-    lan = lab.lan
-    lab.router.sh(f"""
-ip addr flush dev lan0
-ip link add br-lan type bridge
-ip link set br-lan addr $(cat /sys/class/net/lan0/address)
-ip link set lan0 master br-lan
-ip addr add {lan.router_v4}/24 dev br-lan
-ip addr add {lan.router_v6}/64 dev br-lan nodad
-ip link set br-lan up
-ip link add link wan0 name wan0.7 type vlan id 7
-ip addr add {VLAN_V4[0]}/24 dev wan0.7
-ip addr add {VLAN_V6[0]}/64 dev wan0.7 nodad
-ip link set wan0.7 up
-""")
-    v4_net = lan.host_v4.rsplit(".", 1)[0] + ".0/24"
-    v6_net = lan.host_v6.rsplit(":", 1)[0] + ":/64"
-    lab.server.sh(f"""
-ip link add link eth0 name eth0.7 type vlan id 7
-ip addr add {VLAN_V4[1]}/24 dev eth0.7
-ip addr add {VLAN_V6[1]}/64 dev eth0.7 nodad
-ip link set eth0.7 up
-ip route add {v4_net} via {VLAN_V4[0]}
-ip -6 route add {v6_net} via {VLAN_V6[0]}
-""")
-
-
-def _counters(ns: Netns) -> dict[str, int]:
-    """Packets each witness chain counted: br (br-lan ingress), vlan (wan0.7
-    ingress), forward (the forward hook)."""
-    out: dict[str, int] = {}
-    for table in ("netdev witness", "inet witness_fwd"):
-        for item in json.loads(ns.out("nft", "-j", "list", "table", *table.split()))["nftables"]:
-            rule = item.get("rule")
-            if not rule:
-                continue
-            for expr in rule["expr"]:
-                if "counter" in expr:
-                    out[rule["chain"]] = int(expr["counter"]["packets"])
-    return out
 
 
 def _entries(lab: Lab) -> list[conntrack.CtEntry]:
@@ -108,20 +55,16 @@ def _replies_between(results: list[dict[str, Any]], t0: float, t1: float) -> lis
 @pytest.mark.parametrize("stack", ["lower", "both", "as-listed"])
 def test_stacked_devices(lab: Lab, tmp_path: Path, stack: str) -> None:
     r = lab.router
-    _restack(lab)
-    r.nft(WITNESS)
-    want = (frozenset({"lan0", "wan0"}) if stack == "lower" else
-            frozenset({"lan0", "wan0", "br-lan", "wan0.7"}) if stack == "both" else
-            frozenset({"br-lan", "wan0.7"}))
-    guard = want | {"br-lan", "wan0.7"}
+    restack(lab)
+    want = LOWER if stack == "lower" else LOWER | UPPER if stack == "both" else UPPER
+    guard = want | UPPER
     total = sum(FLOWS.values())
     with offloadd(r, CONFIG.format(stack=stack), tmp_path) as d, \
             udp_echo_server(lab.server, "::", PORT):
         wait_for(lambda: d.members("ft") == (want, guard), SETTLE_S, interval=0.3,
                  what=f"flowtable devices {sorted(want)}, guard {sorted(guard)}")
-        gens: list[Background] = [probe(lab.client, "udp", VLAN_V4[1] if fam == 4 else
-                                        VLAN_V6[1], PORT, flows=n, seconds=600)
-                                  for fam, n in FLOWS.items()]
+        gens: list[Background] = [probe(lab.client, "udp", server_addr(fam), PORT, flows=n,
+                                        seconds=600) for fam, n in FLOWS.items()]
         try:
             # Every flow is established; then it is offloaded, or it stays on the
             # slow path for good (the kernel would not take it): wait for the
@@ -136,9 +79,9 @@ def test_stacked_devices(lab: Lab, tmp_path: Path, stack: str) -> None:
             except AssertionError:
                 if stack != "as-listed":
                     raise
-            before, t0 = _counters(r), time.time()
+            before, t0 = witnesses(r), time.time()
             time.sleep(WINDOW_S)
-            after, t1 = _counters(r), time.time()
+            after, t1 = witnesses(r), time.time()
             offloaded = sum(e.offloaded for e in _entries(lab))
             status = d.ctl("--json", "status", check=True).stdout
             results = [g.finish() for g in gens]

@@ -1,0 +1,80 @@
+"""The lab topology restacked like a gateway: a bridged LAN, a VLAN uplink.
+
+    client [eth0] ---- [lan0] br-lan  router  wan0.7 [wan0] ---- [eth0] eth0.7 server
+
+lan0 becomes the only port of br-lan, which takes the LAN addresses (and
+lan0's MAC, so the client's neighbour entry stays right); the server is
+reached over VLAN 7 (198.19.7.0/24, fd0f:77::/64), and answers the LAN over it.
+Shared by tests/integration/test_stack.py and bench/stack.py. The witnesses
+count packets at the ingress of the upper devices (before any flowtable on
+them) and at the forward hook: what the fast path skips does not reach them.
+"""
+
+from __future__ import annotations
+
+import json
+
+from tests.lab.netns import Netns
+from tests.lab.topology import Lab
+
+VLAN_V4 = ("198.19.7.1", "198.19.7.2")
+VLAN_V6 = ("fd0f:77::1", "fd0f:77::2")
+UPPER = frozenset({"br-lan", "wan0.7"})
+LOWER = frozenset({"lan0", "wan0"})
+WITNESS = """
+table netdev witness {
+    chain br { type filter hook ingress device "br-lan" priority -500; counter; }
+    chain vlan { type filter hook ingress device "wan0.7" priority -500; counter; }
+}
+table inet witness_fwd {
+    chain forward { type filter hook forward priority -10; policy accept; counter; }
+}
+"""
+
+
+def server_addr(family: int) -> str:
+    return VLAN_V4[1] if family == 4 else VLAN_V6[1]
+
+
+def restack(lab: Lab) -> None:
+    """Builds the stack (one shell per namespace) and the witnesses."""
+    lan = lab.lan
+    lab.router.sh(f"""
+ip addr flush dev lan0
+ip link add br-lan type bridge
+ip link set br-lan addr $(cat /sys/class/net/lan0/address)
+ip link set lan0 master br-lan
+ip addr add {lan.router_v4}/24 dev br-lan
+ip addr add {lan.router_v6}/64 dev br-lan nodad
+ip link set br-lan up
+ip link add link wan0 name wan0.7 type vlan id 7
+ip addr add {VLAN_V4[0]}/24 dev wan0.7
+ip addr add {VLAN_V6[0]}/64 dev wan0.7 nodad
+ip link set wan0.7 up
+""")
+    v4_net = lan.host_v4.rsplit(".", 1)[0] + ".0/24"
+    v6_net = lan.host_v6.rsplit(":", 1)[0] + ":/64"
+    lab.server.sh(f"""
+ip link add link eth0 name eth0.7 type vlan id 7
+ip addr add {VLAN_V4[1]}/24 dev eth0.7
+ip addr add {VLAN_V6[1]}/64 dev eth0.7 nodad
+ip link set eth0.7 up
+ip route add {v4_net} via {VLAN_V4[0]}
+ip -6 route add {v6_net} via {VLAN_V6[0]}
+""")
+    lab.router.nft(WITNESS)
+
+
+def witnesses(ns: Netns) -> dict[str, int]:
+    """Packets each witness counted: br (br-lan ingress), vlan (wan0.7
+    ingress), forward (the forward hook)."""
+    out: dict[str, int] = {}
+    for table in ("netdev witness", "inet witness_fwd"):
+        for item in json.loads(ns.out("nft", "-j", "list", "table", *table.split()))["nftables"]:
+            rule = item.get("rule")
+            if not rule:
+                continue
+            for expr in rule["expr"]:
+                if "counter" in expr:
+                    out[rule["chain"]] = int(expr["counter"]["packets"])
+    return out
