@@ -106,3 +106,39 @@ def test_stacked_devices(lab: Lab, tmp_path: Path, stack: str) -> None:
     sent = sum(replies) * 2
     for where in ("br", "vlan", "forward"):
         assert delta[where] <= max(5, sent // 50), (where, delta, sent)
+
+
+def test_a_port_joining_and_leaving_the_bridge_is_followed(lab: Lab, tmp_path: Path) -> None:
+    """stack = "lower": the flowtable follows br-lan's ports as they change,
+    without touching the flows offloaded through the port that stays."""
+    r = lab.router
+    restack(lab)
+    total = sum(FLOWS.values())
+    with offloadd(r, CONFIG.format(stack="lower"), tmp_path) as d, \
+            udp_echo_server(lab.server, "::", PORT):
+        wait_for(lambda: d.members("ft") == (LOWER, LOWER | UPPER), SETTLE_S, interval=0.3,
+                 what="flowtable lan0, wan0")
+        gens = [probe(lab.client, "udp", server_addr(fam), PORT, flows=n, seconds=600)
+                for fam, n in FLOWS.items()]
+        try:
+            wait_for(lambda: sum(e.offloaded for e in _entries(lab)) == total, SETTLE_S,
+                     interval=0.5, what=f"{total} offloaded flows")
+            ids = {e.id for e in _entries(lab)}
+            r.sh("ip link add lan9 type veth peer name lan9p\n"
+                 "ip link set lan9 master br-lan\nip link set lan9 up\n")
+            joined = LOWER | {"lan9"}
+            wait_for(lambda: d.members("ft") == (joined, joined | UPPER), SETTLE_S,
+                     interval=0.3, what="lan9 in the flowtable after joining br-lan")
+            r.run("ip", "link", "set", "lan9", "nomaster")
+            wait_for(lambda: d.members("ft") == (LOWER, LOWER | UPPER), SETTLE_S,
+                     interval=0.3, what="lan9 out of the flowtable after leaving br-lan")
+            kept = {e.id for e in _entries(lab) if e.offloaded}
+            status = json.loads(d.ctl("--json", "status", check=True).stdout)
+            for g in gens:
+                g.finish()
+        finally:
+            for g in gens:
+                g.stop()
+    assert kept == ids, "flows through lan0 lost their offload while lan9 came and went"
+    (br,) = [s for s in status["stacks"] if s["device"] == "br-lan"]
+    assert br["paths"] == ["br-lan → lan0"], status["stacks"]
