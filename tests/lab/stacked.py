@@ -23,8 +23,8 @@ UPPER = frozenset({"br-lan", "wan0.7"})
 LOWER = frozenset({"lan0", "wan0"})
 WITNESS = """
 table netdev witness {
-    chain br { type filter hook ingress device "br-lan" priority -500; counter; }
-    chain vlan { type filter hook ingress device "wan0.7" priority -500; counter; }
+    chain upper_br { type filter hook ingress device "br-lan" priority -500; counter; }
+    chain upper_vlan { type filter hook ingress device "wan0.7" priority -500; counter; }
 }
 table inet witness_fwd {
     chain forward { type filter hook forward priority -10; policy accept; counter; }
@@ -76,5 +76,6 @@ def witnesses(ns: Netns) -> dict[str, int]:
                 continue
             for expr in rule["expr"]:
                 if "counter" in expr:
-                    out[rule["chain"]] = int(expr["counter"]["packets"])
+                    out[rule["chain"].removeprefix("upper_")] = int(
+                        expr["counter"]["packets"])
     return out
