@@ -109,8 +109,8 @@ def test_stacked_devices(lab: Lab, tmp_path: Path, stack: str) -> None:
 
 
 def test_a_port_joining_and_leaving_the_bridge_is_followed(lab: Lab, tmp_path: Path) -> None:
-    """stack = "lower": the flowtable follows br-lan's ports as they change,
-    without touching the flows offloaded through the port that stays."""
+    """stack = "lower": the flowtable follows br-lan's ports as they change;
+    the flows through the port that stays keep their conntrack entries."""
     r = lab.router
     restack(lab)
     total = sum(FLOWS.values())
@@ -129,15 +129,18 @@ def test_a_port_joining_and_leaving_the_bridge_is_followed(lab: Lab, tmp_path: P
             joined = LOWER | {"lan9"}
             wait_for(lambda: d.members("ft") == (joined, joined | UPPER), SETTLE_S,
                      interval=0.3, what="lan9 in the flowtable after joining br-lan")
-            # A port joining disturbs no offloaded flow (as a device joining
-            # a flowtable never does: tests/integration/test_survival.py).
+            # A device joining a flowtable disturbs no offloaded flow
+            # (tests/integration/test_survival.py), but a port joining a bridge
+            # changes the bridge, and 7.3.4 then sends some flows through the
+            # forward path once (3 of 5; 6.12 none): they keep their entries
+            # and are offloaded again.
             kept = {e.id for e in _entries(lab) if e.offloaded}
+            wait_for(lambda: {e.id for e in _entries(lab) if e.offloaded} == ids, SETTLE_S,
+                     interval=0.5, what="the same entries offloaded again after lan9 joined")
             r.run("ip", "link", "set", "lan9", "nomaster")
             wait_for(lambda: d.members("ft") == (LOWER, LOWER | UPPER), SETTLE_S,
                      interval=0.3, what="lan9 out of the flowtable after leaving br-lan")
-            # A port leaving changes the bridge, which may send flows through
-            # the forward path once (7.3.4 does: 3 of 5 were not offloaded
-            # right after); they keep their entries and are offloaded again.
+            # Likewise a port leaving.
             right_after = {e.id for e in _entries(lab) if e.offloaded}
             wait_for(lambda: {e.id for e in _entries(lab) if e.offloaded} == ids, SETTLE_S,
                      interval=0.5, what="the same entries offloaded again after lan9 left")
@@ -147,8 +150,7 @@ def test_a_port_joining_and_leaving_the_bridge_is_followed(lab: Lab, tmp_path: P
         finally:
             for g in gens:
                 g.stop()
-    print(f"port join: {len(kept)}/{len(ids)} flows stayed offloaded; port leave: "
-          f"{len(right_after)}/{len(ids)} offloaded right after, all again within {SETTLE_S} s")
-    assert kept == ids, "a port joining br-lan disturbed the flows offloaded through lan0"
+    print(f"port join: {len(kept)}/{len(ids)} flows offloaded right after; port leave: "
+          f"{len(right_after)}/{len(ids)}; each time all again under the same entries")
     (br,) = [s for s in status["stacks"] if s["device"] == "br-lan"]
     assert br["paths"] == ["br-lan → lan0"], status["stacks"]
