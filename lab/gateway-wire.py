@@ -74,6 +74,9 @@ def main() -> int:
                   "counter name \"misaddressed\"\n}\n}\n")
         with udp_echo_server(g.isp, ISP_SERVER_V4, PORT), \
                 udp_echo_server(g.isp, ISP_SERVER_V6, PORT):
+            for want in (ISP_SERVER_V4, f"[{ISP_SERVER_V6}]"):
+                wait_for(lambda w=want: f"{w}:{PORT} " in g.isp.out("ss", "-lun"), 60,
+                         what=f"the echo server on {want}")
             gens = [udp_flows(g.lan, a, port=PORT, flows=2, seconds=LIFETIME_S, interval=0.5)
                     for a in (ISP_SERVER_V4, ISP_SERVER_V6)]
             try:

@@ -200,6 +200,11 @@ def gateway() -> Iterator[Gateway]:
         with contextlib.ExitStack() as servers:
             for p in g.paths:
                 servers.enter_context(udp_echo_server(p.server, p.server_addr, PORT))
+            # Two servers share each namespace's port: wait for each address.
+            for p in g.paths:
+                want = p.server_addr if p.family == 4 else f"[{p.server_addr}]"
+                wait_for(lambda p=p, want=want: f"{want}:{PORT} " in p.server.out("ss", "-lun"),
+                         SETTLE_S, what=f"the echo server on {p.server_addr}")
             yield g
 
 
