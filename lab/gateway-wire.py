@@ -35,7 +35,8 @@ def sh(ns: Netns, cmd: str) -> str:
 
 def capture(ns: Netns, dev: str, seconds: float, count: int = 12) -> subprocess.Popen[str]:
     return ns.popen("timeout", str(seconds), "tcpdump", "-i", dev, "-e", "-n", "-vv", "-c",
-                    str(count), "pppoes", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                    str(count), "vlan", "and", "pppoes",
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 def section(title: str) -> None:
