@@ -47,12 +47,26 @@ def round_(g: Gateway, title: str) -> None:
     section(title)
     isp_cap = capture(g.isp, "eth0", 8)
     gw_cap = capture(g.gw, "eth1", 8)
+    # What reaches the LAN host (replies), whatever their ethertype.
+    lan_cap = g.lan.popen("timeout", "8", "tcpdump", "-i", "eth0", "-e", "-n", "-vv", "-c", "12",
+                          "not arp and not icmp6 and not (ip6 and udp port 7000)",
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     before = sh(g.isp, "ip -s link show dev " + g.isp_ppp)
+    sh(g.lan, "nstat -n")
+    sh(g.gw, "nstat -n")
+    lan_before = sh(g.lan, "ip -s link show dev eth0")
     time.sleep(8.5)
     print("--- ISP end (isp eth0):\n" + isp_cap.communicate()[0])
-    print("--- leaving the gateway (gw eth1):\n" + gw_cap.communicate()[0])
+    print("--- at the gateway's eth1 (both directions):\n" + gw_cap.communicate()[0])
+    print("--- at the LAN host (lan eth0, IPv6 UDP left out):\n" + lan_cap.communicate()[0])
     print("--- ISP ppp device before/after:\n" + before + "\n"
           + sh(g.isp, "ip -s link show dev " + g.isp_ppp))
+    print("--- LAN host eth0 before/after:\n" + lan_before + "\n"
+          + sh(g.lan, "ip -s link show dev eth0"))
+    print("--- nstat on the LAN host:\n" + sh(g.lan, "nstat"))
+    print("--- nstat on the gateway:\n" + sh(g.gw, "nstat"))
+    print("--- gateway lan0 / br-lan / eth1 / eth1.7 / ppp0 counters:\n"
+          + sh(g.gw, "ip -s -br link; ip -s link show dev lan0"))
     print("--- offloaded conntrack entries:",
           conntrack.offloaded_count(g.gw, 4), "ipv4,", conntrack.offloaded_count(g.gw, 6), "ipv6")
     print("--- ISP wire counters:\n" + sh(g.isp, "nft list table netdev wire"))
