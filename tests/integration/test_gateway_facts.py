@@ -255,6 +255,8 @@ def _table(g: Gateway, results: list[ListFacts]) -> str:
     lines = [f"== gateway facts, kernel {kernel}: {FLOWS} UDP flows per path at "
              f"{1 / INTERVAL:.0f}/s each, counts in a {WINDOW_S:.0f} s window ==",
              f"PPPoE session: {' | '.join(g.pppoe_session().split())}; ISP end MAC {g.isp_mac}",
+             "LAN host: complete UDP checksums (veth tx checksum offload off, as from a "
+             "physical LAN)",
              f"{'flowtable devices':34} {'path':7} {'offl':>5} {'sent':>5} {'@srv':>5} "
              f"{'back':>5} {'fwd':>5} {'in:lan':>6} {'in:wan':>6}  verdict"]
     for r in results:

@@ -164,9 +164,21 @@ def _wg_handshake(ns: Netns, dev: str) -> bool:
 
 
 @contextlib.contextmanager
-def gateway_lab(vlan_filtering: bool = False) -> Iterator[Gateway]:
+def gateway_lab(vlan_filtering: bool = False,
+                lan_partial_csum: bool = False) -> Iterator[Gateway]:
     """Builds the gateway lab, yields it once every path answers, and always
-    stops pppd and pppoe-server and removes every namespace."""
+    stops pppd and pppoe-server and removes every namespace.
+
+    The LAN host's eth0 sends complete checksums (``ethtool -K eth0 tx off``),
+    as frames from a physical LAN always carry them. With
+    ``lan_partial_csum`` it keeps veth's checksum offload: its UDP datagrams
+    then reach the gateway as CHECKSUM_PARTIAL skbs, and where a flowtable
+    sends such an skb through PPPoE itself (7.x kernels, eth1 in the
+    flowtable) the unfinished checksum reaches the ISP end, whose user-space
+    pppoe reads raw frames from a packet socket: its kernel then drops every
+    datagram (bad UDP checksum). 6.12 sends them through ppp0, which has no
+    checksum offload, so the checksum is completed there. Measured with
+    lab/gateway-wire.py on 2026-12-02."""
     load_modules()
     prefix = f"gw{os.getpid() % 100000}x{next(_ids)}"
     made: list[Netns] = []
@@ -213,6 +225,7 @@ def gateway_lab(vlan_filtering: bool = False) -> Iterator[Gateway]:
             f"ip addr add {HOST_V4}/24 dev eth0",
             f"ip addr add {HOST_V6}/64 dev eth0 nodad",
             "ip link set eth0 up",
+            *([] if lan_partial_csum else ["ethtool -K eth0 tx off >/dev/null"]),
             f"ip route add default via {GW_LAN_V4}",
             f"ip -6 route add default via {GW_LAN_V6}",
         ]))
