@@ -82,7 +82,7 @@ class PathFacts:
     def verdict(self, dev_lan: str) -> str:
         if self.black_hole:
             where = "requests lost before the server" if self.arrived == 0 else \
-                "replies lost"
+                "the server's input hook saw the requests, nothing came back"
             return f"BLACK HOLE ({where})"
         if not self.forwards:
             return "NOT FORWARDING" if not self.offloaded else "offloaded, LOSSY"
