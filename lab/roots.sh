@@ -27,7 +27,9 @@ LAB_SUITES="bookworm trixie forky sid"
 # Everything the package Depends on is here (checked with apt-get -s).
 ROOT_PACKAGES_system=procps,systemd,systemd-sysv,udev,kmod,nftables,iproute2,conntrack,busybox-static,python3,python3-nftables,python3-systemd,python3-pytest
 # udev: without it the guest script's output and exit status are lost (vng).
-ROOT_PACKAGES_vm=procps,udev,kmod,nftables,iproute2,iputils-ping,conntrack,iperf3,iptables,prometheus,python3,python3-nftables,python3-systemd,python3-pytest
+# iptables: the firewalls-beside tests; ppp, pppoe, wireguard-tools, ethtool:
+# the real gateway of tests/lab/gateway.py.
+ROOT_PACKAGES_vm=procps,udev,kmod,nftables,iproute2,iputils-ping,conntrack,iperf3,iptables,ppp,pppoe,wireguard-tools,ethtool,prometheus,python3,python3-nftables,python3-systemd,python3-pytest
 
 # The Debian mirror this machine's apt uses (deb822 or one-line sources).
 debian_mirror() {

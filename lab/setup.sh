@@ -26,6 +26,7 @@ apt_packages=(
     nftables python3-nftables python3-venv python3-dev
     libsystemd-dev pkg-config gcc
     iproute2 iputils-ping conntrack iperf3 procps iptables
+    ppp pppoe wireguard-tools tcpdump ethtool
     qemu-system-x86 kmod udev busybox-static
     vagrant prometheus debootstrap e2fsprogs xz-utils
     groff-base
