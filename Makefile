@@ -28,8 +28,17 @@ TESTING_TESTS := tests/integration/test_attach.py tests/integration/test_capabil
 comma := ,
 empty :=
 space := $(empty) $(empty)
+# 6.1, the oldest kernel, leaves out what gave the same results on 6.1 as on
+# 6.12 in every run (re-validation, repair, stacked devices, the gateway
+# lab's facts; measured up to 2026-12-02): 6.12 and 7.x run them. It keeps the
+# dataplane, attach, capability, survival, metrics and firewalls-beside tests
+# (6.1 refuses the kernel's hook list: its fallback is tested there).
+NOT_ON_61 := tests/integration/test_revalidate.py tests/integration/test_repair.py \
+	tests/integration/test_stack.py tests/integration/test_gateway_facts.py
 LAB_RUNS := 7-trixie+kernel:--kernel-facing-only 6.12:--kernel-facing-only \
-	6.1:--kernel-facing-only 7-trixie+logic:--daemon-logic-only system-trixie-7 \
+	7-trixie+logic:--daemon-logic-only \
+	6.1:--kernel-facing-only,$(subst $(space),$(comma),$(addprefix --deselect=,$(NOT_ON_61))) \
+	system-trixie-7 \
 	system-bookworm-6.1 \
 	7-forky:$(subst $(space),$(comma),$(TESTING_TESTS))
 # Their result directories (build/results/), for make test's summary.
