@@ -72,6 +72,25 @@ def round_(g: Gateway, title: str) -> None:
     print("--- ISP wire counters:\n" + sh(g.isp, "nft list table netdev wire"))
 
 
+FLOWTABLE = """table inet ft {
+ flowtable ft { hook ingress priority 0; devices = { "br-lan", "ppp0", "wg0", "lan0", "eth1" }; }
+ chain forward { type filter hook forward priority 0; policy accept;
+  ct state established flow add @ft
+ }
+}
+"""
+
+
+def offload(g: Gateway) -> None:
+    """The flowtable over every device of the gateway, and up to 60 s for
+    the flows to be offloaded (a miss is printed: this is a diagnosis)."""
+    g.gw.nft(FLOWTABLE)
+    try:
+        wait_for(lambda: conntrack.offloaded_count(g.gw) >= 4, 60, what="4 offloaded flows")
+    except AssertionError as e:
+        print(e)
+
+
 def main() -> int:
     # The LAN host keeps veth's checksum offload: what 7.x then sends (below).
     with gateway_lab(lan_partial_csum="--full-csum" not in sys.argv) as g:
@@ -97,15 +116,7 @@ def main() -> int:
                     for a in (ISP_SERVER_V4, ISP_SERVER_V6)]
             try:
                 round_(g, "slow path (no flowtable)")
-                g.gw.nft("table inet ft {\n flowtable ft { hook ingress priority 0; "
-                         "devices = { \"br-lan\", \"ppp0\", \"wg0\", \"lan0\", \"eth1\" }; }\n"
-                         " chain forward { type filter hook forward priority 0; "
-                         "policy accept;\n  ct state established flow add @ft\n }\n}\n")
-                try:
-                    wait_for(lambda: conntrack.offloaded_count(g.gw) >= 4, 60,
-                             what="4 offloaded flows")
-                except AssertionError as e:
-                    print(e)
+                offload(g)
                 print(sh(g.gw, "conntrack -L 2>/dev/null | grep 7000"))
                 round_(g, "offloaded, flowtable {br-lan, ppp0, wg0, lan0, eth1}")
                 section("checksum offloads off on the PPPoE link's veths (tx off)")
@@ -115,15 +126,7 @@ def main() -> int:
                 g.gw.run("nft", "delete", "table", "inet", "ft")
                 g.gw.run("conntrack", "-F", check=False)
                 time.sleep(2)
-                g.gw.nft("table inet ft {\n flowtable ft { hook ingress priority 0; "
-                         "devices = { \"br-lan\", \"ppp0\", \"wg0\", \"lan0\", \"eth1\" }; }\n"
-                         " chain forward { type filter hook forward priority 0; "
-                         "policy accept;\n  ct state established flow add @ft\n }\n}\n")
-                try:
-                    wait_for(lambda: conntrack.offloaded_count(g.gw) >= 4, 60,
-                             what="4 offloaded flows")
-                except AssertionError as e:
-                    print(e)
+                offload(g)
                 round_(g, "offloaded, tx checksum offload off")
             finally:
                 for gen in gens:

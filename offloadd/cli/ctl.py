@@ -259,25 +259,30 @@ def kernel_only_status(config: Config) -> dict[str, Any]:
 
 
 # -- reload ---------------------------------------------------------------------
-def cmd_reload(args: argparse.Namespace, sock: Path) -> int:
+def _ask(sock: Path, command: str) -> dict[str, Any] | int:
+    """The daemon's answer to ``command``, or the exit code of why there is none."""
     try:
-        result = request(sock, "reload")
+        answer: dict[str, Any] = request(sock, command)
     except NotRunningError as e:
         return _fail(EXIT_DOWN, str(e))
     except ControlError as e:
         return _fail(EXIT_FAILED, str(e))
+    return answer
+
+
+def cmd_reload(args: argparse.Namespace, sock: Path) -> int:
+    result = _ask(sock, "reload")
+    if isinstance(result, int):
+        return result
     _emit(args, result, f"reloaded {result['config']}\n")
     return EXIT_OK
 
 
 # -- revalidate -----------------------------------------------------------------
 def cmd_revalidate(args: argparse.Namespace, sock: Path) -> int:
-    try:
-        result = request(sock, "revalidate")
-    except NotRunningError as e:
-        return _fail(EXIT_DOWN, str(e))
-    except ControlError as e:
-        return _fail(EXIT_FAILED, str(e))
+    result = _ask(sock, "revalidate")
+    if isinstance(result, int):
+        return result
     if result.get("revalidate") == "off":
         human = ("revalidate = \"off\" in the config: offloadd's forward priority is "
                  "computed again, offloaded flows are left alone\n")

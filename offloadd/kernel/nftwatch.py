@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Iterator
 
 from offloadd.core.errors import KernelError
 from offloadd.core.revalidate import NftChanges, ObjectKind, TableChange, Transaction, Verb
+from offloadd.kernel.nlattr import NLMSG_HDR, attrs
 
 NETLINK_NETFILTER = 12
 NFNLGRP_NFTABLES = 7
@@ -31,10 +32,7 @@ NFT_MSG_NEWGEN = 15
 NFTA_GEN_PROC_PID = 2
 NFTA_GEN_PROC_NAME = 3
 NFTA_TABLE = 1  # NFTA_TABLE_NAME, NFTA_CHAIN_TABLE, NFTA_RULE_TABLE, ... all are 1
-NLMSG_HDR = struct.Struct("=IHHII")
 NFGENMSG = 4
-NLA_HDR = struct.Struct("=HH")
-NLA_TYPE_MASK = 0x3FFF
 RCVBUF = 8 << 20  # a burst of element messages must not overrun it
 
 # NFT_MSG_* of the object messages: NEW*, DEL* and (6.3+) DESTROY*.
@@ -52,15 +50,6 @@ MESSAGES: dict[int, tuple[ObjectKind, Verb]] = {
     32: (ObjectKind.FLOWTABLE, Verb.DELETE),
 }
 FAMILIES = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
-
-
-def _attrs(data: bytes, start: int, end: int) -> Iterator[tuple[int, bytes]]:
-    while start + NLA_HDR.size <= end:
-        length, kind = NLA_HDR.unpack_from(data, start)
-        if length < NLA_HDR.size:
-            return
-        yield kind & NLA_TYPE_MASK, data[start + NLA_HDR.size:start + length]
-        start += (length + 3) & ~3
 
 
 def _string(value: bytes) -> str:
@@ -84,8 +73,8 @@ class TransactionReader:
             end = min(pos + length, len(data))
             if mtype >> 8 == NFNL_SUBSYS_NFTABLES and end - pos >= NLMSG_HDR.size + NFGENMSG:
                 family = data[pos + NLMSG_HDR.size]
-                attrs = _attrs(data, pos + NLMSG_HDR.size + NFGENMSG, end)
-                self._message(mtype & 0xFF, family, attrs, done)
+                found = attrs(data, pos + NLMSG_HDR.size + NFGENMSG, end)
+                self._message(mtype & 0xFF, family, found, done)
             pos += (length + 3) & ~3
         return done
 

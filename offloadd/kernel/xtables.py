@@ -18,10 +18,11 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from offloadd.core.xtables import Hook, LegacyTables, from_forward_hooks
+from offloadd.kernel.nlattr import NLA_HDR, NLMSG_HDR, attrs
 
 PROC_NET = Path("/proc/net")
 
@@ -37,9 +38,6 @@ NF_INET_FORWARD = 2
 NFPROTO = {socket.AF_INET: 2, socket.AF_INET6: 10}
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLMSG_HDR = struct.Struct("=IHHII")
-NLA_HDR = struct.Struct("=HH")
-NLA_TYPE_MASK = 0x3FFF
 
 
 def _names(path: Path) -> frozenset[str]:
@@ -51,18 +49,9 @@ def _names(path: Path) -> frozenset[str]:
     return frozenset(line.strip() for line in text.splitlines() if line.strip())
 
 
-def _attrs(data: bytes, start: int, end: int) -> Iterator[tuple[int, bytes]]:
-    while start + NLA_HDR.size <= end:
-        length, kind = NLA_HDR.unpack_from(data, start)
-        if length < NLA_HDR.size:
-            return
-        yield kind & NLA_TYPE_MASK, data[start + NLA_HDR.size:start + length]
-        start += (length + 3) & ~3
-
-
 def _hook(data: bytes, start: int, end: int) -> Hook:
     prio, function, module, nft = 0, "", "", False
-    for kind, value in _attrs(data, start, end):
+    for kind, value in attrs(data, start, end):
         if kind == NFNLA_HOOK_PRIORITY and len(value) >= 4:
             prio = struct.unpack_from(">i", value)[0]
         elif kind == NFNLA_HOOK_FUNCTION_NAME:
