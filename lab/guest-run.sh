@@ -5,7 +5,11 @@ set -u
 out=$1
 export OFFLOADD_KERNEL_CONFIG=$2   # ground truth for the capability test
 shift 2
-export PYTHONDONTWRITEBYTECODE=1   # the shared root filesystem is read-only
+# The shared root and the repo are read-only: bytecode goes to the guest's
+# tmpfs, so that each module is compiled once per VM run, not once per
+# process (a daemon, an offloadctl call, a probe: each imported and compiled
+# offloadd, and in a Debian 13 root pyroute2 too, from source under TCG).
+export PYTHONPYCACHEPREFIX=/tmp/offloadd-pycache
 uname -r > "$out/kernel"
 nft --version > "$out/nft-version" 2>&1
 # A root of another Debian suite (lab/roots.sh) carries offloadd's PyPI

@@ -45,7 +45,7 @@ SILENT_S = 3.0
 
 
 def _status(d: RunningDaemon) -> dict[str, Any]:
-    out: dict[str, Any] = json.loads(d.ctl("--json", "status", check=True).stdout)
+    out: dict[str, Any] = d.status()
     return out
 
 

@@ -6,7 +6,6 @@ with the real ``ip`` command; the kernel's own listings are the oracle.
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import time
@@ -85,7 +84,7 @@ def test_devices_follow_create_delete_rename_and_netns_move(lab: Lab, tmp_path: 
 
 
 def _reconcile_counts(d: RunningDaemon) -> tuple[int, int]:
-    rec = json.loads(d.ctl("--json", "status", check=True).stdout)["reconcile"]
+    rec = d.status()["reconcile"]
     return int(rec["transactions_total"]), int(rec["failures_total"])
 
 

@@ -94,7 +94,7 @@ def _gate_size(r: Netns, name: str) -> int:
 
 
 def _revalidate(d: RunningDaemon) -> dict[str, Any]:
-    rv: dict[str, Any] = json.loads(d.ctl("--json", "status", check=True).stdout)["revalidate"]
+    rv: dict[str, Any] = d.status()["revalidate"]
     return rv
 
 

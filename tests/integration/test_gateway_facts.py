@@ -56,8 +56,8 @@ INTERVAL = 0.1  # each flow sends 10 datagrams a second
 WINDOW_S = 5.0
 # How long an established flow may stay on the slow path before the path
 # counts as "not offloaded": `flow add` takes a flow at its next packet, so
-# 20 s is ~200 packets per flow.
-HOLD_S = 20.0
+# 10 s is ~100 packets per flow.
+HOLD_S = 10.0
 
 
 @dataclass
@@ -202,13 +202,10 @@ def gateway() -> Iterator[Gateway]:
     with gateway_lab() as g:
         _witnesses(g)
         with contextlib.ExitStack() as servers:
+            # Each returns once its own address is bound (two share a
+            # namespace's port).
             for p in g.paths:
                 servers.enter_context(udp_echo_server(p.server, p.server_addr, PORT))
-            # Two servers share each namespace's port: wait for each address.
-            for p in g.paths:
-                want = p.server_addr if p.family == 4 else f"[{p.server_addr}]"
-                wait_for(lambda p=p, want=want: f"{want}:{PORT} " in p.server.out("ss", "-lun"),
-                         SETTLE_S, what=f"the echo server on {p.server_addr}")
             yield g
 
 
@@ -286,7 +283,8 @@ def test_gateway_facts(gateway: Gateway) -> None:
         ("baseline", None),
         ("l3", l3),
         ("l3+port", (*l3, g.port)),
-        ("l3+port+vlan", (*l3, g.port, g.wan_vlan)),
+        # (+ the VLAN alone gave what l3+port gives, on 6.1, 6.12 and 7.3.4:
+        # measured up to 2026-12-02, README Real gateways.)
         ("l3+port+eth", (*l3, g.port, g.wan_eth)),
     ]
     results = [_measure(g, name, devices) for name, devices in lists]

@@ -11,7 +11,6 @@ same against fakes; this checks the bytes rtnetlink really sends.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -54,6 +53,6 @@ def test_odd_names_are_left_out_once_and_hold_back_no_other_device(lab: Lab,
         assert log.count(STAR_LINE) == 1 and log.count(NOT_UTF8_LINE) == 1, log[-3000:]
         assert "re-planning shortly" not in log, log[-3000:]  # no "no such device" retries
         assert "reconcile failed" not in log, log[-3000:]
-        status = json.loads(d.ctl("--json", "status", check=True).stdout)
+        status = d.status()
         problems = " ".join(status.get("problems", []))
         assert '"lan*"' in problems and '"lan\\xff"' in problems, status

@@ -101,8 +101,7 @@ def _revalidated_since(d: RunningDaemon, rv: dict[str, Any]) -> dict[str, Any]:
 
 
 def _revalidate(d: RunningDaemon) -> dict[str, Any]:
-    out = d.ctl("--json", "status", check=True).stdout
-    rv: dict[str, Any] = json.loads(out)["revalidate"]
+    rv: dict[str, Any] = d.status()["revalidate"]
     return rv
 
 

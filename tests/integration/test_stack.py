@@ -17,7 +17,6 @@ differs by kernel and is printed as a fact (README, Real gateways).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -52,7 +51,10 @@ def _replies_between(results: list[dict[str, Any]], t0: float, t1: float) -> lis
             for f in res["flows"]]
 
 
-@pytest.mark.parametrize("stack", ["lower", "both", "as-listed"])
+# "both" (lower and upper devices) gave what "lower" gives on 6.12 and 7.3.4
+# in every run: it runs on the newest kernel only.
+@pytest.mark.parametrize("stack", ["lower", pytest.param("both", marks=pytest.mark.one_kernel),
+                                   "as-listed"])
 def test_stacked_devices(lab: Lab, tmp_path: Path, stack: str) -> None:
     r = lab.router
     restack(lab)
@@ -83,7 +85,7 @@ def test_stacked_devices(lab: Lab, tmp_path: Path, stack: str) -> None:
             time.sleep(WINDOW_S)
             after, t1 = witnesses(r), time.time()
             offloaded = sum(e.offloaded for e in _entries(lab))
-            status = d.ctl("--json", "status", check=True).stdout
+            status = d.status()
             results = [g.finish() for g in gens]
         finally:
             for g in gens:
@@ -95,7 +97,7 @@ def test_stacked_devices(lab: Lab, tmp_path: Path, stack: str) -> None:
           f"{delta['br']}, wan0.7 ingress {delta['vlan']}, forward hook {delta['forward']}")
     # Never a black hole: every flow's replies keep coming, offloaded or not.
     assert all(n > 0 for n in replies), (replies, delta)
-    ft = next(f for f in json.loads(status)["flowtables"] if f["name"] == "ft")
+    ft = next(f for f in status["flowtables"] if f["name"] == "ft")
     assert set(ft["desired"]) == want, ft
     if stack == "as-listed":
         return
@@ -144,7 +146,7 @@ def test_a_port_joining_and_leaving_the_bridge_is_followed(lab: Lab, tmp_path: P
             right_after = {e.id for e in _entries(lab) if e.offloaded}
             wait_for(lambda: {e.id for e in _entries(lab) if e.offloaded} == ids, SETTLE_S,
                      interval=0.5, what="the same entries offloaded again after lan9 left")
-            status = json.loads(d.ctl("--json", "status", check=True).stdout)
+            status = d.status()
             for g in gens:
                 g.finish()
         finally:

@@ -15,7 +15,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from offloadd.core.configparse import load_config
+from offloadd.service.control import request
 from tests.lab.netns import Netns
 from tests.lab.nftns import nft_list
 from tests.lab.traffic import SETTLE_S, wait_for
@@ -60,6 +63,16 @@ class RunningDaemon:
         except AssertionError as e:
             raise AssertionError(f"{e}; now {self.flowtable_devices(flowtable)}\n"
                                  f"--- offloadd log ---\n{self.log_text()[-3000:]}") from None
+
+    def status(self) -> dict[str, Any]:
+        """What ``offloadctl --json status`` prints of a running daemon: its
+        control socket's status reply, asked from this process (an offloadctl
+        process costs seconds in the emulated VM; tests that poll a counter ask
+        this way, tests of the CLI run offloadctl)."""
+        sock = load_config(self.config).control.socket
+        report: dict[str, Any] = request(sock, "status")
+        report["daemon"]["running"] = True
+        return report
 
     def ctl(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         """Runs offloadctl (in the daemon's namespace) against this daemon's config."""

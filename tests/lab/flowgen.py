@@ -128,6 +128,8 @@ def udp_push(bind: str, port: int, interval: float) -> dict[str, object]:
     s = socket.socket(_family(bind), socket.SOCK_DGRAM)
     s.bind((bind, port))
     s.setblocking(False)
+    # On stderr: stdout carries the summary only.
+    print("ready", file=sys.stderr, flush=True)
     arrivals: dict[tuple[object, ...], list[float]] = {}
     stop: list[int] = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))

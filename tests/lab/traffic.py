@@ -6,15 +6,20 @@ in the background so a test can look at conntrack while packets still flow.
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import select
+import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from tests.lab import conntrack
 from tests.lab.netns import CommandError, Netns
@@ -43,22 +48,46 @@ def stop_process(proc: subprocess.Popen[str]) -> None:
             proc.wait()
 
 
-def _wait_listening(ns: Netns, port: int, udp: bool, timeout: float = 20) -> None:
-    flag = "-lun" if udp else "-ltn"
+def _await_ready(proc: subprocess.Popen[str], stream: IO[str] | None, marker: str, what: str,
+                 timeout: float = SETTLE_S) -> None:
+    """Waits for a server's line saying it is bound and listening.
+
+    Read straight from the pipe, byte by byte (nothing is left in a buffer
+    for a later ``communicate``): polling ``ss`` instead started a process
+    every 0.1 s, CPU the starting server itself needed in a 1-vCPU VM.
+    """
+    assert stream is not None
+    fd = stream.fileno()
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if f":{port} " in ns.out("ss", flag):
-            return
-        time.sleep(0.1)
-    raise CommandError(f"[{ns.name}] nothing listening on port {port} after {timeout}s")
+    line = b""
+    while (left := deadline - time.monotonic()) > 0:
+        if not select.select([fd], [], [], left)[0]:
+            continue
+        ch = os.read(fd, 1)
+        if not ch:
+            raise CommandError(f"{what} exited ({proc.wait()}) before it was listening")
+        line += ch
+        if ch == b"\n":
+            if marker.encode() in line:
+                return
+            line = b""
+    raise CommandError(f"{what} not listening after {timeout}s")
+
+
+def _drain(stream: IO[str] | None) -> None:
+    """Reads a server's further output away, so that it never blocks on a full pipe."""
+    assert stream is not None
+    threading.Thread(target=shutil.copyfileobj, args=(stream, io.StringIO()),
+                     daemon=True).start()
 
 
 @contextmanager
 def iperf3_server(ns: Netns, port: int = 5201) -> Iterator[None]:
-    proc = ns.popen("iperf3", "-s", "-p", str(port), stdout=subprocess.DEVNULL,
+    proc = ns.popen("iperf3", "-s", "-p", str(port), "--forceflush", stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL)
     try:
-        _wait_listening(ns, port, udp=False)
+        _await_ready(proc, proc.stdout, "Server listening", f"[{ns.name}] iperf3 -s -p {port}")
+        _drain(proc.stdout)
         yield
     finally:
         stop_process(proc)
@@ -96,9 +125,9 @@ def iperf3_client(ns: Netns, dst: str, seconds: float, port: int = 5201,
 @contextmanager
 def _echo_server(ns: Netns, proto: str, bind: str, port: int) -> Iterator[None]:
     proc = ns.popen(sys.executable, FLOWGEN, f"{proto}-echo", "--bind", bind, "--port", str(port),
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
-        _wait_listening(ns, port, udp=proto == "udp")
+        _await_ready(proc, proc.stdout, "ready", f"[{ns.name}] {proto} echo server on {port}")
         yield
     finally:
         stop_process(proc)
@@ -117,7 +146,11 @@ def udp_push_server(ns: Netns, bind: str, port: int, interval: float = 0.1) -> B
     peer port, when their datagrams arrived (see flowgen.py udp-push)."""
     proc = ns.popen(sys.executable, FLOWGEN, "udp-push", "--bind", bind, "--port", str(port),
                     "--interval", str(interval), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _wait_listening(ns, port, udp=True)
+    try:
+        _await_ready(proc, proc.stderr, "ready", f"[{ns.name}] udp push server on {port}")
+    except CommandError:
+        stop_process(proc)
+        raise
     return Background(proc)
 
 
