@@ -18,15 +18,14 @@ import grp
 import json
 import logging
 import os
-import socket
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from offloadd.core.errors import OffloaddError
 from offloadd.service.connections import ConnectionLimits, ConnectionTable, Ticket
+from offloadd.service.controlclient import PROTOCOL_VERSION, ControlError
 
-PROTOCOL_VERSION = 1
 MAX_REQUEST_BYTES = 64 * 1024
 # offloadctl sends its one line at once and waits 10 s for the answer; only
 # root (or control.group) can connect, so few connections are ever needed.
@@ -39,14 +38,6 @@ DISCARD_MAX_BYTES = 16 * 1024 * 1024
 log = logging.getLogger("offloadd")
 
 Handler = Callable[[Mapping[str, Any]], Awaitable[Any]]
-
-
-class ControlError(OffloaddError, OSError):
-    """The control socket could not be set up or reached."""
-
-
-class NotRunningError(ControlError):
-    """Nothing listens on the control socket: offloadd is not running (there)."""
 
 
 def _reply(ok: bool, payload: Any) -> bytes:
@@ -190,30 +181,3 @@ async def _discard_rest(reader: asyncio.StreamReader) -> None:
             dropped += len(chunk)
 
 
-def request(path: Path, command: str, timeout: float = 10.0, **args: Any) -> Any:
-    """Client side (offloadctl): sends one request, returns its result or raises."""
-    body = json.dumps({"version": PROTOCOL_VERSION, "command": command, **args}) + "\n"
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(str(path))
-            s.sendall(body.encode())
-            chunks = []
-            while chunk := s.recv(65536):
-                chunks.append(chunk)
-    except FileNotFoundError:
-        raise NotRunningError(f"offloadd is not running (no control socket at {path})") from None
-    except ConnectionRefusedError:
-        raise NotRunningError(f"offloadd is not running (nothing listens on {path})") from None
-    except PermissionError:
-        raise ControlError(f"permission denied on {path}: run as root or as a member of "
-                           "the group set in control.group") from None
-    except OSError as e:
-        raise ControlError(f"control socket {path}: {e.strerror or e}") from e
-    try:
-        reply = json.loads(b"".join(chunks))
-    except ValueError:
-        raise ControlError(f"offloadd sent an unreadable reply on {path}") from None
-    if not reply.get("ok"):
-        raise ControlError(str(reply.get("error", "request failed")))
-    return reply.get("result")

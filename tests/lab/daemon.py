@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from offloadd.core.configparse import load_config
-from offloadd.service.control import request
+from offloadd.service.controlclient import request
 from tests.lab.netns import Netns
 from tests.lab.nftns import nft_list
 from tests.lab.traffic import SETTLE_S, wait_for

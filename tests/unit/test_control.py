@@ -19,11 +19,10 @@ from offloadd.service.connections import ConnectionLimits, ConnectionTable
 from offloadd.service.control import (
     MAX_REQUEST_BYTES,
     REAP_INTERVAL_S,
-    ControlError,
     ControlServer,
     handle_request,
-    request,
 )
+from offloadd.service.controlclient import ControlError, request
 
 
 async def _status(_req: Mapping[str, Any]) -> Any:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from offloadd.cli import ctl
+from offloadd.cli import ctl, ctlkernel
 from offloadd.service.control import ControlServer, Handler
 
 
@@ -149,6 +149,6 @@ def test_flows_needs_no_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         return ctl.EXIT_OK
 
     # flows reads conntrack (root); here only that no config is asked for.
-    monkeypatch.setattr(ctl, "cmd_flows", fake_flows)
+    monkeypatch.setattr(ctlkernel, "cmd_flows", fake_flows)
     assert _main(tmp_path, "flows", "--top", "3") == ctl.EXIT_OK
     assert seen == [3]
