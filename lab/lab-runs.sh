@@ -18,6 +18,9 @@
 #                                e.g. 6.1, 7-forky:tests/integration/test_attach.py,
 #                                7-trixie+logic:--daemon-logic-only
 #   system-SUITE-KERNEL          the full-system test (lab/system-test.sh)
+#   demo                         make demo (lab/demo.py on the default kernel):
+#                                in the pool, it runs beside the last VM
+#                                instead of after it, alone on one core
 set -uo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -39,6 +42,8 @@ command_of() {
         name=${name%%+*}
     fi
     case "$name" in
+        demo)
+            echo "lab/vm-run.sh ${KERNEL:-6.1} $repo/.venv/bin/python lab/demo.py" ;;
         system-*-*)
             suite=${name#system-}; suite=${suite%%-*}; series=${name##*-}
             echo "lab/system-test.sh $series $suite" ;;

@@ -33,7 +33,14 @@ echo "== integration and system results per run =="
 .venv/bin/python lab/check_results.py --summary $runs || true
 for step in "${failed[@]}"; do
     case "$step" in
-        test-vms|test-systems|test-lab) ;;   # the run summary above says which test, where
+        test-vms|test-systems) ;;   # the run summary above says which test, where
+        test-lab)
+            # The summary above names each failed test; the demo has no results.
+            grep -h '^\[lab-runs\] failed:' "$logs/$step.log" | tail -n 1
+            if grep -q '^\[lab-runs\] failed:.* demo' "$logs/$step.log"; then
+                echo "== the demo failed; its last lines ($logs/lab-demo.log) =="
+                tail -n 12 "$logs/lab-demo.log"
+            fi ;;
         *) echo "== $step failed; its last lines ($logs/$step.log) =="
            grep -E '^(FAILED|ERROR|E  |[^ ]+:[0-9]+:[0-9]+: )' "$logs/$step.log" | tail -n 12
            tail -n 4 "$logs/$step.log" ;;
