@@ -52,6 +52,7 @@ def format_status(r: dict[str, Any]) -> str:
         out.append(f"reconcile: {rec['total']} runs, {rec['failures_total']} failed, "
                    f"{rec['transactions_total']} transactions; last {when} "
                    f"({rec['last_duration_seconds'] * 1000:.1f} ms)")
+        out.append(format_check(rec))
     rep = r.get("repair")
     if rep:
         out.append(format_repair(rep))
@@ -117,6 +118,20 @@ def _format_flowtable(ft: dict[str, Any]) -> list[str]:
     else:
         out.extend(f"  {name}" for name in ft["attached"])
     return out
+
+
+def format_check(rec: dict[str, Any]) -> str:
+    """The periodic check's line: how often, and the drift it found."""
+    every = rec.get("check_interval_seconds")
+    head = f"periodic check: every {every} s" if every else "periodic check: off"
+    n = rec.get("drift_repairs_total", 0)
+    if not n:
+        return f"{head}; no drift found"
+    last = rec.get("last_drift") or {}
+    when = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["time"]))
+            if last.get("time") else "?")
+    return (f"{head}; drift repaired {n} time(s), last {when} "
+            f"({', '.join(last.get('operations', []))}): an event was missed")
 
 
 def format_repair(rep: dict[str, Any]) -> str:

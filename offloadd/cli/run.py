@@ -170,10 +170,13 @@ async def run(config_path: Path, config: Config) -> int:
     # in tests of the resync path.
     rcvbuf = os.environ.get("OFFLOADD_NETLINK_RCVBUF")
     watcher = LinkWatcher(rcvbuf=int(rcvbuf) if rcvbuf else None)
+    # Without the nf_tables change watcher, as if it had died: the tests of
+    # the periodic check (daemon.check_interval), which must then repair alone.
+    nft_changes = None if os.environ.get("OFFLOADD_NO_NFT_WATCH") else NftEvents()
     daemon = Daemon(config_path, config, backend, links=watcher,
                     on_ready=lambda: log.info("ready: table %s %s reconciled",
                                               config.daemon.family.value, config.daemon.table),
-                    notify=Notifier.from_environ(), nft_changes=NftEvents(),
+                    notify=Notifier.from_environ(), nft_changes=nft_changes,
                     left_behind=ConntrackScanner())
     daemon.status.name_hooks, daemon.status.name_hooks_reason = hooks.name_hooks, hooks.reason
     daemon.status.wildcard_hooks, daemon.status.wildcard_hooks_reason = wild.wildcards, wild.reason

@@ -142,6 +142,9 @@ class DaemonConfig:
     on_exit: OnExit = OnExit.REMOVE
     repair: Repair = Repair.AUTO
     revalidate: Revalidate = Revalidate.ON_CHANGE
+    # Seconds between full read-and-compare passes (0: none): a backstop for
+    # the change that no event told offloadd of.
+    check_interval: int = 60
 
 
 @dataclass(frozen=True)

@@ -125,8 +125,9 @@ def _parse_daemon(data: Mapping[str, Any]) -> DaemonConfig:
     on_exit = enum_value(s, "on_exit", OnExit, DaemonConfig.on_exit)
     repair = enum_value(s, "repair", Repair, DaemonConfig.repair)
     revalidate = enum_value(s, "revalidate", Revalidate, DaemonConfig.revalidate)
+    check_interval = int_in(s, "check_interval", DaemonConfig.check_interval, 0, 86400)
     return DaemonConfig(table=table, family=family, priority=priority, on_exit=on_exit,
-                        repair=repair, revalidate=revalidate)
+                        repair=repair, revalidate=revalidate, check_interval=check_interval)
 
 
 def _parse_flowtable(data: Mapping[str, Any], path: str) -> FlowtableConfig:

@@ -116,6 +116,11 @@ KEYS = (
         "so that offloaded flows meet the current policy at their next packet (bursts are "
         'coalesced); "off": a new policy reaches offloaded flows only when they end.',
         _values(Revalidate)),
+    Key("daemon", "check_interval", INTEGER, _toml(_D.check_interval),
+        "Seconds between two full checks of offloadd's table against its desired state "
+        "(0: none, 1..86400). Changes are followed as their events arrive; this check also "
+        "repairs what no event announced (an overrun, a watcher that stopped, someone "
+        "else's edit of offloadd's table), and offloadctl status counts what it found."),
     Key("flowtable", "name", STRING, None,
         "Unique; same rules as daemon.table. With hardware offload the hardware "
         "flowtable is <name>_hw.", required=True),

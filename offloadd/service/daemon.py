@@ -13,6 +13,7 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,8 @@ LEGACY_POLL_S = 2.0
 # SIGHUP reloads the config, the others stop (offloadd(8) lists them from here).
 SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 WATCHER_RESTART_S = 1.0
+# With daemon.check_interval = 0, how often the setting is looked at again.
+CHECK_OFF_POLL_S = 60.0
 
 
 class Daemon:
@@ -76,6 +79,8 @@ class Daemon:
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._reload_requested = False
+        # Set by the periodic check: the next pass is its read-and-compare.
+        self._check_due = False
         # The control socket's connections; here so the metrics can count
         # what it drops before (and after) the socket exists.
         self.control_connections = ConnectionTable("control", CONTROL_LIMITS)
@@ -120,9 +125,10 @@ class Daemon:
             line += f"; last error: {self.status.last_error}"
         return line
 
-    def _safe_reconcile(self) -> None:
+    def _safe_reconcile(self) -> Plan | None:
+        """One pass; the plan it applied, or None if it failed (retry scheduled)."""
         try:
-            self.reconcile()
+            plan = self.reconcile()
             self._vanished_in_a_row = 0
             if self.reconciler.refusals and self._refused_retry is None:
                 # No link event may come; the refused devices get their retry anyway.
@@ -141,7 +147,7 @@ class Daemon:
             if self._vanished_in_a_row < VANISHED_RETRIES:
                 log.warning("transaction refused (%s); re-planning shortly", e)
                 self._retry_later()
-                return
+                return None
             self._record_error(f"reconcile: {e} ({self._vanished_in_a_row} times with no "
                                "link change)")
             log.error("reconcile failed: %s, %d times in a row with no link change in "
@@ -149,7 +155,7 @@ class Daemon:
                       RETRY_FAILED_S)
             self._retry_later(RETRY_FAILED_S)
             self.notify.status(self.status_line())
-            return
+            return None
         except OffloaddError as e:
             log.error("reconcile failed: %s", e)
             self._retry_later(RETRY_FAILED_S)
@@ -157,7 +163,7 @@ class Daemon:
             if self._reloading and self._ready:
                 self._reloading = False
                 self.notify.ready(self.status_line())
-            return
+            return None
         if not self._ready or self._reloading:
             first = not self._ready
             self._ready = True
@@ -167,6 +173,45 @@ class Daemon:
                 self._on_ready()
         else:
             self.notify.status(self.status_line())
+        return plan
+
+    def _pass(self) -> None:
+        """What a wake-up does: a requested reload, then one reconcile pass."""
+        if self._reload_requested:
+            self._reload_requested = False
+            # systemd waits in "reloading" until READY=1 follows,
+            # which comes after the next reconcile even if refused.
+            self.notify.reloading()
+            self._reloading = True
+            self.reload()
+        check, self._check_due = self._check_due, False
+        verified = self.reconciler.verified
+        plan = self._safe_reconcile()
+        # Drift: the table the pass found is not the one the last good pass
+        # left (a plan because links or the config moved is none).
+        if (check and verified is not None and plan is not None
+                and not plan.is_empty and self.reconciler.last_read != verified):
+            self._drift_repaired(plan)
+
+    def _drift_repaired(self, plan: Plan) -> None:
+        """The periodic check's pass had to change the table: an event that
+        should have said so never came (or came while a pass was failing)."""
+        what = sorted({type(op).__name__ for op in plan.ops})
+        self.status.drift_repairs_total += 1
+        self.status.last_drift = {"time": time.time(), "operations": what}
+        log.warning("periodic check: offloadd's table differed from its desired state and no "
+                    "event had said so; repaired (%s)", ", ".join(what),
+                    extra={"OPERATION": "drift"})
+
+    async def _check_periodically(self) -> None:
+        """Wakes a full read-and-compare every daemon.check_interval seconds
+        (read again each time: a reload may change it)."""
+        while True:
+            interval = self.config.daemon.check_interval
+            await asyncio.sleep(interval or CHECK_OFF_POLL_S)
+            if interval and self.config.daemon.check_interval:
+                self._check_due = True
+                self._wake.set()
 
     # -- reload / stop ------------------------------------------------------
     def reload(self) -> bool:
@@ -226,7 +271,8 @@ class Daemon:
         return status_report(self.status, self.config.daemon.table,
                              self.config.daemon.family.value, kernel,
                              repair_mode=self.config.daemon.repair.value,
-                             revalidate_mode=self.config.daemon.revalidate.value)
+                             revalidate_mode=self.config.daemon.revalidate.value,
+                             check_interval=self.config.daemon.check_interval)
 
     async def _cmd_reload(self, _req: Mapping[str, Any]) -> Any:
         if not self.reload():
@@ -371,6 +417,7 @@ class Daemon:
         repairs = (asyncio.create_task(self.repairer.run(), name="repair")
                    if self.repairer is not None else None)
         legacy = asyncio.create_task(self._watch_legacy(), name="legacy")
+        checks = asyncio.create_task(self._check_periodically(), name="periodic-check")
         try:
             while not self._stop.is_set():
                 await self._wake.wait()
@@ -380,20 +427,14 @@ class Daemon:
                     raise exc if exc else OffloaddError("the link watcher stopped")
                 if self._stop.is_set():
                     break
-                if self._reload_requested:
-                    self._reload_requested = False
-                    # systemd waits in "reloading" until READY=1 follows,
-                    # which comes after the next reconcile even if refused.
-                    self.notify.reloading()
-                    self._reloading = True
-                    self.reload()
-                self._safe_reconcile()
+                self._pass()
         finally:
             self.notify.stopping()
             watchdog.cancel()
             nft_changes.cancel()
             revalidations.cancel()
             legacy.cancel()
+            checks.cancel()
             if repairs is not None:
                 repairs.cancel()
             if server is not None:

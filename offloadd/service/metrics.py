@@ -75,6 +75,7 @@ class DaemonCounters:
     left_behind_flows: int = 0
     policy_changes_total: int = 0
     policy_changes_skipped_total: int = 0
+    drift_repairs_total: int = 0
     revalidations_total: int = 0
     last_revalidation_time: float = 0.0  # Unix time; 0 = none yet
 
@@ -128,6 +129,7 @@ class StatusView:
             left_behind_flows=s.left_behind_flows,
             policy_changes_total=s.policy_changes_total,
             policy_changes_skipped_total=s.policy_changes_skipped_total,
+            drift_repairs_total=s.drift_repairs_total,
             revalidations_total=s.revalidations_total,
             last_revalidation_time=_time_of(s.last_revalidation))
 
@@ -214,6 +216,10 @@ POLICY_CHANGES_SKIPPED = _c(
     "offloadd_policy_changes_skipped_total",
     "nf_tables transactions by others that called for no re-validation: every table they "
     "changed has base chains only on hooks no forwarded packet passes (input, output).")
+DRIFT_REPAIRS = _c(
+    "offloadd_drift_repairs_total",
+    "Periodic checks (daemon.check_interval) that found offloadd's table different from its "
+    "desired state with no event having said so, and repaired it: a missed event.")
 REVALIDATIONS = _c("offloadd_revalidations_total",
                    "Re-validations: offloadd's flowtables replaced so that offloaded flows meet "
                    "the current policy at their next packet (bursts of changes coalesced).")
@@ -230,7 +236,7 @@ SPECS = (BUILD_INFO, START_TIME, SOURCE_UP, OFFLOADED, CT_ENTRIES, CT_LIMIT, FT_
          DEVICE_INFO, IN_SYNC, RECONCILES, FAILURES, TRANSACTIONS, LAST_DURATION, LAST_TIME,
          LINK_EVENTS, LINK_RESYNCS, RELOADS, RELOADS_REJECTED, REPAIRS, LEFT_BEHIND,
          POLICY_CHANGES, POLICY_CHANGES_SKIPPED, REVALIDATIONS, LAST_REVALIDATION,
-         CONNECTIONS_DROPPED)
+         CONNECTIONS_DROPPED, DRIFT_REPAIRS)
 
 
 class OffloaddCollector:
@@ -347,6 +353,7 @@ class OffloaddCollector:
                             (LEFT_BEHIND, c.left_behind_flows),
                             (POLICY_CHANGES, c.policy_changes_total),
                             (POLICY_CHANGES_SKIPPED, c.policy_changes_skipped_total),
+                            (DRIFT_REPAIRS, c.drift_repairs_total),
                             (REVALIDATIONS, c.revalidations_total)):
             fams[spec.name].add_metric([], value)
         if c.last_revalidation_time:

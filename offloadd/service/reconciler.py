@@ -92,6 +92,11 @@ class Reconciler:
         # each under TCG); the daemon says when they may have changed.
         self.others_watched = False
         self._others: tuple[float, list[int]] | None = None
+        # The table as the last pass read it before planning, and as the last
+        # successful pass verified it: where they differ, the kernel changed
+        # in between (the periodic check's drift).
+        self.last_read: TableState | None = None
+        self.verified: TableState | None = None
 
     def configure(self, config: Config) -> None:
         """A reloaded config: hardware answers and refusals are asked again."""
@@ -152,6 +157,7 @@ class Reconciler:
         if any(f.elephant_packets for f in self.config.flowtables):
             self.backend.ensure_accounting()
         current = self.backend.read()
+        self.last_read = current
         desired = self._desired(self.refusals.current(self.status.links),
                                 self._forward_priority())
         return desired, current, compute_plan(desired.table, current)
@@ -188,6 +194,7 @@ class Reconciler:
             if after != desired.table:
                 raise VerifyError("kernel state differs after apply: "
                                   + describe_diff(desired.table, after))
+            self.verified = after
         except OffloaddError as e:
             self.status.reconcile_failures_total += 1
             self.status.record_error(str(e))

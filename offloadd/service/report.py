@@ -17,7 +17,8 @@ from offloadd.service.status import Status
 def status_report(status: Status, table_name: str, family: str,
                   kernel: TableState | None, now: float | None = None, *,
                   repair_mode: str = "auto",
-                  revalidate_mode: str = "on-change") -> dict[str, Any]:
+                  revalidate_mode: str = "on-change",
+                  check_interval: int = 60) -> dict[str, Any]:
     now = time.time() if now is None else now
     desired = status.desired
     flowtables = []
@@ -83,6 +84,9 @@ def status_report(status: Status, table_name: str, family: str,
             "last_timestamp": status.last_reconcile_time,
             "last_error": status.last_error,
             "recent_errors": list(status.recent_errors),
+            "check_interval_seconds": check_interval,
+            "drift_repairs_total": status.drift_repairs_total,
+            "last_drift": status.last_drift,
         },
         "links": {"count": len(status.links), "resyncs_total": status.resyncs_total},
         "reloads": {"total": status.reloads_total, "rejected_total": status.reloads_rejected_total},

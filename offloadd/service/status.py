@@ -55,6 +55,10 @@ class Status:
     policy_changes_skipped_total: int = 0
     revalidations_total: int = 0
     last_revalidation: dict[str, object] | None = None
+    # The periodic check (daemon.check_interval): passes that found drift no
+    # event had announced, and the last of them.
+    drift_repairs_total: int = 0
+    last_drift: dict[str, object] | None = None
     # iptables-legacy tables as the last reconcile saw them (None: not read yet).
     legacy: LegacyTables | None = None
 

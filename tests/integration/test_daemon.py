@@ -6,6 +6,7 @@ with the real ``ip`` command; the kernel's own listings are the oracle.
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import time
@@ -15,6 +16,7 @@ import pytest
 
 from tests.lab import conntrack
 from tests.lab.daemon import RunningDaemon, offloadd, table_exists
+from tests.lab.netns import Netns
 from tests.lab.nftns import nft_list
 from tests.lab.topology import Lab
 from tests.lab.traffic import (
@@ -22,6 +24,7 @@ from tests.lab.traffic import (
     SETTLE_S,
     iperf3_client,
     iperf3_server,
+    offloaded_udp_flows,
     udp_echo_server,
     udp_flows,
     wait_for,
@@ -289,3 +292,43 @@ def test_backend_dry_run_is_checked_by_the_kernel_and_applies_nothing(lab: Lab) 
     out = lab.router.out(sys.executable, "-c", DRY_RUN)
     assert out.strip() == "refused"
     assert not table_exists(lab.router, "drycheck")
+
+
+def _flow_add_handles(r: Netns) -> list[int]:
+    items = json.loads(r.out("nft", "-a", "-j", "list", "chain", "inet", "offloadd",
+                             "forward"))["nftables"]
+    return [i["rule"]["handle"] for i in items
+            if "rule" in i and any("flow" in e for e in i["rule"]["expr"])]
+
+
+@pytest.mark.daemon_logic
+def test_the_periodic_check_heals_what_no_event_announced(lab: Lab, tmp_path: Path) -> None:
+    """With its nf_tables change watcher gone (as if it had died: injected),
+    offloadd still puts back a hand-deleted `flow add` rule and a deleted
+    table at its next periodic check (daemon.check_interval), counts each as
+    drift, and the flows are offloaded again."""
+    r = lab.router
+    period = 3
+    config = f"[daemon]\ncheck_interval = {period}\n" + BASIC
+    with offloadd(r, config, tmp_path, env={"OFFLOADD_NO_NFT_WATCH": "1"}) as d, \
+            udp_echo_server(lab.server, "::"), offloaded_udp_flows(lab, 2, 1):
+        d.wait_devices("ft", {"lan0", "lan1", "wan0"})
+        (handle,) = _flow_add_handles(r)
+        healed = []
+        for what, cmd in (("flow add rule", ("nft", "delete", "rule", "inet", "offloadd",
+                                              "forward", "handle", str(handle))),
+                          ("table", ("nft", "delete", "table", "inet", "offloadd"))):
+            drift0 = d.status()["reconcile"]["drift_repairs_total"]
+            t0 = time.monotonic()
+            r.run(*cmd)
+            wait_for(lambda: table_exists(r) and len(_flow_add_handles(r)) == 1, SETTLE_S,
+                     interval=0.2, what=f"the {what} back")
+            healed.append(f"{what} {time.monotonic() - t0:.1f} s")
+            rec = d.status()["reconcile"]
+            assert rec["drift_repairs_total"] == drift0 + 1, (rec, d.log_text()[-2000:])
+        d.wait_devices("ft", {"lan0", "lan1", "wan0"})
+        wait_for(lambda: conntrack.offloaded_count(r, 4) == 2
+                 and conntrack.offloaded_count(r, 6) == 1, SETTLE_S,
+                 what="the 3 flows offloaded again")
+        assert "periodic check: offloadd's table differed" in d.log_text()
+    print(f"check every {period} s; healed after: {', '.join(healed)}")

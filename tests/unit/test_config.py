@@ -97,6 +97,9 @@ BAD = [
     ('[daemon]\npriority = "late"\n' + MINIMAL, 'daemon.priority: "late" is not valid; use "auto"'),
     ("[daemon]\npriority = 2147483648\n" + MINIMAL, "daemon.priority: 2147483648 is out of range"),
     ("[daemon]\npriority = true\n" + MINIMAL, "daemon.priority: true is not valid"),
+    ("[daemon]\ncheck_interval = -1\n" + MINIMAL,
+     "daemon.check_interval: -1 is out of range; use 0..86400"),
+    ('[daemon]\ncheck_interval = "1m"\n' + MINIMAL, "daemon.check_interval"),
     (
         '[daemon]\non_exit = "stay"\n' + MINIMAL,
         'daemon.on_exit: "stay" is not valid; use one of "remove", "keep"',

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from offloadd.cli.format import format_check
 from offloadd.core.configparse import parse_config
 from offloadd.core.errors import NftError, VerifyError
 from offloadd.core.model import Link
@@ -358,3 +360,66 @@ def test_odd_device_names_are_left_out_once_and_hold_back_nothing(
     assert len(lines) == 2, lines
     assert any(line.startswith('flowtable ft: "lan\\xff" cannot be written') for line in lines)
     assert any(line.startswith('flowtable ft: "lan*" cannot be written') for line in lines)
+
+
+async def _until(pred: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not pred():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+def test_the_periodic_check_repairs_drift_no_event_announced(tmp_path: Path) -> None:
+    """daemon.check_interval: a table deleted behind offloadd's back, with no
+    event saying so, comes back at the next check, which counts it as drift;
+    a plan made because the links moved is no drift."""
+    async def scenario() -> None:
+        d, b = _daemon(tmp_path, CONFIG.replace("[daemon]\n", "[daemon]\ncheck_interval = 1\n"))
+        links = d.link_source
+        assert isinstance(links, FakeLinks)
+        task = asyncio.create_task(d.run(signals=(), control=False))
+        links.push(LAN0, WAN0)
+        await _until(lambda: b.state is not None)
+        checks = d.status.reconciles_total
+        await _until(lambda: d.status.reconciles_total >= checks + 2)  # two quiet checks
+        assert d.status.drift_repairs_total == 0 and d.status.transactions_total == 1
+        b.state = None  # `nft delete table inet offloadd`, its event lost
+        await _until(lambda: b.state is not None)
+        assert d.status.drift_repairs_total == 1
+        assert d.status.last_drift is not None
+        assert "CreateTable" in d.status.last_drift["operations"]  # type: ignore[operator]
+        links.push(LAN0, WAN0, LAN5)
+        await _until(lambda: d.status.reconciles_total >= checks + 6)
+        assert d.status.drift_repairs_total == 1
+        d.request_stop()
+        await asyncio.wait_for(task, 2)
+
+    asyncio.run(scenario())
+
+
+def test_check_interval_zero_runs_no_periodic_pass(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        d, b = _daemon(tmp_path, CONFIG.replace("[daemon]\n", "[daemon]\ncheck_interval = 0\n"))
+        links = d.link_source
+        assert isinstance(links, FakeLinks)
+        task = asyncio.create_task(d.run(signals=(), control=False))
+        links.push(LAN0, WAN0)
+        await _until(lambda: b.state is not None)
+        passes = d.status.reconciles_total
+        b.state = None
+        await asyncio.sleep(1.5)
+        assert d.status.reconciles_total == passes and b.state is None
+        d.request_stop()
+        await asyncio.wait_for(task, 2)
+
+    asyncio.run(scenario())
+
+
+def test_status_says_what_the_periodic_check_found() -> None:
+    assert format_check({"check_interval_seconds": 60, "drift_repairs_total": 0}) == (
+        "periodic check: every 60 s; no drift found")
+    assert format_check({"check_interval_seconds": 0}) == "periodic check: off; no drift found"
+    line = format_check({"check_interval_seconds": 60, "drift_repairs_total": 2,
+                         "last_drift": {"time": 0, "operations": ["CreateTable"]}})
+    assert line.startswith("periodic check: every 60 s; drift repaired 2 time(s), last ")
+    assert line.endswith("(CreateTable): an event was missed")

@@ -173,6 +173,7 @@ EXPECTED = {
     "offloadd_left_behind_flows 17.0",
     "offloadd_policy_changes_total 9.0",
     "offloadd_policy_changes_skipped_total 4.0",
+    "offloadd_drift_repairs_total 0.0",
     "offloadd_revalidations_total 3.0",
     "offloadd_last_revalidation_timestamp_seconds 1.7000001e+09",
 }
