@@ -23,21 +23,33 @@ TESTING_TESTS := tests/integration/test_attach.py tests/integration/test_capabil
 # in two VMs (+kernel: the kernel-facing tests; +logic: those marked
 # daemon_logic, offloadd's own coalescing, reload and CLI logic), so that no
 # VM is the long pole: one VM of all of it took 52+ min on a slow day, near
-# vm-test.sh's timeout. 6.12 and 6.1 run the kernel-facing tests only
-# (vm-test.sh leaves out one_kernel there too).
+# vm-test.sh's timeout. 6.12 and 6.1 share the kernel-facing tests out (below;
+# vm-test.sh leaves out one_kernel there too).
 comma := ,
 empty :=
 space := $(empty) $(empty)
-# 6.1, the oldest kernel, leaves out what gave the same results on 6.1 as on
-# 6.12 in every run (re-validation, repair, stacked devices, the gateway
-# lab's facts; measured up to 2026-12-02): 6.12 and 7.x run them. It keeps the
-# dataplane, attach, capability, survival, metrics and firewalls-beside tests
-# (6.1 refuses the kernel's hook list: its fallback is tested there).
+# 6.1 and 6.12 gave the same result in every kernel-facing test (runs up to
+# 2026-12-02), so they share those tests out: both run the capability probe,
+# the dataplane, offloadd's TCP/UDP offload and the firewalls-beside test (6.1
+# refuses the kernel's hook list: its fallback is tested there, 6.12 lists
+# it); 6.12 alone re-validation, repair, stacked devices and the gateway
+# lab's facts (NOT_ON_61); 6.1 alone the device-following, survival, metrics,
+# attach and hardware tests (NOT_ON_612). 7.x runs all of them.
 NOT_ON_61 := tests/integration/test_revalidate.py tests/integration/test_repair.py \
 	tests/integration/test_stack.py tests/integration/test_gateway_facts.py
-LAB_RUNS := 7-trixie+kernel:--kernel-facing-only 6.12:--kernel-facing-only \
+NOT_ON_612 := tests/integration/test_survival.py tests/integration/test_metrics.py \
+	tests/integration/test_attach.py tests/integration/test_hardware.py \
+	$(addprefix tests/integration/test_daemon.py::,\
+	  test_devices_follow_create_delete_rename_and_netns_move \
+	  test_a_removed_member_costs_one_transaction_and_nothing_after \
+	  test_vlan_and_bridge_devices test_admin_drop_still_drops_and_other_tables_untouched \
+	  test_more_devices_than_one_kernel_message_holds \
+	  test_backend_dry_run_is_checked_by_the_kernel_and_applies_nothing)
+deselect = $(subst $(space),$(comma),$(addprefix --deselect=,$(1)))
+LAB_RUNS := 7-trixie+kernel:--kernel-facing-only \
 	7-trixie+logic:--daemon-logic-only \
-	6.1:--kernel-facing-only,$(subst $(space),$(comma),$(addprefix --deselect=,$(NOT_ON_61))) \
+	6.12:--kernel-facing-only,$(call deselect,$(NOT_ON_612)) \
+	6.1:--kernel-facing-only,$(call deselect,$(NOT_ON_61)) \
 	system-trixie-7 \
 	system-bookworm-6.1 \
 	7-forky:$(subst $(space),$(comma),$(TESTING_TESTS)) \

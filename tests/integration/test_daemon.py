@@ -22,6 +22,7 @@ from tests.lab.topology import Lab
 from tests.lab.traffic import (
     LIFETIME_S,
     SETTLE_S,
+    Background,
     iperf3_client,
     iperf3_server,
     offloaded_udp_flows,
@@ -42,26 +43,35 @@ def _offloaded(lab: Lab, family: int, proto: str, dport: int) -> list[conntrack.
             if e.proto == proto and e.dport == dport and e.offloaded]
 
 
-@pytest.mark.parametrize("family", [4, 6])
-def test_daemon_offloads_tcp_and_udp(lab: Lab, tmp_path: Path, family: int) -> None:
-    with offloadd(lab.router, BASIC, tmp_path) as d:
+def test_daemon_offloads_tcp_and_udp(lab: Lab, tmp_path: Path) -> None:
+    """IPv4 and IPv6 at once (one daemon and topology: each costs seconds in
+    the emulated VM); iperf3 serves one client at a time, so one per family."""
+    port = {4: 5201, 6: 5202}
+    with offloadd(lab.router, BASIC, tmp_path) as d, iperf3_server(lab.server, port[4]), \
+            iperf3_server(lab.server, port[6]), udp_echo_server(lab.server, "::"):
         d.wait_devices("ft", {"lan0", "lan1", "wan0"})
-        dst = lab.server_addr(family)
-        with iperf3_server(lab.server), udp_echo_server(lab.server, "::"):
-            tcp = iperf3_client(lab.client, dst, seconds=LIFETIME_S)
-            udp = udp_flows(lab.client, dst, flows=3, seconds=LIFETIME_S, interval=0.05)
-            try:
-                wait_for(lambda: _offloaded(lab, family, "tcp", 5201), SETTLE_S,
-                         what="offloaded tcp flow")
-                wait_for(lambda: len(_offloaded(lab, family, "udp", 7000)) == 3, SETTLE_S,
-                         what="3 offloaded udp flows")
-                # Offloaded and still carrying traffic: the client has not failed.
-                assert tcp.proc.poll() is None, tcp.proc.communicate()
-                got = udp.finish()
-                assert got["received"] > got["sent"] * 0.8, got
-            finally:
-                tcp.stop()
-                udp.stop()
+        tcp: dict[int, Background] = {}
+        udp: dict[int, Background] = {}
+        try:
+            for fam in (4, 6):
+                tcp[fam] = iperf3_client(lab.client, lab.server_addr(fam), seconds=LIFETIME_S,
+                                         port=port[fam], extra=("-b", "100M"))
+                udp[fam] = udp_flows(lab.client, lab.server_addr(fam), flows=3,
+                                     seconds=LIFETIME_S, interval=0.05)
+            for fam in (4, 6):
+                wait_for(lambda fam=fam: _offloaded(lab, fam, "tcp", port[fam]), SETTLE_S,
+                         what=f"offloaded IPv{fam} tcp flow")
+                wait_for(lambda fam=fam: len(_offloaded(lab, fam, "udp", 7000)) == 3, SETTLE_S,
+                         what=f"3 offloaded IPv{fam} udp flows")
+            # Offloaded and still carrying traffic: no client has failed.
+            for fam, client in tcp.items():
+                assert client.proc.poll() is None, (fam, client.proc.communicate())
+            for fam, g in udp.items():
+                got = g.finish()
+                assert got["received"] > got["sent"] * 0.8, (fam, got)
+        finally:
+            for g in (*tcp.values(), *udp.values()):
+                g.stop()
 
 
 def test_devices_follow_create_delete_rename_and_netns_move(lab: Lab, tmp_path: Path) -> None:
