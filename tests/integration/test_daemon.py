@@ -55,7 +55,7 @@ def test_daemon_offloads_tcp_and_udp(lab: Lab, tmp_path: Path) -> None:
         try:
             for fam in (4, 6):
                 tcp[fam] = iperf3_client(lab.client, lab.server_addr(fam), seconds=LIFETIME_S,
-                                         port=port[fam], extra=("-b", "100M"))
+                                         port=port[fam], extra=("-b", "20M"))
                 udp[fam] = udp_flows(lab.client, lab.server_addr(fam), flows=3,
                                      seconds=LIFETIME_S, interval=0.05)
             for fam in (4, 6):
@@ -162,7 +162,7 @@ table inet bystander {
             blocked = lab.client.run("iperf3", "-c", dst, "-p", "5202", "-t", "2",
                                      "--connect-timeout", "3000", check=False, timeout=30)
             assert blocked.returncode != 0, "the admin's drop rule was bypassed"
-            ok = iperf3_client(lab.client, dst, seconds=LIFETIME_S)
+            ok = iperf3_client(lab.client, dst, seconds=LIFETIME_S, extra=("-b", "20M"))
             try:
                 wait_for(lambda: _offloaded(lab, 4, "tcp", 5201), SETTLE_S, what="offloaded flow")
                 assert ok.proc.poll() is None, ok.proc.communicate()
