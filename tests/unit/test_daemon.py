@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -369,48 +370,51 @@ async def _until(pred: Callable[[], bool], timeout: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
+@contextlib.asynccontextmanager
+async def _running(tmp_path: Path,
+                   check_interval: int) -> AsyncIterator[tuple[Daemon, FakeBackend]]:
+    """A daemon with daemon.check_interval, running on lan0 and wan0."""
+    d, b = _daemon(tmp_path, CONFIG.replace(
+        "[daemon]\n", f"[daemon]\ncheck_interval = {check_interval}\n"))
+    links = d.link_source
+    assert isinstance(links, FakeLinks)
+    task = asyncio.create_task(d.run(signals=(), control=False))
+    links.push(LAN0, WAN0)
+    await _until(lambda: b.state is not None)
+    yield d, b
+    d.request_stop()
+    await asyncio.wait_for(task, 2)
+
+
 def test_the_periodic_check_repairs_drift_no_event_announced(tmp_path: Path) -> None:
     """daemon.check_interval: a table deleted behind offloadd's back, with no
     event saying so, comes back at the next check, which counts it as drift;
     a plan made because the links moved is no drift."""
     async def scenario() -> None:
-        d, b = _daemon(tmp_path, CONFIG.replace("[daemon]\n", "[daemon]\ncheck_interval = 1\n"))
-        links = d.link_source
-        assert isinstance(links, FakeLinks)
-        task = asyncio.create_task(d.run(signals=(), control=False))
-        links.push(LAN0, WAN0)
-        await _until(lambda: b.state is not None)
-        checks = d.status.reconciles_total
-        await _until(lambda: d.status.reconciles_total >= checks + 2)  # two quiet checks
-        assert d.status.drift_repairs_total == 0 and d.status.transactions_total == 1
-        b.state = None  # `nft delete table inet offloadd`, its event lost
-        await _until(lambda: b.state is not None)
-        assert d.status.drift_repairs_total == 1
-        assert d.status.last_drift is not None
-        assert "CreateTable" in d.status.last_drift["operations"]  # type: ignore[operator]
-        links.push(LAN0, WAN0, LAN5)
-        await _until(lambda: d.status.reconciles_total >= checks + 6)
-        assert d.status.drift_repairs_total == 1
-        d.request_stop()
-        await asyncio.wait_for(task, 2)
+        async with _running(tmp_path, 1) as (d, b):
+            checks = d.status.reconciles_total
+            await _until(lambda: d.status.reconciles_total >= checks + 2)  # two quiet checks
+            assert d.status.drift_repairs_total == 0 and d.status.transactions_total == 1
+            b.state = None  # `nft delete table inet offloadd`, its event lost
+            await _until(lambda: b.state is not None)
+            assert d.status.drift_repairs_total == 1
+            assert d.status.last_drift is not None
+            assert "CreateTable" in d.status.last_drift["operations"]  # type: ignore[operator]
+            assert isinstance(d.link_source, FakeLinks)
+            d.link_source.push(LAN0, WAN0, LAN5)
+            await _until(lambda: d.status.reconciles_total >= checks + 6)
+            assert d.status.drift_repairs_total == 1
 
     asyncio.run(scenario())
 
 
 def test_check_interval_zero_runs_no_periodic_pass(tmp_path: Path) -> None:
     async def scenario() -> None:
-        d, b = _daemon(tmp_path, CONFIG.replace("[daemon]\n", "[daemon]\ncheck_interval = 0\n"))
-        links = d.link_source
-        assert isinstance(links, FakeLinks)
-        task = asyncio.create_task(d.run(signals=(), control=False))
-        links.push(LAN0, WAN0)
-        await _until(lambda: b.state is not None)
-        passes = d.status.reconciles_total
-        b.state = None
-        await asyncio.sleep(1.5)
-        assert d.status.reconciles_total == passes and b.state is None
-        d.request_stop()
-        await asyncio.wait_for(task, 2)
+        async with _running(tmp_path, 0) as (d, b):
+            passes = d.status.reconciles_total
+            b.state = None
+            await asyncio.sleep(1.5)
+            assert d.status.reconciles_total == passes and b.state is None
 
     asyncio.run(scenario())
 
