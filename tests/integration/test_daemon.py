@@ -220,8 +220,18 @@ def test_keep_on_exit_then_restart_adopts_without_disturbing_flows(lab: Lab,
         try:
             with offloadd(lab.router, config, tmp_path) as d:
                 d.wait_devices("ft", {"lan0", "lan1", "wan0"})
-                wait_for(lambda: len(_offloaded(lab, 4, "udp", 7000)) == 4, SETTLE_S,
-                         what="4 offloaded flows")
+                # Flows begun before the table: on 7.3 they may be left behind
+                # in the new flowtable (in it, not marked offloaded), which the
+                # repair's periodic scan (30 s) and second look undo; twice
+                # seen past 60 s on a slow day, then with nothing in the log.
+                try:
+                    wait_for(lambda: len(_offloaded(lab, 4, "udp", 7000)) == 4, 3 * SETTLE_S,
+                             what="4 offloaded flows")
+                except AssertionError as e:
+                    entries = lab.router.run("conntrack", "-L", "-p", "udp", "--dport", "7000",
+                                             check=False).stdout
+                    raise AssertionError(f"{e}\nconntrack:\n{entries}\nrepair: "
+                                         f"{d.status()['repair']}") from None
                 ids = {e.id for e in _offloaded(lab, 4, "udp", 7000)}
                 assert d.stop() == 0
             assert table_exists(lab.router)

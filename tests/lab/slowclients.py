@@ -97,8 +97,12 @@ class Crowd:
         if c.sock is not None and c.closed_by_server():
             self.drop(c)
         if c.sock is None:
+            # A new connection sends its first byte at once: on a slow day
+            # the server cut each one before its next turn, and no byte was
+            # ever sent.
             self.open(c)
-            return
+            if c.sock is None:
+                return
         try:
             c.sock.send(c.byte())
         except BlockingIOError:
