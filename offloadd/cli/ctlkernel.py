@@ -15,7 +15,7 @@ import asyncio
 import ipaddress
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from offloadd.cli.ctlout import EXIT_OK, emit
 from offloadd.cli.format import format_flows
@@ -34,10 +34,8 @@ from offloadd.kernel.capability import probe_name_hooks, probe_wildcard_hooks
 from offloadd.kernel.conntrack import list_by_status, list_offloaded, teardown_timeout_warnings
 from offloadd.kernel.links import current_links
 from offloadd.kernel.nftstate import other_forward_priorities
+from offloadd.kernel.routes import RouteLookup
 from offloadd.service.daemon import Daemon
-
-if TYPE_CHECKING:
-    from offloadd.kernel.routes import RouteLookup
 
 
 # -- status, daemon down --------------------------------------------------------
@@ -72,10 +70,6 @@ def kernel_only_status(config: Config) -> dict[str, Any]:
 
 # -- flows ----------------------------------------------------------------------
 def _routes() -> RouteLookup:
-    # pyroute2 is imported only by the commands that look up routes: under
-    # emulation its import alone took 2.4 s of every offloadctl call.
-    from offloadd.kernel.routes import RouteLookup  # noqa: PLC0415
-
     return RouteLookup()
 
 
