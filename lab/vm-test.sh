@@ -80,6 +80,22 @@ for boot in 1 2 3 4; do
     else
         log "kernel $series ($ver): booting VM again (boot $boot)"
     fi
+    # A boot that hangs (seen 2026-12-02: 6.12 under a slow day's load, 4 s of
+    # CPU in 27 min, no console output) is stopped once no guest has shown
+    # up for OFFLOADD_VM_BOOT_TIMEOUT (guest-run.sh writes $out/kernel first
+    # thing; a slow day's boot took 70 s) and booted again below, instead of
+    # waiting out the whole run's timeout.
+    (
+        waited=0
+        while [ "$waited" -lt "${OFFLOADD_VM_BOOT_TIMEOUT:-600}" ]; do
+            [ -e "$out/kernel" ] && exit 0
+            sleep 5
+            waited=$((waited + 5))
+        done
+        log "kernel $series: no guest after ${waited} s: stopping this boot"
+        pkill -TERM -f "qemu-system.*path=$out," || true
+    ) &
+    watchdog=$!
     set +e
     PATH="$repo/.venv/bin:$PATH" timeout "${OFFLOADD_VM_TIMEOUT:-3600}" \
         vng --run "$kdir/boot/vmlinuz-$ver" --disable-kvm \
@@ -87,6 +103,8 @@ for boot in 1 2 3 4; do
             "${vm_args[@]}" --append loglevel=5 ${OFFLOADD_VNG_EXTRA:-} \
             -- "$here/guest-run.sh" "$vm_out" "$vm_out/kernel-config" "${args[@]}" </dev/null 2>&1 | tee "$out/console.log" | sed -u "s/^/[vm $run] /"
     vng_rc=${PIPESTATUS[0]}
+    kill "$watchdog" 2>/dev/null
+    wait "$watchdog" 2>/dev/null
     set -e
     if [ -e "$out/guest_rc" ] || [ "$vng_rc" = 0 ]; then
         break
