@@ -93,7 +93,8 @@ for boot in 1 2 3 4; do
             waited=$((waited + 5))
         done
         log "kernel $series: no guest after ${waited} s: stopping this boot"
-        pkill -TERM -f "qemu-system.*path=$out," || true
+        # (qemu itself may not have started yet: until it has, and is gone)
+        until pkill -TERM -f "qemu-system.*path=$out,"; do sleep 2; done
     ) &
     watchdog=$!
     set +e
