@@ -5,6 +5,11 @@ set -u
 out=$1
 export OFFLOADD_KERNEL_CONFIG=$2   # ground truth for the capability test
 shift 2
+# pytest's arguments, one a line (vm-test.sh: not on the kernel command line).
+if [ -s "$out/pytest-args" ]; then
+    mapfile -t extra < "$out/pytest-args"
+    set -- "$@" "${extra[@]}"
+fi
 # The shared root and the repo are read-only: bytecode goes to the guest's
 # tmpfs, so that each module is compiled once per VM run, not once per
 # process (a daemon, an offloadctl call, a probe: each imported and compiled
