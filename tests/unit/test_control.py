@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 import socket
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -231,3 +232,30 @@ def test_idle_connections_beyond_the_cap_do_not_lock_offloadctl_out(tmp_path: Pa
     # rest reached their deadline.
     assert all(closed)
     assert dropped["limit"] == CAP + 1
+
+
+def test_a_cut_connection_is_asked_again_not_taken_for_a_daemon_down(tmp_path: Path) -> None:
+    """A daemon at its connection limit cuts a new connection (the slow-client
+    test, 2026-12-02: offloadctl then said NOT RUNNING); the client asks again."""
+    path = tmp_path / "c.sock"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(4)
+    served: list[int] = []
+
+    def serve() -> None:
+        for i in range(3):
+            conn, _ = srv.accept()
+            with conn:
+                if i < 2:
+                    continue  # cut: closed without a reply
+                conn.recv(65536)
+                conn.sendall(b'{"version": 1, "ok": true, "result": {"n": 3}}\n')
+            served.append(i)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    assert request(path, "status") == {"n": 3}
+    t.join(5)
+    srv.close()
+    assert served == [2]
