@@ -89,7 +89,7 @@ def _positive(text: str) -> int:
 
 # Only flows, explain, check and a status without the daemon read the kernel
 # (offloadd.cli.ctlkernel, imported by them alone): status, reload and
-# revalidate start without libnftables, pyroute2 or the planner.
+# revalidate start without libnftables, conntrack, rtnetlink or the planner.
 KERNEL_COMMANDS = ("check", "flows", "explain")
 
 

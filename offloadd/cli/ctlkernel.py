@@ -69,10 +69,6 @@ def kernel_only_status(config: Config) -> dict[str, Any]:
 
 
 # -- flows ----------------------------------------------------------------------
-def _routes() -> RouteLookup:
-    return RouteLookup()
-
-
 def _flow_dict(f: OffloadedFlow, routes: RouteLookup) -> dict[str, Any]:
     return {"id": f.id, "family": "ipv4" if f.family == socket.AF_INET else "ipv6",
             "proto": f.proto_name, "src": f.orig.src, "sport": f.orig.sport,
@@ -88,7 +84,7 @@ def cmd_flows(args: argparse.Namespace) -> int:
     # the heap in list_offloaded); without, only the top N are parsed.
     limit = args.top if not (args.device or args.addr) else 1_000_000
     flows = [f for fam in (socket.AF_INET, socket.AF_INET6) for f in list_offloaded(fam, limit)]
-    routes = _routes()
+    routes = RouteLookup()
     try:
         rows = []
         for f in flows:
@@ -146,7 +142,7 @@ def cmd_explain(args: argparse.Namespace, config: Config) -> int:
 
     candidates = [f for f in list_by_status(fam, 0, 0, 1_000_000) if matches(f)]
     flow = candidates[0] if candidates else None
-    routes = _routes()
+    routes = RouteLookup()
     try:
         in_dev, out_dev = routes.device_towards(src), routes.device_towards(dst)
     finally:

@@ -22,7 +22,8 @@ from tests.lab.topology import Lab
 from tests.lab.traffic import (
     LIFETIME_S,
     SETTLE_S,
-    Background,
+    TCP_PORTS,
+    dual_stack_traffic,
     iperf3_client,
     iperf3_server,
     offloaded_udp_flows,
@@ -45,33 +46,21 @@ def _offloaded(lab: Lab, family: int, proto: str, dport: int) -> list[conntrack.
 
 def test_daemon_offloads_tcp_and_udp(lab: Lab, tmp_path: Path) -> None:
     """IPv4 and IPv6 at once (one daemon and topology: each costs seconds in
-    the emulated VM); iperf3 serves one client at a time, so one per family."""
-    port = {4: 5201, 6: 5202}
-    with offloadd(lab.router, BASIC, tmp_path) as d, iperf3_server(lab.server, port[4]), \
-            iperf3_server(lab.server, port[6]), udp_echo_server(lab.server, "::"):
+    the emulated VM)."""
+    with offloadd(lab.router, BASIC, tmp_path) as d, \
+            dual_stack_traffic(lab, udp_per_family=3, udp_interval=0.05) as traffic:
         d.wait_devices("ft", {"lan0", "lan1", "wan0"})
-        tcp: dict[int, Background] = {}
-        udp: dict[int, Background] = {}
-        try:
-            for fam in (4, 6):
-                tcp[fam] = iperf3_client(lab.client, lab.server_addr(fam), seconds=LIFETIME_S,
-                                         port=port[fam], extra=("-b", "20M"))
-                udp[fam] = udp_flows(lab.client, lab.server_addr(fam), flows=3,
-                                     seconds=LIFETIME_S, interval=0.05)
-            for fam in (4, 6):
-                wait_for(lambda fam=fam: _offloaded(lab, fam, "tcp", port[fam]), SETTLE_S,
-                         what=f"offloaded IPv{fam} tcp flow")
-                wait_for(lambda fam=fam: len(_offloaded(lab, fam, "udp", 7000)) == 3, SETTLE_S,
-                         what=f"3 offloaded IPv{fam} udp flows")
-            # Offloaded and still carrying traffic: no client has failed.
-            for fam, client in tcp.items():
-                assert client.proc.poll() is None, (fam, client.proc.communicate())
-            for fam, g in udp.items():
-                got = g.finish()
-                assert got["received"] > got["sent"] * 0.8, (fam, got)
-        finally:
-            for g in (*tcp.values(), *udp.values()):
-                g.stop()
+        for fam in (4, 6):
+            wait_for(lambda fam=fam: _offloaded(lab, fam, "tcp", TCP_PORTS[fam]), SETTLE_S,
+                     what=f"offloaded IPv{fam} tcp flow")
+            wait_for(lambda fam=fam: len(_offloaded(lab, fam, "udp", 7000)) == 3, SETTLE_S,
+                     what=f"3 offloaded IPv{fam} udp flows")
+        # Offloaded and still carrying traffic: no client has failed.
+        for fam, client in traffic.tcp.items():
+            assert client.proc.poll() is None, (fam, client.proc.communicate())
+        for fam, g in traffic.udp.items():
+            got = g.finish()
+            assert got["received"] > got["sent"] * 0.8, (fam, got)
 
 
 def test_devices_follow_create_delete_rename_and_netns_move(lab: Lab, tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ PER_FAMILY = 100
 CYCLES = 8
 # The control round: flows the kernel offloads again by itself are back within
 # a few seconds even on a slow day; 7.3 leaves them behind for good.
-CONTROL_S = 20.0
+CONTROL_S = 30.0
 WITNESS = """
 table inet witness {
     chain slowpath { type filter hook forward priority -300; policy accept; counter; }

@@ -6,11 +6,9 @@ in the background so a test can look at conntrack while packets still flow.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import select
-import shutil
 import subprocess
 import sys
 import threading
@@ -77,8 +75,12 @@ def _await_ready(proc: subprocess.Popen[str], stream: IO[str] | None, marker: st
 def _drain(stream: IO[str] | None) -> None:
     """Reads a server's further output away, so that it never blocks on a full pipe."""
     assert stream is not None
-    threading.Thread(target=shutil.copyfileobj, args=(stream, io.StringIO()),
-                     daemon=True).start()
+    threading.Thread(target=_discard, args=(stream,), daemon=True).start()
+
+
+def _discard(stream: IO[str]) -> None:
+    for _line in stream:
+        pass
 
 
 @contextmanager
@@ -171,6 +173,42 @@ def udp_flows(ns: Netns, dst: str, *, port: int = 7000, flows: int = 1, seconds:
                     "--interval", str(interval), "--size", str(size),
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     return Background(proc)
+
+
+# One iperf3 server per family: iperf3 serves one client at a time.
+TCP_PORTS = {4: 5201, 6: 5202}
+
+
+@dataclass(frozen=True)
+class DualStack:
+    """The clients of dual_stack_traffic, by family (4, 6)."""
+
+    tcp: dict[int, Background]
+    udp: dict[int, Background]
+
+
+@contextmanager
+def dual_stack_traffic(lab: Lab, *, udp_per_family: int,
+                       udp_interval: float) -> Iterator[DualStack]:
+    """IPv4 and IPv6 at once from the client to the server: per family one
+    iperf3 stream (TCP_PORTS), capped at 20 Mbit/s so that both leave a
+    1-vCPU VM room for the rest before they are offloaded, and UDP flows to an
+    echo server on port 7000. Every client and server is stopped on exit."""
+    with iperf3_server(lab.server, TCP_PORTS[4]), iperf3_server(lab.server, TCP_PORTS[6]), \
+            udp_echo_server(lab.server, "::"):
+        traffic = DualStack({}, {})
+        try:
+            for fam in (4, 6):
+                traffic.tcp[fam] = iperf3_client(lab.client, lab.server_addr(fam),
+                                                 seconds=LIFETIME_S, port=TCP_PORTS[fam],
+                                                 extra=("-b", "20M"))
+                traffic.udp[fam] = udp_flows(lab.client, lab.server_addr(fam),
+                                             flows=udp_per_family, seconds=LIFETIME_S,
+                                             interval=udp_interval)
+            yield traffic
+        finally:
+            for g in (*traffic.tcp.values(), *traffic.udp.values()):
+                g.stop()
 
 
 @contextmanager
