@@ -62,11 +62,26 @@ def format_status(r: dict[str, Any]) -> str:
     reval = r.get("revalidate")
     if reval:
         out.append(format_revalidate(reval))
+    tasks = r.get("tasks")
+    if tasks:
+        out.append(format_tasks(tasks))
     if rec:
         errors = rec["recent_errors"]
         out.append("recent errors: " + ("none" if not errors else ""))
         out.extend(f"  {e}" for e in errors)
     return "\n".join(out) + "\n"
+
+
+def format_tasks(tasks: dict[str, Any]) -> str:
+    """One line: the background tasks, with any that is down or was restarted."""
+    down = [n for n, t in tasks.items() if not t["up"]]
+    line = (f"tasks: {len(tasks) - len(down)}/{len(tasks)} running"
+            + (f"; DOWN: {', '.join(down)}" if down else ""))
+    restarted = [f"{n} {t['restarts_total']}x (last: {t['last_error']})"
+                 for n, t in tasks.items() if t["restarts_total"] or not t["up"]]
+    if restarted:
+        line += "; restarted: " + "; ".join(restarted)
+    return line
 
 
 def _format_flowtable(ft: dict[str, Any]) -> list[str]:

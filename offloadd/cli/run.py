@@ -28,7 +28,7 @@ from offloadd.kernel.conntrack import ConntrackCounter, teardown_timeout_warning
 from offloadd.kernel.leftbehind import ConntrackScanner
 from offloadd.kernel.links import LinkWatcher, current_links
 from offloadd.kernel.nft import Nft
-from offloadd.kernel.nftwatch import NftEvents
+from offloadd.kernel.nftwatch import FailsOnce, NftEvents
 from offloadd.service.connections import ConnectionTable
 from offloadd.service.daemon import Daemon
 from offloadd.service.exporter import LIMITS as METRICS_LIMITS
@@ -172,7 +172,13 @@ async def run(config_path: Path, config: Config) -> int:
     watcher = LinkWatcher(rcvbuf=int(rcvbuf) if rcvbuf else None)
     # Without the nf_tables change watcher, as if it had died: the tests of
     # the periodic check (daemon.check_interval), which must then repair alone.
-    nft_changes = None if os.environ.get("OFFLOADD_NO_NFT_WATCH") else NftEvents()
+    nft_changes: NftEvents | FailsOnce | None = (
+        None if os.environ.get("OFFLOADD_NO_NFT_WATCH") else NftEvents())
+    # A watcher that dies once, on a change of the named table: the lab's
+    # test of its supervisor.
+    fail_on = os.environ.get("OFFLOADD_NFT_WATCH_FAIL_ON_TABLE")
+    if nft_changes is not None and fail_on:
+        nft_changes = FailsOnce(NftEvents(), fail_on)
     daemon = Daemon(config_path, config, backend, links=watcher,
                     on_ready=lambda: log.info("ready: table %s %s reconciled",
                                               config.daemon.family.value, config.daemon.table),

@@ -36,6 +36,8 @@ from offloadd.service.report import status_report
 from offloadd.service.revalidator import Revalidator
 from offloadd.service.sdnotify import Notifier
 from offloadd.service.status import Status
+from offloadd.service.supervisor import Supervisor
+from offloadd.service.writer import TableWriter
 
 log = logging.getLogger("offloadd")
 
@@ -71,7 +73,15 @@ class Daemon:
         self._reloading = False
         self._nft_changes = nft_changes
         self._ready = False
-        self.reconciler = Reconciler(config, backend, self.status)
+        # While a failed pass waits for its retry (monotonic time), a request
+        # for a reconcile does not cut the wait short.
+        self._failing_until = 0.0
+        # The one writer of the table: a failed repair or re-validation step
+        # asks for a reconcile through it.
+        self.writer = TableWriter(backend, self._reconcile_requested, self.status.writes)
+        self.reconciler = Reconciler(config, backend, self.status, self.writer)
+        self.supervisor = Supervisor(on_failure=self._task_failed)
+        self.status.tasks = lambda: self.supervisor.states
         self._refused_retry: asyncio.TimerHandle | None = None
         # ENOENT answers in a row with the same links (see _safe_reconcile).
         self._vanished_in_a_row = 0
@@ -85,10 +95,11 @@ class Daemon:
         # what it drops before (and after) the socket exists.
         self.control_connections = ConnectionTable("control", CONTROL_LIMITS)
         # Without a source (unit tests, --check) nothing is ever repaired.
-        self.repairer = (Repairer(backend, left_behind, self.status, enabled=self.repair_enabled)
+        self.repairer = (Repairer(self.writer, left_behind, self.status,
+                                  enabled=self.repair_enabled)
                          if left_behind is not None else None)
         self.revalidator = Revalidator(
-            backend, self.status, enabled=self.revalidate_enabled,
+            self.writer, self.status, enabled=self.revalidate_enabled,
             replaced=self.repairer.flowtables_replaced if self.repairer else lambda _n: None)
         # The thread that commits offloadd's transactions (the loop's), as the
         # kernel names it in NFT_MSG_NEWGEN; set when the loop starts.
@@ -130,6 +141,7 @@ class Daemon:
         try:
             plan = self.reconcile()
             self._vanished_in_a_row = 0
+            self._failing_until = 0.0
             if self.reconciler.refusals and self._refused_retry is None:
                 # No link event may come; the refused devices get their retry anyway.
                 self._refused_retry = asyncio.get_running_loop().call_later(
@@ -153,12 +165,12 @@ class Daemon:
             log.error("reconcile failed: %s, %d times in a row with no link change in "
                       "between; retrying in %.0f s", e, self._vanished_in_a_row,
                       RETRY_FAILED_S)
-            self._retry_later(RETRY_FAILED_S)
+            self._retry_failed()
             self.notify.status(self.status_line())
             return None
         except OffloaddError as e:
             log.error("reconcile failed: %s", e)
-            self._retry_later(RETRY_FAILED_S)
+            self._retry_failed()
             self.notify.status(self.status_line())
             if self._reloading and self._ready:
                 self._reloading = False
@@ -203,7 +215,7 @@ class Daemon:
                     "event had said so; repaired (%s)", ", ".join(what),
                     extra={"OPERATION": "drift"})
 
-    async def _check_periodically(self) -> None:
+    async def _check_periodically(self, _restarted: bool = False) -> None:
         """Wakes a full read-and-compare every daemon.check_interval seconds
         (read again each time: a reload may change it)."""
         while True:
@@ -239,6 +251,20 @@ class Daemon:
             # repair may have just been turned on: look now, not at the next period.
             self.repairer.check_in(0.0)
         return True
+
+    def _task_failed(self, name: str, why: str) -> None:
+        self._record_error(f"task {name} stopped: {why}")
+
+    def _retry_failed(self) -> None:
+        self._failing_until = time.monotonic() + RETRY_FAILED_S
+        self._retry_later(RETRY_FAILED_S)
+
+    def _reconcile_requested(self, why: str) -> None:
+        """The writer's callback: a step of a repair or re-validation failed, or
+        one waits for the table to be in its desired state."""
+        log.debug("reconcile requested: %s", why)
+        if time.monotonic() >= self._failing_until:
+            self._wake.set()
 
     def _retry_refused(self) -> None:
         self._refused_retry = None
@@ -331,13 +357,25 @@ class Daemon:
                     await aclose()
             await asyncio.sleep(WATCHER_RESTART_S)
 
-    async def _consume_nft_changes(self) -> None:
-        if self._nft_changes is None:
-            return
+    async def _consume_nft_changes(self, restarted: bool = False) -> None:
+        """Others' committed transactions → reconciles and re-validations.
+
+        Supervised: an error ends it and the supervisor starts it again; a
+        restarted watcher may have missed changes, so once it watches again
+        (its first batch) it re-reads others' chains and re-validates.
+        """
+        assert self._nft_changes is not None
         daemon = self.config.daemon
+        missed = restarted
         try:
             self.reconciler.others_watched = True
             async for batch in self._nft_changes.changes():
+                if missed:
+                    missed = False
+                    self.reconciler.others_changed()
+                    self._wake.set()
+                    self.revalidator.changed("the nftables change watcher restarted (changes "
+                                             "while it was down are unknown)")
                 if needs_reconcile(batch, daemon.family.value, daemon.table, self._own_pid):
                     self.reconciler.others_changed()
                     self._wake.set()
@@ -349,13 +387,9 @@ class Daemon:
                     self.revalidator.changed(trigger)
                 for what in decision.skipped:
                     self._skipped(what)
-        except OffloaddError as e:
-            # Without it, a new admin chain is noticed at the next link event,
-            # and a new policy reaches offloaded flows only when they end.
-            self._record_error(str(e))
-            log.error("%s; other tables' changes are picked up at the next link event and "
-                      "offloaded flows are NOT re-validated", e)
+            raise OffloaddError("the nftables change stream ended")
         finally:
+            # Until it runs again, others' priorities are read on every pass.
             self.reconciler.others_watched = False
 
     def _skipped(self, skip: Skipped) -> None:
@@ -370,19 +404,14 @@ class Daemon:
             ", ".join(f"{f} {t}" for f, t in sorted(skip.tables)),
             extra={"OPERATION": "revalidate-skipped"})
 
-    async def _watch_legacy(self) -> None:
+    async def _watch_legacy(self, _restarted: bool = False) -> None:
         """Moves offloadd's chain after iptables-legacy tables that appear
         (no nf_tables event says so) and re-validates: a new table's rules may
         drop what was offloaded."""
         while True:
             await asyncio.sleep(LEGACY_POLL_S)
             seen = self.status.legacy
-            try:
-                now = self.backend.legacy_tables()
-            except Exception:
-                # The top of this task's loop: nothing else would restart it.
-                log.exception("cannot look at the iptables-legacy tables")
-                continue
+            now = self.backend.legacy_tables()
             if seen is None or now == seen:
                 continue
             # The reconcile it wakes logs the new state.
@@ -412,12 +441,14 @@ class Daemon:
         # systemd restarts the service.
         watchdog = asyncio.create_task(self.notify.run_watchdog(), name="watchdog")
         self._own_pid = threading.get_native_id()
-        nft_changes = asyncio.create_task(self._consume_nft_changes(), name="nft-changes")
-        revalidations = asyncio.create_task(self.revalidator.run(), name="revalidate")
-        repairs = (asyncio.create_task(self.repairer.run(), name="repair")
-                   if self.repairer is not None else None)
-        legacy = asyncio.create_task(self._watch_legacy(), name="legacy")
-        checks = asyncio.create_task(self._check_periodically(), name="periodic-check")
+        if self._nft_changes is not None:
+            self.supervisor.start("nft-changes", self._consume_nft_changes)
+        self.supervisor.start("revalidate", lambda _r: self.revalidator.run())
+        if self.repairer is not None:
+            repairer = self.repairer
+            self.supervisor.start("repair", lambda _r: repairer.run())
+        self.supervisor.start("legacy", self._watch_legacy)
+        self.supervisor.start("periodic-check", self._check_periodically)
         try:
             while not self._stop.is_set():
                 await self._wake.wait()
@@ -431,12 +462,7 @@ class Daemon:
         finally:
             self.notify.stopping()
             watchdog.cancel()
-            nft_changes.cancel()
-            revalidations.cancel()
-            legacy.cancel()
-            checks.cancel()
-            if repairs is not None:
-                repairs.cancel()
+            await self.supervisor.stop()
             if server is not None:
                 await server.close()
             watcher.cancel()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry
@@ -78,6 +78,9 @@ class DaemonCounters:
     drift_repairs_total: int = 0
     revalidations_total: int = 0
     last_revalidation_time: float = 0.0  # Unix time; 0 = none yet
+    write_failures_total: int = 0
+    # Supervised tasks: name -> (up, restarts).
+    tasks: Mapping[str, tuple[bool, int]] = field(default_factory=dict)
 
 
 def _time_of(record: dict[str, object] | None) -> float:
@@ -119,7 +122,9 @@ class StatusView:
         return DaemonCounters(
             reconciles_total=s.reconciles_total,
             reconcile_failures_total=s.reconcile_failures_total,
-            transactions_total=s.transactions_total,
+            transactions_total=s.writes.transactions_total,
+            write_failures_total=s.writes.failures_total,
+            tasks={n: (t.up, t.restarts_total) for n, t in s.tasks().items()},
             last_reconcile_seconds=s.last_reconcile_seconds,
             last_reconcile_time=s.last_reconcile_time,
             config_reloads_total=s.reloads_total,
@@ -165,8 +170,8 @@ def _g(name: str, doc: str, *labels: str) -> _Spec:
     return _Spec(name, doc, labels)
 
 
-def _c(name: str, doc: str) -> _Spec:
-    return _Spec(name, doc, (), counter=True)
+def _c(name: str, doc: str, *labels: str) -> _Spec:
+    return _Spec(name, doc, labels, counter=True)
 
 
 BUILD_INFO = _g("offloadd_build_info", "offloadd's version; always 1.", "version")
@@ -225,6 +230,15 @@ REVALIDATIONS = _c("offloadd_revalidations_total",
                    "the current policy at their next packet (bursts of changes coalesced).")
 LAST_REVALIDATION = _g("offloadd_last_revalidation_timestamp_seconds",
                        "Unix time of the last re-validation (absent before the first).")
+WRITE_FAILURES = _c("offloadd_table_write_failures_total",
+                    "Writes of offloadd's table (reconcile, repair, re-validation) that the "
+                    "kernel refused or that did not read back as written; each other than a "
+                    "reconcile's asks for a reconcile.")
+TASK_UP = _g("offloadd_task_up",
+             "1 if the background task runs, 0 while it waits to be restarted after it "
+             "stopped (nft-changes, revalidate, repair, legacy, periodic-check).", "task")
+TASK_RESTARTS = _c("offloadd_task_restarts_total",
+                   "Restarts of a background task after it stopped on an error.", "task")
 CONNECTIONS_DROPPED = _Spec(
     "offloadd_connections_dropped_total",
     "Connections offloadd closed itself, per endpoint (metrics, control): the endpoint "
@@ -236,7 +250,7 @@ SPECS = (BUILD_INFO, START_TIME, SOURCE_UP, OFFLOADED, CT_ENTRIES, CT_LIMIT, FT_
          DEVICE_INFO, IN_SYNC, RECONCILES, FAILURES, TRANSACTIONS, LAST_DURATION, LAST_TIME,
          LINK_EVENTS, LINK_RESYNCS, RELOADS, RELOADS_REJECTED, REPAIRS, LEFT_BEHIND,
          POLICY_CHANGES, POLICY_CHANGES_SKIPPED, REVALIDATIONS, LAST_REVALIDATION,
-         CONNECTIONS_DROPPED, DRIFT_REPAIRS)
+         CONNECTIONS_DROPPED, DRIFT_REPAIRS, WRITE_FAILURES, TASK_UP, TASK_RESTARTS)
 
 
 class OffloaddCollector:
@@ -354,8 +368,12 @@ class OffloaddCollector:
                             (POLICY_CHANGES, c.policy_changes_total),
                             (POLICY_CHANGES_SKIPPED, c.policy_changes_skipped_total),
                             (DRIFT_REPAIRS, c.drift_repairs_total),
+                            (WRITE_FAILURES, c.write_failures_total),
                             (REVALIDATIONS, c.revalidations_total)):
             fams[spec.name].add_metric([], value)
+        for task, (up, restarts) in sorted(c.tasks.items()):
+            fams[TASK_UP.name].add_metric([task], 1 if up else 0)
+            fams[TASK_RESTARTS.name].add_metric([task], restarts)
         if c.last_revalidation_time:
             fams[LAST_REVALIDATION.name].add_metric([], c.last_revalidation_time)
         if c.last_reconcile_time:

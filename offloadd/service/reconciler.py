@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from offloadd.core.attach import attach_plan
 from offloadd.core.config import Config, Hardware, PriorityMode, Stack
-from offloadd.core.errors import DeviceVanishedError, NftError, OffloaddError, VerifyError
+from offloadd.core.errors import DeviceVanishedError, NftError, OffloaddError
 from offloadd.core.model import DesiredResult, TableState, auto_forward_priority, desired_state
 from offloadd.core.plan import (
     AddFlowtableDevices,
@@ -29,6 +29,7 @@ from offloadd.core.xtables import LegacyTables
 from offloadd.service.ports import Backend
 from offloadd.service.refusals import Refusals, isolate_refused
 from offloadd.service.status import Status
+from offloadd.service.writer import TableWriter
 
 log = logging.getLogger("offloadd")
 
@@ -36,25 +37,6 @@ log = logging.getLogger("offloadd")
 # while nf_tables change events flow (a backstop: each event that touches
 # another table's chains drops them at once).
 OTHERS_TTL_S = 5.0
-
-
-def describe_diff(desired: TableState, current: TableState | None) -> str:
-    """A one-line desired-vs-current summary for the log on verify mismatch."""
-    if current is None:
-        return "table is missing"
-    parts = []
-    for ft in desired.flowtables:
-        have = current.flowtable(ft.name)
-        if have != ft:
-            parts.append(f"flowtable {ft.name}: want {ft} have {have}")
-    for st in desired.sets:
-        have_set = current.set(st.name)
-        if have_set != st:
-            parts.append(f"set {st.name}: want {sorted(st.elements)} have "
-                         f"{sorted(have_set.elements) if have_set else None}")
-    if desired.chain != current.chain:
-        parts.append(f"chain: want {desired.chain} have {current.chain}")
-    return "; ".join(parts) or "differs outside flowtables/sets/chain"
 
 
 def log_ops(plan: Plan) -> None:
@@ -80,10 +62,14 @@ def log_ops(plan: Plan) -> None:
 class Reconciler:
     """Brings the kernel's table to what the config selects for the current links."""
 
-    def __init__(self, config: Config, backend: Backend, status: Status) -> None:
+    def __init__(self, config: Config, backend: Backend, status: Status,
+                 writer: TableWriter | None = None) -> None:
         self.config = config
         self.backend = backend
         self.status = status
+        # The loop retries a failed pass itself (with backoff): no reconcile
+        # request from the writer for its own writes.
+        self.writer = writer or TableWriter(backend, counts=status.writes)
         self.refusals = Refusals()
         self._hw_cache: dict[str, bool] = {}
         # Other tables' forward priorities, read with "list chains" (a whole
@@ -175,7 +161,7 @@ class Reconciler:
             self._adopt(desired)
             if not plan.is_empty:
                 try:
-                    script = self.backend.apply(plan)
+                    script = self.writer.apply(plan, "reconcile", reconcile_on_failure=False)
                 except DeviceVanishedError:
                     raise
                 except NftError:
@@ -185,16 +171,12 @@ class Reconciler:
                         raise
                     desired, current, plan = self.plan_once()
                     self._adopt(desired)
-                    script = self.backend.apply(plan)
+                    script = self.writer.apply(plan, "reconcile", reconcile_on_failure=False)
             if not plan.is_empty:
-                self.status.transactions_total += 1
                 log.debug("applied %d operations:\n%s", len(plan.ops), script.rstrip())
                 log_ops(plan)
-            after = self.backend.read()
-            if after != desired.table:
-                raise VerifyError("kernel state differs after apply: "
-                                  + describe_diff(desired.table, after))
-            self.verified = after
+            self.verified = self.writer.verify(desired.table, "apply",
+                                               reconcile_on_failure=False)
         except OffloaddError as e:
             self.status.reconcile_failures_total += 1
             self.status.record_error(str(e))

@@ -22,9 +22,9 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from offloadd.core.errors import OffloaddError, VerifyError
+from offloadd.core.errors import OffloaddError
 from offloadd.core.model import TableState
-from offloadd.core.plan import Plan, compute_plan, release_flowtables_plan
+from offloadd.core.plan import compute_plan, release_flowtables_plan
 from offloadd.core.repair import (
     FlowtableRecord,
     RepairPolicy,
@@ -34,6 +34,7 @@ from offloadd.core.repair import (
     pending_second_look,
 )
 from offloadd.service.status import Status
+from offloadd.service.writer import TableWriter
 
 log = logging.getLogger("offloadd")
 
@@ -53,19 +54,13 @@ class LeftBehindSource(Protocol):
     def scan(self, flowtable_of: Mapping[str, str]) -> Scan: ...
 
 
-class TableBackend(Protocol):
-    def read(self) -> TableState | None: ...
-
-    def apply(self, plan: Plan) -> str: ...
-
-
 class Repairer:
-    def __init__(self, backend: TableBackend, source: LeftBehindSource, status: Status, *,
+    def __init__(self, writer: TableWriter, source: LeftBehindSource, status: Status, *,
                  policy: RepairPolicy | None = None, periodic_s: float = PERIODIC_S,
                  enabled: Callable[[], bool] = lambda: True,
                  release_max_s: float = RELEASE_MAX_S) -> None:
         self._enabled = enabled
-        self._backend = backend
+        self._writer = writer
         self._source = source
         self._status = status
         self._policy = policy or RepairPolicy()
@@ -132,9 +127,12 @@ class Repairer:
         found = left_behind(scan, previous, self._policy.stale_gap_s)
         flows = sum(len(ids) for ids in found.values())
         self._status.left_behind_flows = flows
-        if flows and self._backend.read() != desired.table:
+        if flows and self._writer.read() != desired.table:
             # A reconcile is due (the table is not what it should be): the
-            # replacement must start from the desired state, so wait for it.
+            # replacement must start from the desired state, so ask for it
+            # and look again after it.
+            self._writer.request_reconcile("a repair waits for offloadd's table to be in "
+                                           "its desired state")
             self.check_in(NOT_IN_SYNC_RETRY_S)
             return
         if pending_second_look(scan, previous, found, self._policy.stale_gap_s):
@@ -162,15 +160,14 @@ class Repairer:
         old ones held, put the rules back (see release_flowtables_plan)."""
         t1 = time.monotonic()
         ids = frozenset(i for n in names for i in found.get(n, ()))
+        what = "the repair of flowtable(s) " + ", ".join(names)
         try:
-            self._backend.apply(release_flowtables_plan(table, names))
+            # A failed step asks the writer's owner for a reconcile: after the
+            # first, the chain lacks these flowtables' offload rules.
+            self._writer.apply(release_flowtables_plan(table, names), what)
             released = await self._released(ids, flowtable_of)
             # From what is there now: a reconcile may have run meanwhile.
-            self._backend.apply(compute_plan(table, self._backend.read()))
-            after = self._backend.read()
-            if after != table:
-                raise VerifyError("kernel state differs after replacing flowtable(s) "
-                                  + ", ".join(names))
+            self._writer.write(compute_plan(table, self._writer.read()), table, what)
         except OffloaddError as e:
             log.error("repair of flowtable(s) %s failed: %s", ", ".join(names), e)
             self._status.record_error(f"repair failed: {e}")
@@ -182,7 +179,6 @@ class Repairer:
         for delay in AFTER_REPAIR_S:
             self.check_in(delay)
         self._status.repairs_total += len(names)
-        self._status.transactions_total += 2
         flows = {n: len(found.get(n, ())) for n in names}
         self._status.last_repair = {
             "time": time.time(), "flowtables": list(names), "flows": flows,

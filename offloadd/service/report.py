@@ -79,7 +79,9 @@ def status_report(status: Status, table_name: str, family: str,
         "reconcile": {
             "total": status.reconciles_total,
             "failures_total": status.reconcile_failures_total,
-            "transactions_total": status.transactions_total,
+            "transactions_total": status.writes.transactions_total,
+            "write_failures_total": status.writes.failures_total,
+            "reconciles_requested_total": status.writes.reconciles_requested_total,
             "last_duration_seconds": round(status.last_reconcile_seconds, 6),
             "last_timestamp": status.last_reconcile_time,
             "last_error": status.last_error,
@@ -104,8 +106,10 @@ def status_report(status: Status, table_name: str, family: str,
             "policy_changes_total": status.policy_changes_total,
             "policy_changes_skipped_total": status.policy_changes_skipped_total,
             "revalidations_total": status.revalidations_total,
+            "waited_total": status.revalidations_waited_total,
             "last": status.last_revalidation,
         },
+        "tasks": {name: t.as_dict() for name, t in sorted(status.tasks().items())},
     }
 
 

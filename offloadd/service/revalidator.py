@@ -20,11 +20,11 @@ import logging
 import time
 from collections.abc import Callable
 
-from offloadd.core.errors import OffloaddError, VerifyError
+from offloadd.core.errors import OffloaddError
 from offloadd.core.plan import replace_flowtables_plan
 from offloadd.core.revalidate import RevalidatePolicy, Schedule
-from offloadd.service.repairer import TableBackend
 from offloadd.service.status import Status
+from offloadd.service.writer import TableWriter
 
 log = logging.getLogger("offloadd")
 
@@ -33,12 +33,13 @@ FAILED_RETRY_S = 1.0
 
 
 class Revalidator:
-    def __init__(self, backend: TableBackend, status: Status, *,
+    def __init__(self, writer: TableWriter, status: Status, *,
                  enabled: Callable[[], bool] = lambda: True,
                  replaced: Callable[[tuple[str, ...]], None] = lambda _names: None,
                  policy: RevalidatePolicy | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._backend = backend
+        self._writer = writer
+        self._waiting = False  # for a reconcile, since the pending changes came
         self._status = status
         self._enabled = enabled
         self._replaced = replaced
@@ -95,18 +96,25 @@ class Revalidator:
             # No flowtable, no offloaded flow: nothing to tear down.
             self._schedule = self._schedule.ran(self._clock(), self._policy)
             return False
-        if self._backend.read() != table:
+        if self._writer.read() != table:
             # A reconcile is due (the admin's change may move offloadd's chain):
-            # replace from the state it will write, just after it.
+            # replace from the state it will write, just after it. Asked for,
+            # not waited on: nothing else may wake it.
+            if not self._waiting:
+                self._waiting = True
+                self._status.revalidations_waited_total += 1
+                log.info("re-validation waits for a reconcile: offloadd's table is not in "
+                         "its desired state", extra={"OPERATION": "revalidate-wait"})
+            self._writer.request_reconcile("a re-validation waits for offloadd's table to "
+                                           "be in its desired state")
             self._retry_at = self._clock() + NOT_IN_SYNC_RETRY_S
             return False
+        self._waiting = False
         names = tuple(ft.name for ft in table.flowtables)
         t0 = self._clock()
         try:
-            self._backend.apply(replace_flowtables_plan(table, names, forget_passed=True))
-            if self._backend.read() != table:
-                raise VerifyError("kernel state differs after replacing flowtable(s) "
-                                  + ", ".join(names))
+            self._writer.write(replace_flowtables_plan(table, names, forget_passed=True),
+                               table, "the re-validation of flowtable(s) " + ", ".join(names))
         except OffloaddError as e:
             log.error("re-validation failed (flowtable(s) %s): %s; retrying in %.0f s",
                       ", ".join(names), e, FAILED_RETRY_S)
@@ -116,7 +124,6 @@ class Revalidator:
         done = self._clock()
         self._schedule = self._schedule.ran(done, self._policy)
         self._status.revalidations_total += 1
-        self._status.transactions_total += 1
         trigger = "; ".join(pending.triggers)
         if pending.count > len(pending.triggers):
             trigger += f" (and {pending.count - len(pending.triggers)} more change(s))"

@@ -9,11 +9,14 @@ references, which the GIL keeps consistent.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from offloadd.core.model import DesiredResult, Link
 from offloadd.core.xtables import LegacyTables
+from offloadd.service.supervisor import TaskState
+from offloadd.service.writer import WriteCounts
 
 
 @dataclass
@@ -26,7 +29,8 @@ class Status:
     desired: DesiredResult | None = None
     reconciles_total: int = 0
     reconcile_failures_total: int = 0
-    transactions_total: int = 0
+    # The one writer's counters (offloadd.service.writer.TableWriter owns them).
+    writes: WriteCounts = field(default_factory=WriteCounts)
     last_reconcile_seconds: float = 0.0
     last_reconcile_time: float = 0.0
     last_error: str = ""
@@ -61,6 +65,14 @@ class Status:
     last_drift: dict[str, object] | None = None
     # iptables-legacy tables as the last reconcile saw them (None: not read yet).
     legacy: LegacyTables | None = None
+    # The supervised background tasks (offloadd.service.supervisor), by name.
+    tasks: Callable[[], Mapping[str, TaskState]] = dict
+    # Re-validations that waited for a reconcile (the table was out of sync).
+    revalidations_waited_total: int = 0
+
+    @property
+    def transactions_total(self) -> int:
+        return self.writes.transactions_total
 
     def record_error(self, msg: str) -> None:
         """The last error, and the ten most recent with their time, for status."""

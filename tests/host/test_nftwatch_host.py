@@ -1,4 +1,5 @@
-"""NftEvents against this machine's nf_tables: another table's change wakes offloadd."""
+"""NftEvents against this machine's nf_tables: it says when it watches, and another
+table's change wakes offloadd."""
 
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ from offloadd.kernel.nftwatch import NftEvents
 
 async def main():
     it = NftEvents().changes()
+    subscribed = await asyncio.wait_for(it.__anext__(), 5)
+    assert subscribed.transactions == () and not subscribed.overrun, subscribed
     first = asyncio.ensure_future(it.__anext__())
     await asyncio.sleep(0.3)
     assert not first.done(), "woke up with no change"
     subprocess.run(["nft", "add table inet admin_t; add chain inet admin_t c "
                     "{ type filter hook forward priority 0; }"], check=True)
-    await asyncio.wait_for(first, 5)
+    got = await asyncio.wait_for(first, 5)
+    assert any(c.table == "admin_t" for tx in got.transactions for c in tx.changes), got
     print("woke")
 
 asyncio.run(main())

@@ -14,7 +14,7 @@ import pytest
 
 from offloadd.cli.format import format_legacy, format_revalidate
 from offloadd.core.configparse import parse_config
-from offloadd.core.errors import NftError
+from offloadd.core.errors import NftError, OffloaddError
 from offloadd.core.model import Link
 from offloadd.core.revalidate import (
     OVERRUN_TRIGGER,
@@ -339,7 +339,9 @@ def test_the_daemon_skips_input_only_churn_and_counts_it(
 
     async def go() -> None:
         d._nft_changes = Source()
-        await d._consume_nft_changes()
+        # The stream's end is an error: its supervisor restarts the watcher.
+        with pytest.raises(OffloaddError, match="change stream ended"):
+            await d._consume_nft_changes()
 
     with caplog.at_level(logging.INFO, logger="offloadd"):
         asyncio.run(go())

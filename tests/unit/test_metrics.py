@@ -39,6 +39,8 @@ from offloadd.service.metrics import (
     register,
 )
 from offloadd.service.status import Status
+from offloadd.service.supervisor import TaskState
+from offloadd.service.writer import WriteCounts
 
 
 class BoomError(RuntimeError):
@@ -53,7 +55,8 @@ COUNTERS = DaemonCounters(
     config_reloads_total=3, config_reloads_rejected_total=1, started=1_699_999_000.0,
     repairs_total=4, left_behind_flows=17,
     policy_changes_total=9, policy_changes_skipped_total=4, revalidations_total=3,
-    last_revalidation_time=1_700_000_100.0)
+    last_revalidation_time=1_700_000_100.0, write_failures_total=2,
+    tasks={"nft-changes": (True, 0), "repair": (False, 3)})
 
 
 @dataclass
@@ -174,6 +177,11 @@ EXPECTED = {
     "offloadd_policy_changes_total 9.0",
     "offloadd_policy_changes_skipped_total 4.0",
     "offloadd_drift_repairs_total 0.0",
+    "offloadd_table_write_failures_total 2.0",
+    'offloadd_task_up{task="nft-changes"} 1.0',
+    'offloadd_task_up{task="repair"} 0.0',
+    'offloadd_task_restarts_total{task="nft-changes"} 0.0',
+    'offloadd_task_restarts_total{task="repair"} 3.0',
     "offloadd_revalidations_total 3.0",
     "offloadd_last_revalidation_timestamp_seconds 1.7000001e+09",
 }
@@ -266,17 +274,24 @@ def test_names_follow_conventions() -> None:
 
 def test_status_view_reads_the_daemons_status() -> None:
     st = Status(config_path=Path("/etc/offloadd.toml"), started=10.0, desired=DESIRED,
-                reconciles_total=4, reconcile_failures_total=1, transactions_total=2,
+                reconciles_total=4, reconcile_failures_total=1,
+                writes=WriteCounts(transactions_total=2, failures_total=3),
                 last_reconcile_seconds=0.5, last_reconcile_time=20.0, reloads_total=6,
-                reloads_rejected_total=7)
+                reloads_rejected_total=7,
+                tasks=lambda: {"repair": TaskState("repair", up=False, restarts_total=2)})
     ws = WatcherStats(events_total=9, resyncs_total=8)
     view = StatusView(st, lambda: DESIRED.table, ws)
-    assert view.counters() == DaemonCounters(4, 1, 2, 0.5, 20.0, 6, 7, 10.0)
+    assert view.counters() == DaemonCounters(4, 1, 2, 0.5, 20.0, 6, 7, 10.0,
+                                             write_failures_total=3,
+                                             tasks={"repair": (False, 2)})
     assert view.desired() is DESIRED and view.attached() is DESIRED.table
     assert view.links() is ws
     got = samples(scrape_view(view))
     assert "offloadd_kernel_state_matches 1.0" in got
     assert "offloadd_link_events_total 9.0" in got
+    assert 'offloadd_task_up{task="repair"} 0.0' in got
+    assert 'offloadd_task_restarts_total{task="repair"} 2.0' in got
+    assert "offloadd_table_write_failures_total 3.0" in got
 
 
 def scrape_view(view: StatusView) -> str:

@@ -8,8 +8,11 @@ import itertools
 import struct
 from pathlib import Path
 
+import pytest
+
 from offloadd.cli.format import format_revalidate
 from offloadd.core.configparse import parse_config
+from offloadd.core.errors import OffloaddError
 from offloadd.core.model import Link, SetKind
 from offloadd.core.plan import (
     CreateChain,
@@ -279,7 +282,9 @@ def test_the_daemon_feeds_others_changes_and_ignores_its_own(tmp_path: Path) -> 
     async def go() -> None:
         d._nft_changes = Source()
         d._own_pid = 5
-        await d._consume_nft_changes()
+        # The stream's end is an error: its supervisor restarts the watcher.
+        with pytest.raises(OffloaddError, match="change stream ended"):
+            await d._consume_nft_changes()
 
     asyncio.run(go())
     assert d.status.policy_changes_total == 1

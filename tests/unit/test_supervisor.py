@@ -1,0 +1,275 @@
+"""Supervised tasks and the one writer: a task that stops comes back (with
+backoff, shown in status and metrics), and a write that fails anywhere asks
+for the reconcile that repairs it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from offloadd.cli.format import format_tasks
+from offloadd.core.configparse import parse_config
+from offloadd.core.errors import KernelError, NftError, OffloaddError
+from offloadd.core.model import Link
+from offloadd.core.plan import Plan
+from offloadd.core.repair import HeldEntry, Scan
+from offloadd.core.revalidate import NftChanges, ObjectKind, TableChange, Transaction, Verb
+from offloadd.kernel.nft import parse_json_listing
+from offloadd.service.daemon import Daemon
+from offloadd.service.report import status_report
+from offloadd.service.supervisor import Backoff, Supervisor
+from tests.unit.fakes import FakeBackend, FakeLinks
+
+CONFIG = '[[flowtable]]\nname = "ft"\ndevices = ["lan*", "wan*"]\n'
+
+
+# -- backoff ---------------------------------------------------------------------------
+
+def test_backoff_doubles_to_its_cap_and_starts_over_after_a_healthy_run() -> None:
+    b = Backoff(first_s=1.0, max_s=8.0, healthy_s=60.0)
+    delays = []
+    for _ in range(6):
+        b = b.after_failure(ran_s=0.1)
+        delays.append(b.current_s)
+    assert delays == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    assert b.after_failure(ran_s=61.0).current_s == 1.0
+
+
+# -- the supervisor --------------------------------------------------------------------
+
+def test_a_failing_task_is_restarted_with_backoff_and_its_state_shows_it() -> None:
+    slept: list[float] = []
+    calls: list[bool] = []
+    failures: list[tuple[str, str]] = []
+    seen_down: list[bool] = []
+
+    async def go() -> Mapping[str, object]:
+        async def fake_sleep(delay: float) -> None:
+            slept.append(delay)
+            seen_down.append(not sup.states["watch"].up)
+
+        sup = Supervisor(sleep=fake_sleep, on_failure=lambda n, w: failures.append((n, w)))
+
+        async def task(restarted: bool) -> None:
+            calls.append(restarted)
+            if len(calls) <= 2:
+                raise KernelError(0, f"boom {len(calls)}")
+            if len(calls) == 3:
+                raise ValueError("a bug")
+            await asyncio.Event().wait()  # runs until cancelled
+
+        sup.start("watch", task)
+        for _ in range(50):
+            await asyncio.sleep(0)
+        states = dict(sup.states)
+        await sup.stop()
+        assert not sup.states["watch"].up
+        return states
+
+    states = asyncio.run(go())
+    assert calls == [False, True, True, True]
+    assert slept == [1.0, 2.0, 4.0] and all(seen_down)
+    st = states["watch"]
+    assert st.up is True and st.restarts_total == 3  # type: ignore[attr-defined]
+    assert st.last_error == "ValueError: a bug"  # type: ignore[attr-defined]
+    assert [n for n, _ in failures] == ["watch"] * 3 and "boom 1" in failures[0][1]
+
+
+def test_status_and_the_tasks_line_name_a_task_that_is_down() -> None:
+    tasks = {"nft-changes": {"up": False, "restarts_total": 2, "last_error": "boom",
+                             "last_error_time": 1.0, "restart_in_seconds": 4.0},
+             "repair": {"up": True, "restarts_total": 0, "last_error": "",
+                        "last_error_time": 0.0, "restart_in_seconds": 0.0}}
+    line = format_tasks(tasks)
+    assert line.startswith("tasks: 1/2 running; DOWN: nft-changes")
+    assert "nft-changes 2x (last: boom)" in line and "repair" not in line.split("DOWN")[1]
+
+
+# -- the daemon's nf_tables watcher, supervised ----------------------------------------------
+
+def _daemon(tmp_path: Path, **kw: object) -> tuple[Daemon, FakeBackend]:
+    path = tmp_path / "offloadd.toml"
+    path.write_text(CONFIG)
+    b = FakeBackend()
+    d = Daemon(path, parse_config(CONFIG), b, links=FakeLinks(), **kw)  # type: ignore[arg-type]
+    d.status.links = (Link(1, "lan0", "veth"), Link(2, "wan0", "veth"))
+    d.reconcile()
+    return d, b
+
+
+RULE = Transaction((TableChange(ObjectKind.RULE, Verb.ADD, "inet", "admin"),), 77, "nft")
+
+
+class DiesOnce:
+    """A change stream that dies after its first batch, and then watches again."""
+
+    def __init__(self) -> None:
+        self.opened = 0
+
+    async def changes(self) -> AsyncIterator[NftChanges]:
+        self.opened += 1
+        yield NftChanges(())  # subscribed
+        if self.opened == 1:
+            raise KernelError(105, "nftables change watch: No buffer space available")
+        await asyncio.Event().wait()
+
+
+def test_a_watcher_that_died_comes_back_and_revalidates_what_it_may_have_missed(
+        tmp_path: Path) -> None:
+    source = DiesOnce()
+    d, b = _daemon(tmp_path, nft_changes=source)
+    b.hooks = {("inet", "admin"): frozenset({"forward"})}
+    d.supervisor = Supervisor(backoff=Backoff(first_s=0.01), on_failure=d._task_failed)
+
+    async def go() -> None:
+        d.supervisor.start("nft-changes", d._consume_nft_changes)
+        for _ in range(100):
+            await asyncio.sleep(0.005)
+            if source.opened == 2 and d.revalidator._schedule.pending is not None:
+                break
+        assert d.reconciler.others_watched  # running again
+        await d.supervisor.stop()
+
+    asyncio.run(go())
+    assert source.opened == 2
+    pending = d.revalidator._schedule.pending
+    assert pending is not None and pending.triggers == (
+        "the nftables change watcher restarted (changes while it was down are unknown)",)
+    tasks = status_report(d.status, "offloadd", "inet", b.state)["tasks"]
+    assert tasks["nft-changes"]["restarts_total"] == 1
+    assert "No buffer space" in tasks["nft-changes"]["last_error"]
+    assert "task nft-changes stopped" in d.status.last_error
+
+
+def test_a_watcher_that_fails_to_open_again_and_again_revalidates_nothing(
+        tmp_path: Path) -> None:
+    class NeverOpens:
+        async def changes(self) -> AsyncIterator[NftChanges]:
+            raise KernelError(1, "cannot watch nftables changes: Operation not permitted")
+            yield NftChanges(())  # pragma: no cover (an async generator)
+
+    d, _b = _daemon(tmp_path, nft_changes=NeverOpens())
+    d.supervisor = Supervisor(backoff=Backoff(first_s=0.001, max_s=0.004),
+                              on_failure=d._task_failed)
+
+    async def go() -> None:
+        d.supervisor.start("nft-changes", d._consume_nft_changes)
+        await asyncio.sleep(0.1)
+        await d.supervisor.stop()
+
+    asyncio.run(go())
+    st = d.supervisor.states["nft-changes"]
+    assert st.restarts_total >= 5 and not st.up
+    assert d.revalidator._schedule.pending is None  # no re-validation storm
+    assert d.status.revalidations_total == 0
+
+
+# -- the one writer ----------------------------------------------------------------------
+
+@dataclass
+class FailsAt(FakeBackend):
+    """Refuses the applies whose number (1-based, from now on) is in ``at``."""
+
+    at: set[int] = field(default_factory=set)
+    count: int = 0
+
+    def apply(self, plan: Plan) -> str:
+        self.count += 1
+        if self.count in self.at:
+            raise NftError("nft refused the transaction: Device or resource busy")
+        return super().apply(plan)
+
+
+@dataclass
+class HeldOnce:
+    """A left-behind scan that finds three entries once, then none."""
+
+    scans: list[Mapping[str, frozenset[int]]] = field(
+        default_factory=lambda: [{"ft": frozenset({1, 2, 3})}])
+
+    def scan(self, flowtable_of: Mapping[str, str]) -> Scan:
+        found = self.scans.pop(0) if self.scans else {}
+        return Scan(at=time.monotonic(), held={i: HeldEntry(86392, ft)
+                                               for ft, ids in found.items() for i in ids})
+
+
+def test_a_repair_whose_second_step_fails_asks_for_the_reconcile_that_restores_the_rule(
+        tmp_path: Path) -> None:
+    path = tmp_path / "offloadd.toml"
+    path.write_text(CONFIG)
+    b = FailsAt()
+    d = Daemon(path, parse_config(CONFIG), b, links=FakeLinks(), left_behind=HeldOnce())
+    d.status.links = (Link(1, "lan0", "veth"), Link(2, "wan0", "veth"))
+    d.reconcile()
+    desired = d.status.desired
+    assert desired is not None and b.state == desired.table
+    transactions = d.status.transactions_total
+    b.count, b.at = 0, {2}  # the release goes through, putting the rules back fails
+    assert d.repairer is not None
+    d.repairer._release_max_s = 0.3
+    asyncio.run(d.repairer.check())
+    assert b.state != desired.table  # the chain lacks its offload rule
+    assert d.status.repairs_total == 0 and "repair failed" in d.status.last_error
+    assert d.status.writes.failures_total == 1
+    assert d.status.writes.reconciles_requested_total == 1
+    assert d._wake.is_set()  # the loop's next pass is that reconcile
+    d._wake.clear()
+    d._pass()
+    assert b.state == desired.table
+    # release + the reconcile's repair; the refused step is no transaction
+    assert d.status.transactions_total == transactions + 2
+
+
+def test_a_revalidation_out_of_sync_asks_for_a_reconcile_and_says_so_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    d, b = _daemon(tmp_path)
+    b.state = None  # `nft flush ruleset`, and its event was lost
+    d.revalidator.changed("1 rule added in inet admin by nft[77]")
+    with caplog.at_level("INFO", logger="offloadd"):
+        assert not d.revalidator.revalidate()
+        assert not d.revalidator.revalidate()
+    assert d._wake.is_set() and d.status.revalidations_waited_total == 1
+    assert d.status.writes.reconciles_requested_total == 2
+    assert sum("waits for a reconcile" in r.message for r in caplog.records) == 1
+    d._wake.clear()
+    d._pass()
+    assert d.revalidator.revalidate() and d.status.revalidations_total == 1
+    rep = status_report(d.status, "offloadd", "inet", b.state)
+    assert rep["revalidate"]["waited_total"] == 1
+
+
+def test_a_request_does_not_cut_short_a_failed_reconciles_backoff(tmp_path: Path) -> None:
+    d, b = _daemon(tmp_path)
+    b.refuse_all = "Device or resource busy"
+    b.state = None
+
+    async def go() -> None:
+        assert d._safe_reconcile() is None  # failed: retried in RETRY_FAILED_S
+        d._wake.clear()
+        d.writer.request_reconcile("a re-validation waits")
+        assert not d._wake.is_set()
+
+    asyncio.run(go())
+    d._failing_until = 0.0
+    d.writer.request_reconcile("a re-validation waits")
+    assert d._wake.is_set()
+
+
+def test_every_write_is_counted_once_by_the_writer(tmp_path: Path) -> None:
+    d, b = _daemon(tmp_path)
+    assert d.status.transactions_total == 1
+    d.revalidator.changed("x")
+    assert d.revalidator.revalidate()
+    assert d.status.transactions_total == 2 == len(b.applied)
+
+
+def test_errors_from_the_kernels_answers_are_offloadd_errors() -> None:
+    with pytest.raises(OffloaddError, match="not JSON"):
+        parse_json_listing("table", "{not json")
+    with pytest.raises(OffloaddError, match="'nftables' array"):
+        parse_json_listing("table", '{"x": 1}')
