@@ -28,14 +28,13 @@ from offloadd.core.flows import OffloadedFlow
 from offloadd.core.model import hooked_devices
 from offloadd.core.render import render
 from offloadd.core.revalidate import coverage
-from offloadd.core.xtables import LegacyTables
 from offloadd.kernel.backend import NftBackend
-from offloadd.kernel.capability import probe_name_hooks, probe_wildcard_hooks
+from offloadd.kernel.capability import probe_hooks
 from offloadd.kernel.conntrack import list_by_status, list_offloaded, teardown_timeout_warnings
 from offloadd.kernel.links import current_links
 from offloadd.kernel.nftstate import other_forward_priorities
 from offloadd.kernel.routes import RouteLookup
-from offloadd.service.daemon import Daemon
+from offloadd.service.preview import preview
 
 
 # -- status, daemon down --------------------------------------------------------
@@ -53,9 +52,8 @@ def kernel_only_status(config: Config) -> dict[str, Any]:
     present = {link.name for link in asyncio.run(current_links())}
     specs: frozenset[str] = frozenset()
     listed = {d for ft in (table.flowtables if table else ()) for d in ft.devices}
-    if any(wildcard_prefix(d) is not None for d in listed):
-        hooks = probe_name_hooks(backend.nft)
-        if probe_wildcard_hooks(backend.nft, hooks.name_hooks).wildcards:
+    if (any(wildcard_prefix(d) is not None for d in listed)
+            and probe_hooks(backend.nft).wildcards):
             specs = frozenset(d for d in listed if wildcard_prefix(d) is not None)
     fts = [{"name": ft.name, "hardware": ft.hardware, "counter": ft.counter,
             "desired": None, "in_sync": None, "devices": [],
@@ -167,9 +165,9 @@ def cmd_explain(args: argparse.Namespace, config: Config) -> int:
 def cmd_check(args: argparse.Namespace, path: Path) -> int:
     config = load_config(path)
     backend = NftBackend(config.daemon.family.value, config.daemon.table)
-    daemon = Daemon(path, config, backend, links=_NoLinks())
-    daemon.status.links = asyncio.run(current_links())
-    desired, current, plan = daemon.plan_once()
+    # What the daemon would apply: planned with its probes, writing nothing.
+    p = preview(config, backend, asyncio.run(current_links()), probe_hooks(backend.nft), path)
+    desired, current, plan = p.desired, p.current, p.plan
     chains = [i["chain"] for i in backend.nft.list_json("chains") if "chain" in i]
     others = [c for c in chains if c.get("hook") == "forward"
               and not (c.get("table") == config.daemon.table
@@ -185,7 +183,7 @@ def cmd_check(args: argparse.Namespace, path: Path) -> int:
     covered, not_covered = coverage(on_change)
     priorities = other_forward_priorities(chains, config.daemon.family.value,
                                           config.daemon.table)
-    legacy = daemon.status.legacy or LegacyTables()
+    legacy = p.legacy
     prio = desired.table.chain.priority if desired.table.chain else None
     warnings += [f"offloadd's forward chain (priority {prio}) does not run after the "
                  f"iptables-legacy FORWARD hook of {name} (priority {p}): set "
@@ -220,9 +218,3 @@ def cmd_check(args: argparse.Namespace, path: Path) -> int:
     human += [f"  {line}" for line in data["plan"]]
     emit(args, data, "\n".join(human) + "\n")
     return EXIT_OK
-
-
-class _NoLinks:
-    async def snapshots(self) -> Any:
-        return
-        yield

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -23,7 +22,7 @@ from offloadd.core.configparse import load_config
 from offloadd.core.errors import ConfigError, OffloaddError
 from offloadd.core.render import render
 from offloadd.kernel.backend import NftBackend
-from offloadd.kernel.capability import probe, probe_name_hooks, probe_wildcard_hooks
+from offloadd.kernel.capability import probe, probe_hooks
 from offloadd.kernel.conntrack import ConntrackCounter, teardown_timeout_warnings
 from offloadd.kernel.leftbehind import ConntrackScanner
 from offloadd.kernel.links import LinkWatcher, current_links
@@ -34,7 +33,7 @@ from offloadd.service.daemon import Daemon
 from offloadd.service.exporter import LIMITS as METRICS_LIMITS
 from offloadd.service.exporter import Exporter, TlsOptions, start_exporter
 from offloadd.service.metrics import StatusView, register
-from offloadd.service.ports import Snapshot
+from offloadd.service.preview import preview
 from offloadd.service.sdnotify import Notifier, journal_logging
 
 EXIT_OK = 0
@@ -119,39 +118,26 @@ def main(argv: list[str] | None = None) -> int:
 def check(config: Config) -> int:
     """Prints the plan for the current links and kernel state; applies nothing."""
     backend = NftBackend(config.daemon.family.value, config.daemon.table)
-    daemon = Daemon(Path("-"), config, backend, links=_NoLinks())
-    hooks = probe_name_hooks(backend.nft)
-    wild = probe_wildcard_hooks(backend.nft, hooks.name_hooks)
-    daemon.status.name_hooks, daemon.status.name_hooks_reason = hooks.name_hooks, hooks.reason
-    daemon.status.wildcard_hooks, daemon.status.wildcard_hooks_reason = wild.wildcards, wild.reason
-    daemon.status.links = asyncio.run(current_links())
-    desired, current, plan = daemon.plan_once()
+    links = asyncio.run(current_links())
+    p = preview(config, backend, links, probe_hooks(backend.nft))
+    desired = p.desired
     print(f"# config OK: {len(config.flowtables)} flowtable(s); table "
           f"{config.daemon.family.value} {config.daemon.table} "
-          f"{'exists' if current else 'does not exist yet'}")
-    print(f"# kernel: {hooks.reason}")
-    print(f"# kernel: {wild.reason}")
-    if daemon.status.legacy is not None:
-        print(f"# {daemon.status.legacy.describe()}")
+          f"{'exists' if p.current else 'does not exist yet'}")
+    print(f"# kernel: {p.hooks.name_hooks_reason}")
+    print(f"# kernel: {p.hooks.wildcards_reason}")
+    print(f"# {p.legacy.describe()}")
     for a in desired.attach:
         print(f"# flowtable {a.flowtable}: {a.mode.value} attach ({a.reason})")
     for d in desired.decisions:
         print(f"# {d.device}: {d.flowtable or 'not offloaded'} ({d.reason})")
     for n in desired.problems:
         print(f"# warning: {n.message}")
-    if plan.is_empty:
+    if p.plan.is_empty:
         print("# nothing to change")
     else:
-        print(render(plan, config.daemon.family.value, config.daemon.table), end="")
+        print(render(p.plan, config.daemon.family.value, config.daemon.table), end="")
     return EXIT_OK
-
-
-class _NoLinks:
-    """--check plans from one dump; it never watches."""
-
-    async def snapshots(self) -> AsyncIterator[Snapshot]:
-        return
-        yield
 
 
 async def run(config_path: Path, config: Config) -> int:
@@ -161,10 +147,9 @@ async def run(config_path: Path, config: Config) -> int:
         return _fail(EXIT_RUNTIME, cap.reason)
     for warning in teardown_timeout_warnings():
         log.warning("%s", warning)
-    hooks = probe_name_hooks(nft)
-    log.info("kernel: %s", hooks.reason)
-    wild = probe_wildcard_hooks(nft, hooks.name_hooks)
-    log.info("kernel: %s", wild.reason)
+    hooks = probe_hooks(nft)
+    log.info("kernel: %s", hooks.name_hooks_reason)
+    log.info("kernel: %s", hooks.wildcards_reason)
     backend = NftBackend(config.daemon.family.value, config.daemon.table, nft)
     # A small receive buffer provokes netlink overruns (ENOBUFS) on purpose
     # in tests of the resync path.
@@ -184,8 +169,7 @@ async def run(config_path: Path, config: Config) -> int:
                                               config.daemon.family.value, config.daemon.table),
                     notify=Notifier.from_environ(), nft_changes=nft_changes,
                     left_behind=ConntrackScanner())
-    daemon.status.name_hooks, daemon.status.name_hooks_reason = hooks.name_hooks, hooks.reason
-    daemon.status.wildcard_hooks, daemon.status.wildcard_hooks_reason = wild.wildcards, wild.reason
+    daemon.status.hooks = hooks
     exporter = _start_metrics(config, daemon, watcher)
     try:
         await daemon.run()

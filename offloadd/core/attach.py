@@ -160,6 +160,19 @@ def _wildcards(sel: FlowtableConfig, config: Config
     return declared, covered, kept
 
 
+@dataclass(frozen=True)
+class KernelHooks:
+    """What the running kernel was found to do with flowtable device names
+    (probed once at start, offloadd.kernel.capability.probe_hooks): hook a name
+    ahead of its device, and hook by prefix. An immutable value handed to the
+    daemon and to the check preview alike."""
+
+    name_hooks: bool = False
+    name_hooks_reason: str = "not probed"
+    wildcards: bool = False
+    wildcards_reason: str = "not probed"
+
+
 def attach_plan(config: Config, name_hooks: bool,
                 no_hooks_reason: str = "the kernel has no name hooks (Linux < 6.16)",
                 wildcards: bool = False,

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from offloadd.core.attach import KernelHooks
 from offloadd.core.errors import MissingDependencyError, NftError
 from offloadd.kernel.nft import Nft, NftRunner
 
@@ -196,3 +197,10 @@ def main() -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def probe_hooks(nft: NftRunner) -> KernelHooks:
+    """Both probes, as the daemon and the check preview use them."""
+    hooks = probe_name_hooks(nft)
+    wild = probe_wildcard_hooks(nft, hooks.name_hooks)
+    return KernelHooks(hooks.name_hooks, hooks.reason, wild.wildcards, wild.reason)

@@ -132,15 +132,17 @@ class Reconciler:
     def _desired(self, refused: Mapping[str, str], forward_priority: int) -> DesiredResult:
         uses_hw = any(f.hardware is not Hardware.OFF for f in self.config.flowtables)
         hw = self._hw_capable if uses_hw else (lambda _d: False)
-        attach = attach_plan(self.config, self.status.name_hooks, self.status.name_hooks_reason,
-                             self.status.wildcard_hooks, self.status.wildcard_hooks_reason)
+        h = self.status.hooks
+        attach = attach_plan(self.config, h.name_hooks, h.name_hooks_reason, h.wildcards,
+                             h.wildcards_reason)
         stacked = any(f.stack is not Stack.AS_LISTED for f in self.config.flowtables)
         pppoe = self.backend.pppoe_sessions() if stacked else PppoeSessions()
         return desired_state(self.config, self.status.links, hw, forward_priority,
                              refused=refused, attach=attach, pppoe=pppoe)
 
-    def plan_once(self) -> tuple[DesiredResult, TableState | None, Plan]:
-        if any(f.elephant_packets for f in self.config.flowtables):
+    def plan_once(self, *, preview: bool = False) -> tuple[DesiredResult, TableState | None, Plan]:
+        """Reads and plans; with ``preview`` nothing at all is written (no sysctl)."""
+        if not preview and any(f.elephant_packets for f in self.config.flowtables):
             self.backend.ensure_accounting()
         current = self.backend.read()
         self.last_read = current

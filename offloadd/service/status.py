@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from offloadd.core.attach import KernelHooks
 from offloadd.core.model import DesiredResult, Link
 from offloadd.core.xtables import LegacyTables
 from offloadd.service.supervisor import TaskState
@@ -39,14 +40,9 @@ class Status:
     reloads_total: int = 0
     reloads_rejected_total: int = 0
     hw_reasons: dict[str, str] = field(default_factory=dict)
-    # Probed at start (offloadd.kernel.capability.probe_name_hooks): whether
-    # exact device names are declared to the kernel ahead of the device.
-    name_hooks: bool = False
-    name_hooks_reason: str = "not probed"
-    # Probed right after (probe_wildcard_hooks): whether prefix patterns
-    # ("wan*") can be handed to the kernel as wildcards.
-    wildcard_hooks: bool = False
-    wildcard_hooks_reason: str = "not probed"
+    # Probed at start (offloadd.kernel.capability.probe_hooks): name hooks
+    # and kernel wildcards; an immutable value, replaced whole.
+    hooks: KernelHooks = field(default_factory=KernelHooks)
     # Flows the kernel left behind (see offloadd.core.repair) and what was done.
     repair_checks_total: int = 0
     repairs_total: int = 0

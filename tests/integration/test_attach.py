@@ -139,6 +139,12 @@ kinds = ["vlan"]
                       "--check").stdout
         assert f"# flowtable vlans: daemon attach ({why}" in check, check
         assert ("# ppp3: ft (declared" in check) is hooks, check
+        # offloadctl check plans as the daemon does (its probes too): nothing
+        # to change while the daemon runs, ppp3 declared where the kernel can.
+        ctl = json.loads(d.ctl("--json", "check", check=True).stdout)
+        assert ctl["plan"] == [], ctl["plan"]
+        assert any(x["device"] == "ppp3" and x["flowtable"] == "ft"
+                   for x in ctl["devices"]) is hooks, ctl["devices"]
 
 
 WILDCARD_CONFIG = """

@@ -14,6 +14,7 @@ from offloadd.cli.format import format_status
 from offloadd.core.attach import (
     AttachMode,
     FlowtableAttach,
+    KernelHooks,
     attach_plan,
     is_glob,
     wildcard_covering,
@@ -397,7 +398,7 @@ def test_status_shows_the_mode_and_counts_a_declared_name_as_not_attached() -> N
     cfg = _cfg(FlowtableConfig("wan", devices=("ppp0", "eth*")))
     links = (Link(1, "eth0", None),)
     status = Status(config_path=Path("/etc/offloadd/offloadd.toml"), links=links,
-                    name_hooks=True, name_hooks_reason="name hooks: yes")
+                    hooks=KernelHooks(True, "name hooks: yes"))
     status.desired = _desired(cfg, links)
     rep = status_report(status, "offloadd", "inet", status.desired.table, now=0.0)
     (ft,) = rep["flowtables"]
@@ -417,8 +418,7 @@ def test_status_counts_what_a_kernel_wildcard_hooks_as_attached() -> None:
     cfg = _cfg(FlowtableConfig("edge", devices=("lan0", "ppp0", "wan*")))
     links = _links("lan0", "wan0", "wan1")
     status = Status(config_path=Path("/etc/offloadd/offloadd.toml"), links=links,
-                    name_hooks=True, name_hooks_reason="name hooks: yes",
-                    wildcard_hooks=True, wildcard_hooks_reason="kernel wildcards: yes")
+                    hooks=KernelHooks(True, "name hooks: yes", True, "kernel wildcards: yes"))
     status.desired = _desired(cfg, links, wild=True)
     rep = status_report(status, "offloadd", "inet", status.desired.table, now=0.0)
     (ft,) = rep["flowtables"]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from offloadd.cli.format import format_check
+from offloadd.core.attach import KernelHooks
 from offloadd.core.configparse import parse_config
 from offloadd.core.errors import NftError, VerifyError
 from offloadd.core.model import Link
@@ -328,7 +329,7 @@ devices = ["lan0", "wan*"]
 def test_with_kernel_wildcards_a_device_the_wildcard_covers_costs_no_transaction(
         tmp_path: Path) -> None:
     d, b = _daemon(tmp_path, WILD_CONFIG, FakeBackend(wildcards=True))
-    d.status.name_hooks = d.status.wildcard_hooks = True
+    d.status.hooks = KernelHooks(True, "name hooks", True, "kernel wildcards")
     d.status.links = (LAN0, WAN0)
     d.reconcile()
     assert b.state is not None and b.state.flowtable("ft").devices == {"lan0", "wan*"}  # type: ignore[union-attr]
