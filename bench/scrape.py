@@ -7,9 +7,13 @@ flows against a UDP echo server in batches, one datagram + echo each (those
 whose echo is lost are retried; what really ended offloaded is counted, not
 assumed). Then, in alternating rounds inside the router: a GET of the
 daemon's /metrics and ``conntrack -L -u OFFLOAD | wc -l``. The two counts must
-agree (the case fails if not). The daemon's RSS is read after a warm-up
-scrape with no flows, before the rounds with 100k flows and after them:
-``scrape_rss_growth_mb`` is what scraping 100k flows left behind,
+agree (the case fails if not): the metric comes from offloadd's last conntrack
+walk (metrics.flow_count_interval, 5 s here), so the rounds start once a
+scrape shows the settled count; ``count_age_s`` is that count's age at each
+scrape, and ``walk_wait_s`` how long the count took to follow. The daemon's
+RSS is read after a warm-up scrape with no flows, before the rounds with 100k
+flows and after them: ``scrape_rss_growth_mb`` is what scraping 100k flows left
+behind,
 ``rss_growth_0_to_100k_mb`` the whole difference from the empty table.
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +32,9 @@ from tests.lab.topology import lab_topology
 from tests.lab.traffic import wait_for
 
 CONFIG = """
+[metrics]
+flow_count_interval = 5
+
 [[flowtable]]
 name = "ft"
 devices = ["lan*", "wan*"]
@@ -56,6 +64,15 @@ def run(workdir: Path, flows: int = FLOWS, rounds: int = ROUNDS) -> dict[str, An
                 return len(last) > 1 and last[-1] == last[-2]
 
             wait_for(settled, 120, interval=2, what="offloaded count to settle")
+            t0 = time.monotonic()
+
+            def followed() -> bool:
+                row = json.loads(r.run(sys.executable, "-m", "bench.scrape_probe", "--rounds",
+                                       "1", timeout=300).stdout)["rounds"][0]
+                return bool(row["metric_flows"] == row["conntrack_flows"])
+
+            wait_for(followed, 120, interval=1, what="the scraped count to follow conntrack")
+            walk_wait_s = round(time.monotonic() - t0, 1)
             rss_before = rss_mb(d.proc.pid)
             proc = r.run(sys.executable, "-m", "bench.scrape_probe", "--rounds", str(rounds),
                          timeout=1200)
@@ -73,6 +90,8 @@ def run(workdir: Path, flows: int = FLOWS, rounds: int = ROUNDS) -> dict[str, An
         "offloaded_flows": offloaded,
         "offloaded_flows_conntrack": rows[-1]["conntrack_flows"],
         "scrape_s": scrape_s,
+        "count_age_s": [x.get("count_age_s") for x in rows],
+        "walk_wait_s": walk_wait_s,
         "conntrack_s": ct_s,
         "scrape_vs_conntrack_ratio": round(scrape_s / ct_s, 3),
         "rss_no_flows_mb": rss_empty,

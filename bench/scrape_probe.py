@@ -17,17 +17,20 @@ import urllib.request
 METRICS_URL = "http://127.0.0.1:9468/metrics"
 
 
-def scrape(url: str) -> tuple[float, int, int]:
-    """(seconds, offloaded flows per the metric, response bytes)."""
+def scrape(url: str) -> tuple[float, int, int, float | None]:
+    """(seconds, offloaded flows per the metric, response bytes, the count's age:
+    offloadd serves it from its last conntrack walk)."""
     t0 = time.monotonic()
     with urllib.request.urlopen(url, timeout=300) as resp:
         body = resp.read().decode()
     dt = time.monotonic() - t0
-    total = 0.0
+    total, age = 0.0, None
     for line in body.splitlines():
         if line.startswith("offloadd_offloaded_flows{"):
             total += float(line.rsplit(" ", 1)[1])
-    return dt, int(total), len(body)
+        elif line.startswith("offloadd_offloaded_flows_age_seconds "):
+            age = float(line.rsplit(" ", 1)[1])
+    return dt, int(total), len(body), age
 
 
 def conntrack_count() -> tuple[float, int]:
@@ -47,8 +50,9 @@ def main() -> int:
         row: dict[str, float | int] = {"round": r}
         for what in (("scrape", "conntrack") if r % 2 == 0 else ("conntrack", "scrape")):
             if what == "scrape":
-                dt, n, size = scrape(a.url)
-                row.update(scrape_s=round(dt, 3), metric_flows=n, scrape_bytes=size)
+                dt, n, size, age = scrape(a.url)
+                row.update(scrape_s=round(dt, 3), metric_flows=n, scrape_bytes=size,
+                           count_age_s=age if age is None else round(age, 3))
             else:
                 dt, n = conntrack_count()
                 row.update(conntrack_s=round(dt, 3), conntrack_flows=n)

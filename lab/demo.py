@@ -35,10 +35,12 @@ KINDS = 'kinds = ["ether", "vlan", "bridge"]'
 
 def demo_config(tmp: Path) -> str:
     text = EXAMPLE.read_text()
-    if KINDS not in text or "/run/offloadd/control.sock" not in text:
+    if (KINDS not in text or "/run/offloadd/control.sock" not in text
+            or "flow_count_interval = 15" not in text):
         raise SystemExit(f"demo: {EXAMPLE} changed; update lab/demo.py's overrides")
     return (text.replace(KINDS, 'kinds = ["ether", "vlan", "bridge", "veth"]')
-            .replace("/run/offloadd/control.sock", str(tmp / "control.sock")))
+            .replace("/run/offloadd/control.sock", str(tmp / "control.sock"))
+            .replace("flow_count_interval = 15", "flow_count_interval = 2"))
 
 
 def say(text: str) -> None:
@@ -68,13 +70,25 @@ def main() -> int:
                 say("conntrack -L -u OFFLOAD (in the router)")
                 print(lab.router.out("conntrack", "-L", "-u", "OFFLOAD"), end="")
                 say("metrics (curl http://127.0.0.1:9468/metrics | grep offloaded)")
-                print(_metrics(lab.router.name), end="")
+                # The count comes from a walk every metrics.flow_count_interval
+                # (2 s here): the one after the flows were offloaded.
+                text = wait_for(lambda: _counted(_metrics(lab.router.name)), 30,
+                                what="the metrics to count the offloaded flows")
+                print(text, end="")
                 result = tcp.result()
                 udp.result()
             gbit = result["end"]["sum_received"]["bits_per_second"] / 1e9
             say(f"iperf3 through the offloaded path: {gbit:.2f} Gbit/s (emulated CPU)")
     say(f"demo finished in {time.monotonic() - t0:.0f} s")
     return 0
+
+
+def _counted(text: str) -> str | None:
+    """``text`` once it counts an IPv4 and five IPv6 offloaded flows."""
+    got = {fam: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+           for fam in ("ipv4", "ipv6")
+           if line.startswith(f'offloadd_offloaded_flows{{family="{fam}",mode="software"}}')}
+    return text if got.get("ipv4", 0) >= 1 and got.get("ipv6", 0) >= 5 else None
 
 
 def _metrics(netns: str) -> str:

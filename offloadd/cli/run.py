@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -31,7 +32,8 @@ from offloadd.kernel.nftwatch import FailsOnce, NftEvents
 from offloadd.service.connections import ConnectionTable
 from offloadd.service.daemon import Daemon
 from offloadd.service.exporter import LIMITS as METRICS_LIMITS
-from offloadd.service.exporter import Exporter, TlsOptions, start_exporter
+from offloadd.service.exporter import TlsOptions, start_exporter
+from offloadd.service.flowcount import CachedFlowCounter
 from offloadd.service.metrics import StatusView, register
 from offloadd.service.preview import preview
 from offloadd.service.sdnotify import Notifier, journal_logging
@@ -170,17 +172,18 @@ async def run(config_path: Path, config: Config) -> int:
                     notify=Notifier.from_environ(), nft_changes=nft_changes,
                     left_behind=ConntrackScanner())
     daemon.status.hooks = hooks
-    exporter = _start_metrics(config, daemon, watcher)
+    close_metrics = _start_metrics(config, daemon, watcher)
     try:
         await daemon.run()
     finally:
-        if exporter is not None:
-            exporter.close()
+        if close_metrics is not None:
+            close_metrics()
         daemon.teardown()
     return EXIT_OK
 
 
-def _start_metrics(config: Config, daemon: Daemon, watcher: LinkWatcher) -> Exporter | None:
+def _start_metrics(config: Config, daemon: Daemon,
+                   watcher: LinkWatcher) -> Callable[[], None] | None:
     if not config.metrics.enabled:
         return None
     m = config.metrics
@@ -193,11 +196,18 @@ def _start_metrics(config: Config, daemon: Daemon, watcher: LinkWatcher) -> Expo
     scrape_backend = NftBackend(config.daemon.family.value, config.daemon.table)
     registry = CollectorRegistry()
     connections = ConnectionTable("metrics", METRICS_LIMITS)
+    flows = CachedFlowCounter(ConntrackCounter(), m.flow_count_interval)
     register(registry, StatusView(daemon.status, scrape_backend.read, watcher.stats),
-             ConntrackCounter(), endpoints=(connections, daemon.control_connections))
+             flows, endpoints=(connections, daemon.control_connections))
     exporter = start_exporter(m, registry, tls=tls, connections=connections)
-    log.info("metrics at %s", exporter.url)
-    return exporter
+    flows.start()
+    log.info("metrics at %s (offloaded flows counted every %d s while scraped)",
+             exporter.url, m.flow_count_interval)
+
+    def close() -> None:
+        exporter.close()
+        flows.close()
+    return close
 
 
 if __name__ == "__main__":

@@ -183,6 +183,9 @@ class MetricsConfig:
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
     tls_client_auth_required: bool = False
+    # Seconds between two walks of the conntrack table for the offloaded-flow
+    # count; scrapes are answered from the last walk.
+    flow_count_interval: int = 15
 
     @property
     def listen(self) -> str:

@@ -305,11 +305,13 @@ def _parse_metrics(data: Mapping[str, Any]) -> MetricsConfig:
     if client_auth and files["tls_client_ca_file"] is None:
         raise ConfigError("metrics.tls_client_auth_required: true needs tls_client_ca_file "
                           "to check client certificates against")
+    interval = int_in(s, "flow_count_interval", MetricsConfig.flow_count_interval, 1, 3600)
     return MetricsConfig(host=host, port=port, enabled=enabled,
                          tls_cert_file=files["tls_cert_file"],
                          tls_key_file=files["tls_key_file"],
                          tls_client_ca_file=files["tls_client_ca_file"],
-                         tls_client_auth_required=client_auth)
+                         tls_client_auth_required=client_auth,
+                         flow_count_interval=interval)
 
 
 def _parse_listen(listen: str) -> tuple[str, int]:

@@ -177,6 +177,11 @@ KEYS = (
         "needs tls_cert_file and tls_key_file."),
     Key("metrics", "tls_client_auth_required", BOOLEAN, _toml(_M.tls_client_auth_required),
         "Refuse scrapers without a client certificate; needs tls_client_ca_file."),
+    Key("metrics", "flow_count_interval", INTEGER, _toml(_M.flow_count_interval),
+        "Seconds (1..3600) between two walks of the conntrack table for the offloaded-flow "
+        "count. A scrape is answered from the last walk, never waits for one, and "
+        "offloadd_offloaded_flows_age_seconds says how old it is; concurrent scrapers share "
+        "one walk."),
     Key("control", "socket", STRING, _toml(_C.socket),
         "The Unix socket offloadctl talks to (an absolute path; mode 0600, or 0660 with "
         "group)."),

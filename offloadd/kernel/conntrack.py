@@ -276,6 +276,10 @@ class ConntrackCounter:
     def totals(self) -> ConntrackTotals:
         return conntrack_totals()
 
+    def age_seconds(self) -> float | None:
+        # Walked at each call: the count is as old as the call.
+        return 0.0
+
 
 # -- listing (offloadctl flows) -----------------------------------------------
 

@@ -40,6 +40,9 @@ class FlowCounter(Protocol):
 
     def totals(self) -> ConntrackTotals: ...
 
+    def age_seconds(self) -> float | None:
+        """How old the offloaded count is (offloadd.service.flowcount); None: unknown."""
+
 
 class LinkStats(Protocol):
     """The link watcher's counters (offloadd.kernel.links.WatcherStats has these)."""
@@ -182,6 +185,9 @@ SOURCE_UP = _g("offloadd_source_up",
 OFFLOADED = _g("offloadd_offloaded_flows",
                "conntrack entries offloaded to a flowtable, in software (IPS_OFFLOAD only) "
                "or hardware (IPS_HW_OFFLOAD).", "family", "mode")
+OFFLOADED_AGE = _g("offloadd_offloaded_flows_age_seconds",
+                   "Seconds since the conntrack walk that offloadd_offloaded_flows comes from "
+                   "ended (one walk every metrics.flow_count_interval while scraped).")
 CT_ENTRIES = _g("offloadd_conntrack_entries", "Entries in the conntrack table.")
 CT_LIMIT = _g("offloadd_conntrack_entries_limit",
               "nf_conntrack_max (left out where it cannot be read).")
@@ -246,7 +252,8 @@ CONNECTIONS_DROPPED = _Spec(
     "or the request or the taking of the reply passed its deadline (deadline).",
     ("endpoint", "reason"), counter=True)
 
-SPECS = (BUILD_INFO, START_TIME, SOURCE_UP, OFFLOADED, CT_ENTRIES, CT_LIMIT, FT_DEVICES,
+SPECS = (BUILD_INFO, START_TIME, SOURCE_UP, OFFLOADED, OFFLOADED_AGE, CT_ENTRIES, CT_LIMIT,
+         FT_DEVICES,
          DEVICE_INFO, IN_SYNC, RECONCILES, FAILURES, TRANSACTIONS, LAST_DURATION, LAST_TIME,
          LINK_EVENTS, LINK_RESYNCS, RELOADS, RELOADS_REJECTED, REPAIRS, LEFT_BEHIND,
          POLICY_CHANGES, POLICY_CHANGES_SKIPPED, REVALIDATIONS, LAST_REVALIDATION,
@@ -300,6 +307,9 @@ class OffloaddCollector:
             for label, per in (("ipv4", counts.ipv4), ("ipv6", counts.ipv6)):
                 fams[OFFLOADED.name].add_metric([label, "software"], per.software)
                 fams[OFFLOADED.name].add_metric([label, "hardware"], per.hardware)
+            age = self._flows.age_seconds()
+            if age is not None:
+                fams[OFFLOADED_AGE.name].add_metric([], round(age, 3))
         try:
             totals = self._flows.totals()
         except Exception as e:

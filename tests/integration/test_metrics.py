@@ -1,4 +1,9 @@
-"""The exporter against the oracles: conntrack-tools' count and a real Prometheus."""
+"""The exporter against the oracles: conntrack-tools' count and a real Prometheus.
+
+The count is served from memory (one conntrack walk every
+metrics.flow_count_interval while scraped): a scrape shows the oracle's count
+once a walk after the flows were offloaded has ended, with its age.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from tests.lab.traffic import offloaded_udp_flows, udp_echo_server, wait_for
 CONFIG = """
 [metrics]
 listen = "127.0.0.1:9468"
+flow_count_interval = 2
 
 [[flowtable]]
 name = "ft"
@@ -38,7 +44,18 @@ def test_offloaded_flows_metric_equals_conntrack_and_prometheus(lab: Lab, tmp_pa
     with offloadd(r, CONFIG, tmp_path) as d, udp_echo_server(lab.server, "::"):
         d.wait_devices("ft", {"lan0", "lan1", "wan0"})
         with offloaded_udp_flows(lab, V4, V6):
-            text = http_get(r, "http://127.0.0.1:9468/metrics")
+            def counted() -> str | None:
+                text = http_get(r, "http://127.0.0.1:9468/metrics")
+                got = [_metric(text, "offloadd_offloaded_flows", family=fam, mode="software")
+                       for fam in ("ipv4", "ipv6")]
+                return text if got == [V4, V6] else None
+
+            # The walk that began before the flows were offloaded is served
+            # until the next one: a few periods at most.
+            text = wait_for(counted, 60, interval=0.5, what="the scraped count to follow")
+            age = _metric(text, "offloadd_offloaded_flows_age_seconds")
+            assert age is not None and age >= 0, text
+            print(f"scraped count {V4}+{V6}, {age:.2f} s old (a walk every 2 s)")
             for fam, want in (("ipv4", V4), ("ipv6", V6)):
                 got = _metric(text, "offloadd_offloaded_flows", family=fam, mode="software")
                 oracle = conntrack.offloaded_count(r, 4 if fam == "ipv4" else 6)

@@ -77,6 +77,9 @@ class FakeFlows:
             raise BoomError("no /proc")
         return self.totals_
 
+    def age_seconds(self) -> float | None:
+        return 3.25
+
 
 def table(lan: frozenset[str], hw: frozenset[str]) -> TableState:
     return TableState("offloadd", "inet", flowtables=(
@@ -148,6 +151,7 @@ EXPECTED = {
     'offloadd_offloaded_flows{family="ipv4",mode="hardware"} 30.0',
     'offloadd_offloaded_flows{family="ipv6",mode="software"} 7.0',
     'offloadd_offloaded_flows{family="ipv6",mode="hardware"} 0.0',
+    "offloadd_offloaded_flows_age_seconds 3.25",
     "offloadd_conntrack_entries 5000.0",
     "offloadd_conntrack_entries_limit 262144.0",
     'offloadd_flowtable_devices{flowtable="lan",state="desired"} 2.0',
