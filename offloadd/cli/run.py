@@ -25,10 +25,11 @@ from offloadd.core.render import render
 from offloadd.kernel.backend import NftBackend
 from offloadd.kernel.capability import probe, probe_hooks
 from offloadd.kernel.conntrack import ConntrackCounter, teardown_timeout_warnings
+from offloadd.kernel.faults import Faults, FaultyBackend, FaultyNftEvents
 from offloadd.kernel.leftbehind import ConntrackScanner
 from offloadd.kernel.links import LinkWatcher, current_links
 from offloadd.kernel.nft import Nft
-from offloadd.kernel.nftwatch import FailsOnce, NftEvents
+from offloadd.kernel.nftwatch import NftEvents
 from offloadd.service.connections import ConnectionTable
 from offloadd.service.daemon import Daemon
 from offloadd.service.exporter import LIMITS as METRICS_LIMITS
@@ -152,20 +153,20 @@ async def run(config_path: Path, config: Config) -> int:
     hooks = probe_hooks(nft)
     log.info("kernel: %s", hooks.name_hooks_reason)
     log.info("kernel: %s", hooks.wildcards_reason)
-    backend = NftBackend(config.daemon.family.value, config.daemon.table, nft)
+    # The lab's fault injection (kernel/faults.py); never set in a deployment.
+    faults = Faults.from_environ()
+    backend = (NftBackend(config.daemon.family.value, config.daemon.table, nft)
+               if faults is None else
+               FaultyBackend(config.daemon.family.value, config.daemon.table, nft, faults))
     # A small receive buffer provokes netlink overruns (ENOBUFS) on purpose
     # in tests of the resync path.
     rcvbuf = os.environ.get("OFFLOADD_NETLINK_RCVBUF")
     watcher = LinkWatcher(rcvbuf=int(rcvbuf) if rcvbuf else None)
     # Without the nf_tables change watcher, as if it had died: the tests of
     # the periodic check (daemon.check_interval), which must then repair alone.
-    nft_changes: NftEvents | FailsOnce | None = (
-        None if os.environ.get("OFFLOADD_NO_NFT_WATCH") else NftEvents())
-    # A watcher that dies once, on a change of the named table: the lab's
-    # test of its supervisor.
-    fail_on = os.environ.get("OFFLOADD_NFT_WATCH_FAIL_ON_TABLE")
-    if nft_changes is not None and fail_on:
-        nft_changes = FailsOnce(NftEvents(), fail_on)
+    nft_changes: NftEvents | FaultyNftEvents | None = None
+    if not os.environ.get("OFFLOADD_NO_NFT_WATCH"):
+        nft_changes = NftEvents() if faults is None else FaultyNftEvents(NftEvents(), faults)
     daemon = Daemon(config_path, config, backend, links=watcher,
                     on_ready=lambda: log.info("ready: table %s %s reconciled",
                                               config.daemon.family.value, config.daemon.table),

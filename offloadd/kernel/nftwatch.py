@@ -151,25 +151,3 @@ class NftEvents:
                 raise KernelError(e.errno or 0, f"nftables change watch: {e.strerror}") from e
             return b""
 
-
-class FailsOnce:
-    """A ChangeSource that raises, once, on the first batch that changes the
-    table named ``table`` (that change is lost, as in a real watcher failure).
-
-    For the lab's test of the supervisor (OFFLOADD_NFT_WATCH_FAIL_ON_TABLE): a
-    watcher that dies must come back, and what it missed be re-validated.
-    """
-
-    def __init__(self, inner: NftEvents, table: str) -> None:
-        self._inner = inner
-        self._table = table
-        self._failed = False
-
-    async def changes(self) -> AsyncIterator[NftChanges]:
-        async for batch in self._inner.changes():
-            if not self._failed and any(c.table == self._table for tx in batch.transactions
-                                        for c in tx.changes):
-                self._failed = True
-                raise KernelError(0, f"nftables change watch: injected failure on a change "
-                                     f"of table {self._table}")
-            yield batch

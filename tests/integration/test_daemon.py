@@ -341,3 +341,34 @@ def test_the_periodic_check_heals_what_no_event_announced(lab: Lab, tmp_path: Pa
                  what="the 3 flows offloaded again")
         assert "periodic check: offloadd's table differed" in d.log_text()
     print(f"check every {period} s; healed after: {', '.join(healed)}")
+
+
+@pytest.mark.daemon_logic
+def test_garbage_from_libnftables_neither_stops_offloadd_nor_removes_its_table(
+        lab: Lab, tmp_path: Path) -> None:
+    """Reads of offloadd's table that get output which is not JSON (an injected
+    fault, through the real parser) fail the pass that met them: logged,
+    retried, never a crash whose exit would remove the table. The flows stay
+    offloaded meanwhile, and a device that appeared is attached once reads
+    are sane again."""
+    r = lab.router
+    faults = tmp_path / "faults"
+    with offloadd(r, BASIC, tmp_path, env={"OFFLOADD_FAULTS": str(faults)}) as d, \
+            udp_echo_server(lab.server, "::"), offloaded_udp_flows(lab, 2, 1):
+        d.wait_devices("ft", {"lan0", "lan1", "wan0"})
+        faults.write_text("garbage-read 4\n")
+        r.run("ip", "link", "add", "lan5", "type", "veth", "peer", "name", "p5")
+        gone = []
+        deadline = time.monotonic() + SETTLE_S
+        while "garbage-read 0" not in faults.read_text() and time.monotonic() < deadline:
+            if not table_exists(r):
+                gone.append(round(time.monotonic(), 1))
+            assert d.proc.poll() is None, d.log_text()[-2000:]
+            time.sleep(0.1)
+        assert "garbage-read 0" in faults.read_text(), faults.read_text()
+        d.wait_devices("ft", {"lan0", "lan1", "lan5", "wan0"})
+        assert d.proc.poll() is None and not gone, (gone, d.log_text()[-2000:])
+        errors = d.status()["reconcile"]["recent_errors"]
+        assert any("not JSON" in e for e in errors), errors
+        assert conntrack.offloaded_count(r, 4) == 2 and conntrack.offloaded_count(r, 6) == 1
+    print(f"4 garbled reads: offloadd kept running and its table; errors: {len(errors)}")

@@ -10,7 +10,10 @@ repair on, 8 cycles add and remove an unrelated matching device: after each
 removal at least 99 % of the flows must be offloaded again under the same
 conntrack entries (conntrack-tools is the oracle). offloadd must have
 replaced the flowtable where the control round showed the kernel needs it,
-and never where it does not.
+and never where it does not. The first repair's second transaction (its offload
+rules put back) is refused (an injected fault): the chain is then without them,
+and the reconcile that failure asks for must put them back, so the flows are
+offloaded again all the same.
 
 How soon the flows come back is a figure, printed (and in `make bench`), not
 a bound: each wait is generous (SETTLE_S), so a slow machine passes.
@@ -105,7 +108,9 @@ def test_flows_offloaded_again_after_device_removals(lab: Lab, tmp_path: Path) -
     r = lab.router
     r.nft(WITNESS)
     # One dual-stack echo server answers both families.
-    with offloadd(r, CONFIG.format(repair="off"), tmp_path) as d, \
+    faults = tmp_path / "faults"
+    with offloadd(r, CONFIG.format(repair="off"), tmp_path,
+                  env={"OFFLOADD_FAULTS": str(faults)}) as d, \
             udp_echo_server(lab.server, "::"):
         d.wait_devices("ft", {"lan0", "lan1", "wan0"})
         gens = [udp_flows(lab.client, lab.server_addr(fam), flows=PER_FAMILY, seconds=LIFETIME_S,
@@ -125,6 +130,7 @@ def test_flows_offloaded_again_after_device_removals(lab: Lab, tmp_path: Path) -
             stranded = 1 - _offloaded_share(lab, ids)
             assert _repair_status(d)["repairs_total"] == 0
 
+            faults.write_text("fail-chain-replace 1\n")
             d.config.write_text(d.config.read_text().replace('repair = "off"',
                                                              'repair = "auto"'))
             d.ctl("reload", check=True)
@@ -151,6 +157,7 @@ def test_flows_offloaded_again_after_device_removals(lab: Lab, tmp_path: Path) -
             # Same conntrack entries throughout: none was destroyed and made anew.
             assert set(_flows(lab)) >= ids
             rep = _repair_status(d)
+            rec = d.status()["reconcile"]
             print(f"kernel needs repair: {needs_repair} (control round left "
                   f"{stranded:.1%} behind); after turning repair on: {first:.1f} s; "
                   f"{CYCLES} removals: offloaded again after "
@@ -164,10 +171,16 @@ def test_flows_offloaded_again_after_device_removals(lab: Lab, tmp_path: Path) -
                 # repair); never a loop: at most the checks one removal makes.
                 assert 1 <= rep["repairs_total"] <= 3 * CYCLES + 1, rep
                 assert "left behind" in d.log_text()
+                # The refused second step was healed by the reconcile it asked for.
+                assert faults.read_text() == "fail-chain-replace 0\n"
+                assert rec["write_failures_total"] == 1, rec
+                assert any("repair failed" in e and "injected" in e
+                           for e in rec["recent_errors"]), rec
             else:
                 # Nothing to repair: no replacement, so no extra slow-path trips.
                 assert rep["repairs_total"] == 0, rep
                 assert rep["left_behind_flows"] == 0, rep
+                assert rec["write_failures_total"] == 0, rec
         finally:
             for g in gens:
                 g.stop()

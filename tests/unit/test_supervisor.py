@@ -19,6 +19,7 @@ from offloadd.core.model import Link
 from offloadd.core.plan import Plan
 from offloadd.core.repair import HeldEntry, Scan
 from offloadd.core.revalidate import NftChanges, ObjectKind, TableChange, Transaction, Verb
+from offloadd.kernel.faults import Faults, FaultyNftEvents
 from offloadd.kernel.nft import parse_json_listing
 from offloadd.service.daemon import Daemon
 from offloadd.service.report import status_report
@@ -273,3 +274,35 @@ def test_errors_from_the_kernels_answers_are_offloadd_errors() -> None:
         parse_json_listing("table", "{not json")
     with pytest.raises(OffloaddError, match="'nftables' array"):
         parse_json_listing("table", '{"x": 1}')
+
+
+# -- the lab's fault injection ------------------------------------------------------------
+
+def test_a_fault_named_in_the_file_is_taken_as_often_as_it_says(tmp_path: Path) -> None:
+    path = tmp_path / "faults"
+    faults = Faults(path)
+    assert not faults.take("garbage-read")  # no file: no fault
+    path.write_text("garbage-read 2\nnft-watch 1\n")
+    assert [faults.take("garbage-read") for _ in range(3)] == [True, True, False]
+    assert faults.take("nft-watch") and not faults.take("nft-watch")
+    assert not faults.take("fail-chain-replace")
+
+
+def test_the_faulty_watcher_fails_on_a_batch_with_changes_only(tmp_path: Path) -> None:
+    path = tmp_path / "faults"
+
+    class Inner:
+        async def changes(self) -> AsyncIterator[NftChanges]:
+            yield NftChanges(())
+            path.write_text("nft-watch 1\n")
+            yield NftChanges(())
+            yield NftChanges((RULE,))
+
+    async def go() -> list[NftChanges]:
+        got = []
+        with pytest.raises(KernelError, match="injected fault"):
+            async for b in FaultyNftEvents(Inner(), Faults(path)).changes():  # type: ignore[arg-type]
+                got.append(b)
+        return got
+
+    assert asyncio.run(go()) == [NftChanges(()), NftChanges(())]
