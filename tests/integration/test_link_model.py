@@ -26,6 +26,9 @@ devices = ["lan*", "wan*"]
 exclude = ["wan9*"]
 """
 NAMES = [f"{p}{i}" for p in ("lan", "wan", "wan9", "x") for i in range(10, 22)]
+# Random bursts after the big one (28 until 2026-12-03: 218 s of a slow day's
+# VM; each burst ends with a full convergence wait, so fewer cost less time).
+BURSTS = 16
 
 
 def _selected(names: set[str]) -> set[str]:
@@ -51,7 +54,7 @@ def test_random_link_operations_converge(lab: Lab, tmp_path: Path) -> None:
         r.run("ip", "-batch", "-", input="".join(f"link del y{i}\n" for i in range(80)))
         d.wait_devices("ft", _selected(_router_links(lab)))
         ops_done = 160
-        for _burst in range(28):
+        for _burst in range(BURSTS):
             have = _router_links(lab) - {"lo"}
             mine = sorted(have & set(NAMES))
             free = [n for n in NAMES if n not in have]
@@ -88,4 +91,5 @@ def test_random_link_operations_converge(lab: Lab, tmp_path: Path) -> None:
         log = d.log_text()
         assert d.proc.poll() is None, log
         assert "overrun (ENOBUFS)" in log, "no overrun was induced: the resync path went untested"
-    assert ops_done >= 300, ops_done
+    print(f"{ops_done} link operations in {BURSTS} random bursts after the big one")
+    assert ops_done >= 220, ops_done

@@ -136,7 +136,7 @@ def test_flows_and_explain(lab: Lab, tmp_path: Path) -> None:
     with offloadd(r, config, tmp_path) as d, udp_echo_server(lab.server, "0.0.0.0"):
         d.wait_devices("ft", {"lan0", "lan1", "wan0"})
         dst = lab.server_addr(4)
-        big = udp_flows(lab.client, dst, flows=1, seconds=LIFETIME_S, interval=0.02)
+        big = udp_flows(lab.client, dst, flows=1, seconds=LIFETIME_S, interval=0.05)
         try:
             first = wait_for(lambda: json.loads(d.ctl("--json", "flows", check=True).stdout),
                              SETTLE_S, what="an offloaded flow listed")
