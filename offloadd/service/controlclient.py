@@ -32,11 +32,18 @@ class NotRunningError(ControlError):
 RETRY_CUT_S = (0.2, 0.5, 1.0, 2.0)
 
 
+# How long offloadctl waits for an answer. offloadd answers on its loop, after
+# the transaction under way: a re-validation's replacement took 4 s and an
+# answer 10+ s on a slow day's emulated VM; a real gateway is faster, but an
+# operator is better served by a late answer than a false "timed out".
+TIMEOUT_S = 30.0
+
+
 class _CutError(Exception):
     """offloadd closed the connection before its whole reply."""
 
 
-def request(path: Path, command: str, timeout: float = 10.0, **args: Any) -> Any:
+def request(path: Path, command: str, timeout: float = TIMEOUT_S, **args: Any) -> Any:
     """Client side (offloadctl): sends one request, returns its result or raises."""
     body = (json.dumps({"version": PROTOCOL_VERSION, "command": command, **args})
             + "\n").encode()

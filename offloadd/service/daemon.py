@@ -407,20 +407,28 @@ class Daemon:
     async def _watch_legacy(self, _restarted: bool = False) -> None:
         """Moves offloadd's chain after iptables-legacy tables that appear
         (no nf_tables event says so) and re-validates: a new table's rules may
-        drop what was offloaded."""
+        drop what was offloaded.
+
+        What it compares against is its own last look, not the state the
+        reconcile pass keeps: a pass that read a new table first (on a slow
+        day, 12 s of a re-validation ran between `iptables-legacy` and
+        `ip6tables-legacy` loading their tables) must not hide it from here.
+        """
+        seen = self.status.legacy  # the first pass's, if it ran already
         while True:
             await asyncio.sleep(LEGACY_POLL_S)
-            seen = self.status.legacy
             now = self.backend.legacy_tables()
             if seen is None or now == seen:
+                seen = now
                 continue
+            old, seen = seen, now
             # The reconcile it wakes logs the new state.
             log.debug("iptables-legacy tables changed: %s", now.describe())
             self.reconciler.others_changed()
             self._wake.set()
             # Any new table, not only those with a FORWARD hook: a raw or
             # mangle PREROUTING drop is skipped by offloaded packets too.
-            if set(now.names) - set(seen.names) or now.unreadable != seen.unreadable:
+            if set(now.names) - set(old.names) or now.unreadable != old.unreadable:
                 self.revalidator.changed(f"iptables-legacy table(s) loaded: "
                                          f"{', '.join(now.names) or now.unreadable}")
 

@@ -68,9 +68,11 @@ class RunningDaemon:
         """What ``offloadctl --json status`` prints of a running daemon: its
         control socket's status reply, asked from this process (an offloadctl
         process costs seconds in the emulated VM; tests that poll a counter ask
-        this way, tests of the CLI run offloadctl)."""
+        this way, tests of the CLI run offloadctl). offloadd answers on its
+        loop, after whatever transaction is under way: a re-validation's took
+        4 s of a slow day's VM, and the answer 10+ s; so the wait is SETTLE_S."""
         sock = load_config(self.config).control.socket
-        report: dict[str, Any] = request(sock, "status")
+        report: dict[str, Any] = request(sock, "status", timeout=SETTLE_S)
         report["daemon"]["running"] = True
         return report
 

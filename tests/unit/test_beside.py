@@ -167,6 +167,33 @@ def test_a_legacy_table_that_appears_moves_the_chain_and_revalidates(
     assert b.state is not None and b.state.chain is not None and b.state.chain.priority == 1
 
 
+def test_a_legacy_table_a_reconcile_read_first_still_revalidates(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ip6tables-legacy loads its table while a pass runs for iptables-legacy's:
+    the pass reads it first; the poll must still re-validate for it (the
+    2026-12-03 slow-day rehearsal: IPv6 reply drops stayed offloaded)."""
+    monkeypatch.setattr(daemon_mod, "LEGACY_POLL_S", 0.01)
+    d, b = _daemon(tmp_path)
+    b.legacy = LegacyTables(ipv4=frozenset({"filter"}))
+    d.reconcile()
+
+    async def go() -> None:
+        task = asyncio.create_task(d._watch_legacy())
+        await asyncio.sleep(0.05)
+        b.legacy = LegacyTables(ipv4=frozenset({"filter"}), ipv6=frozenset({"filter"}))
+        d.reconcile()  # reads the new table before the poll does
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if d.revalidator._schedule.pending is not None:
+                break
+        task.cancel()
+
+    asyncio.run(go())
+    pending = d.revalidator._schedule.pending
+    assert pending is not None and pending.triggers == (
+        "iptables-legacy table(s) loaded: ip filter, ip6 filter",)
+
+
 def test_revalidate_command_schedules_one(tmp_path: Path) -> None:
     d, _b = _daemon(tmp_path)
     d.reconcile()
