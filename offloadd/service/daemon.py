@@ -101,6 +101,10 @@ class Daemon:
         self.revalidator = Revalidator(
             self.writer, self.status, enabled=self.revalidate_enabled,
             replaced=self.repairer.flowtables_replaced if self.repairer else lambda _n: None)
+        # Each component's counters, composed for status and metrics.
+        if self.repairer is not None:
+            self.status.repair = self.repairer.counts
+        self.status.revalidation = self.revalidator.counts
         # The thread that commits offloadd's transactions (the loop's), as the
         # kernel names it in NFT_MSG_NEWGEN; set when the loop starts.
         self._own_pid = 0
@@ -286,7 +290,7 @@ class Daemon:
         self._wake.set()
         self.revalidator.changed(f"a request ({who} revalidate)")
         return {"scheduled": True, "revalidate": self.config.daemon.revalidate.value,
-                "revalidations_total": self.status.revalidations_total}
+                "revalidations_total": self.status.revalidation.revalidations_total}
 
     async def _cmd_status(self, _req: Mapping[str, Any]) -> Any:
         try:
@@ -395,7 +399,7 @@ class Daemon:
     def _skipped(self, skip: Skipped) -> None:
         """A change no forwarded packet can meet: counted, logged once per table
         (then at debug level: a bouncer adds an element every few seconds)."""
-        self.status.policy_changes_skipped_total += 1
+        self.revalidator.skipped()
         new = skip.tables - self._skips_logged
         self._skips_logged |= skip.tables
         (log.info if new else log.debug)(

@@ -133,13 +133,13 @@ class StatusView:
             config_reloads_total=s.reloads_total,
             config_reloads_rejected_total=s.reloads_rejected_total,
             started=s.started,
-            repairs_total=s.repairs_total,
-            left_behind_flows=s.left_behind_flows,
-            policy_changes_total=s.policy_changes_total,
-            policy_changes_skipped_total=s.policy_changes_skipped_total,
+            repairs_total=s.repair.repairs_total,
+            left_behind_flows=s.repair.left_behind_flows,
+            policy_changes_total=s.revalidation.policy_changes_total,
+            policy_changes_skipped_total=s.revalidation.policy_changes_skipped_total,
             drift_repairs_total=s.drift_repairs_total,
-            revalidations_total=s.revalidations_total,
-            last_revalidation_time=_time_of(s.last_revalidation))
+            revalidations_total=s.revalidation.revalidations_total,
+            last_revalidation_time=_time_of(s.revalidation.last))
 
     def desired(self) -> DesiredResult | None:
         return self._status.desired

@@ -33,7 +33,7 @@ from offloadd.core.repair import (
     left_behind,
     pending_second_look,
 )
-from offloadd.service.status import Status
+from offloadd.service.status import RepairCounts, Status
 from offloadd.service.writer import TableWriter
 
 log = logging.getLogger("offloadd")
@@ -61,6 +61,8 @@ class Repairer:
                  release_max_s: float = RELEASE_MAX_S) -> None:
         self._enabled = enabled
         self._writer = writer
+        # Its own counters (the daemon hands them to status and metrics).
+        self.counts = RepairCounts()
         self._source = source
         self._status = status
         self._policy = policy or RepairPolicy()
@@ -122,11 +124,11 @@ class Repairer:
             self._scan_failed = True
             return
         self._scan_failed = False
-        self._status.repair_checks_total += 1
+        self.counts.checks_total += 1
         previous, self._previous = self._previous, scan
         found = left_behind(scan, previous, self._policy.stale_gap_s)
         flows = sum(len(ids) for ids in found.values())
-        self._status.left_behind_flows = flows
+        self.counts.left_behind_flows = flows
         if flows and self._writer.read() != desired.table:
             # A reconcile is due (the table is not what it should be): the
             # replacement must start from the desired state, so ask for it
@@ -144,7 +146,7 @@ class Repairer:
         for held in decision.ineffective:
             log.warning("flowtable %s: %s", held.flowtable, held.reason,
                         extra={"FLOWTABLE": held.flowtable, "OPERATION": "repair-held"})
-        self._status.repair_held = "; ".join(f"{h.flowtable}: {h.reason}"
+        self.counts.held = "; ".join(f"{h.flowtable}: {h.reason}"
                                              for h in (*decision.ineffective, *decision.held))
         if decision.repair:
             await self._repair(desired.table, decision.repair, found, scan.at - t0,
@@ -178,9 +180,9 @@ class Repairer:
         # look again after the settle check too, not only at the next period.
         for delay in AFTER_REPAIR_S:
             self.check_in(delay)
-        self._status.repairs_total += len(names)
+        self.counts.repairs_total += len(names)
         flows = {n: len(found.get(n, ())) for n in names}
-        self._status.last_repair = {
+        self.counts.last = {
             "time": time.time(), "flowtables": list(names), "flows": flows,
             "reason": "conntrack entries left behind by the kernel (held by the flowtable, "
                       "not marked offloaded)"}

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from offloadd.core.errors import OffloaddError
 from offloadd.core.plan import replace_flowtables_plan
 from offloadd.core.revalidate import RevalidatePolicy, Schedule
-from offloadd.service.status import Status
+from offloadd.service.status import RevalidateCounts, Status
 from offloadd.service.writer import TableWriter
 
 log = logging.getLogger("offloadd")
@@ -39,6 +39,8 @@ class Revalidator:
                  policy: RevalidatePolicy | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._writer = writer
+        # Its own counters (the daemon hands them to status and metrics).
+        self.counts = RevalidateCounts()
         self._waiting = False  # for a reconcile, since the pending changes came
         self._status = status
         self._enabled = enabled
@@ -51,11 +53,15 @@ class Revalidator:
 
     def changed(self, trigger: str) -> None:
         """Someone else committed a change that may change what the policy allows."""
-        self._status.policy_changes_total += 1
+        self.counts.policy_changes_total += 1
         if not self._enabled():
             return
         self._schedule = self._schedule.changed(self._clock(), trigger)
         self._kick.set()
+
+    def skipped(self) -> None:
+        """Someone else committed a change no forwarded packet can meet."""
+        self.counts.policy_changes_skipped_total += 1
 
     def due_at(self) -> float | None:
         due = self._schedule.due_at(self._policy)
@@ -102,7 +108,7 @@ class Revalidator:
             # not waited on: nothing else may wake it.
             if not self._waiting:
                 self._waiting = True
-                self._status.revalidations_waited_total += 1
+                self.counts.waited_total += 1
                 log.info("re-validation waits for a reconcile: offloadd's table is not in "
                          "its desired state", extra={"OPERATION": "revalidate-wait"})
             self._writer.request_reconcile("a re-validation waits for offloadd's table to "
@@ -123,11 +129,11 @@ class Revalidator:
             return False
         done = self._clock()
         self._schedule = self._schedule.ran(done, self._policy)
-        self._status.revalidations_total += 1
+        self.counts.revalidations_total += 1
         trigger = "; ".join(pending.triggers)
         if pending.count > len(pending.triggers):
             trigger += f" (and {pending.count - len(pending.triggers)} more change(s))"
-        self._status.last_revalidation = {
+        self.counts.last = {
             "time": time.time(), "trigger": trigger, "flowtables": list(names),
             "changes": pending.count, "delay_seconds": round(done - pending.first_at, 3),
             "duration_seconds": round(done - t0, 3)}

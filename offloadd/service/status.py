@@ -1,9 +1,13 @@
 """What the daemon knows about itself, shared by status reports and metrics.
 
-A plain mutable record owned by the Daemon and written only from its event
-loop. The control socket reads it on that loop; the metrics scrape reads it
-from the exporter's thread, copying plain numbers and swapping whole
-references, which the GIL keeps consistent.
+Owned by the Daemon and written only from its event loop. It composes what
+each component keeps on its own: the writer's counts (WriteCounts), the
+repairer's (RepairCounts), the re-validator's (RevalidateCounts), the
+supervised tasks' states, and the kernel hooks probed at start (an immutable
+KernelHooks); the reconcile pass and the loop keep theirs here directly. The
+control socket reads it on that loop; the metrics scrape reads it from the
+exporter's thread, copying plain numbers and swapping whole references, which
+the GIL keeps consistent.
 """
 
 from __future__ import annotations
@@ -18,6 +22,31 @@ from offloadd.core.model import DesiredResult, Link
 from offloadd.core.xtables import LegacyTables
 from offloadd.service.supervisor import TaskState
 from offloadd.service.writer import WriteCounts
+
+
+@dataclass
+class RepairCounts:
+    """Flows the kernel left behind (offloadd.core.repair) and what was done:
+    the Repairer's."""
+
+    checks_total: int = 0
+    repairs_total: int = 0
+    left_behind_flows: int = 0  # at the last check
+    last: dict[str, object] | None = None
+    held: str = ""  # why the last check repaired nothing it found, if so
+
+
+@dataclass
+class RevalidateCounts:
+    """Re-validation of offloaded flows after others' ruleset changes: the
+    Revalidator's."""
+
+    policy_changes_total: int = 0  # transactions by others that called for one
+    # ... and those that did not: no forwarded packet meets their tables.
+    policy_changes_skipped_total: int = 0
+    revalidations_total: int = 0
+    waited_total: int = 0  # re-validations that waited for a reconcile
+    last: dict[str, object] | None = None
 
 
 @dataclass
@@ -43,18 +72,10 @@ class Status:
     # Probed at start (offloadd.kernel.capability.probe_hooks): name hooks
     # and kernel wildcards; an immutable value, replaced whole.
     hooks: KernelHooks = field(default_factory=KernelHooks)
-    # Flows the kernel left behind (see offloadd.core.repair) and what was done.
-    repair_checks_total: int = 0
-    repairs_total: int = 0
-    left_behind_flows: int = 0  # at the last check
-    last_repair: dict[str, object] | None = None
-    repair_held: str = ""  # why the last check repaired nothing it found, if so
-    # Re-validation of offloaded flows after others' ruleset changes.
-    policy_changes_total: int = 0  # transactions by others that called for one
-    # ... and those that did not: no forwarded packet meets their tables.
-    policy_changes_skipped_total: int = 0
-    revalidations_total: int = 0
-    last_revalidation: dict[str, object] | None = None
+    # The repairer's and the re-validator's own counters (each owns and alone
+    # writes its object; report and collector compose them).
+    repair: RepairCounts = field(default_factory=RepairCounts)
+    revalidation: RevalidateCounts = field(default_factory=RevalidateCounts)
     # The periodic check (daemon.check_interval): passes that found drift no
     # event had announced, and the last of them.
     drift_repairs_total: int = 0
@@ -63,8 +84,6 @@ class Status:
     legacy: LegacyTables | None = None
     # The supervised background tasks (offloadd.service.supervisor), by name.
     tasks: Callable[[], Mapping[str, TaskState]] = dict
-    # Re-validations that waited for a reconcile (the table was out of sync).
-    revalidations_waited_total: int = 0
 
     @property
     def transactions_total(self) -> int:

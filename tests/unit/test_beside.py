@@ -204,7 +204,7 @@ def test_revalidate_command_schedules_one(tmp_path: Path) -> None:
     assert out["scheduled"] and out["revalidate"] == "on-change"
     pending = d.revalidator._schedule.pending
     assert pending is not None and pending.triggers == ("a request (offloadctl revalidate)",)
-    assert d.revalidator.revalidate() and d.status.revalidations_total == 1
+    assert d.revalidator.revalidate() and d.status.revalidation.revalidations_total == 1
 
 
 # -- which tables a forwarded packet meets: the pure decision ---------------------------
@@ -372,8 +372,8 @@ def test_the_daemon_skips_input_only_churn_and_counts_it(
 
     with caplog.at_level(logging.INFO, logger="offloadd"):
         asyncio.run(go())
-    assert d.status.policy_changes_skipped_total == 10
-    assert d.status.policy_changes_total == 1
+    assert d.status.revalidation.policy_changes_skipped_total == 10
+    assert d.status.revalidation.policy_changes_total == 1
     assert b.hook_reads == 1
     pending = d.revalidator._schedule.pending
     assert pending is not None and pending.triggers == ("1 element added in inet admin by nft[77]",)

@@ -245,8 +245,8 @@ def test_repairer_replaces_the_flowtable_and_reports_it(tmp_path: Path) -> None:
                                                 CreateChain]
     assert [type(op) for op in create.ops] == [DeleteChain, CreateChain]
     assert len(scanner.seen) == 2  # the first look after the delete saw them released
-    assert d.status.repairs_total == 1 and d.status.left_behind_flows == 3
-    assert d.status.last_repair is not None and d.status.last_repair["flowtables"] == ["ft"]
+    assert d.status.repair.repairs_total == 1 and d.status.repair.left_behind_flows == 3
+    assert d.status.repair.last is not None and d.status.repair.last["flowtables"] == ["ft"]
 
 
 def test_entries_never_released_still_get_their_flowtable_back(tmp_path: Path) -> None:
@@ -258,7 +258,7 @@ def test_entries_never_released_still_get_their_flowtable_back(tmp_path: Path) -
     assert d.repairer is not None
     d.repairer._release_max_s = 0.6
     asyncio.run(d.repairer.check())
-    assert b.state == before and d.status.repairs_total == 1
+    assert b.state == before and d.status.repair.repairs_total == 1
     assert 2 <= len(scanner.seen) <= 4
 
 
@@ -267,8 +267,8 @@ def test_repairer_does_nothing_when_nothing_is_left_behind(tmp_path: Path) -> No
     applied = len(b.applied)
     assert d.repairer is not None
     asyncio.run(d.repairer.check())
-    assert len(b.applied) == applied and d.status.repairs_total == 0
-    assert d.status.repair_checks_total == 1
+    assert len(b.applied) == applied and d.status.repair.repairs_total == 0
+    assert d.status.repair.checks_total == 1
 
 
 def test_repair_off_in_config_never_scans(tmp_path: Path) -> None:
@@ -276,7 +276,7 @@ def test_repair_off_in_config_never_scans(tmp_path: Path) -> None:
     d, _b = _daemon(tmp_path, scanner, '[daemon]\nrepair = "off"\n')
     assert d.repairer is not None
     asyncio.run(d.repairer.check())
-    assert scanner.seen == [] and d.status.repairs_total == 0
+    assert scanner.seen == [] and d.status.repair.repairs_total == 0
 
 
 def test_repairer_waits_while_the_table_is_out_of_sync(tmp_path: Path) -> None:
@@ -284,7 +284,7 @@ def test_repairer_waits_while_the_table_is_out_of_sync(tmp_path: Path) -> None:
     b.state = None  # someone deleted the table; the next reconcile brings it back
     assert d.repairer is not None
     asyncio.run(d.repairer.check())
-    assert d.status.repairs_total == 0 and b.state is None
+    assert d.status.repair.repairs_total == 0 and b.state is None
 
 
 def test_a_failed_replacement_keeps_the_state_and_is_reported(tmp_path: Path) -> None:
@@ -293,7 +293,7 @@ def test_a_failed_replacement_keeps_the_state_and_is_reported(tmp_path: Path) ->
     b.refuse_all = "Device or resource busy"
     assert d.repairer is not None
     asyncio.run(d.repairer.check())
-    assert b.state == before and d.status.repairs_total == 0
+    assert b.state == before and d.status.repair.repairs_total == 0
     assert "repair failed" in d.status.last_error
 
 

@@ -234,8 +234,9 @@ def test_a_change_replaces_the_flowtables_in_one_batch_and_reports_it(tmp_path: 
     assert ops[5:7] == (CreateSet("passed_original", SetKind.PASSED),
                         CreateSet("passed_reply", SetKind.PASSED))
     assert isinstance(ops[7], CreateChain) and len(ops) == 8
-    assert d.status.revalidations_total == 1 and d.status.policy_changes_total == 1
-    last = d.status.last_revalidation
+    counts = d.status.revalidation
+    assert counts.revalidations_total == 1 and counts.policy_changes_total == 1
+    last = d.status.revalidation.last
     assert last is not None and last["flowtables"] == ["ft"]
     assert last["trigger"] == "1 rule added in inet admin by nft[77]"
     assert not d.revalidator.revalidate()  # nothing pending any more
@@ -246,7 +247,7 @@ def test_revalidate_off_counts_the_change_and_replaces_nothing(tmp_path: Path) -
     applied = len(b.applied)
     d.revalidator.changed("1 rule added in inet admin by nft[77]")
     assert not d.revalidator.revalidate() and d.revalidator.due_at() is None
-    assert len(b.applied) == applied and d.status.policy_changes_total == 1
+    assert len(b.applied) == applied and d.status.revalidation.policy_changes_total == 1
 
 
 def test_it_waits_while_the_table_is_out_of_sync(tmp_path: Path) -> None:
@@ -265,7 +266,7 @@ def test_a_refused_replacement_keeps_the_state_and_is_retried(tmp_path: Path) ->
     assert not d.revalidator.revalidate()
     assert b.state == before and "re-validation failed" in d.status.last_error
     b.refuse_all = ""
-    assert d.revalidator.revalidate() and d.status.revalidations_total == 1
+    assert d.revalidator.revalidate() and d.status.revalidation.revalidations_total == 1
 
 
 def test_the_daemon_feeds_others_changes_and_ignores_its_own(tmp_path: Path) -> None:
@@ -287,7 +288,7 @@ def test_the_daemon_feeds_others_changes_and_ignores_its_own(tmp_path: Path) -> 
             await d._consume_nft_changes()
 
     asyncio.run(go())
-    assert d.status.policy_changes_total == 1
+    assert d.status.revalidation.policy_changes_total == 1
     pending = d.revalidator._schedule.pending
     assert pending is not None and pending.triggers == ("1 rule added in inet admin by nft[77]",)
 

@@ -167,7 +167,7 @@ def test_a_watcher_that_fails_to_open_again_and_again_revalidates_nothing(
     st = d.supervisor.states["nft-changes"]
     assert st.restarts_total >= 5 and not st.up
     assert d.revalidator._schedule.pending is None  # no re-validation storm
-    assert d.status.revalidations_total == 0
+    assert d.status.revalidation.revalidations_total == 0
 
 
 # -- the one writer ----------------------------------------------------------------------
@@ -215,7 +215,7 @@ def test_a_repair_whose_second_step_fails_asks_for_the_reconcile_that_restores_t
     d.repairer._release_max_s = 0.3
     asyncio.run(d.repairer.check())
     assert b.state != desired.table  # the chain lacks its offload rule
-    assert d.status.repairs_total == 0 and "repair failed" in d.status.last_error
+    assert d.status.repair.repairs_total == 0 and "repair failed" in d.status.last_error
     assert d.status.writes.failures_total == 1
     assert d.status.writes.reconciles_requested_total == 1
     assert d._wake.is_set()  # the loop's next pass is that reconcile
@@ -234,12 +234,12 @@ def test_a_revalidation_out_of_sync_asks_for_a_reconcile_and_says_so_once(
     with caplog.at_level("INFO", logger="offloadd"):
         assert not d.revalidator.revalidate()
         assert not d.revalidator.revalidate()
-    assert d._wake.is_set() and d.status.revalidations_waited_total == 1
+    assert d._wake.is_set() and d.status.revalidation.waited_total == 1
     assert d.status.writes.reconciles_requested_total == 2
     assert sum("waits for a reconcile" in r.message for r in caplog.records) == 1
     d._wake.clear()
     d._pass()
-    assert d.revalidator.revalidate() and d.status.revalidations_total == 1
+    assert d.revalidator.revalidate() and d.status.revalidation.revalidations_total == 1
     rep = status_report(d.status, "offloadd", "inet", b.state)
     assert rep["revalidate"]["waited_total"] == 1
 
