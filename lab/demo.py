@@ -72,8 +72,12 @@ def main() -> int:
                 say("metrics (curl http://127.0.0.1:9468/metrics | grep offloaded)")
                 # The count comes from a walk every metrics.flow_count_interval
                 # (2 s here): the one after the flows were offloaded.
-                text = wait_for(lambda: _counted(_metrics(lab.router.name)), 30,
-                                what="the metrics to count the offloaded flows")
+                seen: list[str] = []
+                try:
+                    text = wait_for(lambda: _counted(_seen(seen, _metrics(lab.router.name))),
+                                    30, what="the metrics to count the offloaded flows")
+                except AssertionError as e:
+                    raise AssertionError(f"{e}; the last scrape:\n{seen[-1:]}") from None
                 print(text, end="")
                 result = tcp.result()
                 udp.result()
@@ -81,6 +85,11 @@ def main() -> int:
             say(f"iperf3 through the offloaded path: {gbit:.2f} Gbit/s (emulated CPU)")
     say(f"demo finished in {time.monotonic() - t0:.0f} s")
     return 0
+
+
+def _seen(seen: list[str], text: str) -> str:
+    seen.append(text)
+    return text
 
 
 def _counted(text: str) -> str | None:
