@@ -60,8 +60,8 @@ def main() -> int:
             d.wait_devices("lan", {"lan0", "lan1", "wan0", "wan0.7"})
             dst = lab.server_addr(4)
             with iperf3_server(lab.server), udp_echo_server(lab.server, "::"):
-                tcp = iperf3_client(lab.client, dst, seconds=20)
-                udp = udp_flows(lab.client, lab.server_addr(6), flows=5, seconds=20)
+                tcp = iperf3_client(lab.client, dst, seconds=40)
+                udp = udp_flows(lab.client, lab.server_addr(6), flows=5, seconds=40)
                 wait_for(lambda: conntrack.offloaded_count(lab.router, 4) >= 1
                          and conntrack.offloaded_count(lab.router, 6) >= 5, 30,
                          what="TCP and UDP flows offloaded")
@@ -71,7 +71,9 @@ def main() -> int:
                 print(lab.router.out("conntrack", "-L", "-u", "OFFLOAD"), end="")
                 say("metrics (curl http://127.0.0.1:9468/metrics | grep offloaded)")
                 # The count comes from a walk every metrics.flow_count_interval
-                # (2 s here): the one after the flows were offloaded.
+                # (2 s here) while scraped; the first scrape after a quiet spell
+                # gets the last walk's (its age says so) and wakes the walks.
+                # The traffic lasts 40 s so that its flows are still there.
                 seen: list[str] = []
                 try:
                     text = wait_for(lambda: _counted(_seen(seen, _metrics(lab.router.name))),
