@@ -6,8 +6,9 @@ timeout is 10 s), and every scraper did its own walk. Here one thread walks
 every ``period_s`` while someone scrapes, a scrape only reads the last result
 and its age (``offloadd_offloaded_flows_age_seconds``), and concurrent scrapes
 share it. With no scrape for a few periods the walks pause (a gateway nobody
-scrapes pays nothing); the next scrape gets the last count with its age and
-wakes them. Only the first scrape waits, for the first walk, at most a period.
+scrapes pays nothing; any scrape interval up to 5 minutes keeps them going);
+the next scrape gets the last count with its age and wakes them. Only the
+first scrape waits, for the first walk, at most a period.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from offloadd.kernel.conntrack import ConntrackTotals, OffloadCounts
 
 log = logging.getLogger("offloadd")
 
-# Walks pause when no scrape came for this many periods.
+# Walks pause when no scrape came for this many periods, and at least
+# IDLE_MIN_S: a Prometheus that scrapes once a minute (or every 5) must find
+# a count at most a period old each time, not the one its last scrape woke.
 IDLE_PERIODS = 4
+IDLE_MIN_S = 330.0
 
 
 class Walker(Protocol):
@@ -37,9 +41,12 @@ class CachedFlowCounter:
     """A metrics FlowCounter over ``walker``, answered from the last walk."""
 
     def __init__(self, walker: Walker, period_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 idle_s: float | None = None) -> None:
         self._walker = walker
         self._period = period_s
+        self._idle_s = (idle_s if idle_s is not None
+                        else max(IDLE_PERIODS * period_s, IDLE_MIN_S))
         self._clock = clock
         self._lock = threading.Lock()
         self._counts: OffloadCounts | None = None
@@ -80,7 +87,7 @@ class CachedFlowCounter:
         self._first.set()
 
     def _idle(self) -> bool:
-        return self._clock() - self._asked_at > IDLE_PERIODS * self._period
+        return self._clock() - self._asked_at > self._idle_s
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -103,7 +103,7 @@ def test_concurrent_scrapes_share_one_walk() -> None:
 def test_walks_pause_when_nobody_scrapes_and_a_scrape_wakes_them() -> None:
     walker = SlowWalker()
     period = 0.02
-    c = CachedFlowCounter(walker, period)
+    c = CachedFlowCounter(walker, period, idle_s=period * IDLE_PERIODS)
     c.start()
     try:
         time.sleep(period * (IDLE_PERIODS + 10))
@@ -118,6 +118,15 @@ def test_walks_pause_when_nobody_scrapes_and_a_scrape_wakes_them() -> None:
         assert walker.walks > paused_at  # woken
     finally:
         c.close()
+
+
+def test_a_scrape_a_minute_keeps_the_walks_going() -> None:
+    clock = Clock()
+    c = CachedFlowCounter(SlowWalker(), 15, clock=clock)
+    clock.now += 299
+    assert not c._idle()  # a scrape every 5 minutes still finds fresh counts
+    clock.now += 40
+    assert c._idle()
 
 
 def test_the_first_scrape_waits_at_most_a_period_for_the_first_walk() -> None:
