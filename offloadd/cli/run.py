@@ -197,7 +197,7 @@ def _start_metrics(config: Config, daemon: Daemon,
     scrape_backend = NftBackend(config.daemon.family.value, config.daemon.table)
     registry = CollectorRegistry()
     connections = ConnectionTable("metrics", METRICS_LIMITS)
-    flows = CachedFlowCounter(ConntrackCounter(), m.flow_count_interval)
+    flows = CachedFlowCounter(ConntrackCounter(), m.flow_count_interval, timing=daemon.timing)
     register(registry, StatusView(daemon.status, scrape_backend.read, watcher.stats),
              flows, endpoints=(connections, daemon.control_connections))
     exporter = start_exporter(m, registry, tls=tls, connections=connections)

@@ -30,31 +30,22 @@ from offloadd.service.control import ControlServer, Handler
 from offloadd.service.policyscope import PolicyScope
 from offloadd.service.ports import Backend, ChangeSource, LinkSource, Notify
 from offloadd.service.reconciler import Reconciler
-from offloadd.service.refusals import RETRY_REFUSED_S
 from offloadd.service.repairer import LeftBehindSource, Repairer
 from offloadd.service.report import status_report
 from offloadd.service.revalidator import Revalidator
 from offloadd.service.sdnotify import Notifier
 from offloadd.service.status import Status
 from offloadd.service.supervisor import Supervisor
+from offloadd.service.timing import Timing
 from offloadd.service.writer import TableWriter
 
 log = logging.getLogger("offloadd")
 
-RETRY_VANISHED_S = 0.2
 # "No such device" answers in a row, with no link change between them, after
-# which it is a failure (RETRY_FAILED_S) rather than a race.
+# which it is a failure (Timing.retry_failed_s) rather than a race.
 VANISHED_RETRIES = 5
-RETRY_FAILED_S = 5.0
-# How often the iptables-legacy tables are looked at (two small /proc reads):
-# loading one sends no nf_tables event, and until offloadd's chain moves after
-# its FORWARD hook a new flow can be offloaded past it.
-LEGACY_POLL_S = 2.0
 # SIGHUP reloads the config, the others stop (offloadd(8) lists them from here).
 SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
-WATCHER_RESTART_S = 1.0
-# With daemon.check_interval = 0, how often the setting is looked at again.
-CHECK_OFF_POLL_S = 60.0
 
 
 class Daemon:
@@ -63,8 +54,16 @@ class Daemon:
                  on_ready: Callable[[], None] = lambda: None,
                  notify: Notify | None = None,
                  nft_changes: ChangeSource | None = None,
-                 left_behind: LeftBehindSource | None = None) -> None:
+                 left_behind: LeftBehindSource | None = None,
+                 timing: Timing = Timing(),
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
+        # Every delay of the loop and its tasks, in one place (tests shrink
+        # them), and the clock deadlines are kept on: it must be the event
+        # loop's (time.monotonic is asyncio's), so a test on a virtual-time
+        # loop passes that loop's and waits out the delays without sleeping.
+        self.timing = timing
+        self._clock = clock
         self.backend = backend
         self.link_source = links
         self.status = Status(config_path=config_path)
@@ -79,8 +78,8 @@ class Daemon:
         # The one writer of the table: a failed repair or re-validation step
         # asks for a reconcile through it.
         self.writer = TableWriter(backend, self._reconcile_requested, self.status.writes)
-        self.reconciler = Reconciler(config, backend, self.status, self.writer)
-        self.supervisor = Supervisor(on_failure=self._task_failed)
+        self.reconciler = Reconciler(config, backend, self.status, self.writer, timing)
+        self.supervisor = Supervisor(timing=timing, clock=clock, on_failure=self._task_failed)
         self.status.tasks = lambda: self.supervisor.states
         self._refused_retry: asyncio.TimerHandle | None = None
         # ENOENT answers in a row with the same links (see _safe_reconcile).
@@ -96,11 +95,12 @@ class Daemon:
         self.control_connections = ConnectionTable("control", CONTROL_LIMITS)
         # Without a source (unit tests, --check) nothing is ever repaired.
         self.repairer = (Repairer(self.writer, left_behind, self.status,
-                                  enabled=self.repair_enabled)
+                                  enabled=self.repair_enabled, timing=timing, clock=clock)
                          if left_behind is not None else None)
         self.revalidator = Revalidator(
             self.writer, self.status, enabled=self.revalidate_enabled,
-            replaced=self.repairer.flowtables_replaced if self.repairer else lambda _n: None)
+            replaced=self.repairer.flowtables_replaced if self.repairer else lambda _n: None,
+            timing=timing, clock=clock)
         # Each component's counters, composed for status and metrics.
         if self.repairer is not None:
             self.status.repair = self.repairer.counts
@@ -149,7 +149,7 @@ class Daemon:
             if self.reconciler.refusals and self._refused_retry is None:
                 # No link event may come; the refused devices get their retry anyway.
                 self._refused_retry = asyncio.get_running_loop().call_later(
-                    RETRY_REFUSED_S + 1, self._retry_refused)
+                    self.timing.retry_refused_s + 1, self._retry_refused)
         except DeviceVanishedError as e:
             # A device went away between plan and apply: the kernel applied
             # nothing. The watcher is about to report it; plan again then.
@@ -168,7 +168,7 @@ class Daemon:
                                "link change)")
             log.error("reconcile failed: %s, %d times in a row with no link change in "
                       "between; retrying in %.0f s", e, self._vanished_in_a_row,
-                      RETRY_FAILED_S)
+                      self.timing.retry_failed_s)
             self._retry_failed()
             self.notify.status(self.status_line())
             return None
@@ -224,7 +224,7 @@ class Daemon:
         (read again each time: a reload may change it)."""
         while True:
             interval = self.config.daemon.check_interval
-            await asyncio.sleep(interval or CHECK_OFF_POLL_S)
+            await asyncio.sleep(interval or self.timing.check_off_poll_s)
             if interval and self.config.daemon.check_interval:
                 self._check_due = True
                 self._wake.set()
@@ -260,22 +260,23 @@ class Daemon:
         self._record_error(f"task {name} stopped: {why}")
 
     def _retry_failed(self) -> None:
-        self._failing_until = time.monotonic() + RETRY_FAILED_S
-        self._retry_later(RETRY_FAILED_S)
+        self._failing_until = self._clock() + self.timing.retry_failed_s
+        self._retry_later(self.timing.retry_failed_s)
 
     def _reconcile_requested(self, why: str) -> None:
         """The writer's callback: a step of a repair or re-validation failed, or
         one waits for the table to be in its desired state."""
         log.debug("reconcile requested: %s", why)
-        if time.monotonic() >= self._failing_until:
+        if self._clock() >= self._failing_until:
             self._wake.set()
 
     def _retry_refused(self) -> None:
         self._refused_retry = None
         self._wake.set()
 
-    def _retry_later(self, delay: float = RETRY_VANISHED_S) -> None:
-        asyncio.get_running_loop().call_later(delay, self._wake.set)
+    def _retry_later(self, delay: float | None = None) -> None:
+        asyncio.get_running_loop().call_later(
+            self.timing.retry_vanished_s if delay is None else delay, self._wake.set)
 
     # -- control socket commands ----------------------------------------------
     def control_handlers(self) -> dict[str, Handler]:
@@ -353,13 +354,13 @@ class Daemon:
             except OffloaddError as e:
                 self._record_error(f"link watcher: {e}")
                 log.error("link watcher failed (%s); restarting it in %.0fs", e,
-                          WATCHER_RESTART_S)
+                          self.timing.watcher_restart_s)
             finally:
                 # Closes the netlink socket.
                 aclose = getattr(snaps, "aclose", None)
                 if aclose is not None:
                     await aclose()
-            await asyncio.sleep(WATCHER_RESTART_S)
+            await asyncio.sleep(self.timing.watcher_restart_s)
 
     async def _consume_nft_changes(self, restarted: bool = False) -> None:
         """Others' committed transactions → reconciles and re-validations.
@@ -420,7 +421,7 @@ class Daemon:
         """
         seen = self.status.legacy  # the first pass's, if it ran already
         while True:
-            await asyncio.sleep(LEGACY_POLL_S)
+            await asyncio.sleep(self.timing.legacy_poll_s)
             now = self.backend.legacy_tables()
             if seen is None or now == seen:
                 seen = now

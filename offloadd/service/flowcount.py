@@ -21,14 +21,13 @@ from typing import Protocol
 
 from offloadd.core.errors import KernelError
 from offloadd.kernel.conntrack import ConntrackTotals, OffloadCounts
+from offloadd.service.timing import Timing
 
 log = logging.getLogger("offloadd")
 
 # Walks pause when no scrape came for this many periods, and at least
-# IDLE_MIN_S: a Prometheus that scrapes once a minute (or every 5) must find
-# a count at most a period old each time, not the one its last scrape woke.
+# Timing.flowcount_idle_min_s (see there).
 IDLE_PERIODS = 4
-IDLE_MIN_S = 330.0
 
 
 class Walker(Protocol):
@@ -42,11 +41,11 @@ class CachedFlowCounter:
 
     def __init__(self, walker: Walker, period_s: float,
                  clock: Callable[[], float] = time.monotonic,
-                 idle_s: float | None = None) -> None:
+                 idle_s: float | None = None, timing: Timing = Timing()) -> None:
         self._walker = walker
         self._period = period_s
         self._idle_s = (idle_s if idle_s is not None
-                        else max(IDLE_PERIODS * period_s, IDLE_MIN_S))
+                        else max(IDLE_PERIODS * period_s, timing.flowcount_idle_min_s))
         self._clock = clock
         self._lock = threading.Lock()
         self._counts: OffloadCounts | None = None

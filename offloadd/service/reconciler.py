@@ -29,14 +29,10 @@ from offloadd.core.xtables import LegacyTables
 from offloadd.service.ports import Backend
 from offloadd.service.refusals import Refusals, isolate_refused
 from offloadd.service.status import Status
+from offloadd.service.timing import Timing
 from offloadd.service.writer import TableWriter
 
 log = logging.getLogger("offloadd")
-
-# How long other tables' forward priorities are trusted without a fresh read,
-# while nf_tables change events flow (a backstop: each event that touches
-# another table's chains drops them at once).
-OTHERS_TTL_S = 5.0
 
 
 def log_ops(plan: Plan) -> None:
@@ -63,14 +59,15 @@ class Reconciler:
     """Brings the kernel's table to what the config selects for the current links."""
 
     def __init__(self, config: Config, backend: Backend, status: Status,
-                 writer: TableWriter | None = None) -> None:
+                 writer: TableWriter | None = None, timing: Timing = Timing()) -> None:
         self.config = config
+        self._others_ttl_s = timing.others_ttl_s
         self.backend = backend
         self.status = status
         # The loop retries a failed pass itself (with backoff): no reconcile
         # request from the writer for its own writes.
         self.writer = writer or TableWriter(backend, counts=status.writes)
-        self.refusals = Refusals()
+        self.refusals = Refusals(timing.retry_refused_s)
         self._hw_cache: dict[str, bool] = {}
         # Other tables' forward priorities, read with "list chains" (a whole
         # ruleset's chains). A device change does not change them, and that
@@ -104,7 +101,7 @@ class Reconciler:
     def _other_priorities(self) -> list[int]:
         now = time.monotonic()
         if (self.others_watched and self._others is not None
-                and now - self._others[0] < OTHERS_TTL_S):
+                and now - self._others[0] < self._others_ttl_s):
             return self._others[1]
         prios = self.backend.other_forward_priorities()
         self._others = (now, prios)

@@ -15,15 +15,12 @@ from offloadd.core.errors import DeviceVanishedError, NftError
 from offloadd.core.model import Link, TableState
 from offloadd.core.plan import Plan, UpdateFlowtableFlags, compute_plan
 
-# Devices the kernel refused are tried again after this long (sooner if the
-# link is re-created or the config reloaded).
-RETRY_REFUSED_S = 300.0
-
 
 class Refusals:
-    """device -> (its ifindex, the kernel's message) while it is left out."""
+    """device -> (its ifindex, the kernel's message) while it is left out,
+    at most ``retry_s`` (Timing.retry_refused_s)."""
 
-    def __init__(self, retry_s: float = RETRY_REFUSED_S) -> None:
+    def __init__(self, retry_s: float) -> None:
         self.retry_s = retry_s
         self._refused: dict[str, tuple[int, str]] = {}
         self.since = 0.0  # when the current set of refusals began

@@ -6,10 +6,10 @@ replacement with its read-back live here, with their own tests.
 
 When it looks: a route cache flush is what leaves flows behind, and a device
 going away is the flush offloadd sees, so a check follows each removal
-(after the flows' next packets: 1 s and 3 s later). Flushes it cannot see (an
-admin's ``net.ipv4.route.flush``, routing daemons) are caught by a check
-every PERIODIC_S. A check is one filtered conntrack dump in a worker thread;
-the loop only decides and applies.
+(after the flows' next packets: by default 1 s and 3 s later). Flushes it
+cannot see (an admin's ``net.ipv4.route.flush``, routing daemons) are caught
+by a periodic check (Timing.repair_periodic_s, 30 s). A check is one filtered
+conntrack dump in a worker thread; the loop only decides and applies.
 """
 
 from __future__ import annotations
@@ -34,18 +34,10 @@ from offloadd.core.repair import (
     pending_second_look,
 )
 from offloadd.service.status import RepairCounts, Status
+from offloadd.service.timing import Timing
 from offloadd.service.writer import TableWriter
 
 log = logging.getLogger("offloadd")
-
-AFTER_REMOVAL_S = (1.0, 3.0)
-AFTER_REPAIR_S = (2.5, 4.0)
-# Between deleting a flowtable and creating it again: how often to look
-# whether the kernel released the entries it held, and for how long at most.
-RELEASE_POLL_S = 0.25
-RELEASE_MAX_S = 3.0
-PERIODIC_S = 30.0
-NOT_IN_SYNC_RETRY_S = 0.5
 
 
 class LeftBehindSource(Protocol):
@@ -56,9 +48,10 @@ class LeftBehindSource(Protocol):
 
 class Repairer:
     def __init__(self, writer: TableWriter, source: LeftBehindSource, status: Status, *,
-                 policy: RepairPolicy | None = None, periodic_s: float = PERIODIC_S,
+                 policy: RepairPolicy | None = None,
                  enabled: Callable[[], bool] = lambda: True,
-                 release_max_s: float = RELEASE_MAX_S) -> None:
+                 timing: Timing = Timing(),
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._enabled = enabled
         self._writer = writer
         # Its own counters (the daemon hands them to status and metrics).
@@ -66,32 +59,34 @@ class Repairer:
         self._source = source
         self._status = status
         self._policy = policy or RepairPolicy()
-        self._periodic_s = periodic_s
-        self._release_max_s = release_max_s
+        self._timing = timing
+        # The event loop's clock: the due times are waited for on it.
+        self._clock = clock
         self._records: Mapping[str, FlowtableRecord] = {}
         self._previous: Scan | None = None
-        self._due: list[float] = []  # monotonic times of the checks asked for
+        self._due: list[float] = []  # when the checks asked for are due (on _clock)
         self._kick = asyncio.Event()
         self._scan_failed = False
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offloadd-scan")
 
     def links_removed(self) -> None:
-        for delay in AFTER_REMOVAL_S:
+        for delay in self._timing.repair_after_removal_s:
             self.check_in(delay)
 
     def flowtables_replaced(self, _names: tuple[str, ...] = ()) -> None:
         """Someone else (the re-validation) replaced flowtables: look as after a repair."""
-        for delay in (self._policy.settle_s, *AFTER_REPAIR_S):
+        for delay in (self._policy.settle_s, *self._timing.repair_after_repair_s):
             self.check_in(delay)
 
     def check_in(self, delay: float) -> None:
-        self._due.append(time.monotonic() + delay)
+        self._due.append(self._clock() + delay)
         self._kick.set()
 
     async def run(self) -> None:
-        next_periodic = time.monotonic() + self._periodic_s
+        periodic_s = self._timing.repair_periodic_s
+        next_periodic = self._clock() + periodic_s
         while True:
-            now = time.monotonic()
+            now = self._clock()
             wake = min([next_periodic, *self._due])
             if wake > now:
                 self._kick.clear()
@@ -100,7 +95,7 @@ class Repairer:
                 continue
             self._due = [t for t in self._due if t > now]
             if next_periodic <= now:
-                next_periodic = now + self._periodic_s
+                next_periodic = now + periodic_s
             try:
                 await self.check()
             except Exception:
@@ -114,7 +109,7 @@ class Repairer:
         if desired is None or not self._enabled():
             return
         flowtable_of = desired.flowtable_of()
-        t0 = time.monotonic()
+        t0 = self._clock()
         try:
             scan = await asyncio.get_running_loop().run_in_executor(
                 self._worker, self._source.scan, flowtable_of)
@@ -135,7 +130,7 @@ class Repairer:
             # and look again after it.
             self._writer.request_reconcile("a repair waits for offloadd's table to be in "
                                            "its desired state")
-            self.check_in(NOT_IN_SYNC_RETRY_S)
+            self.check_in(self._timing.repair_not_in_sync_retry_s)
             return
         if pending_second_look(scan, previous, found, self._policy.stale_gap_s):
             # Held but not judged yet: a second look tells a flow the flowtable
@@ -160,7 +155,7 @@ class Repairer:
         """Replaces the flowtables in two transactions: replace them with their
         offload rules held back, wait until the kernel released the entries the
         old ones held, put the rules back (see release_flowtables_plan)."""
-        t1 = time.monotonic()
+        t1 = self._clock()
         ids = frozenset(i for n in names for i in found.get(n, ()))
         what = "the repair of flowtable(s) " + ", ".join(names)
         try:
@@ -178,7 +173,7 @@ class Repairer:
         # On 7.3 a busy flow can lose the mark again a moment after the
         # replacement (its next packet, while the old entry is torn down):
         # look again after the settle check too, not only at the next period.
-        for delay in AFTER_REPAIR_S:
+        for delay in self._timing.repair_after_repair_s:
             self.check_in(delay)
         self.counts.repairs_total += len(names)
         flows = {n: len(found.get(n, ())) for n in names}
@@ -191,16 +186,17 @@ class Repairer:
                         "(forwarded by the flowtable but not marked offloaded in conntrack); "
                         "each is offloaded again at its next packet (scan %.0f ms, "
                         "replacement %.0f ms, entries %s)", name, flows[name], scan_s * 1000,
-                        (time.monotonic() - t1) * 1000,
+                        (self._clock() - t1) * 1000,
                         "released" if released else "not all released before re-creating",
                         extra={"FLOWTABLE": name, "OPERATION": "repair"})
 
     async def _released(self, ids: frozenset[int], flowtable_of: Mapping[str, str]) -> bool:
-        """Waits until none of ``ids`` is held any more (True), at most release_max_s."""
-        deadline = time.monotonic() + self._release_max_s
+        """Waits until none of ``ids`` is held any more (True), at most
+        Timing.repair_release_max_s."""
+        deadline = self._clock() + self._timing.repair_release_max_s
         loop = asyncio.get_running_loop()
-        while time.monotonic() < deadline:
-            await asyncio.sleep(RELEASE_POLL_S)
+        while self._clock() < deadline:
+            await asyncio.sleep(self._timing.repair_release_poll_s)
             try:
                 scan = await loop.run_in_executor(self._worker, self._source.scan, flowtable_of)
             except OffloaddError:

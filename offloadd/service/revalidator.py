@@ -24,12 +24,10 @@ from offloadd.core.errors import OffloaddError
 from offloadd.core.plan import replace_flowtables_plan
 from offloadd.core.revalidate import RevalidatePolicy, Schedule
 from offloadd.service.status import RevalidateCounts, Status
+from offloadd.service.timing import Timing
 from offloadd.service.writer import TableWriter
 
 log = logging.getLogger("offloadd")
-
-NOT_IN_SYNC_RETRY_S = 0.2
-FAILED_RETRY_S = 1.0
 
 
 class Revalidator:
@@ -37,6 +35,7 @@ class Revalidator:
                  enabled: Callable[[], bool] = lambda: True,
                  replaced: Callable[[tuple[str, ...]], None] = lambda _names: None,
                  policy: RevalidatePolicy | None = None,
+                 timing: Timing = Timing(),
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._writer = writer
         # Its own counters (the daemon hands them to status and metrics).
@@ -47,6 +46,7 @@ class Revalidator:
         self._replaced = replaced
         self._policy = policy or RevalidatePolicy()
         self._clock = clock
+        self._timing = timing
         self._schedule = Schedule()
         self._retry_at: float | None = None
         self._kick = asyncio.Event()
@@ -85,7 +85,7 @@ class Revalidator:
                 # The top of this task's loop: one failed pass must not end
                 # re-validation for good (nothing else would restart it).
                 log.exception("re-validation failed")
-                self._retry_at = self._clock() + FAILED_RETRY_S
+                self._retry_at = self._clock() + self._timing.revalidate_failed_retry_s
 
     def revalidate(self) -> bool:
         """Replaces offloadd's flowtables if changes are pending; True if it did."""
@@ -113,7 +113,7 @@ class Revalidator:
                          "its desired state", extra={"OPERATION": "revalidate-wait"})
             self._writer.request_reconcile("a re-validation waits for offloadd's table to "
                                            "be in its desired state")
-            self._retry_at = self._clock() + NOT_IN_SYNC_RETRY_S
+            self._retry_at = self._clock() + self._timing.revalidate_not_in_sync_retry_s
             return False
         self._waiting = False
         names = tuple(ft.name for ft in table.flowtables)
@@ -123,9 +123,9 @@ class Revalidator:
                                table, "the re-validation of flowtable(s) " + ", ".join(names))
         except OffloaddError as e:
             log.error("re-validation failed (flowtable(s) %s): %s; retrying in %.0f s",
-                      ", ".join(names), e, FAILED_RETRY_S)
+                      ", ".join(names), e, self._timing.revalidate_failed_retry_s)
             self._status.record_error(f"re-validation failed: {e}")
-            self._retry_at = self._clock() + FAILED_RETRY_S
+            self._retry_at = self._clock() + self._timing.revalidate_failed_retry_s
             return False
         done = self._clock()
         self._schedule = self._schedule.ran(done, self._policy)

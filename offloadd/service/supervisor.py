@@ -17,24 +17,27 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 
 from offloadd.core.errors import OffloaddError
+from offloadd.service.timing import Timing
 
 log = logging.getLogger("offloadd")
 
-# The first restart comes after FIRST_S, each next one after twice the last,
-# at most MAX_S; a task that ran HEALTHY_S without failing starts again at FIRST_S.
-FIRST_S = 1.0
-MAX_S = 60.0
-HEALTHY_S = 60.0
-
-
 @dataclass(frozen=True)
 class Backoff:
-    """The delay before the next restart, as a value (pure, unit-tested)."""
+    """The delay before the next restart, as a value (pure, unit-tested).
 
-    first_s: float = FIRST_S
-    max_s: float = MAX_S
-    healthy_s: float = HEALTHY_S
+    The first restart comes after first_s, each next one after twice the
+    last, at most max_s; a task that ran healthy_s without failing starts
+    again at first_s.
+    """
+
+    first_s: float
+    max_s: float
+    healthy_s: float
     current_s: float = 0.0  # 0: no failure yet
+
+    @classmethod
+    def of(cls, timing: Timing) -> Backoff:
+        return cls(timing.restart_first_s, timing.restart_max_s, timing.restart_healthy_s)
 
     def after_failure(self, ran_s: float) -> Backoff:
         """The backoff after a task failed having run ``ran_s`` seconds."""
@@ -70,12 +73,12 @@ class Supervisor:
     may have missed what it watches and says so to its consumers.
     """
 
-    def __init__(self, *, backoff: Backoff | None = None,
+    def __init__(self, *, timing: Timing = Timing(),
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  on_failure: Callable[[str, str], None] = lambda _name, _why: None) -> None:
         self._on_failure = on_failure
-        self._backoff = backoff or Backoff()
+        self._backoff = Backoff.of(timing)
         self._clock = clock
         self._sleep = sleep
         self._states: dict[str, TaskState] = {}

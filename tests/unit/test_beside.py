@@ -31,11 +31,12 @@ from offloadd.core.xtables import Hook, LegacyTables, from_forward_hooks
 from offloadd.kernel import xtables
 from offloadd.kernel.nftstate import base_chain_hooks
 from offloadd.kernel.xtables import legacy_tables
-from offloadd.service import daemon as daemon_mod
 from offloadd.service.daemon import Daemon
 from offloadd.service.policyscope import PolicyScope
 from offloadd.service.report import status_report
+from offloadd.service.timing import Timing
 from tests.unit.fakes import FakeBackend, FakeLinks
+from tests.unit.virtualtime import run_virtual
 
 CONFIG = """
 [[flowtable]]
@@ -56,11 +57,11 @@ def _batch(*txs: Transaction, overrun: bool = False) -> NftChanges:
 
 
 def _daemon(tmp_path: Path, b: FakeBackend | None = None,
-            text: str = CONFIG) -> tuple[Daemon, FakeBackend]:
+            text: str = CONFIG, timing: Timing = Timing()) -> tuple[Daemon, FakeBackend]:
     path = tmp_path / "offloadd.toml"
     path.write_text(text)
     b = b or FakeBackend()
-    d = Daemon(path, parse_config(text), b, links=FakeLinks())
+    d = Daemon(path, parse_config(text), b, links=FakeLinks(), timing=timing)
     d.status.links = (Link(1, "lan0", "veth"), Link(2, "wan0", "veth"))
     return d, b
 
@@ -141,9 +142,8 @@ def test_a_fixed_priority_before_a_legacy_hook_is_reported(tmp_path: Path) -> No
 
 
 def test_a_legacy_table_that_appears_moves_the_chain_and_revalidates(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(daemon_mod, "LEGACY_POLL_S", 0.01)
-    d, b = _daemon(tmp_path)
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    d, b = _daemon(tmp_path, timing=Timing(legacy_poll_s=0.01))
     d.reconcile()
 
     async def go() -> None:
@@ -157,7 +157,7 @@ def test_a_legacy_table_that_appears_moves_the_chain_and_revalidates(
                 break
         task.cancel()
 
-    asyncio.run(go())
+    run_virtual(go)
     pending = d.revalidator._schedule.pending
     assert pending is not None and pending.triggers == (
         "iptables-legacy table(s) loaded: ip filter",)
@@ -168,12 +168,11 @@ def test_a_legacy_table_that_appears_moves_the_chain_and_revalidates(
 
 
 def test_a_legacy_table_a_reconcile_read_first_still_revalidates(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path) -> None:
     """ip6tables-legacy loads its table while a pass runs for iptables-legacy's:
     the pass reads it first; the poll must still re-validate for it (the
     2026-12-03 slow-day rehearsal: IPv6 reply drops stayed offloaded)."""
-    monkeypatch.setattr(daemon_mod, "LEGACY_POLL_S", 0.01)
-    d, b = _daemon(tmp_path)
+    d, b = _daemon(tmp_path, timing=Timing(legacy_poll_s=0.01))
     b.legacy = LegacyTables(ipv4=frozenset({"filter"}))
     d.reconcile()
 
@@ -188,7 +187,7 @@ def test_a_legacy_table_a_reconcile_read_first_still_revalidates(
                 break
         task.cancel()
 
-    asyncio.run(go())
+    run_virtual(go)
     pending = d.revalidator._schedule.pending
     assert pending is not None and pending.triggers == (
         "iptables-legacy table(s) loaded: ip filter, ip6 filter",)

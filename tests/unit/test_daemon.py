@@ -1,10 +1,16 @@
-"""The reconcile loop against in-memory fakes: minimal changes, verify, reload."""
+"""The reconcile loop against in-memory fakes: minimal changes, verify, reload.
+
+The tests of the running loop (retries, backoff, the periodic check) run on
+a virtual clock (tests.unit.virtualtime) with the daemon's own delays:
+exact, instant, and not flaky on a slow machine.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -17,8 +23,9 @@ from offloadd.core.errors import NftError, VerifyError
 from offloadd.core.model import Link
 from offloadd.core.plan import AddFlowtableDevices, AddSetElements, CreateTable
 from offloadd.core.render import render
-from offloadd.service.daemon import RETRY_VANISHED_S, VANISHED_RETRIES, Daemon
+from offloadd.service.daemon import VANISHED_RETRIES, Daemon
 from tests.unit.fakes import FakeBackend, FakeLinks
+from tests.unit.virtualtime import run_virtual
 
 CONFIG = """
 [daemon]
@@ -34,12 +41,17 @@ LAN5 = Link(5, "lan5", "veth")
 OTHER = Link(6, "eth9", "veth")
 
 
-def _daemon(tmp_path: Path, text: str = CONFIG,
-            backend: FakeBackend | None = None) -> tuple[Daemon, FakeBackend]:
+def _daemon(tmp_path: Path, text: str = CONFIG, backend: FakeBackend | None = None,
+            clock: Callable[[], float] = time.monotonic) -> tuple[Daemon, FakeBackend]:
     path = tmp_path / "offloadd.toml"
     path.write_text(text)
     b = backend or FakeBackend()
-    return Daemon(path, parse_config(text), b, links=FakeLinks()), b
+    return Daemon(path, parse_config(text), b, links=FakeLinks(), clock=clock), b
+
+
+def _on_loop(tmp_path: Path, text: str = CONFIG) -> tuple[Daemon, FakeBackend]:
+    """A daemon for the running loop: its deadlines on that loop's (virtual) clock."""
+    return _daemon(tmp_path, text, clock=asyncio.get_running_loop().time)
 
 
 def test_first_reconcile_creates_table_with_matching_devices(tmp_path: Path) -> None:
@@ -146,7 +158,7 @@ def test_restart_adopts_existing_table(tmp_path: Path) -> None:
 
 def test_loop_follows_snapshots_and_retries_vanished_device(tmp_path: Path) -> None:
     async def scenario() -> None:
-        d, b = _daemon(tmp_path)
+        d, b = _on_loop(tmp_path)
         links = d.link_source
         assert isinstance(links, FakeLinks)
         task = asyncio.create_task(d.run(signals=(), control=False))
@@ -155,12 +167,15 @@ def test_loop_follows_snapshots_and_retries_vanished_device(tmp_path: Path) -> N
         assert b.state is not None and b.state.flowtable("ft").devices == {"lan0", "wan0"}  # type: ignore[union-attr]
         b.vanish_next = 1
         links.push(LAN0, WAN0, LAN5)
-        await asyncio.sleep(0.5)  # refused once, re-planned after the retry delay
+        await asyncio.sleep(0.05)
+        assert b.vanish_next == 0  # refused once: nothing applied
+        assert b.state.flowtable("ft").devices == {"lan0", "wan0"}  # type: ignore[union-attr]
+        await asyncio.sleep(d.timing.retry_vanished_s)  # re-planned after the retry delay
         assert b.state.flowtable("ft").devices == {"lan0", "wan0", "lan5"}  # type: ignore[union-attr]
         d.request_stop()
         await asyncio.wait_for(task, 2)
 
-    asyncio.run(scenario())
+    run_virtual(scenario)
 
 
 def test_the_same_no_such_device_answer_with_no_link_change_backs_off(tmp_path: Path) -> None:
@@ -168,13 +183,13 @@ def test_the_same_no_such_device_answer_with_no_link_change_backs_off(tmp_path: 
     retried VANISHED_RETRIES times quickly, then as a failure, not every 0.2 s
     forever (seen once on a slow day: 180 s of "re-planning shortly")."""
     async def scenario() -> None:
-        d, b = _daemon(tmp_path)
+        d, b = _on_loop(tmp_path)
         links = d.link_source
         assert isinstance(links, FakeLinks)
         b.vanish_next = 1000
         task = asyncio.create_task(d.run(signals=(), control=False))
         links.push(LAN0, WAN0)
-        await asyncio.sleep(VANISHED_RETRIES * RETRY_VANISHED_S + 1.0)
+        await asyncio.sleep(VANISHED_RETRIES * d.timing.retry_vanished_s + 1.0)
         tries = 1000 - b.vanish_next
         assert tries == VANISHED_RETRIES, tries
         assert any("no link change" in e for e in d.status.recent_errors)
@@ -188,7 +203,7 @@ def test_the_same_no_such_device_answer_with_no_link_change_backs_off(tmp_path: 
         d.request_stop()
         await asyncio.wait_for(task, 2)
 
-    asyncio.run(scenario())
+    run_virtual(scenario)
 
 
 class RecordingNotify:
@@ -217,7 +232,8 @@ def test_loop_tells_systemd_ready_reloading_and_stopping(tmp_path: Path) -> None
         path.write_text(CONFIG)
         links = FakeLinks()
         notify = RecordingNotify()
-        d = Daemon(path, parse_config(CONFIG), FakeBackend(), links=links, notify=notify)
+        d = Daemon(path, parse_config(CONFIG), FakeBackend(), links=links, notify=notify,
+                   clock=asyncio.get_running_loop().time)
         task = asyncio.create_task(d.run(signals=(), control=False))
         await asyncio.sleep(0.02)
         assert "ready" not in notify.calls  # not before the first reconcile
@@ -230,7 +246,7 @@ def test_loop_tells_systemd_ready_reloading_and_stopping(tmp_path: Path) -> None
         await asyncio.wait_for(task, 2)
         return notify.calls
 
-    calls = asyncio.run(scenario())
+    calls = run_virtual(scenario)
     assert calls[0] == "watchdog"
     assert calls[1] == "ready"
     i = calls.index("reloading")
@@ -375,7 +391,7 @@ async def _until(pred: Callable[[], bool], timeout: float = 10.0) -> None:
 async def _running(tmp_path: Path,
                    check_interval: int) -> AsyncIterator[tuple[Daemon, FakeBackend]]:
     """A daemon with daemon.check_interval, running on lan0 and wan0."""
-    d, b = _daemon(tmp_path, CONFIG.replace(
+    d, b = _on_loop(tmp_path, CONFIG.replace(
         "[daemon]\n", f"[daemon]\ncheck_interval = {check_interval}\n"))
     links = d.link_source
     assert isinstance(links, FakeLinks)
@@ -406,7 +422,7 @@ def test_the_periodic_check_repairs_drift_no_event_announced(tmp_path: Path) -> 
             await _until(lambda: d.status.reconciles_total >= checks + 6)
             assert d.status.drift_repairs_total == 1
 
-    asyncio.run(scenario())
+    run_virtual(scenario)
 
 
 def test_check_interval_zero_runs_no_periodic_pass(tmp_path: Path) -> None:
@@ -414,10 +430,11 @@ def test_check_interval_zero_runs_no_periodic_pass(tmp_path: Path) -> None:
         async with _running(tmp_path, 0) as (d, b):
             passes = d.status.reconciles_total
             b.state = None
-            await asyncio.sleep(1.5)
+            # Past the look at the setting (check_off_poll_s), not only a second.
+            await asyncio.sleep(2 * d.timing.check_off_poll_s + 1.5)
             assert d.status.reconciles_total == passes and b.state is None
 
-    asyncio.run(scenario())
+    run_virtual(scenario)
 
 
 def test_status_says_what_the_periodic_check_found() -> None:

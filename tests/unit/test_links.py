@@ -1,9 +1,6 @@
 """links: message parsing, the link table, and the watcher's coalescing and
-resync logic against a fake kernel, on an event loop with virtual time.
-
-Why virtual time: coalescing is all about timeouts; a loop whose clock jumps
-straight to the next timer makes every timing assertion exact and the tests
-deterministic and instant, whatever the machine's load.
+resync logic against a fake kernel, on an event loop with virtual time
+(tests.unit.virtualtime): coalescing is all about timeouts.
 """
 
 from __future__ import annotations
@@ -11,8 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import selectors
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,60 +32,10 @@ from offloadd.kernel.links import (
     LinkWatcher,
     current_links,
 )
+from tests.unit.virtualtime import run_virtual
 
 ARPHRD_ETHER = 1
 AF_BRIDGE = 7
-
-# -- virtual time -------------------------------------------------------------
-
-
-class _InstantSelector(selectors.BaseSelector):
-    """Real readiness, but a wait for a timer advances the loop's clock instead."""
-
-    def __init__(self) -> None:
-        self._real = selectors.DefaultSelector()
-        self.advance: Callable[[float], None] = lambda _: None
-
-    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
-        return self._real.register(fileobj, events, data)
-
-    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
-        return self._real.unregister(fileobj)
-
-    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        ready = self._real.select(0)
-        if ready or timeout == 0:
-            return ready
-        if timeout is None:
-            raise RuntimeError("virtual-time loop would block forever: nothing scheduled")
-        self.advance(timeout)
-        return []
-
-    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
-        return self._real.get_map()
-
-    def close(self) -> None:
-        self._real.close()
-
-
-class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    def __init__(self) -> None:
-        self._now = 0.0
-        selector = _InstantSelector()
-        super().__init__(selector)
-        selector.advance = self._advance
-
-    def _advance(self, dt: float) -> None:
-        self._now += dt
-
-    def time(self) -> float:
-        return self._now
-
-
-def run_virtual(main: Callable[[], Awaitable[None]]) -> None:
-    with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
-        runner.run(main())  # type: ignore[arg-type]
-
 
 # -- messages -------------------------------------------------------------------
 

@@ -1,12 +1,13 @@
 """The repair decision: when flows left behind call for a flowtable replacement,
 when they do not (rate limit, a repair that did not help), and the one-batch
-replacement itself checked by the simulator; the Repairer against fakes."""
+replacement itself checked by the simulator; the Repairer against fakes, its
+waits on a virtual clock (tests.unit.virtualtime) with the daemon's delays."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +41,9 @@ from offloadd.core.repair import (
 from offloadd.core.simulate import apply_plan
 from offloadd.service.daemon import Daemon
 from offloadd.service.report import status_report
+from offloadd.service.timing import Timing
 from tests.unit.fakes import FakeBackend, FakeLinks
+from tests.unit.virtualtime import run_virtual
 
 SEEN_REPLY, ASSURED = 1 << 1, 1 << 2
 POLICY = RepairPolicy(min_interval_s=1.5, settle_s=1.0, backoff_s=60.0, backoff_max_s=900.0)
@@ -210,33 +213,53 @@ def test_replacement_of_unknown_flowtables_is_empty() -> None:
 class FakeScanner:
     scans: list[Mapping[str, frozenset[int]]] = field(default_factory=list)
     seen: list[Mapping[str, str]] = field(default_factory=list)
+    # The repairer's clock: scans are stamped on it (the kernel's on time.monotonic).
+    clock: Callable[[], float] = time.monotonic
 
     def scan(self, flowtable_of: Mapping[str, str]) -> Scan:
         self.seen.append(dict(flowtable_of))
         found = self.scans.pop(0) if self.scans else {}
-        return Scan(at=time.monotonic(), held={i: HeldEntry(86392, ft)
-                                               for ft, ids in found.items() for i in ids})
+        return Scan(at=self.clock(), held={i: HeldEntry(86392, ft)
+                                           for ft, ids in found.items() for i in ids})
 
 
 CONFIG = '[[flowtable]]\nname = "ft"\ndevices = ["lan*", "wan*"]\n'
 
 
-def _daemon(tmp_path: Path, scanner: FakeScanner, extra: str = "") -> tuple[Daemon, FakeBackend]:
+def _daemon(tmp_path: Path, scanner: FakeScanner, extra: str = "", *,
+            timing: Timing = Timing(),
+            clock: Callable[[], float] = time.monotonic) -> tuple[Daemon, FakeBackend]:
     path = tmp_path / "offloadd.toml"
     path.write_text(extra + CONFIG)
     b = FakeBackend()
-    d = Daemon(path, parse_config(extra + CONFIG), b, links=FakeLinks(), left_behind=scanner)
+    d = Daemon(path, parse_config(extra + CONFIG), b, links=FakeLinks(), left_behind=scanner,
+               timing=timing, clock=clock)
     d.status.links = (Link(1, "lan0", "veth"), Link(2, "wan0", "veth"))
     d.reconcile()
     return d, b
 
 
+def _on_loop(tmp_path: Path, scanner: FakeScanner, *,
+             timing: Timing = Timing()) -> tuple[Daemon, FakeBackend]:
+    """A daemon for the running (virtual-time) loop: the repairer's waits and
+    the scans' stamps on that loop's clock."""
+    scanner.clock = asyncio.get_running_loop().time
+    return _daemon(tmp_path, scanner, timing=timing, clock=scanner.clock)
+
+
 def test_repairer_replaces_the_flowtable_and_reports_it(tmp_path: Path) -> None:
     scanner = FakeScanner([{"ft": IDS}])
-    d, b = _daemon(tmp_path, scanner)
-    before = b.state
-    assert d.repairer is not None
-    asyncio.run(d.repairer.check())
+
+    async def go() -> tuple[Daemon, FakeBackend, TableState | None]:
+        d, b = _on_loop(tmp_path, scanner)
+        before = b.state
+        assert d.repairer is not None
+        await d.repairer.check()
+        # One look after the delete, at the first poll.
+        assert asyncio.get_running_loop().time() == d.timing.repair_release_poll_s
+        return d, b, before
+
+    d, b, before = run_virtual(go)
     assert scanner.seen[0] == {"lan0": "ft", "wan0": "ft"}
     assert b.state == before
     # Two steps: delete, then (the entries released: the next scan holds none) create.
@@ -253,13 +276,18 @@ def test_entries_never_released_still_get_their_flowtable_back(tmp_path: Path) -
     # The kernel keeps holding them (every scan finds them): after the wait,
     # the flowtable comes back anyway; the next checks judge the repair.
     scanner = FakeScanner([{"ft": IDS}] * 20)
-    d, b = _daemon(tmp_path, scanner)
-    before = b.state
-    assert d.repairer is not None
-    d.repairer._release_max_s = 0.6
-    asyncio.run(d.repairer.check())
+
+    async def go() -> tuple[Daemon, FakeBackend, TableState | None]:
+        d, b = _on_loop(tmp_path, scanner, timing=Timing(repair_release_max_s=0.6))
+        before = b.state
+        assert d.repairer is not None
+        await d.repairer.check()
+        return d, b, before
+
+    d, b, before = run_virtual(go)
     assert b.state == before and d.status.repair.repairs_total == 1
-    assert 2 <= len(scanner.seen) <= 4
+    # The check's scan, then one per poll (0.25 s) until 0.6 s had passed.
+    assert len(scanner.seen) == 1 + 3
 
 
 def test_repairer_does_nothing_when_nothing_is_left_behind(tmp_path: Path) -> None:
@@ -299,26 +327,34 @@ def test_a_failed_replacement_keeps_the_state_and_is_reported(tmp_path: Path) ->
 
 def test_a_link_removal_schedules_checks(tmp_path: Path) -> None:
     scanner = FakeScanner()
-    d, _b = _daemon(tmp_path, scanner)
+    seen_at: list[int] = []
 
-    async def go() -> int:
+    async def go() -> None:
+        d, _b = _on_loop(tmp_path, scanner)
         assert d.repairer is not None
         d.repairer.links_removed()
         task = asyncio.create_task(d.repairer.run())
-        await asyncio.sleep(3.4)
+        for t in (0.9, 1.1, 2.9, 3.4):
+            await asyncio.sleep(t - asyncio.get_running_loop().time())
+            seen_at.append(len(scanner.seen))
         task.cancel()
-        return len(scanner.seen)
 
-    assert asyncio.run(go()) == 2  # 1 s and 3 s after the removal
+    run_virtual(go)
+    assert seen_at == [0, 1, 1, 2]  # 1 s and 3 s after the removal
 
 
 # -- what the operator sees ---------------------------------------------------------
 
 def test_status_report_and_offloadctl_line_show_the_last_repair(tmp_path: Path) -> None:
     scanner = FakeScanner([{"ft": IDS}])
-    d, b = _daemon(tmp_path, scanner)
-    assert d.repairer is not None
-    asyncio.run(d.repairer.check())
+
+    async def go() -> tuple[Daemon, FakeBackend]:
+        d, b = _on_loop(tmp_path, scanner)
+        assert d.repairer is not None
+        await d.repairer.check()
+        return d, b
+
+    d, b = run_virtual(go)
     rep = status_report(d.status, "offloadd", "inet", b.state, repair_mode="auto")["repair"]
     assert rep["repairs_total"] == 1 and rep["checks_total"] == 1
     assert rep["last"]["flowtables"] == ["ft"] and rep["last"]["flows"] == {"ft": 3}

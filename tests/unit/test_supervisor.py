@@ -15,7 +15,7 @@ import pytest
 from offloadd.cli.format import format_tasks
 from offloadd.core.configparse import parse_config
 from offloadd.core.errors import KernelError, NftError, OffloaddError
-from offloadd.core.model import Link
+from offloadd.core.model import Link, TableState
 from offloadd.core.plan import Plan
 from offloadd.core.repair import HeldEntry, Scan
 from offloadd.core.revalidate import NftChanges, ObjectKind, TableChange, Transaction, Verb
@@ -24,7 +24,9 @@ from offloadd.kernel.nft import parse_json_listing
 from offloadd.service.daemon import Daemon
 from offloadd.service.report import status_report
 from offloadd.service.supervisor import Backoff, Supervisor
+from offloadd.service.timing import Timing
 from tests.unit.fakes import FakeBackend, FakeLinks
+from tests.unit.virtualtime import run_virtual
 
 CONFIG = '[[flowtable]]\nname = "ft"\ndevices = ["lan*", "wan*"]\n'
 
@@ -123,20 +125,19 @@ class DiesOnce:
 def test_a_watcher_that_died_comes_back_and_revalidates_what_it_may_have_missed(
         tmp_path: Path) -> None:
     source = DiesOnce()
-    d, b = _daemon(tmp_path, nft_changes=source)
-    b.hooks = {("inet", "admin"): frozenset({"forward"})}
-    d.supervisor = Supervisor(backoff=Backoff(first_s=0.01), on_failure=d._task_failed)
 
-    async def go() -> None:
+    async def go() -> tuple[Daemon, FakeBackend]:
+        d, b = _daemon(tmp_path, nft_changes=source, clock=asyncio.get_running_loop().time)
+        b.hooks = {("inet", "admin"): frozenset({"forward"})}
         d.supervisor.start("nft-changes", d._consume_nft_changes)
-        for _ in range(100):
-            await asyncio.sleep(0.005)
-            if source.opened == 2 and d.revalidator._schedule.pending is not None:
-                break
+        # Restarted after restart_first_s, on virtual time.
+        await asyncio.sleep(d.timing.restart_first_s + 0.01)
+        assert source.opened == 2 and d.revalidator._schedule.pending is not None
         assert d.reconciler.others_watched  # running again
         await d.supervisor.stop()
+        return d, b
 
-    asyncio.run(go())
+    d, b = run_virtual(go)
     assert source.opened == 2
     pending = d.revalidator._schedule.pending
     assert pending is not None and pending.triggers == (
@@ -154,18 +155,19 @@ def test_a_watcher_that_fails_to_open_again_and_again_revalidates_nothing(
             raise KernelError(1, "cannot watch nftables changes: Operation not permitted")
             yield NftChanges(())  # pragma: no cover (an async generator)
 
-    d, _b = _daemon(tmp_path, nft_changes=NeverOpens())
-    d.supervisor = Supervisor(backoff=Backoff(first_s=0.001, max_s=0.004),
-                              on_failure=d._task_failed)
-
-    async def go() -> None:
+    async def go() -> Daemon:
+        d, _b = _daemon(tmp_path, nft_changes=NeverOpens(),
+                        timing=Timing(restart_first_s=0.001, restart_max_s=0.004),
+                        clock=asyncio.get_running_loop().time)
         d.supervisor.start("nft-changes", d._consume_nft_changes)
         await asyncio.sleep(0.1)
         await d.supervisor.stop()
+        return d
 
-    asyncio.run(go())
+    d = run_virtual(go)
     st = d.supervisor.states["nft-changes"]
-    assert st.restarts_total >= 5 and not st.up
+    # On virtual time: after 1, 2, then every 4 ms, up to 0.1 s.
+    assert st.restarts_total == 2 + int((0.1 - 0.003) / 0.004) and not st.up
     assert d.revalidator._schedule.pending is None  # no re-validation storm
     assert d.status.revalidation.revalidations_total == 0
 
@@ -204,24 +206,29 @@ def test_a_repair_whose_second_step_fails_asks_for_the_reconcile_that_restores_t
     path = tmp_path / "offloadd.toml"
     path.write_text(CONFIG)
     b = FailsAt()
-    d = Daemon(path, parse_config(CONFIG), b, links=FakeLinks(), left_behind=HeldOnce())
-    d.status.links = (Link(1, "lan0", "veth"), Link(2, "wan0", "veth"))
-    d.reconcile()
-    desired = d.status.desired
-    assert desired is not None and b.state == desired.table
-    transactions = d.status.transactions_total
-    b.count, b.at = 0, {2}  # the release goes through, putting the rules back fails
-    assert d.repairer is not None
-    d.repairer._release_max_s = 0.3
-    asyncio.run(d.repairer.check())
-    assert b.state != desired.table  # the chain lacks its offload rule
+
+    async def go() -> tuple[Daemon, TableState, int]:
+        d = Daemon(path, parse_config(CONFIG), b, links=FakeLinks(), left_behind=HeldOnce(),
+                   timing=Timing(repair_release_max_s=0.3), clock=asyncio.get_running_loop().time)
+        d.status.links = (Link(1, "lan0", "veth"), Link(2, "wan0", "veth"))
+        d.reconcile()
+        desired = d.status.desired
+        assert desired is not None and b.state == desired.table
+        transactions = d.status.transactions_total
+        b.count, b.at = 0, {2}  # the release goes through, putting the rules back fails
+        assert d.repairer is not None
+        await d.repairer.check()
+        return d, desired.table, transactions
+
+    d, desired_table, transactions = run_virtual(go)
+    assert b.state != desired_table  # the chain lacks its offload rule
     assert d.status.repair.repairs_total == 0 and "repair failed" in d.status.last_error
     assert d.status.writes.failures_total == 1
     assert d.status.writes.reconciles_requested_total == 1
     assert d._wake.is_set()  # the loop's next pass is that reconcile
     d._wake.clear()
     d._pass()
-    assert b.state == desired.table
+    assert b.state == desired_table
     # release + the reconcile's repair; the refused step is no transaction
     assert d.status.transactions_total == transactions + 2
 
