@@ -31,16 +31,23 @@ flows with eth1 listed and the lab's user-space ISP end drops them all).
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
 
-from tests.lab import conntrack
-from tests.lab.gateway import PPPOE_VLAN, Gateway, GwPath, gateway_lab
-from tests.lab.netns import CommandError, Netns
+from tests.lab.gateway import (
+    Gateway,
+    GwPath,
+    add_witnesses,
+    counters,
+    gateway_lab,
+    match,
+    offloaded_per_path,
+    snapshot,
+)
+from tests.lab.netns import CommandError
 from tests.lab.traffic import (
     LIFETIME_S,
     SETTLE_S,
@@ -109,61 +116,6 @@ class ListFacts:
     error: str = ""
 
 
-def _counters(ns: Netns) -> dict[str, int]:
-    data = json.loads(ns.out("nft", "-j", "list", "counters"))
-    return {c["counter"]["name"]: int(c["counter"]["packets"])
-            for c in data.get("nftables", []) if "counter" in c}
-
-
-def _match(p: GwPath, direction: str) -> str:
-    """nft match for the path's requests ("req") or replies ("rep")."""
-    ip = "ip" if p.family == 4 else "ip6"
-    if direction == "req":
-        return f"{ip} daddr {p.server_addr} udp dport {PORT}"
-    return f"{ip} saddr {p.server_addr} udp sport {PORT}"
-
-
-def _witnesses(g: Gateway) -> None:
-    """Counters that stay for the whole test: the LAN host's sent/received,
-    the servers' arrivals, the gateway's upper devices' ingress, the ISP wire."""
-    names = [p.name for p in g.paths]
-    g.lan.nft("table inet hostw {\n" + "".join(
-        f"counter req_{n} {{}}\ncounter rep_{n} {{}}\n" for n in names)
-        + "chain out { type filter hook output priority 0; policy accept;\n"
-        + "".join(f"{_match(p, 'req')} counter name \"req_{p.name}\"\n" for p in g.paths)
-        + "}\nchain in { type filter hook input priority 0; policy accept;\n"
-        + "".join(f"{_match(p, 'rep')} counter name \"rep_{p.name}\"\n" for p in g.paths)
-        + "}\n}\n")
-    for server in (g.isp, g.site):
-        mine = [p for p in g.paths if p.server == server]
-        server.nft("table inet srvw {\n" + "".join(f"counter arr_{p.name} {{}}\n" for p in mine)
-                   + "chain in { type filter hook input priority 0; policy accept;\n"
-                   + "".join(f"{_match(p, 'req')} counter name \"arr_{p.name}\"\n"
-                             for p in mine) + "}\n}\n")
-    # Hooked before the flowtable (priority -500 < 0): what reaches each
-    # upper device's ingress, offloaded there or not.
-    chains = [(g.bridge, "req", g.paths)] + [
-        (dev, "rep", [p for p in g.paths if p.upper == dev]) for dev in (g.ppp, g.wg)]
-    script = "table netdev gww {\n"
-    for dev, direction, paths in chains:
-        tag = dev.replace("-", "")
-        script += "".join(f"counter in_{tag}_{p.name} {{}}\n" for p in paths)
-        script += (f"chain in_{tag} {{ type filter hook ingress device \"{dev}\" priority -500; "
-                   "policy accept;\n")
-        script += "".join(f"{_match(p, direction)} counter name \"in_{tag}_{p.name}\"\n"
-                          for p in paths) + "}\n"
-    g.gw.nft(script + "}\n")
-    # The wire at the ISP end: PPPoE session frames on VLAN 7, addressed to
-    # the ISP end's MAC or not.
-    sess = f"ether type 8021q vlan id {PPPOE_VLAN} vlan type 0x8864"
-    g.isp.nft("table netdev wire {\ncounter to_peer {}\ncounter misaddressed {}\n"
-              "chain in { type filter hook ingress device \"eth0\" priority -500; "
-              "policy accept;\n"
-              f"{sess} ether daddr {g.isp_mac} counter name \"to_peer\"\n"
-              f"{sess} ether daddr != {g.isp_mac} counter name \"misaddressed\"\n"
-              "}\n}\n")
-
-
 def _ruleset(g: Gateway, devices: tuple[str, ...] | None) -> str:
     """The table under test: forward-chain witnesses per path, and (unless
     ``devices`` is None: the slow-path baseline) a flowtable of ``devices``
@@ -175,32 +127,18 @@ def _ruleset(g: Gateway, devices: tuple[str, ...] | None) -> str:
         out.append(f"flowtable ft {{ hook ingress priority 0; devices = {{ {devs} }}; counter; }}")
     out.append("chain forward { type filter hook forward priority 0; policy accept;")
     for p in g.paths:
-        out.append(f"{_match(p, 'req')} counter name \"fwd_{p.name}\"")
-        out.append(f"{_match(p, 'rep')} counter name \"fwd_{p.name}\"")
+        out.append(f"{match(p, 'req', PORT)} counter name \"fwd_{p.name}\"")
+        out.append(f"{match(p, 'rep', PORT)} counter name \"fwd_{p.name}\"")
     if devices is not None:
         out.append("ct state established flow add @ft")
     out += ["}", "}", ""]
     return "\n".join(out)
 
 
-def _offloaded(g: Gateway) -> dict[str, int]:
-    by_family = {4: conntrack.entries(g.gw, 4), 6: conntrack.entries(g.gw, 6)}
-    return {p.name: sum(1 for e in by_family[p.family]
-                        if e.dst == p.server_addr and e.dport == PORT and e.offloaded)
-            for p in g.paths}
-
-
-def _snapshot(g: Gateway) -> dict[str, int]:
-    snap: dict[str, int] = {}
-    for ns in g.namespaces:
-        snap.update(_counters(ns))
-    return snap
-
-
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[Gateway]:
     with gateway_lab() as g:
-        _witnesses(g)
+        add_witnesses(g, PORT)
         with contextlib.ExitStack() as servers:
             # Each returns once its own address is bound (two share a
             # namespace's port).
@@ -218,24 +156,24 @@ def _measure(g: Gateway, name: str, devices: tuple[str, ...] | None) -> ListFact
     except CommandError as e:
         facts.error = str(e)
         return facts
-    start = _snapshot(g)
+    start = snapshot(g)
     gens: list[Background] = [
         udp_flows(g.lan, p.server_addr, port=PORT, flows=FLOWS, seconds=LIFETIME_S,
                   interval=INTERVAL) for p in g.paths]
     try:
-        wait_for(lambda: all(_counters(g.lan)[f"rep_{p.name}"] > start[f"rep_{p.name}"]
+        wait_for(lambda: all(counters(g.lan)[f"rep_{p.name}"] > start[f"rep_{p.name}"]
                              for p in g.paths), SETTLE_S, interval=0.5,
                  what=f"[{name}] a reply on every path")
         if devices is not None:
             deadline = time.monotonic() + HOLD_S
             while time.monotonic() < deadline:
-                if all(n == FLOWS for n in _offloaded(g).values()):
+                if all(n == FLOWS for n in offloaded_per_path(g, PORT).values()):
                     break
                 time.sleep(0.5)
-        a = _snapshot(g)
+        a = snapshot(g)
         time.sleep(WINDOW_S)
-        b = _snapshot(g)
-        offl = _offloaded(g)
+        b = snapshot(g)
+        offl = offloaded_per_path(g, PORT)
     finally:
         for gen in gens:
             gen.stop()

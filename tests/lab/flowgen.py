@@ -37,7 +37,10 @@ def udp_echo(bind: str, port: int) -> None:
     print("ready", flush=True)
     while True:
         data, peer = s.recvfrom(65535)
-        s.sendto(data, peer)
+        # No route back for a moment (the ISP end during a PPPoE reconnect):
+        # the next datagram is answered again.
+        with contextlib.suppress(OSError):
+            s.sendto(data, peer)
 
 
 def _drain(socks: list[socket.socket], timeout: float) -> int:
@@ -49,7 +52,10 @@ def _drain(socks: list[socket.socket], timeout: float) -> int:
             while True:
                 s.recv(65535)
                 got += 1
-        except (BlockingIOError, ConnectionRefusedError):
+        except OSError:
+            # BlockingIOError: all read. Others: an ICMP error the socket
+            # reports once (a gateway without a route for a moment, e.g. a
+            # PPPoE reconnect); the flow goes on.
             pass
     return got
 
@@ -79,7 +85,8 @@ def udp_flows(dst: str, port: int, *, flows: int, seconds: float, interval: floa
                 try:
                     s.send(payload)
                     sent += 1
-                except BlockingIOError:
+                except OSError:
+                    # Full, or an ICMP error reported once (see _drain).
                     pass
             next_send = now + interval
         received += _drain(socks, max(0.0, min(next_send, end) - now))

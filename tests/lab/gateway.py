@@ -27,12 +27,15 @@ import contextlib
 import itertools
 import json
 import os
+import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 
+from tests.lab import conntrack
 from tests.lab.netns import Netns, create_netns, delete_netns, host_run
 from tests.lab.traffic import SETTLE_S, stop_process, wait_for
 
@@ -78,6 +81,7 @@ class Gateway:
     paths: tuple[GwPath, ...]
     workdir: str
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
+    pppd: subprocess.Popen[str] | None = None  # the gateway's PPPoE client
     # Device names in the gateway namespace.
     bridge: str = "br-lan"
     port: str = "lan0"
@@ -267,15 +271,16 @@ def gateway_lab(vlan_filtering: bool = False,
             "-X", f"{workdir}/pppoe-server.pid",
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         # The gateway: kernel PPPoE (the pppoe.so plugin) over eth1.7.
-        procs.append(gw.popen(
+        pppd = gw.popen(
             "pppd", "nodetach", "plugin", "pppoe.so", f"nic-eth1.{PPPOE_VLAN}", "noauth",
             "user", "x", "defaultroute", "persist", "maxfail", "0", "holdoff", "1",
             "ifname", "ppp0", "mtu", str(PPP_MTU), "mru", str(PPP_MTU), "noipdefault",
             "+ipv6", "logfile", f"{workdir}/pppd-client.log", "debug",
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(pppd)
         gateway = Gateway(gw=gw, lan=lan, isp=isp, site=site, isp_mac=_mac(isp, "eth0"),
                           gw_eth1_mac=_mac(gw, "eth1"), isp_ppp="", paths=(),
-                          workdir=workdir, procs=procs)
+                          workdir=workdir, procs=procs, pppd=pppd)
         try:
             wait_for(lambda: _ppp_ready(gw, "ppp0"), SETTLE_S, interval=0.5,
                      what="ppp0 up with IPv4 and IPv6 addresses (PPPoE session)")
@@ -316,9 +321,133 @@ def gateway_lab(vlan_filtering: bool = False,
             os.rmdir(workdir)
 
 
-def wait_ppp_session(gateway: Gateway, timeout: float = SETTLE_S) -> None:
-    """Waits for the PPPoE session (ppp0 with IPv4 and IPv6) again, e.g. after
-    a reconnect."""
-    wait_for(lambda: _ppp_ready(gateway.gw, gateway.ppp), timeout, interval=0.5,
-             what="ppp0 up again")
+def ifindex(ns: Netns, dev: str) -> int | None:
+    proc = ns.run("ip", "-j", "link", "show", "dev", dev, check=False)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return None
+    (link,) = json.loads(proc.stdout)
+    return int(link["ifindex"])
 
+
+def reconnect_pppoe(g: Gateway) -> float:
+    """Ends the PPPoE session from the gateway's side and waits for the next
+    one, as an ISP's forced reconnect does: SIGHUP makes pppd end the link
+    (ppp0 goes away) and, with ``persist``, dial again; a new session
+    gets a new ppp0 (a new ifindex) and a new session id. The ISP end's pppd
+    ends with the session, and pppoe-server starts one for the new session,
+    so the routes to the LAN are added again on both ends. Returns the
+    monotonic time at which the new ppp0 had both its addresses."""
+    assert g.pppd is not None
+    old_index, old_isp = ifindex(g.gw, g.ppp), g.isp_ppp
+    old_session = g.pppoe_session()
+    g.pppd.send_signal(signal.SIGHUP)
+    try:
+        wait_for(lambda: ifindex(g.gw, g.ppp) not in (None, old_index)
+                 and _ppp_ready(g.gw, g.ppp), SETTLE_S, interval=0.2,
+                 what="a new ppp0 with IPv4 and IPv6 after the reconnect")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{g.logs()}") from None
+    up = time.monotonic()
+    isp_ppp = wait_for(lambda: _isp_ppp_device(g.isp), SETTLE_S, interval=0.2,
+                       what=f"the ISP end's ppp device with {ISP_PPP_V4} after the reconnect")
+    wait_for(lambda: _ppp_ready(g.isp, isp_ppp), SETTLE_S, interval=0.2,
+             what=f"IPv6CP on the ISP end ({isp_ppp}) after the reconnect")
+    g.isp_ppp = isp_ppp
+    g.isp.sh(f"ip route replace {LAN_V4} dev {isp_ppp}\n"
+             f"ip -6 route replace {LAN_V6} dev {isp_ppp}")
+    g.gw.sh(f"ip -6 route replace {ISP_NET_V6} dev {g.ppp}")
+    new_session = g.pppoe_session()
+    assert new_session != old_session or isp_ppp != old_isp, (old_session, new_session)
+    return up
+
+
+# -- witnesses -----------------------------------------------------------------
+# Counters that show where a path's packets went: nft counters in each
+# namespace, read in one listing per namespace.
+
+def counters(ns: Netns) -> dict[str, int]:
+    data = json.loads(ns.out("nft", "-j", "list", "counters"))
+    return {c["counter"]["name"]: int(c["counter"]["packets"])
+            for c in data.get("nftables", []) if "counter" in c}
+
+
+def snapshot(g: Gateway) -> dict[str, int]:
+    snap: dict[str, int] = {}
+    for ns in g.namespaces:
+        snap.update(counters(ns))
+    return snap
+
+
+def match(p: GwPath, direction: str, port: int) -> str:
+    """nft match for the path's requests ("req") or replies ("rep")."""
+    ip = "ip" if p.family == 4 else "ip6"
+    if direction == "req":
+        return f"{ip} daddr {p.server_addr} udp dport {port}"
+    return f"{ip} saddr {p.server_addr} udp sport {port}"
+
+
+def add_witnesses(g: Gateway, port: int) -> None:
+    """Counters that stay for the whole test: the LAN host's sent (req_PATH)
+    and received (rep_PATH), the servers' arrivals (arr_PATH) and answers
+    (ans_PATH), the gateway's
+    upper devices' ingress (in_brlan_PATH, in_ppp0_PATH, in_wg0_PATH), the
+    PPPoE frames on the ISP's wire (to_peer, misaddressed)."""
+    names = [p.name for p in g.paths]
+    g.lan.nft("table inet hostw {\n" + "".join(
+        f"counter req_{n} {{}}\ncounter rep_{n} {{}}\n" for n in names)
+        + "chain out { type filter hook output priority 0; policy accept;\n"
+        + "".join(f"{match(p, 'req', port)} counter name \"req_{p.name}\"\n"
+                  for p in g.paths)
+        + "}\nchain in { type filter hook input priority 0; policy accept;\n"
+        + "".join(f"{match(p, 'rep', port)} counter name \"rep_{p.name}\"\n"
+                  for p in g.paths)
+        + "}\n}\n")
+    for server in (g.isp, g.site):
+        mine = [p for p in g.paths if p.server == server]
+        server.nft("table inet srvw {\n" + "".join(f"counter arr_{p.name} {{}}\n"
+                                                    f"counter ans_{p.name} {{}}\n" for p in mine)
+                   + "chain in { type filter hook input priority 0; policy accept;\n"
+                   + "".join(f"{match(p, 'req', port)} counter name \"arr_{p.name}\"\n"
+                             for p in mine)
+                   + "}\nchain out { type filter hook output priority 0; policy accept;\n"
+                   + "".join(f"{match(p, 'rep', port)} counter name \"ans_{p.name}\"\n"
+                             for p in mine) + "}\n}\n")
+    add_gw_witnesses(g, port)
+    # The wire at the ISP end: PPPoE session frames on VLAN 7, addressed to
+    # the ISP end's MAC or not.
+    sess = f"ether type 8021q vlan id {PPPOE_VLAN} vlan type 0x8864"
+    g.isp.nft("table netdev wire {\ncounter to_peer {}\ncounter misaddressed {}\n"
+              "chain in { type filter hook ingress device \"eth0\" priority -500; "
+              "policy accept;\n"
+              f"{sess} ether daddr {g.isp_mac} counter name \"to_peer\"\n"
+              f"{sess} ether daddr != {g.isp_mac} counter name \"misaddressed\"\n"
+              "}\n}\n")
+
+
+def add_gw_witnesses(g: Gateway, port: int) -> None:
+    """The gateway's ingress counters on its upper devices (br-lan, ppp0,
+    wg0), made again if they are there: a netdev chain goes with the device it
+    hooks (a PPPoE reconnect's new ppp0 needs a new one before 6.16) and with a
+    ``flush ruleset``."""
+    g.gw.run("nft", "delete", "table", "netdev", "gww", check=False)
+    # Hooked before the flowtable (priority -500 < 0): what reaches each
+    # upper device's ingress, offloaded there or not.
+    chains = [(g.bridge, "req", g.paths)] + [
+        (dev, "rep", [p for p in g.paths if p.upper == dev]) for dev in (g.ppp, g.wg)]
+    script = "table netdev gww {\n"
+    for dev, direction, paths in chains:
+        tag = dev.replace("-", "")
+        script += "".join(f"counter in_{tag}_{p.name} {{}}\n" for p in paths)
+        script += (f"chain in_{tag} {{ type filter hook ingress device \"{dev}\" priority -500; "
+                   "policy accept;\n")
+        script += "".join(f"{match(p, direction, port)} counter name \"in_{tag}_{p.name}\"\n"
+                          for p in paths) + "}\n"
+    g.gw.nft(script + "}\n")
+
+
+def offloaded_per_path(g: Gateway, port: int) -> dict[str, int]:
+    """Per path, how many of its conntrack entries (to ``port``) say [OFFLOAD]."""
+    by_family = {4: conntrack.entries(g.gw, 4), 6: conntrack.entries(g.gw, 6)}
+    return {p.name: sum(1 for e in by_family[p.family]
+                        if e.dst == p.server_addr and e.dport == port and e.offloaded)
+            for p in g.paths}

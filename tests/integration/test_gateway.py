@@ -1,0 +1,225 @@
+"""offloadd on a real gateway: a bridged LAN, PPPoE over a VLAN, a WireGuard site.
+
+The gateway of tests/lab/gateway.py (a real ``pppd`` and ``pppoe-server``, a
+WireGuard peer), run by offloadd with the flowtable a gateway operator writes:
+the L3 devices (br-lan, ppp0, wg0) and ``stack = "lower"``. UDP flows from the
+LAN host run to a server behind each WAN, IPv4 and IPv6, while:
+
+- conntrack-tools (the oracle) says which flows are offloaded;
+- the LAN host's own counters say they keep forwarding (replies come back);
+- an admin's forward chain beside offloadd counts what still takes the slow
+  path, and netdev ingress counters on br-lan and ppp0 what still crosses the
+  bridge and PPPoE layers (WireGuard has no forward path beneath wg0: its fast
+  path runs at wg0, which the kernel resolves to nothing lower).
+
+Then what a gateway lives through: the ISP ends the PPPoE session and pppd
+dials again (a new ppp0, a new session id), and the admin runs ``nft -f`` of
+a file that starts with ``flush ruleset``. After each, every path is
+offloaded again and forwards. The times are printed (JUnit system-out): the
+targets (ppp0's stack attached within the attach target, the table back
+within 1 s) are figures for the README, not bounds a slow day could miss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.lab.daemon import RunningDaemon, offloadd
+from tests.lab.gateway import (
+    Gateway,
+    add_gw_witnesses,
+    add_witnesses,
+    gateway_lab,
+    match,
+    offloaded_per_path,
+    reconnect_pppoe,
+    snapshot,
+)
+from tests.lab.traffic import LIFETIME_S, SETTLE_S, Background, udp_echo_server, udp_flows, wait_for
+
+PORT = 7000
+FLOWS = 2  # per path
+INTERVAL = 0.1  # each flow sends 10 datagrams a second
+WINDOW_S = 4.0
+CONFIG = """
+[[flowtable]]
+name = "gw"
+devices = ["br-lan", "ppp0", "wg0"]
+stack = "lower"
+"""
+# What stack = "lower" attaches: br-lan's port, the Ethernet under the VLAN
+# under the PPPoE session, and wg0 itself.
+LOWER = frozenset({"lan0", "eth1", "wg0"})
+
+
+def _admin(g: Gateway) -> str:
+    """The admin's own table beside offloadd: a forward chain that counts each
+    path's packets that take the slow path (offloadd's chain runs after it)."""
+    return ("table inet admin {\n" + "".join(f"counter fwd_{p.name} {{}}\n" for p in g.paths)
+            + "chain forward { type filter hook forward priority 0; policy accept;\n"
+            + "".join(f"{match(p, d, PORT)} counter name \"fwd_{p.name}\"\n"
+                      for p in g.paths for d in ("req", "rep"))
+            + "}\n}\n")
+
+
+@contextlib.contextmanager
+def _flows(g: Gateway) -> Iterator[list[Background]]:
+    gens = [udp_flows(g.lan, p.server_addr, port=PORT, flows=FLOWS, seconds=LIFETIME_S,
+                      interval=INTERVAL) for p in g.paths]
+    try:
+        yield gens
+    finally:
+        for gen in gens:
+            gen.stop()
+
+
+def _all_offloaded(g: Gateway) -> bool:
+    return all(n == FLOWS for n in offloaded_per_path(g, PORT).values())
+
+
+def _window(g: Gateway, what: str) -> list[str]:
+    """Counts every path's packets for WINDOW_S; returns what is wrong: a path
+    not offloaded, not forwarding, still taking the forward path, or crossing
+    br-lan's or ppp0's ingress."""
+    a = snapshot(g)
+    time.sleep(WINDOW_S)
+    b = snapshot(g)
+    offl = offloaded_per_path(g, PORT)
+    d = {k: b[k] - a.get(k, 0) for k in b}
+    problems = []
+    for p in g.paths:
+        sent, back = d[f"req_{p.name}"], d[f"rep_{p.name}"]
+        fwd = d.get(f"fwd_{p.name}", 0)
+        in_lan = d.get(f"in_brlan_{p.name}", 0)
+        in_wan = d.get(f"in_{p.upper}_{p.name}", 0)
+        print(f"[{what}] {p.name}: {offl[p.name]}/{FLOWS} offloaded; in {WINDOW_S:.0f} s "
+              f"sent {sent}, at the server {d[f'arr_{p.name}']}, answered "
+              f"{d[f'ans_{p.name}']}, back {back}; forward chain "
+              f"{fwd}, br-lan ingress {in_lan}, {p.upper} ingress {in_wan}")
+        if offl[p.name] != FLOWS:
+            problems.append(f"{what}: {p.name} {offl[p.name]}/{FLOWS} flows offloaded")
+        if sent == 0 or back < sent // 2:
+            problems.append(f"{what}: {p.name} does not forward: sent {sent}, at the server "
+                            f"{d[f'arr_{p.name}']}, answered {d[f'ans_{p.name}']}, "
+                            f"back {back}")
+        # A few packets in flight when the window opens may still be counted.
+        few = max(5, sent // 50)
+        layer = {"forward chain": fwd, "br-lan ingress": in_lan}
+        if p.wan == "pppoe":
+            layer[f"{p.upper} ingress"] = in_wan
+        problems += [f"{what}: {p.name} offloaded, yet {n} packets reached the {where} "
+                     f"(sent {sent})" for where, n in layer.items() if n > few]
+    return problems
+
+
+def _members_after(d: RunningDaemon, since: float, want: frozenset[str]) -> float:
+    """Waits for the flowtable's devices; returns how long after ``since`` the
+    listing that showed them began (a listing takes a second in the VM)."""
+    asked: list[float] = []
+
+    def there() -> bool:
+        asked.append(time.monotonic())
+        return d.members("gw")[0] == want
+    wait_for(there, SETTLE_S, interval=0.1, what=f"flowtable gw devices == {sorted(want)}")
+    return asked[-1] - since
+
+
+def _diagnose(g: Gateway) -> str:
+    """What the gateway and the ISP end look like, for a failed assertion."""
+    out = []
+    for ns, script in (
+            (g.gw, "cat /proc/net/pppoe; ip -br link; ip -br addr; ip -4 route; ip -6 route; "
+                   "conntrack -L 2>/dev/null | grep 7000; nft list flowtables"),
+            (g.isp, "ip -br link; ip -br addr; ip -4 route; ip -6 route; nft list ruleset")):
+        out.append(f"--- {ns.name}\n" + ns.run("sh", "-c", script, check=False).stdout)
+    return "\n".join(out) + "\n" + g.logs()
+
+
+@contextlib.contextmanager
+def _watch_members(d: RunningDaemon) -> Iterator[list[tuple[float, frozenset[str] | None]]]:
+    """Records each change of the flowtable's device list, with its monotonic
+    time, while the block runs (what offloadd did during a reconnect)."""
+    seen: list[tuple[float, frozenset[str] | None]] = []
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            asked = time.monotonic()
+            now = d.members("gw")[0]
+            if not seen or seen[-1][1] != now:
+                seen.append((asked, now))
+            stop.wait(0.2)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        t.join()
+
+
+@pytest.fixture
+def gateway() -> Iterator[Gateway]:
+    with gateway_lab() as g:
+        add_witnesses(g, PORT)
+        with contextlib.ExitStack() as servers:
+            for p in g.paths:
+                servers.enter_context(udp_echo_server(p.server, p.server_addr, PORT))
+            yield g
+
+
+def test_a_gateway_offloads_every_path_through_reconnect_and_flush_ruleset(
+        gateway: Gateway, tmp_path: Path) -> None:
+    g = gateway
+    g.gw.nft(_admin(g))
+    with offloadd(g.gw, CONFIG, tmp_path) as d, _flows(g):
+        _members_after(d, time.monotonic(), LOWER)
+        # Per-direction packet counts in conntrack, for _diagnose.
+        g.gw.sysctl("net.netfilter.nf_conntrack_acct", 1)
+        status = d.status()
+        stacks = {s["device"]: s["paths"] for s in status["stacks"]}
+        print(f"flowtable gw: {sorted(LOWER)}; stacks {stacks}")
+        assert stacks.get("br-lan") == ["br-lan → lan0"], status["stacks"]
+        assert stacks.get("ppp0") == ["ppp0 → eth1.7 → eth1"], status["stacks"]
+
+        wait_for(lambda: _all_offloaded(g), SETTLE_S, interval=0.5,
+                 what=f"{FLOWS} offloaded flows on every path")
+        problems = _window(g, "steady")
+        assert not problems, "\n".join(problems) + "\n" + _diagnose(g)
+
+        # The ISP ends the session; pppd dials again.
+        t0 = time.monotonic()
+        with _watch_members(d) as seen:
+            up = reconnect_pppoe(g)
+            attached = _members_after(d, up, LOWER)
+        print("flowtable gw during the reconnect: " + "; ".join(
+            f"{t - t0:+.1f} s {sorted(m) if m is not None else None}" for t, m in seen))
+        wait_for(lambda: _all_offloaded(g), SETTLE_S, interval=0.2,
+                 what="every path offloaded again after the PPPoE reconnect")
+        again = time.monotonic() - up
+        add_gw_witnesses(g, PORT)  # on the new ppp0
+        print(f"PPPoE reconnect: the new session up {up - t0:.1f} s after the old one ended; "
+              f"its stack in the flowtable {attached:.1f} s and every flow offloaded again "
+              f"{again:.1f} s after the new ppp0 was up")
+        problems = _window(g, "after the reconnect")
+        assert not problems, "\n".join(problems) + "\n" + _diagnose(g)
+
+        # The admin reloads a ruleset file that starts with flush ruleset.
+        t0 = time.monotonic()
+        g.gw.nft("flush ruleset\n" + _admin(g))
+        back = _members_after(d, t0, LOWER)
+        wait_for(lambda: _all_offloaded(g), SETTLE_S, interval=0.2,
+                 what="every path offloaded again after flush ruleset")
+        flows_back = time.monotonic() - t0
+        print(f"flush ruleset: offloadd's table back {back:.1f} s and every flow offloaded "
+              f"again {flows_back:.1f} s after the admin's nft -f")
+        add_gw_witnesses(g, PORT)  # they went with the flush
+        problems = _window(g, "after flush ruleset")
+        assert not problems, "\n".join(problems) + "\n" + _diagnose(g)
