@@ -56,6 +56,9 @@ def format_status(r: dict[str, Any]) -> str:
     rep = r.get("repair")
     if rep:
         out.append(format_repair(rep))
+    guard = r.get("guard")
+    if guard and (guard["watched"] or guard["refused"]):
+        out.extend(format_guard(guard))
     legacy = r.get("legacy")
     if legacy:
         out.extend(format_legacy(legacy))
@@ -162,6 +165,15 @@ def format_repair(rep: dict[str, Any]) -> str:
     if rep.get("held"):
         line += f"\n  held back: {rep['held']}"
     return line
+
+
+def format_guard(g: dict[str, Any]) -> list[str]:
+    """The stack guard: which stacked devices it watches, and what it refused."""
+    watched = ", ".join(g["watched"]) or "none"
+    lines = [f"stack guard: watching {watched} ({g['looks_total']} looks); "
+             f"{len(g['refused'])} fast path(s) beneath refused"]
+    lines += [f"  REFUSED {dev}: {why}" for dev, why in sorted(g["refused"].items())]
+    return lines
 
 
 def format_legacy(lg: dict[str, Any]) -> list[str]:

@@ -26,6 +26,7 @@ from offloadd.kernel.backend import NftBackend
 from offloadd.kernel.capability import probe, probe_hooks
 from offloadd.kernel.conntrack import ConntrackCounter, teardown_timeout_warnings
 from offloadd.kernel.faults import Faults, FaultyBackend, FaultyNftEvents
+from offloadd.kernel.flowsample import FlowSampler
 from offloadd.kernel.leftbehind import ConntrackScanner
 from offloadd.kernel.links import LinkWatcher, current_links
 from offloadd.kernel.nft import Nft
@@ -171,7 +172,7 @@ async def run(config_path: Path, config: Config) -> int:
                     on_ready=lambda: log.info("ready: table %s %s reconciled",
                                               config.daemon.family.value, config.daemon.table),
                     notify=Notifier.from_environ(), nft_changes=nft_changes,
-                    left_behind=ConntrackScanner())
+                    left_behind=ConntrackScanner(), flow_samples=FlowSampler())
     daemon.status.hooks = hooks
     close_metrics = _start_metrics(config, daemon, watcher)
     try:

@@ -25,7 +25,7 @@ from offloadd.core.config import (
 )
 from offloadd.core.errors import ConfigError
 from offloadd.core.gate import PASSED_SETS, gate_match, passed_rules
-from offloadd.core.stack import PppoeSessions, Resolved, resolve
+from offloadd.core.stack import Path, PppoeSessions, Resolved, resolve
 
 CHAIN_NAME = "forward"
 SET_SUFFIX = "_ifs"
@@ -297,6 +297,7 @@ def desired_state(
     refused: Mapping[str, str] | None = None,
     attach: Sequence[FlowtableAttach] = (),
     pppoe: PppoeSessions = _NO_SESSIONS,
+    shallow: Mapping[str, str] | None = None,
 ) -> DesiredResult:
     """What offloadd's table should hold for these links.
 
@@ -316,12 +317,14 @@ def desired_state(
     A flowtable with ``stack`` "lower" or "both" also takes the devices
     beneath each selected one (offloadd.core.stack; ``pppoe``: the sessions
     of the namespace); the selected device stays in the rule's guard set
-    either way, since the forward hook sees the flow on it.
+    either way, since the forward hook sees the flow on it. ``shallow`` maps
+    selected devices whose fast path beneath was refused (the stack guard,
+    offloadd.core.guard) to why: they are used as they are.
     """
     links_sorted = sorted(links, key=lambda link: link.name)
     kernel_fts = [_KernelFlowtable(kname, kname == sel.hw_name, sel)
                   for sel in config.flowtables for kname in sel.kernel_names()]
-    b = _Builder({k.name: set() for k in kernel_fts}, hw_capable, refused or {})
+    b = _Builder({k.name: set() for k in kernel_fts}, hw_capable, refused or {}, shallow or {})
     wild = _wildcards(attach, b.members, b.refused, b.notes)
     for sel in config.flowtables:
         specs = wild.get(sel.name, ()) if sel.hardware is HardwareMode.OFF else ()
@@ -342,8 +345,9 @@ class _Builder:
 
     def __init__(self, members: dict[str, set[str]],
                  hw_capable: Callable[[str], bool] | Mapping[str, bool],
-                 refused: Mapping[str, str]) -> None:
+                 refused: Mapping[str, str], shallow: Mapping[str, str]) -> None:
         self.members = members
+        self.shallow = shallow
         # Kernel flowtable -> devices above those it took beneath them.
         self.guard: dict[str, set[str]] = {}
         self.hw_capable = hw_capable
@@ -376,7 +380,12 @@ class _Builder:
         # (EEXIST), so the first configured flowtable keeps it.
         self.owner[link.name] = sel.name
         if sel.stack is not Stack.AS_LISTED:
-            resolved = resolve(link, links, pppoe)
+            if link.name in self.shallow:
+                resolved = Resolved(link.name, (Path((link.name,)),),
+                                    f"the fast path beneath {link.name} is refused: "
+                                    f"{self.shallow[link.name]}")
+            else:
+                resolved = resolve(link, links, pppoe)
             self.stacks.append((sel.name, resolved))
             if resolved.note:
                 self.notes.append(DeviceNote(link.name, sel.name, NoteKind.STACK, resolved.note))

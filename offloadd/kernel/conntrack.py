@@ -79,8 +79,8 @@ def ensure_accounting(path: Path = ACCT) -> bool:
     except OSError as e:
         raise KernelError(
             f"cannot enable conntrack accounting ({path}: {e.strerror}); elephant_packets "
-            "needs it: load nf_conntrack and run offloadd with CAP_NET_ADMIN, or set "
-            "net.netfilter.nf_conntrack_acct=1") from e
+            "and the stack guard (stack = lower/both) need it: load nf_conntrack and run "
+            "offloadd with CAP_NET_ADMIN, or set net.netfilter.nf_conntrack_acct=1") from e
     return True
 
 

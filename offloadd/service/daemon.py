@@ -34,6 +34,7 @@ from offloadd.service.repairer import LeftBehindSource, Repairer
 from offloadd.service.report import status_report
 from offloadd.service.revalidator import Revalidator
 from offloadd.service.sdnotify import Notifier
+from offloadd.service.stackguard import FlowSampleSource, StackGuard
 from offloadd.service.status import Status
 from offloadd.service.supervisor import Supervisor
 from offloadd.service.timing import Timing
@@ -55,6 +56,7 @@ class Daemon:
                  notify: Notify | None = None,
                  nft_changes: ChangeSource | None = None,
                  left_behind: LeftBehindSource | None = None,
+                 flow_samples: FlowSampleSource | None = None,
                  timing: Timing = Timing(),
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
@@ -101,9 +103,17 @@ class Daemon:
             self.writer, self.status, enabled=self.revalidate_enabled,
             replaced=self.repairer.flowtables_replaced if self.repairer else lambda _n: None,
             timing=timing, clock=clock)
+        # Without a sampler (unit tests, --check) no path is ever refused.
+        self.guard = (StackGuard(flow_samples, self.status, self._stack_refused,
+                                 interval_s=timing.stack_guard_s)
+                      if flow_samples is not None else None)
+        # Flowtables to replace once the next pass applied a refusal.
+        self._replace_after_pass: dict[str, str] = {}
         # Each component's counters, composed for status and metrics.
         if self.repairer is not None:
             self.status.repair = self.repairer.counts
+        if self.guard is not None:
+            self.status.guard = self.guard.counts
         self.status.revalidation = self.revalidator.counts
         # The thread that commits offloadd's transactions (the loop's), as the
         # kernel names it in NFT_MSG_NEWGEN; set when the loop starts.
@@ -203,6 +213,12 @@ class Daemon:
         check, self._check_due = self._check_due, False
         verified = self.reconciler.verified
         plan = self._safe_reconcile()
+        if plan is not None and self._replace_after_pass and self.repairer is not None:
+            # The refused device is attached as it is now: free the flows the
+            # path beneath it still holds.
+            for name, why in self._replace_after_pass.items():
+                self.repairer.replace_soon((name,), why)
+            self._replace_after_pass = {}
         # Drift: the table the pass found is not the one the last good pass
         # left (a plan because links or the config moved is none).
         if (check and verified is not None and plan is not None
@@ -249,12 +265,31 @@ class Daemon:
             return False
         self.config = new
         self.reconciler.configure(new)
+        if self.guard is not None:
+            self.guard.clear()
         self.status.reloads_total += 1
         log.info("config reloaded from %s", self.status.config_path)
         if self.repairer is not None:
             # repair may have just been turned on: look now, not at the next period.
             self.repairer.check_in(0.0)
         return True
+
+    def _stack_refused(self, new: Mapping[str, str]) -> None:
+        """The stack guard refused the fast path beneath these devices: the
+        next pass attaches them as they are, and their flowtables are replaced
+        after it."""
+        desired = self.status.desired
+        if desired is not None:
+            flowtable_of = desired.flowtable_of()
+            for _sel, resolved in desired.stacks:
+                if resolved.device in new:
+                    for bottom in resolved.bottoms:
+                        name = flowtable_of.get(bottom)
+                        if name is not None:
+                            self._replace_after_pass[name] = new[resolved.device]
+        assert self.guard is not None
+        self.reconciler.shallow = dict(self.guard.state.refused)
+        self._wake.set()
 
     def _task_failed(self, name: str, why: str) -> None:
         self._record_error(f"task {name} stopped: {why}")
@@ -461,6 +496,9 @@ class Daemon:
             repairer = self.repairer
             self.supervisor.start("repair", lambda _r: repairer.run())
         self.supervisor.start("legacy", self._watch_legacy)
+        if self.guard is not None:
+            guard = self.guard
+            self.supervisor.start("stack-guard", lambda _r: guard.run())
         self.supervisor.start("periodic-check", self._check_periodically)
         try:
             while not self._stop.is_set():

@@ -84,6 +84,10 @@ class DaemonCounters:
     write_failures_total: int = 0
     # Supervised tasks: name -> (up, restarts).
     tasks: Mapping[str, tuple[bool, int]] = field(default_factory=dict)
+    # The stack guard: devices it watches, and those whose fast path beneath it refused.
+    guard_watched: tuple[str, ...] = ()
+    guard_refused: tuple[str, ...] = ()
+    guard_refusals_total: int = 0
 
 
 def _time_of(record: dict[str, object] | None) -> float:
@@ -128,6 +132,9 @@ class StatusView:
             transactions_total=s.writes.transactions_total,
             write_failures_total=s.writes.failures_total,
             tasks={n: (t.up, t.restarts_total) for n, t in s.tasks().items()},
+            guard_watched=s.guard.watched,
+            guard_refused=tuple(sorted(s.guard.refused)),
+            guard_refusals_total=s.guard.refusals_total,
             last_reconcile_seconds=s.last_reconcile_seconds,
             last_reconcile_time=s.last_reconcile_time,
             config_reloads_total=s.reloads_total,
@@ -242,7 +249,15 @@ WRITE_FAILURES = _c("offloadd_table_write_failures_total",
                     "reconcile's asks for a reconcile.")
 TASK_UP = _g("offloadd_task_up",
              "1 if the background task runs, 0 while it waits to be restarted after it "
-             "stopped (nft-changes, revalidate, repair, legacy, periodic-check).", "task")
+             "stopped (nft-changes, revalidate, repair, legacy, periodic-check, "
+             "stack-guard).", "task")
+STACK_FAST_PATH = _g("offloadd_stack_fast_path_refused",
+                     "Per selected device attached through the devices beneath it "
+                     "(stack = lower/both): 1 if the stack guard refused that fast path "
+                     "(offloaded flows through it went one way only: a black hole) and the "
+                     "device itself is used until a reload, else 0.", "device")
+GUARD_REFUSALS = _c("offloadd_stack_guard_refusals_total",
+                    "Fast paths beneath a selected device that the stack guard refused.")
 TASK_RESTARTS = _c("offloadd_task_restarts_total",
                    "Restarts of a background task after it stopped on an error.", "task")
 CONNECTIONS_DROPPED = _Spec(
@@ -257,7 +272,8 @@ SPECS = (BUILD_INFO, START_TIME, SOURCE_UP, OFFLOADED, OFFLOADED_AGE, CT_ENTRIES
          DEVICE_INFO, IN_SYNC, RECONCILES, FAILURES, TRANSACTIONS, LAST_DURATION, LAST_TIME,
          LINK_EVENTS, LINK_RESYNCS, RELOADS, RELOADS_REJECTED, REPAIRS, LEFT_BEHIND,
          POLICY_CHANGES, POLICY_CHANGES_SKIPPED, REVALIDATIONS, LAST_REVALIDATION,
-         CONNECTIONS_DROPPED, DRIFT_REPAIRS, WRITE_FAILURES, TASK_UP, TASK_RESTARTS)
+         CONNECTIONS_DROPPED, DRIFT_REPAIRS, WRITE_FAILURES, TASK_UP, TASK_RESTARTS,
+         STACK_FAST_PATH, GUARD_REFUSALS)
 
 
 class OffloaddCollector:
@@ -379,8 +395,11 @@ class OffloaddCollector:
                             (POLICY_CHANGES_SKIPPED, c.policy_changes_skipped_total),
                             (DRIFT_REPAIRS, c.drift_repairs_total),
                             (WRITE_FAILURES, c.write_failures_total),
+                            (GUARD_REFUSALS, c.guard_refusals_total),
                             (REVALIDATIONS, c.revalidations_total)):
             fams[spec.name].add_metric([], value)
+        for dev in sorted({*c.guard_watched, *c.guard_refused}):
+            fams[STACK_FAST_PATH.name].add_metric([dev], 1 if dev in c.guard_refused else 0)
         for task, (up, restarts) in sorted(c.tasks.items()):
             fams[TASK_UP.name].add_metric([task], 1 if up else 0)
             fams[TASK_RESTARTS.name].add_metric([task], restarts)

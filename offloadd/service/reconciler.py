@@ -80,12 +80,16 @@ class Reconciler:
         # in between (the periodic check's drift).
         self.last_read: TableState | None = None
         self.verified: TableState | None = None
+        # Selected devices whose fast path beneath the stack guard refused
+        # (device -> why): used as they are until a reload.
+        self.shallow: Mapping[str, str] = {}
 
     def configure(self, config: Config) -> None:
         """A reloaded config: hardware answers and refusals are asked again."""
         self.config = config
         self._hw_cache.clear()
         self.refusals.clear()
+        self.shallow = {}
 
     def _hw_capable(self, device: str) -> bool:
         if device not in self._hw_cache:
@@ -135,11 +139,15 @@ class Reconciler:
         stacked = any(f.stack is not Stack.AS_LISTED for f in self.config.flowtables)
         pppoe = self.backend.pppoe_sessions() if stacked else PppoeSessions()
         return desired_state(self.config, self.status.links, hw, forward_priority,
-                             refused=refused, attach=attach, pppoe=pppoe)
+                             refused=refused, attach=attach, pppoe=pppoe,
+                             shallow=self.shallow)
 
     def plan_once(self, *, preview: bool = False) -> tuple[DesiredResult, TableState | None, Plan]:
         """Reads and plans; with ``preview`` nothing at all is written (no sysctl)."""
-        if not preview and any(f.elephant_packets for f in self.config.flowtables):
+        # Per-flow counters: elephant_packets counts with them, and the stack
+        # guard watches offloaded flows through stacked devices with them.
+        if not preview and any(f.elephant_packets or f.stack is not Stack.AS_LISTED
+                               for f in self.config.flowtables):
             self.backend.ensure_accounting()
         current = self.backend.read()
         self.last_read = current

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
@@ -68,6 +68,16 @@ class Repairer:
         self._kick = asyncio.Event()
         self._scan_failed = False
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offloadd-scan")
+        # Flowtables another component needs replaced (flowtable -> why).
+        self._forced: dict[str, str] = {}
+
+    def replace_soon(self, names: Iterable[str], why: str) -> None:
+        """Another component (the stack guard) needs the flows these flowtables
+        hold freed: they are replaced at the next check, whatever ``repair``
+        says (it is about flows the kernel leaves behind)."""
+        for name in names:
+            self._forced[name] = why
+        self.check_in(0.0)
 
     def links_removed(self) -> None:
         for delay in self._timing.repair_after_removal_s:
@@ -106,7 +116,11 @@ class Repairer:
     async def check(self) -> None:
         """One scan, the decision, and the repairs it calls for."""
         desired = self._status.desired
-        if desired is None or not self._enabled():
+        if desired is None:
+            return
+        if self._forced:
+            await self._replace_forced(desired.table, desired.flowtable_of())
+        if not self._enabled():
             return
         flowtable_of = desired.flowtable_of()
         t0 = self._clock()
@@ -149,9 +163,21 @@ class Repairer:
         if decision.recheck_in is not None:
             self.check_in(decision.recheck_in)
 
+    async def _replace_forced(self, table: TableState, flowtable_of: Mapping[str, str]) -> None:
+        if self._writer.read() != table:
+            self._writer.request_reconcile("a flowtable replacement waits for offloadd's table "
+                                           "to be in its desired state")
+            self.check_in(self._timing.repair_not_in_sync_retry_s)
+            return
+        forced, self._forced = self._forced, {}
+        names = tuple(sorted(n for n in forced if table.flowtable(n) is not None))
+        if names:
+            await self._repair(table, names, {}, 0.0, flowtable_of, why=forced)
+
     async def _repair(self, table: TableState, names: tuple[str, ...],
                       found: Mapping[str, frozenset[int]], scan_s: float,
-                      flowtable_of: Mapping[str, str]) -> None:
+                      flowtable_of: Mapping[str, str], *,
+                      why: Mapping[str, str] | None = None) -> None:
         """Replaces the flowtables in two transactions: replace them with their
         offload rules held back, wait until the kernel released the entries the
         old ones held, put the rules back (see release_flowtables_plan)."""
@@ -177,6 +203,15 @@ class Repairer:
             self.check_in(delay)
         self.counts.repairs_total += len(names)
         flows = {n: len(found.get(n, ())) for n in names}
+        if why is not None:
+            self.counts.last = {"time": time.time(), "flowtables": list(names), "flows": flows,
+                                "reason": "; ".join(dict.fromkeys(why[n] for n in names))}
+            for name in names:
+                log.warning("flowtable %s: replaced to free the flows of a refused path (%s); "
+                            "each is offloaded again at its next packet (replacement %.0f ms)",
+                            name, why[name], (self._clock() - t1) * 1000,
+                            extra={"FLOWTABLE": name, "OPERATION": "repair"})
+            return
         self.counts.last = {
             "time": time.time(), "flowtables": list(names), "flows": flows,
             "reason": "conntrack entries left behind by the kernel (held by the flowtable, "

@@ -102,6 +102,13 @@ def status_report(status: Status, table_name: str, family: str,
             "held": status.repair.held,
         },
         "legacy": _legacy(status, kernel),
+        "guard": {
+            "watched": list(status.guard.watched),
+            "looks_total": status.guard.looks_total,
+            "refused": dict(status.guard.refused),
+            "refusals_total": status.guard.refusals_total,
+            "last_refusal_timestamp": status.guard.last_refusal_time,
+        },
         "revalidate": {
             "mode": revalidate_mode,
             "policy_changes_total": status.revalidation.policy_changes_total,

@@ -50,6 +50,18 @@ class RevalidateCounts:
 
 
 @dataclass
+class GuardCounts:
+    """The stack guard's (offloadd.core.guard): what it watches and refused."""
+
+    looks_total: int = 0
+    watched: tuple[str, ...] = ()
+    # Device -> why its fast path beneath was refused (until a reload).
+    refused: dict[str, str] = field(default_factory=dict)
+    refusals_total: int = 0
+    last_refusal_time: float = 0.0  # Unix time; 0 = none yet
+
+
+@dataclass
 class Status:
     """What the daemon knows about itself, for status and metrics (owned by Daemon)."""
 
@@ -76,6 +88,7 @@ class Status:
     # writes its object; report and collector compose them).
     repair: RepairCounts = field(default_factory=RepairCounts)
     revalidation: RevalidateCounts = field(default_factory=RevalidateCounts)
+    guard: GuardCounts = field(default_factory=GuardCounts)
     # The periodic check (daemon.check_interval): passes that found drift no
     # event had announced, and the last of them.
     drift_repairs_total: int = 0

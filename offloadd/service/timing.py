@@ -69,6 +69,11 @@ class Timing:
     # reconcile and looks again after this.
     repair_not_in_sync_retry_s: float = 0.5
 
+    # -- the stack guard (StackGuard) ---------------------------------------------------
+    # Between two looks at offloaded flows through stacked devices (a refusal
+    # needs GuardPolicy.looks suspect looks in a row after a first one).
+    stack_guard_s: float = 5.0
+
     # -- re-validation (Revalidator) -------------------------------------------------
     # Out of sync: looks again after this, once the requested reconcile ran.
     revalidate_not_in_sync_retry_s: float = 0.2

@@ -56,7 +56,8 @@ COUNTERS = DaemonCounters(
     repairs_total=4, left_behind_flows=17,
     policy_changes_total=9, policy_changes_skipped_total=4, revalidations_total=3,
     last_revalidation_time=1_700_000_100.0, write_failures_total=2,
-    tasks={"nft-changes": (True, 0), "repair": (False, 3)})
+    tasks={"nft-changes": (True, 0), "repair": (False, 3)},
+    guard_watched=("br-lan",), guard_refused=("ppp0",), guard_refusals_total=1)
 
 
 @dataclass
@@ -182,6 +183,9 @@ EXPECTED = {
     "offloadd_policy_changes_skipped_total 4.0",
     "offloadd_drift_repairs_total 0.0",
     "offloadd_table_write_failures_total 2.0",
+    "offloadd_stack_guard_refusals_total 1.0",
+    'offloadd_stack_fast_path_refused{device="br-lan"} 0.0',
+    'offloadd_stack_fast_path_refused{device="ppp0"} 1.0',
     'offloadd_task_up{task="nft-changes"} 1.0',
     'offloadd_task_up{task="repair"} 0.0',
     'offloadd_task_restarts_total{task="nft-changes"} 0.0',

@@ -1,0 +1,123 @@
+"""The stack guard (offloadd.core.guard, service.stackguard): flows through a
+stacked device that go one way only, look after look, refuse its fast path
+beneath; and a refused device is then attached as it is (core.model)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from pathlib import Path
+
+from offloadd.core.config import Config, FlowtableConfig, Stack
+from offloadd.core.guard import (
+    Evidence,
+    FlowCounts,
+    GuardPolicy,
+    GuardState,
+    Look,
+    evidence,
+    judge,
+)
+from offloadd.core.model import desired_state, set_name
+from offloadd.service.stackguard import StackGuard
+from offloadd.service.status import Status
+from tests.unit.test_stack import GATEWAY, SESSION
+
+POLICY = GuardPolicy(min_packets=10, min_flows=2, looks=2)
+
+
+def _look(at: float, *flows: tuple[int, int, int, frozenset[str]]) -> Look:
+    return Look(at, {i: FlowCounts(i, o, r, devs) for i, o, r, devs in flows})
+
+
+PPP = frozenset({"br-lan", "ppp0"})
+WG = frozenset({"br-lan", "wg0"})
+
+
+def test_one_way_flows_and_healthy_ones_per_device() -> None:
+    before = _look(0, (1, 100, 100, PPP), (2, 50, 50, PPP), (3, 10, 10, WG), (4, 5, 5, PPP))
+    # 1 and 2: originals rise, replies flat (the PPPoE black hole); 3 both
+    # ways; 4 quiet; 5 new (no earlier look: not judged).
+    now = _look(5, (1, 150, 100, PPP), (2, 100, 50, PPP), (3, 20, 19, WG), (4, 5, 5, PPP),
+                (5, 90, 0, PPP))
+    found = evidence(before, now, {"ppp0", "br-lan", "wg0"}, POLICY)
+    assert found["ppp0"] == Evidence(one_way=2, both_ways=0, idle=1)
+    assert found["ppp0"].suspect
+    # br-lan carries the healthy WireGuard flow too: not suspect.
+    assert found["br-lan"] == Evidence(one_way=2, both_ways=1, idle=1)
+    assert not found["br-lan"].suspect
+    assert found["wg0"] == Evidence(both_ways=1)
+
+
+def test_few_packets_one_way_is_no_evidence() -> None:
+    before = _look(0, (1, 100, 100, PPP), (2, 100, 100, PPP))
+    now = _look(5, (1, 105, 100, PPP), (2, 109, 100, PPP))  # < min_packets each
+    assert evidence(before, now, {"ppp0"}, POLICY)["ppp0"] == Evidence(idle=2)
+    # A counter that went back is another entry under a reused id.
+    assert evidence(before, _look(5, (1, 3, 1, PPP)), {"ppp0"}, POLICY)["ppp0"] == Evidence()
+
+
+def test_a_device_is_refused_after_looks_in_a_row_only() -> None:
+    bad = {"ppp0": Evidence(one_way=3), "br-lan": Evidence(one_way=3, both_ways=1)}
+    state, new = judge(GuardState(), bad, POLICY)
+    assert new == {} and state.suspect == {"ppp0": 1}
+    # A healthy look in between starts the count again.
+    state, new = judge(state, {"ppp0": Evidence(one_way=1, both_ways=1)}, POLICY)
+    assert new == {} and state.suspect == {}
+    state, _ = judge(state, bad, POLICY)
+    state, new = judge(state, bad, POLICY)
+    assert list(new) == ["ppp0"] and "3 offloaded flow(s) through ppp0" in new["ppp0"]
+    assert state.refused == new and state.suspect == {}
+    # Refused stays refused; one one-way flow alone never counts.
+    state, new = judge(state, bad, POLICY)
+    assert new == {} and list(state.refused) == ["ppp0"]
+    _, new = judge(GuardState(), {"x": Evidence(one_way=1)}, GuardPolicy(looks=1))
+    assert new == {}
+
+
+def _config() -> Config:
+    return Config(flowtables=(FlowtableConfig("ft", devices=("br-lan", "ppp0", "wg0"),
+                                              stack=Stack.LOWER),))
+
+
+def test_a_refused_device_is_attached_as_it_is() -> None:
+    d = desired_state(_config(), GATEWAY, {}, 0, pppoe=SESSION,
+                      shallow={"ppp0": "flows went one way only"})
+    (ft,) = d.table.flowtables
+    assert ft.devices == frozenset({"lan0", "lan1", "ppp0", "wg0"})
+    guard = d.table.set(set_name("ft"))
+    assert guard is not None and {"br-lan", "ppp0"} <= guard.elements
+    stacks = {r.device: r for _sel, r in d.stacks}
+    assert not stacks["ppp0"].stacked and "refused" in stacks["ppp0"].note
+    assert stacks["br-lan"].stacked
+
+
+class Samples:
+    def __init__(self, looks: list[Look]) -> None:
+        self.looks = looks
+
+    def sample(self) -> Look:
+        return self.looks.pop(0)
+
+
+def test_the_guard_watches_stacked_devices_and_hands_over_a_refusal() -> None:
+    status = Status(config_path=Path("/x"))
+    status.desired = desired_state(_config(), GATEWAY, {}, 0, pppoe=SESSION)
+    got: list[Mapping[str, str]] = []
+    flows = [(1, 0, 0, PPP), (2, 0, 0, PPP)]
+    looks = [_look(t * 5, *((i, o + 50 * t, r, devs) for i, o, r, devs in flows))
+             for t in range(4)]
+    guard = StackGuard(Samples(looks), status, got.append, interval_s=5, policy=POLICY)
+    assert guard.watched() == {"br-lan", "ppp0"}  # wg0: nothing beneath it
+
+    async def main() -> None:
+        for _ in range(3):
+            await guard.look()
+
+    asyncio.run(main())
+    assert [list(g) for g in got] == [["br-lan", "ppp0"]]
+    assert guard.counts.refusals_total == 2 and guard.counts.looks_total == 3
+    assert set(guard.counts.refused) == {"br-lan", "ppp0"}
+    assert guard.watched() == frozenset()
+    guard.clear()
+    assert guard.counts.refused == {} and guard.watched() == {"br-lan", "ppp0"}
