@@ -5,10 +5,12 @@ beneath; and a refused device is then attached as it is (core.model)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from offloadd.cli.format import format_status
 from offloadd.core.config import Config, FlowtableConfig, Stack
+from offloadd.core.configparse import parse_config
 from offloadd.core.guard import (
     Evidence,
     FlowCounts,
@@ -18,10 +20,15 @@ from offloadd.core.guard import (
     evidence,
     judge,
 )
-from offloadd.core.model import desired_state, set_name
+from offloadd.core.model import Link, desired_state, set_name
+from offloadd.core.repair import Scan
+from offloadd.service.daemon import Daemon
+from offloadd.service.report import status_report
 from offloadd.service.stackguard import StackGuard
 from offloadd.service.status import Status
+from tests.unit.fakes import FakeBackend, FakeLinks
 from tests.unit.test_stack import GATEWAY, SESSION
+from tests.unit.virtualtime import run_virtual
 
 POLICY = GuardPolicy(min_packets=10, min_flows=2, looks=2)
 
@@ -115,9 +122,82 @@ def test_the_guard_watches_stacked_devices_and_hands_over_a_refusal() -> None:
             await guard.look()
 
     asyncio.run(main())
-    assert [list(g) for g in got] == [["br-lan", "ppp0"]]
+    assert [sorted(g) for g in got] == [["br-lan", "ppp0"]]
     assert guard.counts.refusals_total == 2 and guard.counts.looks_total == 3
     assert set(guard.counts.refused) == {"br-lan", "ppp0"}
     assert guard.watched() == frozenset()
     guard.clear()
     assert guard.counts.refused == {} and guard.watched() == {"br-lan", "ppp0"}
+
+
+class NoLeftBehind:
+    def scan(self, flowtable_of: Mapping[str, str]) -> Scan:
+        return Scan(at=0.0)
+
+
+class OneWayThroughBridge:
+    """Offloaded flows through br-lan whose originals rise and replies stay flat."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def sample(self) -> Look:
+        self.n += 1
+        return _look(self.n, (1, 50 * self.n, 7, BR), (2, 40 * self.n, 3, BR))
+
+
+BR = frozenset({"br-lan", "wan0"})
+BRIDGED = (Link(1, "br-lan", "bridge"), Link(2, "lan0", "veth", master=1),
+           Link(3, "wan0", "veth"))
+STACKED = """
+[[flowtable]]
+name = "ft"
+devices = ["br-lan", "wan0"]
+stack = "lower"
+"""
+
+
+def test_a_refusal_attaches_the_device_itself_and_replaces_its_flowtable(
+        tmp_path: Path) -> None:
+    """The daemon's side: the guard's refusal is planned by the next pass
+    (br-lan in place of its port lan0) and the flowtable is replaced after it
+    (its flows freed); a reload judges afresh."""
+    async def scenario() -> None:
+        path = tmp_path / "offloadd.toml"
+        path.write_text(STACKED)
+        b = FakeBackend()
+        d = Daemon(path, parse_config(STACKED), b, links=FakeLinks(),
+                   left_behind=NoLeftBehind(), flow_samples=OneWayThroughBridge(),
+                   clock=asyncio.get_running_loop().time)
+        assert isinstance(d.link_source, FakeLinks)
+        task = asyncio.create_task(d.run(signals=(), control=False))
+        d.link_source.push(*BRIDGED)
+        await _until(lambda: b.state is not None)
+        assert b.accounting  # the guard judges by conntrack's counters
+        assert _devices(b) == {"lan0", "wan0"}
+        await _until(lambda: _devices(b) == {"br-lan", "wan0"}, 60)
+        assert d.guard is not None and list(d.guard.counts.refused) == ["br-lan"]
+        await _until(lambda: d.status.repair.repairs_total == 1, 60)
+        last = d.status.repair.last
+        assert last is not None and "one way only" in str(last["reason"])
+        report = format_status(status_report(d.status, "offloadd", "inet", b.read()))
+        assert "REFUSED br-lan" in report
+        d.request_reload()
+        await _until(lambda: _devices(b) == {"lan0", "wan0"}, 60)
+        d.request_stop()
+        await asyncio.wait_for(task, 5)
+
+    run_virtual(scenario)
+
+
+async def _until(pred: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not pred():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+def _devices(b: FakeBackend) -> set[str]:
+    assert b.state is not None
+    (ft,) = b.state.flowtables
+    return set(ft.devices)
