@@ -39,6 +39,7 @@ class FlowCounts:
     orig_packets: int
     reply_packets: int
     devices: frozenset[str]
+    family: int = 4  # 4 or 6: a path can swallow one family's flows only
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class Evidence:
     one_way: int = 0
     both_ways: int = 0
     idle: int = 0
+    family: int | None = None  # the family that is suspect, if one is
 
     @property
     def suspect(self) -> bool:
@@ -75,8 +77,12 @@ class Evidence:
 def evidence(prev: Look, now: Look, watched: Iterable[str],
              policy: GuardPolicy) -> dict[str, Evidence]:
     """Per watched device, the flows through it seen in both looks, by what
-    their counters did in between."""
-    counts = {dev: [0, 0, 0] for dev in watched}
+    their counters did in between. Counted per family, since a path can
+    swallow one family's flows and carry the other's: a device is judged by
+    a family whose flows are suspect (the one with most one-way flows), else
+    by all its flows."""
+    counts: dict[tuple[str, int], list[int]] = {}
+    wanted = frozenset(watched)
     for fid, flow in now.flows.items():
         before = prev.flows.get(fid)
         if before is None:
@@ -91,9 +97,20 @@ def evidence(prev: Look, now: Look, watched: Iterable[str],
             kind = 0
         else:
             kind = 2
-        for dev in flow.devices & counts.keys():
-            counts[dev][kind] += 1
-    return {dev: Evidence(*c) for dev, c in counts.items()}
+        for dev in flow.devices & wanted:
+            counts.setdefault((dev, flow.family), [0, 0, 0])[kind] += 1
+    out: dict[str, Evidence] = {}
+    for dev in wanted:
+        fams = {fam: Evidence(one_way=c[0], both_ways=c[1], idle=c[2], family=fam)
+                for (d, fam), c in counts.items() if d == dev}
+        bad = [ev for ev in fams.values() if ev.suspect and ev.one_way >= policy.min_flows]
+        if bad:
+            out[dev] = max(bad, key=lambda ev: ev.one_way)
+        else:
+            out[dev] = Evidence(one_way=sum(ev.one_way for ev in fams.values()),
+                                both_ways=sum(ev.both_ways for ev in fams.values()),
+                                idle=sum(ev.idle for ev in fams.values()))
+    return out
 
 
 @dataclass(frozen=True)
@@ -115,8 +132,9 @@ def judge(state: GuardState, found: Mapping[str, Evidence],
         if ev.suspect and ev.one_way >= policy.min_flows:
             n = state.suspect.get(dev, 0) + 1
             if n >= policy.looks:
-                new[dev] = (f"{ev.one_way} offloaded flow(s) through {dev} carried packets one "
-                            f"way only and none both ways, {n} looks in a row (a black hole "
+                fam = f" IPv{ev.family}" if ev.family else ""
+                new[dev] = (f"{ev.one_way} offloaded{fam} flow(s) through {dev} carried packets "
+                            f"one way only and none both ways, {n} looks in a row (a black hole "
                             "beneath it): its fast path beneath is refused, the device "
                             "itself is used")
             else:

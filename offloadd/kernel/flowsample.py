@@ -64,7 +64,8 @@ class FlowSampler:
                 devices = frozenset(d for d in (routes.device_towards(e.orig.src),
                                                 routes.device_towards(e.orig.dst))
                                     if d is not None)
-                flows[e.id] = FlowCounts(e.id, e.orig_packets, e.reply_packets, devices)
+                flows[e.id] = FlowCounts(e.id, e.orig_packets, e.reply_packets, devices,
+                                         4 if family == socket.AF_INET else 6)
                 if len(flows) >= self._at_most:
                     break
         return Look(at=time.monotonic(), flows=flows)

@@ -48,12 +48,25 @@ def test_one_way_flows_and_healthy_ones_per_device() -> None:
     now = _look(5, (1, 150, 100, PPP), (2, 100, 50, PPP), (3, 20, 19, WG), (4, 5, 5, PPP),
                 (5, 90, 0, PPP))
     found = evidence(before, now, {"ppp0", "br-lan", "wg0"}, POLICY)
-    assert found["ppp0"] == Evidence(one_way=2, both_ways=0, idle=1)
+    assert found["ppp0"] == Evidence(one_way=2, both_ways=0, idle=1, family=4)
     assert found["ppp0"].suspect
     # br-lan carries the healthy WireGuard flow too: not suspect.
     assert found["br-lan"] == Evidence(one_way=2, both_ways=1, idle=1)
     assert not found["br-lan"].suspect
     assert found["wg0"] == Evidence(both_ways=1)
+
+
+def test_a_path_that_swallows_one_family_only_is_suspect() -> None:
+    before = _look(0, (1, 10, 10, PPP), (2, 10, 10, PPP))
+    before = Look(0, {**before.flows, 3: FlowCounts(3, 10, 10, PPP, 6),
+                      4: FlowCounts(4, 10, 10, PPP, 6)})
+    # IPv4 both ways; IPv6 one way only.
+    now = Look(5, {1: FlowCounts(1, 30, 30, PPP), 2: FlowCounts(2, 30, 30, PPP),
+                   3: FlowCounts(3, 40, 10, PPP, 6), 4: FlowCounts(4, 40, 10, PPP, 6)})
+    found = evidence(before, now, {"ppp0"}, POLICY)
+    assert found["ppp0"] == Evidence(one_way=2, family=6)
+    _, new = judge(GuardState(suspect={"ppp0": 1}), found, POLICY)
+    assert "2 offloaded IPv6 flow(s) through ppp0" in new["ppp0"]
 
 
 def test_few_packets_one_way_is_no_evidence() -> None:
