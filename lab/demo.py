@@ -60,20 +60,18 @@ def main() -> int:
             d.wait_devices("lan", {"lan0", "lan1", "wan0", "wan0.7"})
             dst = lab.server_addr(4)
             with iperf3_server(lab.server), udp_echo_server(lab.server, "::"):
-                tcp = iperf3_client(lab.client, dst, seconds=40)
-                udp = udp_flows(lab.client, lab.server_addr(6), flows=5, seconds=40)
+                # 60 s: the flows are still there at the metrics step on a slow
+                # day (with 40 s the iperf3 stream had ended by then once).
+                tcp = iperf3_client(lab.client, dst, seconds=60)
+                udp = udp_flows(lab.client, lab.server_addr(6), flows=5, seconds=60)
                 wait_for(lambda: conntrack.offloaded_count(lab.router, 4) >= 1
                          and conntrack.offloaded_count(lab.router, 6) >= 5, 30,
                          what="TCP and UDP flows offloaded")
-                say("offloadctl status")
-                print(d.ctl("status").stdout, end="")
-                say("conntrack -L -u OFFLOAD (in the router)")
-                print(lab.router.out("conntrack", "-L", "-u", "OFFLOAD"), end="")
                 say("metrics (curl http://127.0.0.1:9468/metrics | grep offloaded)")
                 # The count comes from a walk every metrics.flow_count_interval
                 # (2 s here) while scraped; the first scrape after a quiet spell
                 # gets the last walk's (its age says so) and wakes the walks.
-                # The traffic lasts 40 s so that its flows are still there.
+                # First, while the flows surely run; status and conntrack after.
                 seen: list[str] = []
                 try:
                     text = wait_for(lambda: _counted(_seen(seen, _metrics(lab.router.name))),
@@ -81,6 +79,10 @@ def main() -> int:
                 except AssertionError as e:
                     raise AssertionError(f"{e}; the last scrape:\n{seen[-1:]}") from None
                 print(text, end="")
+                say("offloadctl status")
+                print(d.ctl("status").stdout, end="")
+                say("conntrack -L -u OFFLOAD (in the router)")
+                print(lab.router.out("conntrack", "-L", "-u", "OFFLOAD"), end="")
                 result = tcp.result()
                 udp.result()
             gbit = result["end"]["sum_received"]["bits_per_second"] / 1e9

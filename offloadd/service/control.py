@@ -98,7 +98,15 @@ class ControlServer:
                     self.path.unlink()
             old = os.umask(0o177 if gid < 0 else 0o117)
             try:
-                self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+                # The backlog is also how many connections the loop accepts in
+                # one go: each past the cap cuts an older one, whose socket
+                # closes only on a later turn of the loop, so a flood after a
+                # busy spell held up to asyncio's default 100 more descriptors
+                # (165 in all under 300 slow clients). At the cap it holds as
+                # many as the cap more, at most.
+                self._server = await asyncio.start_unix_server(
+                    self._serve, path=str(self.path),
+                    backlog=self.connections.limits.max_connections)
             finally:
                 os.umask(old)
             if gid >= 0:

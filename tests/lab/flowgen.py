@@ -184,8 +184,8 @@ def probe(proto: str, dst: str, port: int, *, flows: int, seconds: float,
                 try:
                     s.send(b"probe...")
                     sent += 1
-                except (BlockingIOError, ConnectionRefusedError):
-                    pass
+                except OSError:
+                    pass  # full, refused, or an ICMP error reported once
             next_send = now + interval
         ready, _, _ = select.select(socks, [], [], max(0.0, min(next_send, end) - now))
         for s in ready:
@@ -194,8 +194,8 @@ def probe(proto: str, dst: str, port: int, *, flows: int, seconds: float,
                     replies[s].append(round(time.time(), 3))
                     if kind == socket.SOCK_STREAM:
                         break
-            except (BlockingIOError, ConnectionRefusedError):
-                pass
+            except OSError:
+                pass  # all read, or an ICMP error reported once (see _drain)
     out = [{"port": s.getsockname()[1], "replies": replies[s]} for s in socks]
     for s in socks:
         s.close()

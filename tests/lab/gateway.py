@@ -378,12 +378,14 @@ def snapshot(g: Gateway) -> dict[str, int]:
     return snap
 
 
-def match(p: GwPath, direction: str, port: int) -> str:
-    """nft match for the path's requests ("req") or replies ("rep")."""
+def match(p: GwPath, direction: str, port: int, l4: str = "meta l4proto { tcp, udp }") -> str:
+    """nft match for the path's requests ("req") or replies ("rep") to
+    ``port`` (UDP and TCP, or as ``l4`` says: "udp", "tcp")."""
     ip = "ip" if p.family == 4 else "ip6"
+    th = l4 if l4 in ("udp", "tcp") else f"{l4} th"
     if direction == "req":
-        return f"{ip} daddr {p.server_addr} udp dport {port}"
-    return f"{ip} saddr {p.server_addr} udp sport {port}"
+        return f"{ip} daddr {p.server_addr} {th} dport {port}"
+    return f"{ip} saddr {p.server_addr} {th} sport {port}"
 
 
 def add_witnesses(g: Gateway, port: int) -> None:
@@ -426,7 +428,7 @@ def add_witnesses(g: Gateway, port: int) -> None:
 
 def add_gw_witnesses(g: Gateway, port: int) -> None:
     """The gateway's ingress counters on its upper devices (br-lan, ppp0,
-    wg0), made again if they are there: a netdev chain goes with the device it
+    wg0), UDP only, made again if they are there: a netdev chain goes with the device it
     hooks (a PPPoE reconnect's new ppp0 needs a new one before 6.16) and with a
     ``flush ruleset``."""
     g.gw.run("nft", "delete", "table", "netdev", "gww", check=False)
@@ -440,8 +442,8 @@ def add_gw_witnesses(g: Gateway, port: int) -> None:
         script += "".join(f"counter in_{tag}_{p.name} {{}}\n" for p in paths)
         script += (f"chain in_{tag} {{ type filter hook ingress device \"{dev}\" priority -500; "
                    "policy accept;\n")
-        script += "".join(f"{match(p, direction, port)} counter name \"in_{tag}_{p.name}\"\n"
-                          for p in paths) + "}\n"
+        script += "".join(f"{match(p, direction, port, 'udp')} counter name "
+                          f"\"in_{tag}_{p.name}\"\n" for p in paths) + "}\n"
     g.gw.nft(script + "}\n")
 
 
