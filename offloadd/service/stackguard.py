@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
+from offloadd.core.errors import OffloaddError
 from offloadd.core.guard import GuardPolicy, GuardState, Look, evidence, judge
 from offloadd.service.status import GuardCounts, Status
 
@@ -44,6 +45,7 @@ class StackGuard:
         self.counts = GuardCounts()
         self.state = GuardState()
         self._prev: Look | None = None
+        self._failed = False
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offloadd-guard")
 
     def clear(self) -> None:
@@ -71,8 +73,20 @@ class StackGuard:
         if not watched:
             self._prev = None
             return
-        look = await asyncio.get_running_loop().run_in_executor(self._worker,
-                                                                self._source.sample)
+        try:
+            look = await asyncio.get_running_loop().run_in_executor(self._worker,
+                                                                    self._source.sample)
+        except OffloaddError as e:
+            # A look that failed judges nothing and breaks the looks in a
+            # row: the next starts afresh.
+            if not self._failed:
+                log.warning("stack guard: cannot look at offloaded flows: %s", e,
+                            extra={"OPERATION": "guard"})
+            self._failed = True
+            self._prev = None
+            self.state = GuardState(refused=self.state.refused)
+            return
+        self._failed = False
         prev, self._prev = self._prev, look
         self.counts.looks_total += 1
         if prev is None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from offloadd.cli.format import format_status
 from offloadd.core.config import Config, FlowtableConfig, Stack
 from offloadd.core.configparse import parse_config
+from offloadd.core.errors import KernelError
 from offloadd.core.guard import (
     Evidence,
     FlowCounts,
@@ -141,6 +142,39 @@ def test_the_guard_watches_stacked_devices_and_hands_over_a_refusal() -> None:
     assert guard.watched() == frozenset()
     guard.clear()
     assert guard.counts.refused == {} and guard.watched() == {"br-lan", "ppp0"}
+
+
+class Failing:
+    def __init__(self, looks: list[Look]) -> None:
+        self.looks = looks
+
+    def sample(self) -> Look:
+        if not self.looks:
+            raise KernelError("conntrack dump failed: Operation not permitted")
+        return self.looks.pop(0)
+
+
+def test_a_look_that_fails_judges_nothing_and_the_next_starts_afresh() -> None:
+    status = Status(config_path=Path("/x"))
+    status.desired = desired_state(_config(), GATEWAY, {}, 0, pppoe=SESSION)
+    got: list[Mapping[str, str]] = []
+    one_way = [_look(t, (1, 50 * t, 0, PPP), (2, 50 * t, 0, PPP)) for t in range(2)]
+    source = Failing(one_way)
+    guard = StackGuard(source, status, got.append, interval_s=5, policy=POLICY)
+
+    async def looks(n: int) -> None:
+        for _ in range(n):
+            await guard.look()
+
+    asyncio.run(looks(4))  # two looks, then two that fail
+    # Two looks made one suspect look; the failure broke the row.
+    assert got == [] and guard.state.suspect == {}
+    source.looks = [_look(t, (1, 50 * t, 0, PPP), (2, 50 * t, 0, PPP)) for t in range(5, 8)]
+    asyncio.run(looks(2))
+    # The first look after a failure has nothing to compare with: one suspect look.
+    assert got == [] and guard.state.suspect == {"br-lan": 1, "ppp0": 1}
+    asyncio.run(looks(1))
+    assert [sorted(g) for g in got] == [["br-lan", "ppp0"]]
 
 
 class NoLeftBehind:
