@@ -23,6 +23,7 @@ from tests.lab.traffic import (
     LIFETIME_S,
     SETTLE_S,
     TCP_PORTS,
+    Background,
     dual_stack_traffic,
     iperf3_client,
     iperf3_server,
@@ -204,17 +205,18 @@ def test_keep_on_exit_then_restart_adopts_without_disturbing_flows(lab: Lab,
     config = '[daemon]\non_exit = "keep"\n' + BASIC
     dst = lab.server_addr(4)
     with udp_echo_server(lab.server, "0.0.0.0"):
-        # Outlives two daemon start-ups on a slow (emulated, shared) CPU; stopped below.
-        flows = udp_flows(lab.client, dst, flows=4, seconds=600, interval=0.05)
+        flows: Background | None = None
         try:
             with offloadd(lab.router, config, tmp_path) as d:
                 d.wait_devices("ft", {"lan0", "lan1", "wan0"})
-                # Flows begun before the table: on 7.3 they may be left behind
-                # in the new flowtable (in it, not marked offloaded), which the
-                # repair's periodic scan (30 s) and second look undo; twice
-                # seen past 60 s on a slow day, then with nothing in the log.
+                # Begun once the table is there (outliving both daemons;
+                # stopped below): flows begun before it are another test's
+                # matter. On 7.3.4, so begun, one of 4 flows twice had no
+                # conntrack entry at all for 180 s (3 listed, all offloaded),
+                # out of the repair's sight.
+                flows = udp_flows(lab.client, dst, flows=4, seconds=600, interval=0.05)
                 try:
-                    wait_for(lambda: len(_offloaded(lab, 4, "udp", 7000)) == 4, 3 * SETTLE_S,
+                    wait_for(lambda: len(_offloaded(lab, 4, "udp", 7000)) == 4, SETTLE_S,
                              what="4 offloaded flows")
                 except AssertionError as e:
                     entries = lab.router.run("conntrack", "-L", "-p", "udp", "--dport", "7000",
@@ -229,7 +231,8 @@ def test_keep_on_exit_then_restart_adopts_without_disturbing_flows(lab: Lab,
                 assert "applied" not in d2.log_text(), d2.log_text()
                 assert {e.id for e in _offloaded(lab, 4, "udp", 7000)} == ids
         finally:
-            flows.stop()
+            if flows is not None:
+                flows.stop()
 
 
 @pytest.mark.daemon_logic
