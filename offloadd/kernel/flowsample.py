@@ -18,7 +18,7 @@ from offloadd.core.flows import IPS_OFFLOAD
 from offloadd.core.guard import FlowCounts, Look
 from offloadd.kernel.conntrack import entries_by_status
 from offloadd.kernel.ctnetlink import SocketFactory, open_ctnetlink
-from offloadd.kernel.leftbehind import DeviceLookup
+from offloadd.kernel.leftbehind import DeviceLookup, route_lookup
 
 # Flows looked at per sample: a black hole swallows every flow through its
 # device, so a bounded sample shows it; the dump order is the conntrack
@@ -26,17 +26,11 @@ from offloadd.kernel.leftbehind import DeviceLookup
 SAMPLE_AT_MOST = 2048
 
 
-def _routes() -> DeviceLookup:
-    from offloadd.kernel.routes import RouteLookup  # noqa: PLC0415 - opened only when needed
-
-    return RouteLookup()
-
-
 class FlowSampler:
     """The stack guard's FlowSampleSource. Not thread-safe: sample on one thread."""
 
     def __init__(self, socket_factory: SocketFactory = open_ctnetlink,
-                 routes: Callable[[], DeviceLookup] = _routes,
+                 routes: Callable[[], DeviceLookup] = route_lookup,
                  at_most: int = SAMPLE_AT_MOST) -> None:
         self._factory = socket_factory
         self._routes = routes

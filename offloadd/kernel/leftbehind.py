@@ -41,7 +41,8 @@ class DeviceLookup(Protocol):
     def close(self) -> None: ...
 
 
-def _routes() -> DeviceLookup:
+def route_lookup() -> DeviceLookup:
+    """A route lookup, its module imported only when one is needed."""
     from offloadd.kernel.routes import RouteLookup  # noqa: PLC0415 - opened only when needed
 
     return RouteLookup()
@@ -56,7 +57,7 @@ class ConntrackScanner:
     """
 
     def __init__(self, socket_factory: SocketFactory = open_ctnetlink,
-                 routes: Callable[[], DeviceLookup] = _routes) -> None:
+                 routes: Callable[[], DeviceLookup] = route_lookup) -> None:
         self._factory = socket_factory
         self._routes = routes
         self._lookup: DeviceLookup | None = None

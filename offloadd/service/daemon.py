@@ -287,8 +287,9 @@ class Daemon:
                         name = flowtable_of.get(bottom)
                         if name is not None:
                             self._replace_after_pass[name] = new[resolved.device]
-        assert self.guard is not None
-        self.reconciler.shallow = dict(self.guard.state.refused)
+        # Both forget refusals only at a reload, so adding the new ones keeps
+        # the reconciler's set the guard's.
+        self.reconciler.shallow = {**self.reconciler.shallow, **new}
         self._wake.set()
 
     def _task_failed(self, name: str, why: str) -> None:

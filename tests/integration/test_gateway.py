@@ -38,8 +38,7 @@ from tests.lab.daemon import RunningDaemon, offloadd
 from tests.lab.gateway import (
     Gateway,
     add_gw_witnesses,
-    add_witnesses,
-    gateway_lab,
+    gateway_with_servers,
     match,
     offloaded_per_path,
     reconnect_pppoe,
@@ -50,8 +49,6 @@ from tests.lab.traffic import (
     SETTLE_S,
     Background,
     probe,
-    tcp_echo_server,
-    udp_echo_server,
     udp_flows,
     wait_for,
 )
@@ -192,13 +189,8 @@ def _watch_members(d: RunningDaemon) -> Iterator[list[tuple[float, frozenset[str
 
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[Gateway]:
-    with gateway_lab() as g:
-        add_witnesses(g, PORT)
-        with contextlib.ExitStack() as servers:
-            for p in g.paths:
-                servers.enter_context(udp_echo_server(p.server, p.server_addr, PORT))
-                servers.enter_context(tcp_echo_server(p.server, p.server_addr, PORT))
-            yield g
+    with gateway_with_servers(PORT, tcp=True) as g:
+        yield g
 
 
 def test_a_gateway_offloads_every_path_through_reconnect_and_flush_ruleset(

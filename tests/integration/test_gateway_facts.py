@@ -30,7 +30,6 @@ flows with eth1 listed and the lab's user-space ISP end drops them all).
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,9 +39,8 @@ import pytest
 from tests.lab.gateway import (
     Gateway,
     GwPath,
-    add_witnesses,
     counters,
-    gateway_lab,
+    gateway_with_servers,
     match,
     offloaded_per_path,
     snapshot,
@@ -52,7 +50,6 @@ from tests.lab.traffic import (
     LIFETIME_S,
     SETTLE_S,
     Background,
-    udp_echo_server,
     udp_flows,
     wait_for,
 )
@@ -137,14 +134,8 @@ def _ruleset(g: Gateway, devices: tuple[str, ...] | None) -> str:
 
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[Gateway]:
-    with gateway_lab() as g:
-        add_witnesses(g, PORT)
-        with contextlib.ExitStack() as servers:
-            # Each returns once its own address is bound (two share a
-            # namespace's port).
-            for p in g.paths:
-                servers.enter_context(udp_echo_server(p.server, p.server_addr, PORT))
-            yield g
+    with gateway_with_servers(PORT) as g:
+        yield g
 
 
 def _measure(g: Gateway, name: str, devices: tuple[str, ...] | None) -> ListFacts:

@@ -37,7 +37,13 @@ from pathlib import Path as FsPath
 
 from tests.lab import conntrack
 from tests.lab.netns import Netns, create_netns, delete_netns, host_run
-from tests.lab.traffic import SETTLE_S, stop_process, wait_for
+from tests.lab.traffic import (
+    SETTLE_S,
+    stop_process,
+    tcp_echo_server,
+    udp_echo_server,
+    wait_for,
+)
 
 _ids = itertools.count()
 
@@ -359,6 +365,22 @@ def reconnect_pppoe(g: Gateway) -> float:
     new_session = g.pppoe_session()
     assert new_session != old_session or isp_ppp != old_isp, (old_session, new_session)
     return up
+
+
+@contextlib.contextmanager
+def gateway_with_servers(port: int, *, tcp: bool = False) -> Iterator[Gateway]:
+    """The gateway lab with its witnesses (add_witnesses) and an echo server
+    on ``port`` at each path's server address, UDP (and TCP with ``tcp``).
+    Each server returns once its own address is bound (two share a
+    namespace's port)."""
+    with gateway_lab() as g:
+        add_witnesses(g, port)
+        with contextlib.ExitStack() as servers:
+            for p in g.paths:
+                servers.enter_context(udp_echo_server(p.server, p.server_addr, port))
+                if tcp:
+                    servers.enter_context(tcp_echo_server(p.server, p.server_addr, port))
+            yield g
 
 
 # -- witnesses -----------------------------------------------------------------

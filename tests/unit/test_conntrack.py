@@ -25,9 +25,11 @@ from offloadd.core.flows import (
     IPS_SEEN_REPLY,
     FlowTuple,
 )
+from offloadd.core.guard import FlowCounts
 from offloadd.core.repair import HeldEntry
 from offloadd.kernel import conntrack as ct
 from offloadd.kernel import ctnetlink as nl
+from offloadd.kernel.flowsample import FlowSampler
 from offloadd.kernel.leftbehind import ConntrackScanner
 
 NLM_F_MULTI = 0x2
@@ -397,3 +399,22 @@ def test_scanner_opens_no_route_socket_when_nothing_is_held() -> None:
 
     k = FakeKernel([E(PLAIN | SW, id=3), E(PLAIN, timeout=100, use=1)])
     assert ConntrackScanner(k.factory, no_routes).scan({"lan0": "ft"}).held == {}
+
+
+def test_flow_sampler_counts_offloaded_flows_and_the_devices_they_cross() -> None:
+    """The stack guard's sample: offloaded entries with counters only (those
+    without began before accounting), per family, with the devices towards
+    both ends; at most ``at_most`` of them."""
+    k = FakeKernel([
+        E(PLAIN | SW, dst="10.9.0.1", counters=(50, 5000, 0, 0), id=1),
+        E(PLAIN | SW, family=V6, src="fd00::1", dst="fd09::1", counters=(9, 900, 8, 800), id=2),
+        E(PLAIN | SW, dst="10.9.0.2", id=3),  # no accounting extension
+        E(PLAIN, dst="10.9.0.3", counters=(1, 1, 1, 1), timeout=30, id=4),  # not offloaded
+    ])
+    look = FlowSampler(k.factory, FakeRoutes).sample()
+    assert look.flows == {
+        1: FlowCounts(1, 50, 0, frozenset({"lan0", "wan0"}), 4),
+        2: FlowCounts(2, 9, 8, frozenset({"eth7", "wan0"}), 6),
+    }
+    assert k.closed == k.sockets
+    assert list(FlowSampler(k.factory, FakeRoutes, at_most=1).sample().flows) == [1]
