@@ -105,19 +105,37 @@ def _revalidate(d: RunningDaemon) -> dict[str, Any]:
     return rv
 
 
-def _entries(lab: Lab, ports: set[int]) -> dict[tuple[str, int, int], conntrack.CtEntry]:
-    """(proto, client port, server port) -> entry, for the probes' flows."""
-    return {(e.proto, e.sport, e.dport): e for fam in (4, 6)
+# (proto, client address, client port, server port): two clients may pick
+# the same port (keyed on the port alone, one flow hid another and the wait
+# for 34 flows saw 33 until it timed out).
+Key = tuple[str, str, int, int]
+
+
+def _entries(lab: Lab, ports: set[int]) -> dict[Key, conntrack.CtEntry]:
+    """Key -> entry, for the probes' flows."""
+    return {(e.proto, e.src, e.sport, e.dport): e for fam in (4, 6)
             for e in conntrack.entries(lab.router, fam) if e.dport in ports}
 
 
-def _keys(res: dict[str, Any], proto: str, dport: int) -> set[tuple[str, int, int]]:
-    return {(proto, f["port"], dport) for f in res["flows"]}
-
-
-def _all_offloaded(lab: Lab, ports: set[int], want: int) -> dict[tuple[str, int, int], Any] | None:
+def _all_offloaded(lab: Lab, ports: set[int], want: int) -> dict[Key, Any] | None:
     now = _entries(lab, ports)
     return now if len(now) >= want and all(e.offloaded for e in now.values()) else None
+
+
+def _wait_all_offloaded(lab: Lab, d: RunningDaemon, ports: set[int], want: int, *,
+                        timeout: float, what: str, interval: float = 0.5) -> dict[Key, Any]:
+    """Waits for ``want`` offloaded flows; on timeout says which are missing
+    or not offloaded, and the daemon's log tail."""
+    try:
+        got: dict[Key, Any] = wait_for(lambda: _all_offloaded(lab, ports, want), timeout,
+                                       interval=interval, what=what)
+        return got
+    except AssertionError as e:
+        now = _entries(lab, ports)
+        slow = [f"{k} flags={sorted(v.flags)}" for k, v in sorted(now.items())
+                if not v.offloaded]
+        raise AssertionError(f"{e}: {len(now)} of {want} flows listed; not offloaded: "
+                             f"{slow}\n{d.log_text()[-3000:]}") from None
 
 
 def _last_reply(res: dict[str, Any]) -> float:
@@ -137,10 +155,10 @@ def _max_gap(res: dict[str, Any], start: float, end: float) -> float:
     return float(max(gaps))
 
 
-def _still_offloaded(lab: Lab, before: dict[tuple[str, int, int], conntrack.CtEntry],
-                     keys: set[tuple[str, int, int]]) -> str | None:
+def _still_offloaded(lab: Lab, before: dict[Key, conntrack.CtEntry],
+                     keys: set[Key]) -> str | None:
     """None if every flow in keys is offloaded under the same entry and NAT mapping."""
-    now = _entries(lab, {k[2] for k in keys})
+    now = _entries(lab, {k[3] for k in keys})
     bad = [f"{k}: before id={before[k].id} reply={before[k].reply}, now "
            + (f"id={now[k].id} reply={now[k].reply} flags={sorted(now[k].flags)}"
               if k in now else "gone")
@@ -172,12 +190,13 @@ def test_new_rules_and_set_elements_reach_offloaded_flows(lab: Lab, tmp_path: Pa
             "c2": probe(lab.client2, "udp", s4, 7000, flows=4, seconds=seconds),
         }
         try:
-            before = wait_for(lambda: _all_offloaded(lab, ports, 34), SETTLE_S, interval=0.5,
-                              what="34 offloaded flows (udp/tcp, IPv4 through NAT, IPv6)")
+            before = _wait_all_offloaded(
+                lab, d, ports, 34, timeout=SETTLE_S,
+                what="34 offloaded flows (udp/tcp, IPv4 through NAT, IPv6)")
             masq = [e for e in before.values() if e.proto == "udp" and "." in e.src]
             assert masq and all(e.reply[1] == lab.wan.router_v4 for e in masq), masq[:2]
             keep_keys = {k for k, e in before.items()
-                         if (k[2] in (7000, 7100)) and e.src != lab.lan2.host_v4}
+                         if (k[3] in (7000, 7100)) and e.src != lab.lan2.host_v4}
             c2_keys = {k for k, e in before.items() if e.src == lab.lan2.host_v4}
             assert len(keep_keys) == 15 and len(c2_keys) == 4
             rv0 = _revalidate(d)
@@ -206,8 +225,9 @@ def test_new_rules_and_set_elements_reach_offloaded_flows(lab: Lab, tmp_path: Pa
             r.nft("flush chain inet admin acl\n"
                   f"delete element inet admin blocked4 {{ {lab.lan2.host_v4} }}\n")
             # TCP retransmits back off: the last blocked segment may be retried late.
-            wait_for(lambda: _all_offloaded(lab, ports, 34), TCP_BACKOFF_S, interval=0.3,
-                     what="every flow offloaded again after the rules and element went")
+            _wait_all_offloaded(lab, d, ports, 34, timeout=TCP_BACKOFF_S,
+                                what="every flow offloaded again after the rules and element went",
+                                interval=0.3)
             results = {name: g.finish() for name, g in gens.items()}
         finally:
             for g in gens.values():
@@ -238,8 +258,8 @@ def _sleep_until(t: float) -> None:
     time.sleep(max(0.0, t - time.time()))
 
 
-def _kept(lab: Lab, d: RunningDaemon, before: dict[tuple[str, int, int], conntrack.CtEntry],
-          keys: set[tuple[str, int, int]]) -> None:
+def _kept(lab: Lab, d: RunningDaemon, before: dict[Key, conntrack.CtEntry],
+          keys: set[Key]) -> None:
     """After a re-validation: the unaffected flows are offloaded again under
     the same entries and NAT mappings."""
     try:
@@ -285,8 +305,8 @@ def test_bursts_are_coalesced_and_own_changes_do_not_count(lab: Lab, tmp_path: P
         gens = [probe(lab.client, "udp", s4, 7000, flows=10, seconds=LIFETIME_S),
                 probe(lab.client, "udp", s6, 7000, flows=10, seconds=LIFETIME_S)]
         try:
-            before = wait_for(lambda: _all_offloaded(lab, {7000}, 20), SETTLE_S, interval=0.5,
-                              what="20 offloaded udp flows")
+            before = _wait_all_offloaded(lab, d, {7000}, 20, timeout=SETTLE_S,
+                                         what="20 offloaded udp flows")
             rv0 = _revalidate(d)
 
             # offloadd's own transactions: devices attached and detached.
