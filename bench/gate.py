@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from offloadd.core.gate import element
 from tests.lab.daemon import RunningDaemon, offloadd
 from tests.lab.netns import Netns
 from tests.lab.topology import lab_topology
@@ -50,8 +51,8 @@ def _fill(r: Netns, path: Path, ids: int) -> float:
     with path.open("w") as f:
         for name in SETS:
             for start in range(1, ids + 1, 1000):
-                chunk = ", ".join(f"{i} timeout 1h" for i in range(start,
-                                                                   min(start + 1000, ids + 1)))
+                chunk = ", ".join(f"{element(i, 1024 + i % 64000, 443)} timeout 1h"
+                                  for i in range(start, min(start + 1000, ids + 1)))
                 f.write(f"add element inet offloadd {name} {{ {chunk} }}\n")
     t0 = time.monotonic()
     r.run("nft", "-f", str(path), timeout=1200)

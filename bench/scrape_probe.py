@@ -47,7 +47,7 @@ def main() -> int:
     a = ap.parse_args()
     rounds = []
     for r in range(a.rounds):
-        row: dict[str, float | int] = {"round": r}
+        row: dict[str, float | int | None] = {"round": r}
         for what in (("scrape", "conntrack") if r % 2 == 0 else ("conntrack", "scrape")):
             if what == "scrape":
                 dt, n, size, age = scrape(a.url)

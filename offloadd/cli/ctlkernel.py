@@ -25,6 +25,7 @@ from offloadd.core.configparse import load_config
 from offloadd.core.errors import ConfigError
 from offloadd.core.explain import Passed, explain
 from offloadd.core.flows import OffloadedFlow
+from offloadd.core.gate import element
 from offloadd.core.model import hooked_devices
 from offloadd.core.render import render
 from offloadd.core.revalidate import coverage
@@ -147,7 +148,8 @@ def cmd_explain(args: argparse.Namespace, config: Config) -> int:
         routes.close()
     backend = NftBackend(config.daemon.family.value, config.daemon.table)
     table = backend.read()
-    gate = backend.passed(flow.id, table) if flow is not None and table is not None else None
+    gate = (backend.passed(element(flow.id, flow.orig.sport, flow.reply.sport), table)
+            if flow is not None and table is not None else None)
     passed = Passed(*gate) if gate is not None else None
     result = explain(flow, in_dev, out_dev, config, table, passed=passed)
     data = {"verdict": result.verdict.value, "reasons": list(result.reasons),

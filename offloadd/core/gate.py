@@ -11,11 +11,22 @@ stayed at 0; 6.12, offloadd before the gate: all 6 flows of the integration
 test offloaded again while the rule stood).
 
 Each direction's packets that reach offloadd's chain (they passed every
-chain before it) put the conntrack id into that direction's set; ``flow add``
-needs the id in both. Replacing both sets (deleted and created empty, not
-flushed: a flush is one notification per element) in the batch that
-replaces the flowtables (a re-validation) makes each direction pass the
-policy as it is now before its flow is offloaded again.
+chain before it) put the flow's key into that direction's set; ``flow add``
+needs the key in both. The key is the conntrack id with the flow's two ports
+as the forward hook sees them (client port, server port: before SNAT, after
+DNAT, the same from either direction's packets). The id alone is a 32-bit
+hash: with 10^6 ids in a set, a new flow's id is already there with
+probability 2.4e-4, and such a flow whose replies an admin rule drops was
+offloaded anyway — its replies skipping that rule from then on. With the ports
+another flow's element matches only with the same id and the same client and
+server ports (the client port alone divides the chance by ~2^15). (nftables
+1.0.6 refuses ``ct original proto-src`` in a set key; the packet's own ports
+work on every version.)
+
+Replacing both sets (deleted and created empty, not flushed: a flush is one
+notification per element) in the batch that replaces the flowtables (a
+re-validation) makes each direction pass the policy as it is now before its
+flow is offloaded again.
 """
 
 from __future__ import annotations
@@ -33,29 +44,54 @@ PASSED_SIZE = 1_048_576
 # passes the chains again in both directions before it is offloaded again.
 PASSED_TIMEOUT_S = 120
 
-PASSED_DECLARATION = (f"{{ typeof ct id; size {PASSED_SIZE}; flags dynamic,timeout; "
+PASSED_TYPEOF = "typeof ct id . th sport . th dport"
+PASSED_DECLARATION = (f"{{ {PASSED_TYPEOF}; size {PASSED_SIZE}; flags dynamic,timeout; "
                       f"timeout {PASSED_TIMEOUT_S}s; }}")
 
 
-def _l4(protocols: Iterable[str]) -> str:
+def l4_prefix(protocols: Iterable[str]) -> tuple[str, str]:
+    """(the protocol match a gate rule starts with, the ports' protocol).
+
+    As nft prints them, which is how rules are compared: for one protocol,
+    ``udp sport`` implies ``meta l4proto udp`` and nft drops the match; for
+    several, ``th`` needs it."""
     protos = tuple(protocols)
-    return protos[0] if len(protos) == 1 else "{ " + ", ".join(protos) + " }"
+    if len(protos) == 1:
+        return "", protos[0]
+    return "meta l4proto { " + ", ".join(protos) + " } ", "th"
+
+
+def _key(th: str, direction: str) -> str:
+    """The key in (client port, server port) order, from a packet of ``direction``."""
+    ports = (f"{th} sport . {th} dport" if direction == "original"
+             else f"{th} dport . {th} sport")
+    return f"ct id . {ports}"
 
 
 def passed_rules(protocols: Iterable[str]) -> tuple[str, str]:
     """The rules that record, per direction, flows whose packet got this far."""
-    l4 = _l4(protocols)
+    head, th = l4_prefix(protocols)
     return (
-        f"meta l4proto {l4} ct state established ct direction original "
-        f"update @{PASSED_ORIGINAL} {{ ct id }}",
-        f"meta l4proto {l4} ct state established ct direction reply "
-        f"update @{PASSED_REPLY} {{ ct id }}",
+        f"{head}ct state established ct direction original "
+        f"update @{PASSED_ORIGINAL} {{ {_key(th, 'original')} }}",
+        f"{head}ct state established ct direction reply "
+        f"update @{PASSED_REPLY} {{ {_key(th, 'reply')} }}",
     )
 
 
-def gate_match() -> str:
-    """The match an offload rule needs: both directions have passed."""
-    return f"ct id @{PASSED_ORIGINAL} ct id @{PASSED_REPLY}"
+def gate_match(protocols: Iterable[str], direction: str) -> str:
+    """The match an offload rule for packets of ``direction`` needs: both
+    directions of this flow have passed."""
+    _, th = l4_prefix(protocols)
+    key = _key(th, direction)
+    return (f"ct direction {direction} {key} @{PASSED_ORIGINAL} {key} @{PASSED_REPLY}")
+
+
+def element(ct_id: int, client_port: int, server_port: int) -> str:
+    """A gate element, as ``get element`` takes it: the flow's id, its
+    original tuple's source port and its reply tuple's source port (the
+    server's port after DNAT)."""
+    return f"{ct_id} . {client_port} . {server_port}"
 
 
 def is_passed_declaration(json_set: dict[str, object], body: Iterable[str]) -> bool:
@@ -65,7 +101,7 @@ def is_passed_declaration(json_set: dict[str, object], body: Iterable[str]) -> b
     lines = tuple(body)
     flags = next((ln for ln in lines if ln.startswith("flags ")), "")
     return (json_set.get("name") in PASSED_SETS
-            and "typeof ct id" in lines
+            and PASSED_TYPEOF in lines
             and "dynamic" in flags and "timeout" in flags
             and json_set.get("size") == PASSED_SIZE
             and json_set.get("timeout") == PASSED_TIMEOUT_S)

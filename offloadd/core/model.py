@@ -24,7 +24,7 @@ from offloadd.core.config import (
     device_name_problem,
 )
 from offloadd.core.errors import ConfigError
-from offloadd.core.gate import PASSED_SETS, gate_match, passed_rules
+from offloadd.core.gate import PASSED_SETS, gate_match, l4_prefix, passed_rules
 from offloadd.core.stack import Path, PppoeSessions, Resolved, resolve
 
 CHAIN_NAME = "forward"
@@ -234,8 +234,11 @@ def _excluded_by(ft: FlowtableConfig, link: Link) -> str | None:
     return next((p for p in ft.exclude if fnmatch.fnmatchcase(link.name, p)), None)
 
 
-def offload_rule(flowtable: str, protocols: Iterable[str], elephant_packets: int) -> str:
-    """The forward-chain rule that adds matching flows to `flowtable`.
+def offload_rules(flowtable: str, protocols: Iterable[str],
+                  elephant_packets: int) -> tuple[str, str]:
+    """The forward-chain rules that add matching flows to `flowtable`: one
+    for packets of each direction (the gate's key is read from the packet's
+    ports, whose order depends on the direction).
 
     The iifname/oifname guard keeps flows whose devices are not both in the
     flowtable from being marked offloaded (nothing would forward them).
@@ -247,14 +250,14 @@ def offload_rule(flowtable: str, protocols: Iterable[str], elephant_packets: int
     The gate (offloadd.core.gate): a packet of each direction has passed.
     """
     protos = tuple(protocols)
-    l4 = protos[0] if len(protos) == 1 else "{ " + ", ".join(protos) + " }"
+    head, _ = l4_prefix(protos)
     ifs = "@" + set_name(flowtable)
-    parts = [f"meta l4proto {l4}", f"iifname {ifs}", f"oifname {ifs}", "ct state established",
-             gate_match()]
-    if elephant_packets > 0:
-        parts.append(f"ct packets > {elephant_packets}")
-    parts.append(f"flow add @{flowtable}")
-    return " ".join(parts)
+    tail = f" ct packets > {elephant_packets}" if elephant_packets > 0 else ""
+    rules = tuple(
+        f"{head}iifname {ifs} oifname {ifs} ct state established "
+        f"{gate_match(protos, direction)}{tail} flow add @{flowtable}"
+        for direction in ("original", "reply"))
+    return rules[0], rules[1]
 
 
 def auto_forward_priority(other_forward_chain_priorities: Iterable[int]) -> int:
@@ -489,7 +492,8 @@ def _table(config: Config, kernel_fts: Sequence[_KernelFlowtable],
                           SetKind.IFNAMES_WILD if k.name in wild else SetKind.IFNAMES)
                  for k in kernel_fts)
     rules = tuple(
-        offload_rule(k.name, k.selector.protocols, k.selector.elephant_packets) for k in ordered
+        rule for k in ordered
+        for rule in offload_rules(k.name, k.selector.protocols, k.selector.elephant_packets)
     )
     if rules:
         protocols = sorted({p for sel in config.flowtables for p in sel.protocols})

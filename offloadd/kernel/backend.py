@@ -58,14 +58,15 @@ class NftBackend:
                     for name in ifname_sets(items, self.table)}
         return parse_table(items, text, self.family, self.table, elements)
 
-    def passed(self, ct_id: int, state: TableState) -> tuple[bool, bool] | None:
-        """Whether conntrack entry ``ct_id`` is in the gate's original and reply
-        sets; None when ``state`` (the table as read) has no gate."""
+    def passed(self, key: str, state: TableState) -> tuple[bool, bool] | None:
+        """Whether a flow's gate element ``key`` (offloadd.core.gate.element)
+        is in the gate's original and reply sets; None when ``state`` (the
+        table as read) has no gate."""
         if not all(state.set(name) for name in PASSED_SETS):
             return None
         where = f"{self.family} {self.table}"
-        return (self.nft.has_element(f"{where} {PASSED_ORIGINAL}", str(ct_id)),
-                self.nft.has_element(f"{where} {PASSED_REPLY}", str(ct_id)))
+        return (self.nft.has_element(f"{where} {PASSED_ORIGINAL}", key),
+                self.nft.has_element(f"{where} {PASSED_REPLY}", key))
 
     def other_forward_priorities(self) -> list[int]:
         return other_forward_priorities(self.nft.list_json("chains"), self.family, self.table)

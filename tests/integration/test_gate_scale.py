@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from offloadd.core.gate import element
 from tests.lab.daemon import RunningDaemon, offloadd
 from tests.lab.netns import Netns
 from tests.lab.topology import Lab
@@ -82,7 +83,8 @@ def _fill_gate(r: Netns, path: Path) -> None:
     with path.open("w") as f:
         for name in ("passed_original", "passed_reply"):
             for start in range(1, IDS + 1, 1000):
-                ids = ", ".join(f"{i} timeout 1h" for i in range(start, min(start + 1000, IDS + 1)))
+                ids = ", ".join(f"{element(i, 1024 + i % 64000, 443)} timeout 1h"
+                                for i in range(start, min(start + 1000, IDS + 1)))
                 f.write(f"add element inet offloadd {name} {{ {ids} }}\n")
     r.run("nft", "-f", str(path))
 

@@ -26,7 +26,7 @@ from offloadd.core.model import (
     TableState,
     auto_forward_priority,
     desired_state,
-    offload_rule,
+    offload_rules,
     selector_matches,
 )
 
@@ -102,12 +102,16 @@ def test_off_builds_one_software_flowtable_set_and_rule() -> None:
               SetState("passed_reply", kind=SetKind.PASSED)),
         chain=ChainState(
             42,
-            ("meta l4proto tcp ct state established ct direction original "
-             "update @passed_original { ct id }",
-             "meta l4proto tcp ct state established ct direction reply "
-             "update @passed_reply { ct id }",
-             "meta l4proto tcp iifname @lan_ifs oifname @lan_ifs ct state established "
-             "ct id @passed_original ct id @passed_reply ct packets > 7 flow add @lan"),
+            ("ct state established ct direction original "
+             "update @passed_original { ct id . tcp sport . tcp dport }",
+             "ct state established ct direction reply "
+             "update @passed_reply { ct id . tcp dport . tcp sport }",
+             "iifname @lan_ifs oifname @lan_ifs ct state established ct direction original "
+             "ct id . tcp sport . tcp dport @passed_original "
+             "ct id . tcp sport . tcp dport @passed_reply ct packets > 7 flow add @lan",
+             "iifname @lan_ifs oifname @lan_ifs ct state established ct direction reply "
+             "ct id . tcp dport . tcp sport @passed_original "
+             "ct id . tcp dport . tcp sport @passed_reply ct packets > 7 flow add @lan"),
         ),
     )
 
@@ -124,8 +128,8 @@ def test_auto_splits_by_capability_and_hw_rule_comes_first() -> None:
     assert table.chain is not None
     assert table.chain.rules == (
         *passed_rules(("tcp", "udp")),
-        offload_rule("lan_hw", ("tcp", "udp"), 0),
-        offload_rule("lan", ("tcp", "udp"), 0),
+        *offload_rules("lan_hw", ("tcp", "udp"), 0),
+        *offload_rules("lan", ("tcp", "udp"), 0),
     )
     decisions = {d.device: d for d in result.decisions}
     assert decisions["eth0"].hardware and decisions["eth0"].flowtable == "lan_hw"
@@ -140,7 +144,8 @@ def test_hardware_rules_precede_software_rules_across_flowtables() -> None:
     )
     table = desired_state(config, LINKS, {"eth1": True}, 0).table
     assert table.chain is not None
-    assert [r.rsplit("@", 1)[1] for r in table.chain.rules if "flow add" in r] == ["b_hw", "a"]
+    assert [r.rsplit("@", 1)[1] for r in table.chain.rules if "flow add" in r] == [
+        "b_hw", "b_hw", "a", "a"]
 
 
 def test_required_leaves_out_and_reports_non_capable_devices() -> None:
@@ -198,7 +203,7 @@ def test_empty_flowtables_still_exist_so_device_changes_stay_small() -> None:
     table = desired_state(config, (), {}, 7).table
     assert [f.name for f in table.flowtables] == ["a", "a_hw"]
     assert [s.name for s in table.sets if s.kind is SetKind.IFNAMES] == ["a_hw_ifs", "a_ifs"]
-    assert table.chain is not None and len(table.chain.rules) == 4  # the gate's two + two
+    assert table.chain is not None and len(table.chain.rules) == 6  # the gate's 2, 2 per flowtable
 
 
 def test_unsafe_kernel_names_are_left_out_and_reported() -> None:
@@ -237,13 +242,23 @@ def test_is_safe_ifname(name: str, ok: bool) -> None:
 
 
 def test_offload_rule_forms() -> None:
-    assert offload_rule("lan", ("tcp", "udp"), 0) == (
+    # As nft prints them (rules are compared so): several protocols need
+    # "meta l4proto" for "th"; with one, "udp sport" implies it.
+    assert offload_rules("lan", ("tcp", "udp"), 0) == (
         "meta l4proto { tcp, udp } iifname @lan_ifs oifname @lan_ifs ct state established "
-        "ct id @passed_original ct id @passed_reply flow add @lan"
+        "ct direction original ct id . th sport . th dport @passed_original "
+        "ct id . th sport . th dport @passed_reply flow add @lan",
+        "meta l4proto { tcp, udp } iifname @lan_ifs oifname @lan_ifs ct state established "
+        "ct direction reply ct id . th dport . th sport @passed_original "
+        "ct id . th dport . th sport @passed_reply flow add @lan",
     )
-    assert offload_rule("x", ("udp",), 3) == (
-        "meta l4proto udp iifname @x_ifs oifname @x_ifs ct state established "
-        "ct id @passed_original ct id @passed_reply ct packets > 3 flow add @x"
+    assert offload_rules("x", ("udp",), 3) == (
+        "iifname @x_ifs oifname @x_ifs ct state established ct direction original "
+        "ct id . udp sport . udp dport @passed_original "
+        "ct id . udp sport . udp dport @passed_reply ct packets > 3 flow add @x",
+        "iifname @x_ifs oifname @x_ifs ct state established ct direction reply "
+        "ct id . udp dport . udp sport @passed_original "
+        "ct id . udp dport . udp sport @passed_reply ct packets > 3 flow add @x",
     )
 
 
@@ -256,12 +271,13 @@ def test_the_gate_marks_each_direction_and_covers_every_protocol() -> None:
     assert table.chain is not None
     assert table.chain.rules[:2] == (
         "meta l4proto { tcp, udp } ct state established ct direction original "
-        "update @passed_original { ct id }",
+        "update @passed_original { ct id . th sport . th dport }",
         "meta l4proto { tcp, udp } ct state established ct direction reply "
-        "update @passed_reply { ct id }",
+        "update @passed_reply { ct id . th dport . th sport }",
     )
-    assert all("ct id @passed_original ct id @passed_reply" in r
-               for r in table.chain.rules if "flow add" in r)
+    offload = [r for r in table.chain.rules if "flow add" in r]
+    assert len(offload) == 4
+    assert all("@passed_original" in r and "@passed_reply" in r for r in offload)
     assert {s.name for s in table.sets if s.kind is SetKind.PASSED} == {
         "passed_original", "passed_reply"}
 

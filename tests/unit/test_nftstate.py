@@ -94,13 +94,15 @@ def test_terse_listing_with_the_gate_and_elements_listed_per_set() -> None:
     assert state.set("ft_ifs") == SetState("ft_ifs", frozenset({"lan0", "wan0"}))
     assert state.set("passed_original") == SetState("passed_original", kind=SetKind.PASSED)
     assert state.set("passed_reply") == SetState("passed_reply", kind=SetKind.PASSED)
-    assert state.chain is not None and len(state.chain.rules) == 4
+    assert state.chain is not None and len(state.chain.rules) == 6
 
 
 def test_a_gate_set_declared_otherwise_reads_as_other() -> None:
     items, text = _terse()
     # What only the native listing shows: typeof and the dynamic flag.
-    for change in (("typeof ct id", "type integer"), ("flags dynamic,timeout", "flags timeout")):
+    # (The first: offloadd's gate before it was keyed on the ports too.)
+    for change in (("typeof ct id . th sport . th dport", "typeof ct id"),
+                   ("flags dynamic,timeout", "flags timeout")):
         state = parse_table(items, text.replace(*change, 1), "inet", "offloadd", {})
         assert state is not None and state.set("passed_original") is not None
         assert state.set("passed_original").kind is SetKind.OTHER  # type: ignore[union-attr]
@@ -155,7 +157,7 @@ def test_own_table_cut_from_a_ruleset_listing() -> None:
     lan_ifs = set_elements(json.loads((DATA / "set_lan_ifs.json").read_text())["nftables"])
     state = parse_table(items, own, "inet", "offloadd", {"lan_ifs": lan_ifs})
     assert state is not None and state.chain is not None
-    assert state.chain.priority == 11 and len(state.chain.rules) == 3
+    assert state.chain.priority == 11 and len(state.chain.rules) == 4
     assert all("lan9" not in r and "blocked4" not in r for r in state.chain.rules)
     assert state.set("lan_ifs") == SetState("lan_ifs", frozenset({"lo", "wan0"}))
     assert {s.name for s in state.sets} == {"lan_ifs", "passed_original", "passed_reply"}

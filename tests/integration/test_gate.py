@@ -1,0 +1,98 @@
+"""The gate lets a flow through only on its own packets, never on another
+flow's id.
+
+The gate (offloadd.core.gate) offloads a flow once a packet of each direction
+has passed the forward chains. Keyed on the 32-bit conntrack id alone, a flow
+whose replies an admin rule drops was offloaded as soon as its id was in the
+reply set for another flow (a hash collision: ~2.4e-4 per new flow with 10^6
+ids there), and from then on its replies skipped that rule. Here the admin
+drops the replies of every flow to one port; the reply set is pre-loaded with
+each such flow's id under other ports (what a colliding flow leaves), and with
+one flow's own key (the control: a matching key does offload, so the oracle
+sees it). Through an IPv4 masquerade and over IPv6; conntrack-tools the oracle.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from offloadd.core.gate import element
+from tests.lab import conntrack
+from tests.lab.daemon import offloadd
+from tests.lab.topology import Lab
+from tests.lab.traffic import LIFETIME_S, SETTLE_S, udp_echo_server, udp_flows, wait_for
+
+CONFIG = """
+[[flowtable]]
+name = "ft"
+devices = ["lan*", "wan*"]
+"""
+PORT = 7400
+ADMIN = f"""
+table inet admin {{
+    chain fwd {{ type filter hook forward priority 0; policy accept;
+                 udp sport {PORT} counter drop; }}
+}}
+table ip adminnat {{
+    chain post {{ type nat hook postrouting priority 100; policy accept;
+                 oifname "wan0" masquerade; }}
+}}
+"""
+# After the control flow is offloaded, the others send this long more: every
+# datagram meets the offload rule, and none may pass it.
+MORE_S = 3.0
+
+
+def _flows(lab: Lab) -> list[conntrack.CtEntry]:
+    return [e for fam in (4, 6) for e in conntrack.entries(lab.router, fam)
+            if e.proto == "udp" and e.dport == PORT]
+
+
+def _answered(lab: Lab, want: int) -> list[conntrack.CtEntry] | None:
+    """The flows once conntrack has seen a reply for each (the admin drops
+    the replies after that, in the forward hook)."""
+    got = _flows(lab)
+    ok = len(got) == want and not any("UNREPLIED" in e.flags for e in got)
+    return got if ok else None
+
+
+def test_a_flow_passes_the_gate_only_on_its_own_key(lab: Lab, tmp_path: Path) -> None:
+    r = lab.router
+    r.nft(ADMIN)
+    with offloadd(r, CONFIG, tmp_path) as d, udp_echo_server(lab.server, "::", PORT):
+        d.wait_devices("ft", {"lan0", "lan1", "wan0"})
+        gens = [udp_flows(lab.client, lab.server_addr(fam), port=PORT, flows=n,
+                          seconds=LIFETIME_S, interval=0.1) for fam, n in ((4, 4), (6, 2))]
+        try:
+            flows = wait_for(lambda: _answered(lab, 6), SETTLE_S, interval=0.5,
+                             what="6 udp flows with a reply seen by conntrack")
+            control = next(e for e in flows if "." in e.src)
+            others = [e for e in flows if e is not control]
+            # Another flow's elements: the same id, a client port or a server port off.
+            fake = [element(e.id, e.sport % 64511 + 1025, e.reply[2]) for e in others]
+            fake += [element(e.id, e.sport, e.reply[2] % 64511 + 1025) for e in others]
+            own = element(control.id, control.sport, control.reply[2])
+            r.nft(f"add element inet offloadd passed_reply {{ {', '.join([*fake, own])} }}")
+            wait_for(lambda: any(e.offloaded and e.id == control.id for e in _flows(lab)),
+                     SETTLE_S, interval=0.3, what="the control flow offloaded on its own key")
+            time.sleep(MORE_S)
+            after = {e.id: e for e in _flows(lab)}
+            counter = r.out("nft", "list", "chain", "inet", "admin", "fwd")
+            collider = next(e for e in others if "." in e.src)
+            why = json.loads(d.ctl("--json", "explain", "udp", f"{collider.src}:{collider.sport}",
+                                   f"{collider.dst}:{PORT}", check=True).stdout)
+        finally:
+            for g in gens:
+                g.stop()
+    wrong = [f"{e.src}:{e.sport} id={e.id}" for e in others
+             if e.id in after and after[e.id].offloaded]
+    assert not wrong, (f"offloaded on another flow's element, replies dropped by the admin: "
+                       f"{wrong}\n{counter}\n{d.log_text()[-2000:]}")
+    assert all(e.id in after for e in others), sorted(after)
+    assert "counter packets 0 " not in counter, counter
+    assert why["verdict"] == "not offloaded" and why["passed"] == {
+        "original": True, "reply": False}, why
+    print(f"control offloaded on its own key; {len(others)} flows ({len(fake)} colliding "
+          f"elements) kept on the slow path {MORE_S:.0f} s after it")
