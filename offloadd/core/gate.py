@@ -68,14 +68,16 @@ def _key(th: str, direction: str) -> str:
     return f"ct id . {ports}"
 
 
-def passed_rules(protocols: Iterable[str]) -> tuple[str, str]:
-    """The rules that record, per direction, flows whose packet got this far."""
+def passed_rules(protocols: Iterable[str], ifs: str) -> tuple[str, str]:
+    """The rules that record, per direction, flows whose packet got this far,
+    between devices of the ifname set ``ifs`` (one flowtable's: a flow
+    between devices in no flowtable is never offloaded, and recording it
+    would only fill the gate)."""
     head, th = l4_prefix(protocols)
+    guard = f"{head}iifname @{ifs} oifname @{ifs} ct state established"
     return (
-        f"{head}ct state established ct direction original "
-        f"update @{PASSED_ORIGINAL} {{ {_key(th, 'original')} }}",
-        f"{head}ct state established ct direction reply "
-        f"update @{PASSED_REPLY} {{ {_key(th, 'reply')} }}",
+        f"{guard} ct direction original update @{PASSED_ORIGINAL} {{ {_key(th, 'original')} }}",
+        f"{guard} ct direction reply update @{PASSED_REPLY} {{ {_key(th, 'reply')} }}",
     )
 
 

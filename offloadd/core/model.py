@@ -491,14 +491,14 @@ def _table(config: Config, kernel_fts: Sequence[_KernelFlowtable],
     sets = tuple(SetState(set_name(k.name), frozenset(guard[k.name]),
                           SetKind.IFNAMES_WILD if k.name in wild else SetKind.IFNAMES)
                  for k in kernel_fts)
+    # Per flowtable: the gate's two rules, then its two offload rules.
     rules = tuple(
         rule for k in ordered
-        for rule in offload_rules(k.name, k.selector.protocols, k.selector.elephant_packets)
+        for rule in (*passed_rules(k.selector.protocols, set_name(k.name)),
+                     *offload_rules(k.name, k.selector.protocols, k.selector.elephant_packets))
     )
     if rules:
-        protocols = sorted({p for sel in config.flowtables for p in sel.protocols})
         sets += tuple(SetState(name, kind=SetKind.PASSED) for name in PASSED_SETS)
-        rules = passed_rules(protocols) + rules
     return TableState(
         name=config.daemon.table,
         family=config.daemon.family.value,

@@ -32,7 +32,7 @@ devices = ["lan*", "wan*"]
 PORT = 7400
 ADMIN = f"""
 table inet admin {{
-    chain fwd {{ type filter hook forward priority 0; policy accept;
+    chain filter_fwd {{ type filter hook forward priority 0; policy accept;
                  udp sport {PORT} counter drop; }}
 }}
 table ip adminnat {{
@@ -79,7 +79,7 @@ def test_a_flow_passes_the_gate_only_on_its_own_key(lab: Lab, tmp_path: Path) ->
                      SETTLE_S, interval=0.3, what="the control flow offloaded on its own key")
             time.sleep(MORE_S)
             after = {e.id: e for e in _flows(lab)}
-            counter = r.out("nft", "list", "chain", "inet", "admin", "fwd")
+            counter = r.out("nft", "list", "chain", "inet", "admin", "filter_fwd")
             collider = next(e for e in others if "." in e.src)
             why = json.loads(d.ctl("--json", "explain", "udp", f"{collider.src}:{collider.sport}",
                                    f"{collider.dst}:{PORT}", check=True).stdout)

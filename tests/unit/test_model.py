@@ -102,9 +102,9 @@ def test_off_builds_one_software_flowtable_set_and_rule() -> None:
               SetState("passed_reply", kind=SetKind.PASSED)),
         chain=ChainState(
             42,
-            ("ct state established ct direction original "
+            ("iifname @lan_ifs oifname @lan_ifs ct state established ct direction original "
              "update @passed_original { ct id . tcp sport . tcp dport }",
-             "ct state established ct direction reply "
+             "iifname @lan_ifs oifname @lan_ifs ct state established ct direction reply "
              "update @passed_reply { ct id . tcp dport . tcp sport }",
              "iifname @lan_ifs oifname @lan_ifs ct state established ct direction original "
              "ct id . tcp sport . tcp dport @passed_original "
@@ -127,8 +127,9 @@ def test_auto_splits_by_capability_and_hw_rule_comes_first() -> None:
     assert table.set("lan_hw_ifs") == SetState("lan_hw_ifs", frozenset({"eth0"}))
     assert table.chain is not None
     assert table.chain.rules == (
-        *passed_rules(("tcp", "udp")),
+        *passed_rules(("tcp", "udp"), "lan_hw_ifs"),
         *offload_rules("lan_hw", ("tcp", "udp"), 0),
+        *passed_rules(("tcp", "udp"), "lan_ifs"),
         *offload_rules("lan", ("tcp", "udp"), 0),
     )
     decisions = {d.device: d for d in result.decisions}
@@ -203,7 +204,7 @@ def test_empty_flowtables_still_exist_so_device_changes_stay_small() -> None:
     table = desired_state(config, (), {}, 7).table
     assert [f.name for f in table.flowtables] == ["a", "a_hw"]
     assert [s.name for s in table.sets if s.kind is SetKind.IFNAMES] == ["a_hw_ifs", "a_ifs"]
-    assert table.chain is not None and len(table.chain.rules) == 6  # the gate's 2, 2 per flowtable
+    assert table.chain is not None and len(table.chain.rules) == 8  # 4 per flowtable
 
 
 def test_unsafe_kernel_names_are_left_out_and_reported() -> None:
@@ -262,21 +263,28 @@ def test_offload_rule_forms() -> None:
     )
 
 
-def test_the_gate_marks_each_direction_and_covers_every_protocol() -> None:
+def test_the_gate_marks_each_direction_of_each_flowtables_flows() -> None:
     config = _config(
         FlowtableConfig("a", devices=("eth0",), protocols=("udp",)),
-        FlowtableConfig("b", devices=("eth1",), protocols=("tcp",)),
+        FlowtableConfig("b", devices=("eth1",), protocols=("tcp", "udp")),
     )
     table = desired_state(config, LINKS, {}, 0).table
     assert table.chain is not None
-    assert table.chain.rules[:2] == (
-        "meta l4proto { tcp, udp } ct state established ct direction original "
-        "update @passed_original { ct id . th sport . th dport }",
-        "meta l4proto { tcp, udp } ct state established ct direction reply "
-        "update @passed_reply { ct id . th dport . th sport }",
+    # Only flows between one flowtable's devices are recorded, in its protocols.
+    assert table.chain.rules[0:2] == (
+        "iifname @a_ifs oifname @a_ifs ct state established ct direction original "
+        "update @passed_original { ct id . udp sport . udp dport }",
+        "iifname @a_ifs oifname @a_ifs ct state established ct direction reply "
+        "update @passed_reply { ct id . udp dport . udp sport }",
+    )
+    assert table.chain.rules[4:6] == (
+        "meta l4proto { tcp, udp } iifname @b_ifs oifname @b_ifs ct state established "
+        "ct direction original update @passed_original { ct id . th sport . th dport }",
+        "meta l4proto { tcp, udp } iifname @b_ifs oifname @b_ifs ct state established "
+        "ct direction reply update @passed_reply { ct id . th dport . th sport }",
     )
     offload = [r for r in table.chain.rules if "flow add" in r]
-    assert len(offload) == 4
+    assert len(offload) == 4 and len(table.chain.rules) == 8
     assert all("@passed_original" in r and "@passed_reply" in r for r in offload)
     assert {s.name for s in table.sets if s.kind is SetKind.PASSED} == {
         "passed_original", "passed_reply"}

@@ -94,7 +94,7 @@ def test_terse_listing_with_the_gate_and_elements_listed_per_set() -> None:
     assert state.set("ft_ifs") == SetState("ft_ifs", frozenset({"lan0", "wan0"}))
     assert state.set("passed_original") == SetState("passed_original", kind=SetKind.PASSED)
     assert state.set("passed_reply") == SetState("passed_reply", kind=SetKind.PASSED)
-    assert state.chain is not None and len(state.chain.rules) == 6
+    assert state.chain is not None and len(state.chain.rules) == 8
 
 
 def test_a_gate_set_declared_otherwise_reads_as_other() -> None:
