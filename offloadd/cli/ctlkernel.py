@@ -25,13 +25,18 @@ from offloadd.core.configparse import load_config
 from offloadd.core.errors import ConfigError
 from offloadd.core.explain import Passed, explain
 from offloadd.core.flows import OffloadedFlow
-from offloadd.core.gate import element
-from offloadd.core.model import hooked_devices
+from offloadd.core.gate import element, gate_size
+from offloadd.core.model import SetKind, hooked_devices
 from offloadd.core.render import render
 from offloadd.core.revalidate import coverage
 from offloadd.kernel.backend import NftBackend
 from offloadd.kernel.capability import probe_hooks
-from offloadd.kernel.conntrack import list_by_status, list_offloaded, teardown_timeout_warnings
+from offloadd.kernel.conntrack import (
+    conntrack_limit,
+    list_by_status,
+    list_offloaded,
+    teardown_timeout_warnings,
+)
 from offloadd.kernel.links import current_links
 from offloadd.kernel.nftstate import other_forward_priorities
 from offloadd.kernel.routes import RouteLookup
@@ -61,10 +66,14 @@ def kernel_only_status(config: Config) -> dict[str, Any]:
             "attached": sorted(hooked_devices(ft.devices, present, specs)),
             "listed": sorted(ft.devices), "wildcards": sorted(ft.devices & specs)}
            for ft in (table.flowtables if table else ())]
+    ct_max = conntrack_limit()
+    gate = {"sets": sum(1 for s in (table.sets if table else ()) if s.kind is SetKind.PASSED),
+            "size": table.passed_size if table else 0, "desired_size": gate_size(ct_max),
+            "conntrack_max": ct_max}
     return {"table": {"family": fam, "name": name, "exists": table is not None,
                       "forward_priority": table.chain.priority if table and table.chain
                       else None},
-            "flowtables": fts, "left_out": [], "problems": []}
+            "flowtables": fts, "gate": gate, "left_out": [], "problems": []}
 
 
 # -- flows ----------------------------------------------------------------------

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from offloadd.core.attach import wildcard_covering
+from offloadd.core.gate import sized_by
 
 
 def format_status(r: dict[str, Any]) -> str:
@@ -34,6 +35,7 @@ def format_status(r: dict[str, Any]) -> str:
         out.append(f"kernel: {k['reason']}{wild}")
     for ft in r["flowtables"]:
         out.extend(_format_flowtable(ft))
+    out.extend(format_gate(r.get("gate")))
     if r.get("stacks"):
         out.append("stacks (the fast path runs on the last device of each):")
         for st in r["stacks"]:
@@ -73,6 +75,15 @@ def format_status(r: dict[str, Any]) -> str:
         out.append("recent errors: " + ("none" if not errors else ""))
         out.extend(f"  {e}" for e in errors)
     return "\n".join(out) + "\n"
+
+
+def format_gate(gate: dict[str, Any] | None) -> list[str]:
+    """A line (none without a gate): how many flows the gate holds, and why
+    that many (a full set leaves new flows on the slow path)."""
+    if not gate or not gate["sets"] or not gate["size"]:
+        return []
+    return [f"gate: {gate['sets']} sets of up to {gate['size']} flows "
+            f"({sized_by(gate['size'], gate['conntrack_max'])})"]
 
 
 def format_tasks(tasks: dict[str, Any]) -> str:

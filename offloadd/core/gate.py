@@ -27,6 +27,11 @@ Replacing both sets (deleted and created empty, not flushed: a flush is one
 notification per element) in the batch that replaces the flowtables (a
 re-validation) makes each direction pass the policy as it is now before its
 flow is offloaded again.
+
+Each set's ``size`` caps its elements; a full set leaves new flows on the
+slow path (fail closed), so the cap follows the box's conntrack table
+(``gate_size``). A set found larger than offloadd would declare it (an
+operator's) is kept.
 """
 
 from __future__ import annotations
@@ -36,17 +41,54 @@ from collections.abc import Iterable
 PASSED_ORIGINAL = "passed_original"
 PASSED_REPLY = "passed_reply"
 PASSED_SETS = (PASSED_ORIGINAL, PASSED_REPLY)
-# Room for every flow of a large gateway; the hash grows with use, and when it
-# is full a new flow is only left on the slow path (never let through).
+# The least room a gate set is declared with (gate_size); the hash grows with
+# use, and when it is full a new flow is only left on the slow path (never let
+# through).
 PASSED_SIZE = 1_048_576
+# nft declares a set's size in 32 bits.
+_SIZE_MAX = 2**32 - 1
 # The conntrack UDP stream timeout; elements of offloaded flows expire (their
 # packets no longer reach the chain), so a flow the kernel tears down later
 # passes the chains again in both directions before it is offloaded again.
 PASSED_TIMEOUT_S = 120
 
 PASSED_TYPEOF = "typeof ct id . th sport . th dport"
-PASSED_DECLARATION = (f"{{ {PASSED_TYPEOF}; size {PASSED_SIZE}; flags dynamic,timeout; "
-                      f"timeout {PASSED_TIMEOUT_S}s; }}")
+
+
+def gate_size(conntrack_max: int | None) -> int:
+    """The size each gate set is declared with: twice ``nf_conntrack_max``,
+    at least PASSED_SIZE (also when the limit cannot be read: None).
+
+    Why twice: an element lives up to PASSED_TIMEOUT_S after its flow's last
+    slow-path packet, so besides the live flows' (at most nf_conntrack_max)
+    the set holds those of flows that ended in the last two minutes. The cap
+    costs no memory until used: the kernel's hash starts small and grows with
+    its elements."""
+    if conntrack_max is None or conntrack_max <= 0:
+        return PASSED_SIZE
+    return min(max(PASSED_SIZE, 2 * conntrack_max), _SIZE_MAX)
+
+
+def sized_by(size: int, conntrack_max: int | None) -> str:
+    """Why the gate's sets hold at most ``size`` flows, for the log and status."""
+    want = gate_size(conntrack_max)
+    if conntrack_max is None:
+        why = "the minimum; nf_conntrack_max unreadable"
+    elif want > 2 * conntrack_max:
+        why = f"the minimum; 2 x nf_conntrack_max {conntrack_max} is less"
+    else:
+        why = f"2 x nf_conntrack_max {conntrack_max}"
+    if size > want:
+        return f"kept as found, larger than offloadd's {want}: {why}"
+    if size < want:
+        return f"below offloadd's {want}: {why}; re-created at the next reconcile"
+    return why
+
+
+def passed_declaration(size: int) -> str:
+    """The body of a gate set's ``add set``, holding at most ``size`` elements."""
+    return (f"{{ {PASSED_TYPEOF}; size {size}; flags dynamic,timeout; "
+            f"timeout {PASSED_TIMEOUT_S}s; }}")
 
 
 def l4_prefix(protocols: Iterable[str]) -> tuple[str, str]:
@@ -99,11 +141,18 @@ def element(ct_id: int, client_port: int, server_port: int) -> str:
 def is_passed_declaration(json_set: dict[str, object], body: Iterable[str]) -> bool:
     """Whether a listed set is one of the gate's, declared as offloadd declares it
     (``body``: the lines of its native listing, which alone show ``typeof``
-    and ``dynamic``)."""
+    and ``dynamic``). At any size: the planner decides whether it is large
+    enough (offloadd.core.plan)."""
     lines = tuple(body)
     flags = next((ln for ln in lines if ln.startswith("flags ")), "")
     return (json_set.get("name") in PASSED_SETS
             and PASSED_TYPEOF in lines
             and "dynamic" in flags and "timeout" in flags
-            and json_set.get("size") == PASSED_SIZE
             and json_set.get("timeout") == PASSED_TIMEOUT_S)
+
+
+def listed_size(json_set: dict[str, object]) -> int:
+    """A listed set's ``size`` (0 when none is listed: smaller than any offloadd
+    declares, so the planner re-creates the set with one)."""
+    size = json_set.get("size")
+    return size if isinstance(size, int) and not isinstance(size, bool) else 0

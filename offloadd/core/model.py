@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import fnmatch
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from offloadd.core.attach import FlowtableAttach, wildcard_covering
 from offloadd.core.config import (
@@ -24,7 +24,7 @@ from offloadd.core.config import (
     device_name_problem,
 )
 from offloadd.core.errors import ConfigError
-from offloadd.core.gate import PASSED_SETS, gate_match, l4_prefix, passed_rules
+from offloadd.core.gate import PASSED_SETS, PASSED_SIZE, gate_match, l4_prefix, passed_rules
 from offloadd.core.stack import Path, PppoeSessions, Resolved, resolve
 
 CHAIN_NAME = "forward"
@@ -74,11 +74,16 @@ class SetKind(enum.Enum):
 @dataclass(frozen=True)
 class SetState:
     """A set of offloadd's table. Only an ifname set's elements are state:
-    the gate's are the packet path's, never read or planned."""
+    the gate's are the packet path's, never read or planned.
+
+    ``size``: a gate set's cap on its elements (0 for the others). Left out of
+    equality: a set larger than desired is kept (the planner re-creates only a
+    smaller one), and must not read back as a mismatch."""
 
     name: str
     elements: frozenset[str] = frozenset()
     kind: SetKind = SetKind.IFNAMES
+    size: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,12 @@ class TableState:
 
     def set(self, name: str) -> SetState | None:
         return next((s for s in self.sets if s.name == name), None)
+
+    @property
+    def passed_size(self) -> int:
+        """Flows the gate holds at most: the smaller of its sets' sizes (a flow
+        needs its key in both); 0 without a gate."""
+        return min((s.size for s in self.sets if s.kind is SetKind.PASSED), default=0)
 
 
 class NoteKind(enum.Enum):
@@ -301,6 +312,7 @@ def desired_state(
     attach: Sequence[FlowtableAttach] = (),
     pppoe: PppoeSessions = _NO_SESSIONS,
     shallow: Mapping[str, str] | None = None,
+    gate_size: int = PASSED_SIZE,
 ) -> DesiredResult:
     """What offloadd's table should hold for these links.
 
@@ -322,7 +334,8 @@ def desired_state(
     of the namespace); the selected device stays in the rule's guard set
     either way, since the forward hook sees the flow on it. ``shallow`` maps
     selected devices whose fast path beneath was refused (the stack guard,
-    offloadd.core.guard) to why: they are used as they are.
+    offloadd.core.guard) to why: they are used as they are. ``gate_size``:
+    the size of the gate's sets (offloadd.core.gate.gate_size).
     """
     links_sorted = sorted(links, key=lambda link: link.name)
     kernel_fts = [_KernelFlowtable(kname, kname == sel.hw_name, sel)
@@ -338,7 +351,7 @@ def desired_state(
         b.members[kname].update(specs)
     guard = {k: devs | b.guard.get(k, set()) for k, devs in b.members.items()}
     table = _table(config, kernel_fts, b.members, guard, wild=frozenset(wild),
-                   forward_priority=forward_priority)
+                   forward_priority=forward_priority, gate_size=gate_size)
     return DesiredResult(table=table, decisions=tuple(b.decisions), notes=tuple(b.notes),
                          attach=tuple(attach), stacks=tuple(b.stacks))
 
@@ -474,7 +487,7 @@ class _Builder:
 
 def _table(config: Config, kernel_fts: Sequence[_KernelFlowtable],
            members: Mapping[str, set[str]], guard: Mapping[str, set[str]], *,
-           wild: frozenset[str], forward_priority: int) -> TableState:
+           wild: frozenset[str], forward_priority: int, gate_size: int) -> TableState:
     """The table for these members; ``guard``: each rule's devices (the
     members and the devices above those taken as beneath them); ``wild``:
     kernel flowtables with wildcards."""
@@ -498,7 +511,8 @@ def _table(config: Config, kernel_fts: Sequence[_KernelFlowtable],
                      *offload_rules(k.name, k.selector.protocols, k.selector.elephant_packets))
     )
     if rules:
-        sets += tuple(SetState(name, kind=SetKind.PASSED) for name in PASSED_SETS)
+        sets += tuple(SetState(name, kind=SetKind.PASSED, size=gate_size)
+                      for name in PASSED_SETS)
     return TableState(
         name=config.daemon.table,
         family=config.daemon.family.value,

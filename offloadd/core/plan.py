@@ -62,6 +62,7 @@ class DeleteFlowtable:
 class CreateSet:
     name: str
     kind: SetKind = SetKind.IFNAMES
+    size: int = 0  # a gate set's (SetState.size)
 
 
 @dataclass(frozen=True)
@@ -206,13 +207,13 @@ def _diff_sets(desired: TableState, have: TableState) -> _SetDiff:
     add: list[AddSetElements] = []
     for new in desired.sets:
         old = have.set(new.name)
-        if old is not None and old.kind != new.kind:
+        if old is not None and (old.kind != new.kind or _too_small(new, old)):
             # Declared otherwise (another version, a hand edit): a set's type
-            # cannot change in place.
+            # cannot change in place, nor its size.
             recreate.append(new.name)
             old = None
         if old is None:
-            create.append(CreateSet(new.name, new.kind))
+            create.append(CreateSet(new.name, new.kind, new.size))
             old = SetState(new.name, kind=new.kind)
         if not new.kind.holds_names:
             continue
@@ -222,6 +223,13 @@ def _diff_sets(desired: TableState, have: TableState) -> _SetDiff:
             add.append(AddSetElements(new.name, new.elements - old.elements))
     delete = tuple(s.name for s in have.sets if desired.set(s.name) is None) + tuple(recreate)
     return _SetDiff(delete, tuple(create), tuple(remove), tuple(add))
+
+
+def _too_small(want: SetState, have: SetState) -> bool:
+    """A gate set that holds fewer flows than desired (nf_conntrack_max was
+    raised): re-created at the desired size. A larger one (an operator's) is
+    kept."""
+    return want.kind is SetKind.PASSED and have.size < want.size
 
 
 def compute_plan(desired: TableState, current: TableState | None) -> Plan:
@@ -266,7 +274,7 @@ def compute_plan(desired: TableState, current: TableState | None) -> Plan:
 
 
 def replace_flowtables_plan(current: TableState, names: Iterable[str], *,
-                            forget_passed: bool = False) -> Plan:
+                            forget_passed: bool = False, gate_size: int = 0) -> Plan:
     """Delete and re-create flowtables as they are, in one batch.
 
     Frees every flow entry they hold (the repair for flows the kernel left
@@ -274,7 +282,9 @@ def replace_flowtables_plan(current: TableState, names: Iterable[str], *,
     chain goes and comes back around them because the kernel refuses to
     delete a flowtable that a rule references (EBUSY). ``forget_passed``
     (after a policy change) also replaces the gate's sets, empty, so a flow
-    is offloaded again only once each direction has passed the new policy.
+    is offloaded again only once each direction has passed the new policy;
+    each comes back at its size or at ``gate_size`` (the desired one),
+    whichever is larger, so an operator's larger set stays larger.
 
     Why replaced and not flushed: a flush sends one notification per element
     (200k ids, 200k messages) to every nf_tables listener, offloadd's own
@@ -290,10 +300,10 @@ def replace_flowtables_plan(current: TableState, names: Iterable[str], *,
     if current.chain is not None:
         ops.append(DeleteChain())
     ops += [DeleteFlowtable(ft.name) for ft in fts]
-    passed = [s.name for s in current.sets if s.kind is SetKind.PASSED] if forget_passed else []
-    ops += [DeleteSet(name) for name in passed]
+    passed = [s for s in current.sets if s.kind is SetKind.PASSED] if forget_passed else []
+    ops += [DeleteSet(s.name) for s in passed]
     ops += [CreateFlowtable(ft) for ft in fts]
-    ops += [CreateSet(name, SetKind.PASSED) for name in passed]
+    ops += [CreateSet(s.name, SetKind.PASSED, max(s.size, gate_size)) for s in passed]
     if current.chain is not None:
         ops.append(CreateChain(current.chain))
     return Plan(tuple(ops))

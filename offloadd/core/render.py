@@ -15,7 +15,7 @@ from typing import assert_never
 from offloadd.core.attach import wildcard_prefix
 from offloadd.core.config import is_safe_ifname
 from offloadd.core.errors import OffloaddError
-from offloadd.core.gate import PASSED_DECLARATION
+from offloadd.core.gate import passed_declaration
 from offloadd.core.model import CHAIN_NAME, FlowtableState, SetKind
 from offloadd.core.plan import (
     AddFlowtableDevices,
@@ -45,7 +45,6 @@ _SET_DECLARATIONS = {
     SetKind.IFNAMES: "{ type ifname; }",
     # Wildcards ("wan*") are ranges of names: only an interval set holds them.
     SetKind.IFNAMES_WILD: "{ type ifname; flags interval; }",
-    SetKind.PASSED: PASSED_DECLARATION,
 }
 
 
@@ -136,7 +135,14 @@ def _render_op(op: Op, family: str, table: str, where: str) -> list[str]:
     if isinstance(op, CreateSet):
         if op.kind is SetKind.OTHER:
             raise RenderError(f"set {op.name}: offloadd only creates sets it declares")
-        decl = _SET_DECLARATIONS[op.kind]
+        if op.kind is SetKind.PASSED:
+            # Declared with no size, the cap would be the kernel's default,
+            # not the one offloadd planned (gate_size).
+            if op.size < 1:
+                raise RenderError(f"set {op.name}: a gate set needs a size, not {op.size}")
+            decl = passed_declaration(op.size)
+        else:
+            decl = _SET_DECLARATIONS[op.kind]
         return [f"add set {where} {_ident('set', op.name)} {decl}"]
     if isinstance(op, AddSetElements | RemoveSetElements):
         verb = "add" if isinstance(op, AddSetElements) else "delete"

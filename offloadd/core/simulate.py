@@ -122,7 +122,7 @@ def _apply_set(state: TableState, op: _SetOp) -> TableState:
     if isinstance(op, CreateSet):
         if state.set(op.name) is not None:
             raise _fail(op, f"set {op.name} exists")
-        return replace(state, sets=(*others, SetState(op.name, kind=op.kind)))
+        return replace(state, sets=(*others, SetState(op.name, kind=op.kind, size=op.size)))
     old = state.set(_set_target(op))
     if old is None:
         raise _fail(op, f"no set {_set_target(op)}")

@@ -81,6 +81,9 @@ class NftBackend:
     def pppoe_sessions(self) -> PppoeSessions:
         return pppoe.pppoe_sessions()
 
+    def conntrack_limit(self) -> int | None:
+        return conntrack.conntrack_limit()
+
     def hw_capable(self, device: str) -> tuple[bool, str]:
         """Dry-run a hardware flowtable on ``device``: nothing is changed."""
         problem = device_name_problem(device)

@@ -123,6 +123,14 @@ def teardown_timeout_warnings(root: Path = NETFILTER_SYSCTL) -> list[str]:
 
 # -- totals from /proc --------------------------------------------------------
 
+def conntrack_limit(max_paths: tuple[Path, ...] = (CT_MAX, CT_MAX_INIT)) -> int | None:
+    """nf_conntrack_max of this namespace (None if not readable here)."""
+    for path in max_paths:
+        with contextlib.suppress(OSError, ValueError):
+            return int(path.read_text())
+    return None
+
+
 def conntrack_totals(count_path: Path = CT_COUNT,
                      max_paths: tuple[Path, ...] = (CT_MAX, CT_MAX_INIT)) -> ConntrackTotals:
     """Entries in this namespace's table and its limit (None if not readable here)."""
@@ -132,12 +140,7 @@ def conntrack_totals(count_path: Path = CT_COUNT,
         raise ConntrackError(f"cannot read the conntrack entry count ({count_path}: "
                              f"{getattr(e, 'strerror', None) or e}); is nf_conntrack loaded?"
                              ) from e
-    limit = None
-    for path in max_paths:
-        with contextlib.suppress(OSError, ValueError):
-            limit = int(path.read_text())
-            break
-    return ConntrackTotals(count, limit)
+    return ConntrackTotals(count, conntrack_limit(max_paths))
 
 
 # -- counting ------------------------------------------------------------------

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from offloadd.core.gate import is_passed_declaration
+from offloadd.core.gate import is_passed_declaration, listed_size
 from offloadd.core.model import (
     CHAIN_NAME,
     ChainState,
@@ -96,8 +96,9 @@ def _set_state(st: Mapping[str, Any], body: list[str],
         wild = "interval" in _as_list(st.get("flags"))
         return SetState(name=st["name"], elements=elems,
                         kind=SetKind.IFNAMES_WILD if wild else SetKind.IFNAMES)
-    kind = SetKind.PASSED if is_passed_declaration(dict(st), body) else SetKind.OTHER
-    return SetState(name=st["name"], kind=kind)
+    if is_passed_declaration(dict(st), body):
+        return SetState(name=st["name"], kind=SetKind.PASSED, size=listed_size(dict(st)))
+    return SetState(name=st["name"], kind=SetKind.OTHER)
 
 
 def parse_table(items: Iterable[Mapping[str, Any]], text: str, family: str,

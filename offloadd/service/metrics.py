@@ -88,6 +88,8 @@ class DaemonCounters:
     guard_watched: tuple[str, ...] = ()
     guard_refused: tuple[str, ...] = ()
     guard_refusals_total: int = 0
+    # Elements each gate set holds at most, as the last reconcile left them (0: no gate).
+    gate_capacity: int = 0
 
 
 def _time_of(record: dict[str, object] | None) -> float:
@@ -135,6 +137,7 @@ class StatusView:
             guard_watched=s.guard.watched,
             guard_refused=tuple(sorted(s.guard.refused)),
             guard_refusals_total=s.guard.refusals_total,
+            gate_capacity=s.gate_size,
             last_reconcile_seconds=s.last_reconcile_seconds,
             last_reconcile_time=s.last_reconcile_time,
             config_reloads_total=s.reloads_total,
@@ -258,6 +261,9 @@ STACK_FAST_PATH = _g("offloadd_stack_fast_path_refused",
                      "device itself is used until a reload, else 0.", "device")
 GUARD_REFUSALS = _c("offloadd_stack_guard_refusals_total",
                     "Fast paths beneath a selected device that the stack guard refused.")
+GATE_CAPACITY = _g("offloadd_gate_capacity",
+                   "Elements each gate set (passed_original, passed_reply) holds at most; a "
+                   "full set leaves new flows on the slow path.")
 TASK_RESTARTS = _c("offloadd_task_restarts_total",
                    "Restarts of a background task after it stopped on an error.", "task")
 CONNECTIONS_DROPPED = _Spec(
@@ -273,7 +279,7 @@ SPECS = (BUILD_INFO, START_TIME, SOURCE_UP, OFFLOADED, OFFLOADED_AGE, CT_ENTRIES
          LINK_EVENTS, LINK_RESYNCS, RELOADS, RELOADS_REJECTED, REPAIRS, LEFT_BEHIND,
          POLICY_CHANGES, POLICY_CHANGES_SKIPPED, REVALIDATIONS, LAST_REVALIDATION,
          CONNECTIONS_DROPPED, DRIFT_REPAIRS, WRITE_FAILURES, TASK_UP, TASK_RESTARTS,
-         STACK_FAST_PATH, GUARD_REFUSALS)
+         STACK_FAST_PATH, GUARD_REFUSALS, GATE_CAPACITY)
 
 
 class OffloaddCollector:
@@ -398,6 +404,8 @@ class OffloaddCollector:
                             (GUARD_REFUSALS, c.guard_refusals_total),
                             (REVALIDATIONS, c.revalidations_total)):
             fams[spec.name].add_metric([], value)
+        if c.gate_capacity:
+            fams[GATE_CAPACITY.name].add_metric([], c.gate_capacity)
         for dev in sorted({*c.guard_watched, *c.guard_refused}):
             fams[STACK_FAST_PATH.name].add_metric([dev], 1 if dev in c.guard_refused else 0)
         for task, (up, restarts) in sorted(c.tasks.items()):

@@ -63,6 +63,9 @@ class Backend(Protocol):
 
     def hw_capable(self, device: str) -> tuple[bool, str]: ...
 
+    def conntrack_limit(self) -> int | None:
+        """nf_conntrack_max (None: not readable), which the gate's size follows."""
+
     def apply(self, plan: Plan) -> str: ...
 
     def check(self, plan: Plan) -> None: ...

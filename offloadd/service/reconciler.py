@@ -14,11 +14,19 @@ from collections.abc import Mapping
 from offloadd.core.attach import attach_plan
 from offloadd.core.config import Config, Hardware, PriorityMode, Stack
 from offloadd.core.errors import DeviceVanishedError, NftError, OffloaddError
-from offloadd.core.model import DesiredResult, TableState, auto_forward_priority, desired_state
+from offloadd.core.gate import PASSED_SETS, gate_size, sized_by
+from offloadd.core.model import (
+    DesiredResult,
+    SetKind,
+    TableState,
+    auto_forward_priority,
+    desired_state,
+)
 from offloadd.core.plan import (
     AddFlowtableDevices,
     CreateChain,
     CreateFlowtable,
+    CreateSet,
     DeleteFlowtable,
     Plan,
     RemoveFlowtableDevices,
@@ -53,6 +61,21 @@ def log_ops(plan: Plan) -> None:
         elif isinstance(op, CreateChain):
             log.info("forward chain at priority %d with %d rule(s)", op.chain.priority,
                      len(op.chain.rules), extra={"OPERATION": "chain"})
+
+
+def log_gate(plan: Plan, current: TableState | None, conntrack_max: int | None) -> None:
+    """One journal entry when a pass creates the gate's sets, with their size
+    and why (nf_conntrack_max raised: re-created larger)."""
+    created = [op for op in plan.ops if isinstance(op, CreateSet) and op.kind is SetKind.PASSED]
+    if not created:
+        return
+    size = max(op.size for op in created)
+    names = sorted(op.name for op in created)
+    what = ("gate sets" if names == sorted(PASSED_SETS)
+            else "gate set " + ", ".join(names))
+    again = current is not None and any(current.set(n) is not None for n in names)
+    log.info("%s %s at size %d (%s)", what, "re-created" if again else "created", size,
+             sized_by(size, conntrack_max), extra={"OPERATION": "gate"})
 
 
 class Reconciler:
@@ -140,7 +163,8 @@ class Reconciler:
         pppoe = self.backend.pppoe_sessions() if stacked else PppoeSessions()
         return desired_state(self.config, self.status.links, hw, forward_priority,
                              refused=refused, attach=attach, pppoe=pppoe,
-                             shallow=self.shallow)
+                             shallow=self.shallow,
+                             gate_size=gate_size(self.status.conntrack_max))
 
     def plan_once(self, *, preview: bool = False) -> tuple[DesiredResult, TableState | None, Plan]:
         """Reads and plans; with ``preview`` nothing at all is written (no sysctl)."""
@@ -151,6 +175,9 @@ class Reconciler:
             self.backend.ensure_accounting()
         current = self.backend.read()
         self.last_read = current
+        # Read on every pass (one /proc read, no event when it changes): a
+        # raised limit grows the gate at the next pass.
+        self.status.conntrack_max = self.backend.conntrack_limit()
         desired = self._desired(self.refusals.current(self.status.links),
                                 self._forward_priority())
         return desired, current, compute_plan(desired.table, current)
@@ -182,8 +209,10 @@ class Reconciler:
             if not plan.is_empty:
                 log.debug("applied %d operations:\n%s", len(plan.ops), script.rstrip())
                 log_ops(plan)
+                log_gate(plan, current, self.status.conntrack_max)
             self.verified = self.writer.verify(desired.table, "apply",
                                                reconcile_on_failure=False)
+            self.status.gate_size = self.verified.passed_size
         except OffloaddError as e:
             self.status.reconcile_failures_total += 1
             self.status.record_error(str(e))

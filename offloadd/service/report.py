@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from offloadd import __version__
-from offloadd.core.model import TableState, hooked_devices
+from offloadd.core.model import SetKind, TableState, hooked_devices
 from offloadd.service.status import Status
 
 
@@ -74,6 +74,14 @@ def status_report(status: Status, table_name: str, family: str,
         "table": {"family": family, "name": table_name, "exists": kernel is not None,
                   "forward_priority": kernel.chain.priority if kernel and kernel.chain else None},
         "flowtables": flowtables,
+        "gate": {
+            # The gate's sets as the last reconcile left them.
+            "sets": sum(1 for s in (desired.table.sets if desired else ())
+                        if s.kind is SetKind.PASSED),
+            "size": status.gate_size,
+            "desired_size": desired.table.passed_size if desired else 0,
+            "conntrack_max": status.conntrack_max,
+        },
         "stacks": stacks,
         "left_out": left_out,
         "problems": [n.message for n in (desired.problems if desired else ())],

@@ -102,7 +102,8 @@ class Revalidator:
             # No flowtable, no offloaded flow: nothing to tear down.
             self._schedule = self._schedule.ran(self._clock(), self._policy)
             return False
-        if self._writer.read() != table:
+        have = self._writer.read()
+        if have is None or have != table:
             # A reconcile is due (the admin's change may move offloadd's chain):
             # replace from the state it will write, just after it. Asked for,
             # not waited on: nothing else may wake it.
@@ -119,7 +120,10 @@ class Revalidator:
         names = tuple(ft.name for ft in table.flowtables)
         t0 = self._clock()
         try:
-            self._writer.write(replace_flowtables_plan(table, names, forget_passed=True),
+            # From the table as read: a gate set larger than desired (an
+            # operator's) comes back as large.
+            self._writer.write(replace_flowtables_plan(have, names, forget_passed=True,
+                                                       gate_size=table.passed_size),
                                table, "the re-validation of flowtable(s) " + ", ".join(names))
         except OffloaddError as e:
             log.error("re-validation failed (flowtable(s) %s): %s; retrying in %.0f s",

@@ -93,6 +93,11 @@ class Status:
     # event had announced, and the last of them.
     drift_repairs_total: int = 0
     last_drift: dict[str, object] | None = None
+    # nf_conntrack_max as the last reconcile read it (None: not readable), and
+    # the flows the gate's sets hold at most as its pass left them (0: no
+    # gate): offloadd.core.gate.gate_size.
+    conntrack_max: int | None = None
+    gate_size: int = 0
     # iptables-legacy tables as the last reconcile saw them (None: not read yet).
     legacy: LegacyTables | None = None
     # The supervised background tasks (offloadd.service.supervisor), by name.

@@ -40,6 +40,7 @@ class FakeBackend:
     hook_reads: int = 0
     legacy: LegacyTables = field(default_factory=LegacyTables)
     pppoe: PppoeSessions = field(default_factory=PppoeSessions)
+    conntrack_max: int | None = None  # nf_conntrack_max; None: not readable
 
     def read(self) -> TableState | None:
         if self.corrupt_reads and self.state is not None:
@@ -58,6 +59,9 @@ class FakeBackend:
 
     def pppoe_sessions(self) -> PppoeSessions:
         return self.pppoe
+
+    def conntrack_limit(self) -> int | None:
+        return self.conntrack_max
 
     def hw_capable(self, device: str) -> tuple[bool, str]:
         ok = self.hw.get(device, False)

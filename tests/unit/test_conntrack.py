@@ -316,6 +316,16 @@ def test_totals(tmp_path: Path) -> None:
         ct.conntrack_totals(tmp_path / "nope", (mx,))
 
 
+def test_limit_alone(tmp_path: Path) -> None:
+    # What the gate's size follows (offloadd.core.gate.gate_size), read on every
+    # reconcile pass: without the entry count, which it does not need.
+    mx, bad = tmp_path / "max", tmp_path / "bad"
+    bad.write_text("many\n")
+    assert ct.conntrack_limit((tmp_path / "nope", bad)) is None
+    mx.write_text("4194304\n")
+    assert ct.conntrack_limit((tmp_path / "nope", bad, mx)) == 4194304
+
+
 def test_counter_is_the_metrics_source() -> None:
     k = FakeKernel(mixed())
     counter = ct.ConntrackCounter(socket_factory=k.factory)

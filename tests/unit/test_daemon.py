@@ -12,18 +12,28 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from offloadd.cli.format import format_check
+from offloadd.cli.format import format_check, format_gate, format_status
 from offloadd.core.attach import KernelHooks
 from offloadd.core.configparse import parse_config
 from offloadd.core.errors import NftError, VerifyError
-from offloadd.core.model import Link
-from offloadd.core.plan import AddFlowtableDevices, AddSetElements, CreateTable
+from offloadd.core.gate import PASSED_SIZE
+from offloadd.core.model import Link, SetKind, TableState
+from offloadd.core.plan import (
+    AddFlowtableDevices,
+    AddSetElements,
+    CreateSet,
+    CreateTable,
+    DeleteFlowtable,
+    DeleteSet,
+)
 from offloadd.core.render import render
 from offloadd.service.daemon import VANISHED_RETRIES, Daemon
+from offloadd.service.report import status_report
 from tests.unit.fakes import FakeBackend, FakeLinks
 from tests.unit.virtualtime import run_virtual
 
@@ -378,6 +388,91 @@ def test_odd_device_names_are_left_out_once_and_hold_back_nothing(
     assert len(lines) == 2, lines
     assert any(line.startswith('flowtable ft: "lan\\xff" cannot be written') for line in lines)
     assert any(line.startswith('flowtable ft: "lan*" cannot be written') for line in lines)
+
+
+def _gate_sizes(table: TableState | None) -> set[int]:
+    assert table is not None
+    return {s.size for s in table.sets if s.kind is SetKind.PASSED}
+
+
+def _gate_line(d: Daemon, b: FakeBackend) -> str:
+    text = format_status(status_report(d.status, "offloadd", "inet", b.state))
+    return next(line for line in text.splitlines() if line.startswith("gate: "))
+
+
+def test_the_gate_follows_the_conntrack_limit(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Each pass reads nf_conntrack_max: raised, the gate's sets are re-created
+    at twice it (logged once, the flowtable untouched); lowered, they are kept."""
+    d, b = _daemon(tmp_path, backend=FakeBackend(conntrack_max=262144))
+    d.status.links = (LAN0, WAN0)
+    with caplog.at_level(logging.INFO, logger="offloadd"):
+        d.reconcile()
+    assert _gate_sizes(b.state) == {PASSED_SIZE} and d.status.gate_size == PASSED_SIZE
+    assert ("gate sets created at size 1048576 (the minimum; 2 x nf_conntrack_max 262144 "
+            "is less)") in caplog.messages
+    assert _gate_line(d, b) == ("gate: 2 sets of up to 1048576 flows (the minimum; "
+                                "2 x nf_conntrack_max 262144 is less)")
+
+    caplog.clear()
+    b.conntrack_max = 4_194_304
+    with caplog.at_level(logging.INFO, logger="offloadd"):
+        plan = d.reconcile()
+        assert d.reconcile().is_empty
+    assert not any(isinstance(op, DeleteFlowtable) for op in plan.ops)
+    assert [op for op in plan.ops if isinstance(op, DeleteSet | CreateSet)] == [
+        DeleteSet("passed_original"), DeleteSet("passed_reply"),
+        CreateSet("passed_original", SetKind.PASSED, 8_388_608),
+        CreateSet("passed_reply", SetKind.PASSED, 8_388_608)]
+    assert _gate_sizes(b.state) == {8_388_608} and d.status.gate_size == 8_388_608
+    gate = [m for m in caplog.messages if m.startswith("gate ")]
+    assert gate == ["gate sets re-created at size 8388608 (2 x nf_conntrack_max 4194304)"]
+    assert _gate_line(d, b) == "gate: 2 sets of up to 8388608 flows (2 x nf_conntrack_max 4194304)"
+    report = status_report(d.status, "offloadd", "inet", b.state)
+    assert report["gate"] == {"sets": 2, "size": 8_388_608, "desired_size": 8_388_608,
+                              "conntrack_max": 4_194_304}
+
+    b.conntrack_max = None  # unreadable: the default wanted, the larger sets kept
+    assert d.reconcile().is_empty
+    assert _gate_sizes(b.state) == {8_388_608} and d.status.gate_size == 8_388_608
+    assert _gate_line(d, b) == ("gate: 2 sets of up to 8388608 flows (kept as found, larger "
+                                "than offloadd's 1048576: the minimum; nf_conntrack_max "
+                                "unreadable)")
+
+
+def test_a_gate_made_larger_by_hand_is_kept(tmp_path: Path) -> None:
+    d, b = _daemon(tmp_path, backend=FakeBackend(conntrack_max=1_048_576))
+    d.status.links = (LAN0, WAN0)
+    d.reconcile()
+    assert _gate_sizes(b.state) == {2_097_152}
+    assert b.state is not None
+    b.state = replace(b.state, sets=tuple(
+        replace(s, size=16_777_216) if s.kind is SetKind.PASSED else s for s in b.state.sets))
+    assert d.reconcile().is_empty  # no verify mismatch, nothing re-created
+    assert d.status.gate_size == 16_777_216 and d.status.reconcile_failures_total == 0
+
+
+def test_one_gate_set_made_smaller_by_hand_is_re_created_alone(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    d, b = _daemon(tmp_path)
+    d.status.links = (LAN0, WAN0)
+    d.reconcile()
+    assert b.state is not None
+    b.state = replace(b.state, sets=tuple(
+        replace(s, size=65536) if s.name == "passed_reply" else s for s in b.state.sets))
+    assert d.status.gate_size == PASSED_SIZE
+    with caplog.at_level(logging.INFO, logger="offloadd"):
+        plan = d.reconcile()
+    assert [op for op in plan.ops if isinstance(op, CreateSet)] == [
+        CreateSet("passed_reply", SetKind.PASSED, PASSED_SIZE)]
+    assert ("gate set passed_reply re-created at size 1048576 (the minimum; "
+            "nf_conntrack_max unreadable)") in caplog.messages
+    assert _gate_sizes(b.state) == {PASSED_SIZE}
+
+
+def test_no_gate_no_gate_line() -> None:
+    assert format_gate(None) == []
+    assert format_gate({"sets": 0, "size": 0, "desired_size": 0, "conntrack_max": 1}) == []
 
 
 async def _until(pred: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -57,7 +57,8 @@ COUNTERS = DaemonCounters(
     policy_changes_total=9, policy_changes_skipped_total=4, revalidations_total=3,
     last_revalidation_time=1_700_000_100.0, write_failures_total=2,
     tasks={"nft-changes": (True, 0), "repair": (False, 3)},
-    guard_watched=("br-lan",), guard_refused=("ppp0",), guard_refusals_total=1)
+    guard_watched=("br-lan",), guard_refused=("ppp0",), guard_refusals_total=1,
+    gate_capacity=2_097_152)
 
 
 @dataclass
@@ -192,6 +193,7 @@ EXPECTED = {
     'offloadd_task_restarts_total{task="repair"} 3.0',
     "offloadd_revalidations_total 3.0",
     "offloadd_last_revalidation_timestamp_seconds 1.7000001e+09",
+    "offloadd_gate_capacity 2.097152e+06",
 }
 
 
@@ -217,6 +219,7 @@ def test_before_first_reconcile() -> None:
     names = {ln.split("{")[0].split(" ")[0] for ln in got}
     assert "offloadd_last_reconcile_timestamp_seconds" not in names
     assert "offloadd_device_info" not in names and "offloadd_kernel_state_matches" not in names
+    assert "offloadd_gate_capacity" not in names  # no gate yet
     assert "offloadd_reconciles_total 0.0" in got
     assert 'offloadd_source_up{source="nftables"} 1.0' in got
 
@@ -285,13 +288,14 @@ def test_status_view_reads_the_daemons_status() -> None:
                 reconciles_total=4, reconcile_failures_total=1,
                 writes=WriteCounts(transactions_total=2, failures_total=3),
                 last_reconcile_seconds=0.5, last_reconcile_time=20.0, reloads_total=6,
-                reloads_rejected_total=7,
+                reloads_rejected_total=7, gate_size=8_388_608,
                 tasks=lambda: {"repair": TaskState("repair", up=False, restarts_total=2)})
     ws = WatcherStats(events_total=9, resyncs_total=8)
     view = StatusView(st, lambda: DESIRED.table, ws)
     assert view.counters() == DaemonCounters(4, 1, 2, 0.5, 20.0, 6, 7, 10.0,
                                              write_failures_total=3,
-                                             tasks={"repair": (False, 2)})
+                                             tasks={"repair": (False, 2)},
+                                             gate_capacity=8_388_608)
     assert view.desired() is DESIRED and view.attached() is DESIRED.table
     assert view.links() is ws
     got = samples(scrape_view(view))
@@ -300,6 +304,8 @@ def test_status_view_reads_the_daemons_status() -> None:
     assert 'offloadd_task_up{task="repair"} 0.0' in got
     assert 'offloadd_task_restarts_total{task="repair"} 2.0' in got
     assert "offloadd_table_write_failures_total 3.0" in got
+    # From the state the last reconcile left: no kernel read at scrape time.
+    assert "offloadd_gate_capacity 8.388608e+06" in got
 
 
 def scrape_view(view: StatusView) -> str:

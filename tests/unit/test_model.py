@@ -15,7 +15,7 @@ from offloadd.core.config import (
 )
 from offloadd.core.configparse import parse_config
 from offloadd.core.errors import ConfigError
-from offloadd.core.gate import passed_rules
+from offloadd.core.gate import PASSED_SIZE, gate_size, passed_rules, sized_by
 from offloadd.core.model import (
     ChainState,
     FlowtableState,
@@ -293,6 +293,51 @@ def test_the_gate_marks_each_direction_of_each_flowtables_flows() -> None:
 def test_no_flowtables_no_gate() -> None:
     table = desired_state(_config(), LINKS, {}, 0).table
     assert table.sets == () and table.chain is not None and table.chain.rules == ()
+
+
+@pytest.mark.parametrize(
+    ("conntrack_max", "size"),
+    [(None, PASSED_SIZE), (0, PASSED_SIZE), (-1, PASSED_SIZE), (65536, PASSED_SIZE),
+     (524288, PASSED_SIZE), (524289, 1_048_578), (1_048_576, 2_097_152),
+     (4_194_304, 8_388_608), (2**31 - 1, 2**32 - 2), (2**32, 2**32 - 1)],
+)
+def test_the_gate_holds_twice_the_conntrack_limit_at_least_the_default(
+        conntrack_max: int | None, size: int) -> None:
+    assert gate_size(conntrack_max) == size
+
+
+def test_why_the_gate_has_its_size() -> None:
+    assert sized_by(2_097_152, 1_048_576) == "2 x nf_conntrack_max 1048576"
+    assert sized_by(PASSED_SIZE, 262144) == "the minimum; 2 x nf_conntrack_max 262144 is less"
+    assert sized_by(PASSED_SIZE, None) == "the minimum; nf_conntrack_max unreadable"
+    assert sized_by(8_388_608, 262144) == (
+        "kept as found, larger than offloadd's 1048576: the minimum; "
+        "2 x nf_conntrack_max 262144 is less")
+    assert sized_by(PASSED_SIZE, 4_194_304) == (
+        "below offloadd's 8388608: 2 x nf_conntrack_max 4194304; re-created at the next "
+        "reconcile")
+
+
+def test_the_gate_sets_have_the_given_size() -> None:
+    config = _config(FlowtableConfig("a", devices=("eth0",)))
+    table = desired_state(config, LINKS, {}, 0).table
+    assert {s.size for s in table.sets if s.kind is SetKind.PASSED} == {PASSED_SIZE}
+    table = desired_state(config, LINKS, {}, 0, gate_size=8_388_608).table
+    assert {s.size for s in table.sets if s.kind is SetKind.PASSED} == {8_388_608}
+    assert table.passed_size == 8_388_608
+    assert table.set("a_ifs") == SetState("a_ifs", frozenset({"eth0"}))
+    assert table.set("a_ifs").size == 0  # type: ignore[union-attr]
+    assert desired_state(_config(), LINKS, {}, 0, gate_size=8).table.passed_size == 0
+
+
+def test_a_gate_sets_size_is_not_part_of_the_state_compared() -> None:
+    # Verify compares tables with ==: a set kept larger than desired is no mismatch.
+    small = SetState("passed_reply", kind=SetKind.PASSED, size=PASSED_SIZE)
+    assert small == SetState("passed_reply", kind=SetKind.PASSED, size=4 * PASSED_SIZE)
+    # The smaller set decides: a flow needs its key in both.
+    table = TableState("t", "inet", sets=(
+        small, SetState("passed_original", kind=SetKind.PASSED, size=2 * PASSED_SIZE)))
+    assert table.passed_size == PASSED_SIZE
 
 
 @pytest.mark.parametrize(

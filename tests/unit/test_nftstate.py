@@ -94,6 +94,7 @@ def test_terse_listing_with_the_gate_and_elements_listed_per_set() -> None:
     assert state.set("ft_ifs") == SetState("ft_ifs", frozenset({"lan0", "wan0"}))
     assert state.set("passed_original") == SetState("passed_original", kind=SetKind.PASSED)
     assert state.set("passed_reply") == SetState("passed_reply", kind=SetKind.PASSED)
+    assert state.passed_size == 1_048_576
     assert state.chain is not None and len(state.chain.rules) == 8
 
 
@@ -107,12 +108,46 @@ def test_a_gate_set_declared_otherwise_reads_as_other() -> None:
         assert state is not None and state.set("passed_original") is not None
         assert state.set("passed_original").kind is SetKind.OTHER  # type: ignore[union-attr]
         assert state.set("passed_reply").kind is SetKind.PASSED  # type: ignore[union-attr]
-    # What JSON shows: size and timeout.
-    for key, value in (("size", 65536), ("timeout", 60)):
-        changed = [{"set": {**i["set"], key: value}} if "set" in i else i  # type: ignore[dict-item]
-                   for i in items]
-        state = parse_table(changed, text, "inet", "offloadd", {})
-        assert state is not None and all(s.kind is not SetKind.PASSED for s in state.sets)
+    # What JSON shows: the timeout.
+    changed = [{"set": {**i["set"], "timeout": 60}} if "set" in i else i  # type: ignore[dict-item]
+               for i in items]
+    state = parse_table(changed, text, "inet", "offloadd", {})
+    assert state is not None and all(s.kind is not SetKind.PASSED for s in state.sets)
+
+
+def _resized(items: list[dict[str, object]], name: str,
+             size: int | None) -> list[dict[str, object]]:
+    """The listing with set ``name``'s size changed (None: none listed)."""
+    out: list[dict[str, object]] = []
+    for i in items:
+        st = i.get("set")
+        if isinstance(st, dict) and st.get("name") == name:
+            st = {k: v for k, v in st.items() if k != "size"}
+            if size is not None:
+                st["size"] = size
+            out.append({"set": st})
+        else:
+            out.append(i)
+    return out
+
+
+def test_a_gate_set_of_another_size_reads_as_the_gate_with_that_size() -> None:
+    # Grown with nf_conntrack_max, or made larger by hand: still the gate (the
+    # planner keeps it if large enough, offloadd.core.plan).
+    items, text = _terse()
+    state = parse_table(_resized(items, "passed_reply", 8_388_608), text, "inet", "offloadd",
+                        {})
+    assert state is not None
+    reply, original = state.set("passed_reply"), state.set("passed_original")
+    assert reply is not None and original is not None
+    assert reply.kind is SetKind.PASSED and reply.size == 8_388_608
+    assert original.kind is SetKind.PASSED and original.size == 1_048_576
+    assert state.passed_size == 1_048_576
+    # No size listed: no cap offloadd declared, read as 0 (re-created with one).
+    state = parse_table(_resized(items, "passed_reply", None), text, "inet", "offloadd", {})
+    assert state is not None and state.set("passed_reply") is not None
+    assert state.set("passed_reply").kind is SetKind.PASSED  # type: ignore[union-attr]
+    assert state.set("passed_reply").size == 0  # type: ignore[union-attr]
 
 
 def test_an_interval_ifname_set_and_a_wildcard_flowtable_read_back() -> None:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from offloadd.core.attach import attach_plan
 from offloadd.core.config import Config, FlowtableConfig, Hardware
 from offloadd.core.errors import NftError
+from offloadd.core.gate import PASSED_SIZE
 from offloadd.core.model import (
     ChainState,
     FlowtableState,
@@ -41,6 +42,7 @@ from offloadd.core.plan import (
     UpdateFlowtableFlags,
     chain_references,
     compute_plan,
+    replace_flowtables_plan,
     teardown_plan,
 )
 from offloadd.core.simulate import apply_plan
@@ -60,9 +62,10 @@ def _links(*names: str) -> tuple[Link, ...]:
     return tuple(Link(i, n, None) for i, n in enumerate(names, 1))
 
 
-def _desired(*names: str, config: Config = CONFIG, priority: int = 0) -> TableState:
+def _desired(*names: str, config: Config = CONFIG, priority: int = 0,
+             gate_size: int = PASSED_SIZE) -> TableState:
     capable = {"lan0": True}
-    return desired_state(config, _links(*names), capable, priority).table
+    return desired_state(config, _links(*names), capable, priority, gate_size=gate_size).table
 
 
 def _kinds(plan: Plan) -> list[type]:
@@ -198,7 +201,59 @@ def test_a_gate_set_declared_otherwise_is_recreated_around_the_chain() -> None:
     plan = _check(replace(desired, sets=odd), desired)
     kinds = _kinds(plan)
     assert kinds == [DeleteChain, DeleteSet, CreateSet, CreateChain]
-    assert CreateSet("passed_reply", SetKind.PASSED) in plan.ops
+    assert CreateSet("passed_reply", SetKind.PASSED, PASSED_SIZE) in plan.ops
+
+
+def _sized(table: TableState, size: int) -> TableState:
+    return replace(table, sets=tuple(replace(s, size=size) if s.kind is SetKind.PASSED else s
+                                     for s in table.sets))
+
+
+def test_a_gate_smaller_than_desired_is_recreated_larger_around_the_chain() -> None:
+    # nf_conntrack_max raised: the desired sets are larger than the kernel's.
+    desired = _desired("eth0", "lan0", gate_size=4 * PASSED_SIZE)
+    current = _sized(desired, PASSED_SIZE)
+    assert current == desired  # the size alone is no verify mismatch ...
+    plan = compute_plan(desired, current)  # ... but the planner sees it
+    assert _kinds(plan) == [DeleteChain, DeleteSet, DeleteSet, CreateSet, CreateSet,
+                            CreateChain]
+    assert {op for op in plan.ops if isinstance(op, CreateSet)} == {
+        CreateSet("passed_original", SetKind.PASSED, 4 * PASSED_SIZE),
+        CreateSet("passed_reply", SetKind.PASSED, 4 * PASSED_SIZE)}
+    after = apply_plan(current, plan)
+    assert after == desired and after is not None and after.passed_size == 4 * PASSED_SIZE
+    assert compute_plan(desired, after).is_empty
+
+
+def test_one_gate_set_smaller_than_desired_is_recreated_alone() -> None:
+    desired = _desired("eth0", "lan0", gate_size=2 * PASSED_SIZE)
+    current = replace(desired, sets=tuple(
+        replace(s, size=PASSED_SIZE) if s.name == "passed_reply" else s for s in desired.sets))
+    plan = compute_plan(desired, current)
+    assert _kinds(plan) == [DeleteChain, DeleteSet, CreateSet, CreateChain]
+    assert CreateSet("passed_reply", SetKind.PASSED, 2 * PASSED_SIZE) in plan.ops
+
+
+@pytest.mark.parametrize("have", [PASSED_SIZE, 3 * PASSED_SIZE])
+def test_a_gate_as_large_as_desired_or_larger_is_kept(have: int) -> None:
+    # An operator's larger size is kept; so is the desired one once reached.
+    desired = _desired("eth0", "lan0", gate_size=PASSED_SIZE)
+    assert compute_plan(desired, _sized(desired, have)).is_empty
+
+
+def test_a_revalidation_recreates_the_gate_at_the_larger_size() -> None:
+    desired = _desired("eth0", "lan0", gate_size=2 * PASSED_SIZE)
+    names = [ft.name for ft in desired.flowtables]
+    for have, want, size in ((4 * PASSED_SIZE, 2 * PASSED_SIZE, 4 * PASSED_SIZE),
+                             (PASSED_SIZE, 2 * PASSED_SIZE, 2 * PASSED_SIZE),
+                             (PASSED_SIZE, 0, PASSED_SIZE)):
+        current = _sized(desired, have)
+        plan = replace_flowtables_plan(current, names, forget_passed=True, gate_size=want)
+        assert {op for op in plan.ops if isinstance(op, CreateSet)} == {
+            CreateSet("passed_original", SetKind.PASSED, size),
+            CreateSet("passed_reply", SetKind.PASSED, size)}
+        after = apply_plan(current, plan)
+        assert after == current and after is not None and after.passed_size == size
 
 
 def test_an_older_table_without_the_gate_gets_it_without_touching_flowtables() -> None:
@@ -311,7 +366,8 @@ def table_states(draw: st.DrawFn) -> TableState:
     )
     set_names = draw(st.lists(st.sampled_from(SET_NAMES), unique=True))
     sets = tuple(
-        SetState(s, kind=draw(st.sampled_from((SetKind.PASSED, SetKind.OTHER))))
+        SetState(s, kind=draw(st.sampled_from((SetKind.PASSED, SetKind.OTHER))),
+                 size=draw(st.sampled_from((0, PASSED_SIZE, 2 * PASSED_SIZE))))
         if s.startswith("passed")
         else SetState(s, frozenset(draw(st.sets(st.sampled_from(DEVICES)))))
         for s in set_names)
@@ -338,7 +394,10 @@ def test_plan_applied_to_current_yields_desired(
     current: TableState | None, desired: TableState
 ) -> None:
     plan = compute_plan(desired, current)
-    assert apply_plan(current, plan) == desired
+    after = apply_plan(current, plan)
+    assert after == desired
+    # Sizes too: no gate set left smaller than desired.
+    assert compute_plan(desired, after).is_empty
     assert compute_plan(desired, desired).is_empty
     assert compute_plan(desired, current) == plan  # deterministic
     if current is not None and current.chain == desired.chain:

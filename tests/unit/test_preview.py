@@ -38,6 +38,13 @@ def test_with_name_hooks_the_preview_declares_what_the_daemon_would() -> None:
     assert with_hooks.hooks.name_hooks_reason == "name hooks: yes (probed)"
 
 
+def test_the_preview_sizes_the_gate_as_the_daemon_would() -> None:
+    p = preview(parse_config(CONFIG), FakeBackend(conntrack_max=3_000_000), LINKS,
+                KernelHooks())
+    assert p.desired.table.passed_size == 6_000_000
+    assert "size 6000000;" in render(p.plan, "inet", "offloadd")
+
+
 def test_a_preview_of_a_table_in_place_is_empty() -> None:
     b = FakeBackend()
     config = parse_config(CONFIG)

@@ -19,9 +19,11 @@ import pytest
 
 from offloadd.core.attach import attach_plan
 from offloadd.core.config import Config, FlowtableConfig, Hardware
-from offloadd.core.model import FlowtableState, Link, TableState, desired_state
+from offloadd.core.gate import PASSED_SIZE
+from offloadd.core.model import FlowtableState, Link, SetKind, TableState, desired_state
 from offloadd.core.plan import (
     AddSetElements,
+    CreateSet,
     CreateTable,
     DeleteFlowtable,
     Plan,
@@ -41,9 +43,11 @@ CONFIG = Config(flowtables=(A, B))
 CAPABLE = {"lan0": True}
 
 
-def _state(*links: str, config: Config = CONFIG, priority: int = 100) -> TableState:
+def _state(*links: str, config: Config = CONFIG, priority: int = 100,
+           gate_size: int = PASSED_SIZE) -> TableState:
     state = desired_state(
-        config, [Link(i, n, None) for i, n in enumerate(links)], CAPABLE, priority
+        config, [Link(i, n, None) for i, n in enumerate(links)], CAPABLE, priority,
+        gate_size=gate_size,
     ).table
     return replace(state, name=TABLE)
 
@@ -102,6 +106,9 @@ SCENARIOS: dict[str, Callable[[], Plan]] = {
     "revalidate_replace": lambda: replace_flowtables_plan(
         _state(*BASE), ("lan", "lan_hw", "wan"), forget_passed=True
     ),
+    # nf_conntrack_max raised to 4194304: the gate's sets re-created at twice
+    # it, around the chain; the flowtables stay.
+    "gate_grows": lambda: compute_plan(_state(*BASE, gate_size=8_388_608), _state(*BASE)),
     # A repair: the flowtable replaced, what passed is kept.
     "repair_replace": lambda: replace_flowtables_plan(_state(*BASE), ("wan",)),
     # Same kernel name, hardware flag flipped ("lan_hw" configured with
@@ -169,6 +176,8 @@ def test_hardware_flowtable_has_flags_offload() -> None:
         Plan((DeleteFlowtable("bad name"),)),
         Plan((DeleteFlowtable("x; flush ruleset"),)),
         Plan((CreateTable("other", "inet"),)),
+        # A gate set with no size planned: never declared with the kernel's default.
+        Plan((CreateSet("passed_reply", SetKind.PASSED),)),
     ],
 )
 def test_unsafe_or_mismatched_names_are_refused(plan: Plan) -> None:

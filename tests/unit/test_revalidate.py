@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from offloadd.cli.format import format_revalidate
 from offloadd.core.configparse import parse_config
 from offloadd.core.errors import OffloaddError
+from offloadd.core.gate import PASSED_SIZE
 from offloadd.core.model import Link, SetKind
 from offloadd.core.plan import (
     CreateChain,
@@ -231,8 +233,8 @@ def test_a_change_replaces_the_flowtables_in_one_batch_and_reports_it(tmp_path: 
     assert ops[:2] == (DeleteChain(), DeleteFlowtable("ft"))
     assert ops[2:4] == (DeleteSet("passed_original"), DeleteSet("passed_reply"))
     assert isinstance(ops[4], CreateFlowtable)
-    assert ops[5:7] == (CreateSet("passed_original", SetKind.PASSED),
-                        CreateSet("passed_reply", SetKind.PASSED))
+    assert ops[5:7] == (CreateSet("passed_original", SetKind.PASSED, PASSED_SIZE),
+                        CreateSet("passed_reply", SetKind.PASSED, PASSED_SIZE))
     assert isinstance(ops[7], CreateChain) and len(ops) == 8
     counts = d.status.revalidation
     assert counts.revalidations_total == 1 and counts.policy_changes_total == 1
@@ -240,6 +242,22 @@ def test_a_change_replaces_the_flowtables_in_one_batch_and_reports_it(tmp_path: 
     assert last is not None and last["flowtables"] == ["ft"]
     assert last["trigger"] == "1 rule added in inet admin by nft[77]"
     assert not d.revalidator.revalidate()  # nothing pending any more
+
+
+def test_a_revalidation_keeps_a_gate_larger_than_desired(tmp_path: Path) -> None:
+    # Made larger by hand (or before nf_conntrack_max was lowered): the sets
+    # come back empty, as large as they were.
+    d, b = _daemon(tmp_path)
+    assert b.state is not None
+    b.state = replace(b.state, sets=tuple(
+        replace(s, size=4 * PASSED_SIZE) if s.kind is SetKind.PASSED else s
+        for s in b.state.sets))
+    d.revalidator.changed("1 rule added in inet admin by nft[77]")
+    assert d.revalidator.revalidate()
+    created = [op for op in b.applied[-1].ops if isinstance(op, CreateSet)]
+    assert created == [CreateSet("passed_original", SetKind.PASSED, 4 * PASSED_SIZE),
+                       CreateSet("passed_reply", SetKind.PASSED, 4 * PASSED_SIZE)]
+    assert b.state is not None and b.state.passed_size == 4 * PASSED_SIZE
 
 
 def test_revalidate_off_counts_the_change_and_replaces_nothing(tmp_path: Path) -> None:
