@@ -10,6 +10,11 @@ drops the replies of every flow to one port; the reply set is pre-loaded with
 each such flow's id under other ports (what a colliding flow leaves), and with
 one flow's own key (the control: a matching key does offload, so the oracle
 sees it). Through an IPv4 masquerade and over IPv6; conntrack-tools the oracle.
+
+Then, on the same flows, the gate's capacity follows nf_conntrack_max: raised
+so that twice it exceeds the sets' size, the next reconcile re-creates both
+sets larger, and the control flow stays offloaded under its entry (the
+flowtable is not touched); offloadctl status says the size and why.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ import json
 import time
 from pathlib import Path
 
-from offloadd.core.gate import element
+from offloadd.core.gate import PASSED_SETS, PASSED_SIZE, element
 from tests.lab import conntrack
 from tests.lab.daemon import offloadd
+from tests.lab.netns import Netns
 from tests.lab.topology import Lab
 from tests.lab.traffic import LIFETIME_S, SETTLE_S, udp_echo_server, udp_flows, wait_for
 
@@ -58,6 +64,21 @@ def _answered(lab: Lab, want: int) -> list[conntrack.CtEntry] | None:
     return got if ok else None
 
 
+CT_MAX = Path("/proc/sys/net/netfilter/nf_conntrack_max")
+
+
+def _gate_sizes(ns: Netns) -> dict[str, int]:
+    # Terse: no elements listed (nft 1.0.6 would list them with a set).
+    items = json.loads(ns.out("nft", "-t", "-j", "list", "ruleset", "inet"))["nftables"]
+    return {i["set"]["name"]: int(i["set"].get("size", 0)) for i in items
+            if "set" in i and i["set"]["table"] == "offloadd" and i["set"]["name"] in PASSED_SETS}
+
+
+def _gate_sizes_if(ns: Netns, size: int) -> dict[str, int] | None:
+    sizes = _gate_sizes(ns)
+    return sizes if sorted(sizes) == sorted(PASSED_SETS) and set(sizes.values()) == {size} else None
+
+
 def test_a_flow_passes_the_gate_only_on_its_own_key(lab: Lab, tmp_path: Path) -> None:
     r = lab.router
     r.nft(ADMIN)
@@ -83,6 +104,20 @@ def test_a_flow_passes_the_gate_only_on_its_own_key(lab: Lab, tmp_path: Path) ->
             collider = next(e for e in others if "." in e.src)
             why = json.loads(d.ctl("--json", "explain", "udp", f"{collider.src}:{collider.sport}",
                                    f"{collider.dst}:{PORT}", check=True).stdout)
+
+            # The capacity: nf_conntrack_max (the VM's, global) raised past half the size.
+            sizes0 = _gate_sizes(r)
+            ct_max0 = CT_MAX.read_text().strip()
+            raised = PASSED_SIZE // 2 + 4096
+            try:
+                CT_MAX.write_text(f"{raised}\n")
+                r.run("ip", "link", "add", "lan8", "type", "dummy")  # a link event: a pass
+                sizes1 = wait_for(lambda: _gate_sizes_if(r, 2 * raised), SETTLE_S, interval=0.5,
+                                  what=f"gate sets of size {2 * raised}")
+                text = d.ctl("status", check=True).stdout
+                still = [e for e in _flows(lab) if e.id == control.id and e.offloaded]
+            finally:
+                CT_MAX.write_text(f"{ct_max0}\n")
         finally:
             for g in gens:
                 g.stop()
@@ -96,3 +131,8 @@ def test_a_flow_passes_the_gate_only_on_its_own_key(lab: Lab, tmp_path: Path) ->
         "original": True, "reply": False}, why
     print(f"control offloaded on its own key; {len(others)} flows ({len(fake)} colliding "
           f"elements) kept on the slow path {MORE_S:.0f} s after it")
+    assert sizes0 == {n: PASSED_SIZE for n in PASSED_SETS}, sizes0
+    assert still, "the control flow lost its offload when the gate grew"
+    line = next((ln for ln in text.splitlines() if ln.startswith("gate:")), "")
+    assert f"up to {2 * raised} flows" in line and f"nf_conntrack_max {raised}" in line, text
+    print(f"nf_conntrack_max {ct_max0} -> {raised}: gate sets {sizes0} -> {sizes1}; {line}")
