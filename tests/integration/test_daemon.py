@@ -325,7 +325,8 @@ def test_the_periodic_check_heals_what_no_event_announced(lab: Lab, tmp_path: Pa
     with offloadd(r, config, tmp_path, env={"OFFLOADD_NO_NFT_WATCH": "1"}) as d, \
             udp_echo_server(lab.server, "::"), offloaded_udp_flows(lab, 2, 1):
         d.wait_devices("ft", {"lan0", "lan1", "wan0"})
-        (handle,) = _flow_add_handles(r)
+        # One `flow add` rule per direction (offloadd.core.model.offload_rules).
+        handle, _ = _flow_add_handles(r)
         healed = []
         for what, cmd in (("flow add rule", ("nft", "delete", "rule", "inet", "offloadd",
                                               "forward", "handle", str(handle))),
@@ -333,7 +334,7 @@ def test_the_periodic_check_heals_what_no_event_announced(lab: Lab, tmp_path: Pa
             drift0 = d.status()["reconcile"]["drift_repairs_total"]
             t0 = time.monotonic()
             r.run(*cmd)
-            wait_for(lambda: table_exists(r) and len(_flow_add_handles(r)) == 1, SETTLE_S,
+            wait_for(lambda: table_exists(r) and len(_flow_add_handles(r)) == 2, SETTLE_S,
                      interval=0.2, what=f"the {what} back")
             healed.append(f"{what} {time.monotonic() - t0:.1f} s")
             rec = d.status()["reconcile"]
