@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import ipaddress
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,9 @@ from offloadd.kernel.conntrack import (
 from offloadd.kernel.links import current_links
 from offloadd.kernel.nftstate import other_forward_priorities
 from offloadd.kernel.routes import RouteLookup
+from offloadd.service.gatecount import count_now
 from offloadd.service.preview import preview
+from offloadd.service.report import fill_report
 
 
 # -- status, daemon down --------------------------------------------------------
@@ -67,9 +70,12 @@ def kernel_only_status(config: Config) -> dict[str, Any]:
             "listed": sorted(ft.devices), "wildcards": sorted(ft.devices & specs)}
            for ft in (table.flowtables if table else ())]
     ct_max = conntrack_limit()
-    gate = {"sets": sum(1 for s in (table.sets if table else ()) if s.kind is SetKind.PASSED),
+    sets = sum(1 for s in (table.sets if table else ()) if s.kind is SetKind.PASSED)
+    gate = {"sets": sets,
             "size": table.passed_size if table else 0, "desired_size": gate_size(ct_max),
-            "conntrack_max": ct_max}
+            "conntrack_max": ct_max,
+            # Counted now, as the daemon counts it (two raw dumps, no listing).
+            "fill": fill_report(count_now(backend), time.time()) if sets else None}
     return {"table": {"family": fam, "name": name, "exists": table is not None,
                       "forward_priority": table.chain.priority if table and table.chain
                       else None},

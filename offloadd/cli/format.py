@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from offloadd.core.attach import wildcard_covering
-from offloadd.core.gate import sized_by
+from offloadd.core.gate import PASSED_SETS, sized_by
 
 
 def format_status(r: dict[str, Any]) -> str:
@@ -78,12 +78,31 @@ def format_status(r: dict[str, Any]) -> str:
 
 
 def format_gate(gate: dict[str, Any] | None) -> list[str]:
-    """A line (none without a gate): how many flows the gate holds, and why
-    that many (a full set leaves new flows on the slow path)."""
+    """A line (none without a gate): how many flows the gate holds at most,
+    why that many, and how many it held at the last count (a full set leaves
+    new flows on the slow path)."""
     if not gate or not gate["sets"] or not gate["size"]:
         return []
-    return [f"gate: {gate['sets']} sets of up to {gate['size']} flows "
-            f"({sized_by(gate['size'], gate['conntrack_max'])})"]
+    line = (f"gate: {gate['sets']} sets of up to {gate['size']} flows "
+            f"({sized_by(gate['size'], gate['conntrack_max'])})")
+    fill = gate.get("fill")
+    if fill:
+        line += "; " + format_fill(fill, gate["size"])
+    return [line]
+
+
+def format_fill(fill: dict[str, Any], size: int) -> str:
+    """``holds 1234 / 567 (0.1 %), counted 12s ago``: each set's elements (in
+    PASSED_SETS order), the fuller one against the size, the count's age."""
+    elements = fill["elements"]
+    if not elements:
+        return f"not counted: {fill['error']}"
+    held = " / ".join(str(elements.get(name, "?")) for name in PASSED_SETS)
+    text = (f"holds {held} ({100 * max(elements.values()) / size:.1f} %), "
+            f"counted {_ago(fill['age_seconds'] or 0)} ago")
+    if fill["stale"]:
+        text += f"; STALE, the last count failed: {fill['error']}"
+    return text
 
 
 def format_tasks(tasks: dict[str, Any]) -> str:

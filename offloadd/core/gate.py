@@ -36,7 +36,8 @@ operator's) is kept.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 PASSED_ORIGINAL = "passed_original"
 PASSED_REPLY = "passed_reply"
@@ -83,6 +84,30 @@ def sized_by(size: int, conntrack_max: int | None) -> str:
     if size < want:
         return f"below offloadd's {want}: {why}; re-created at the next reconcile"
     return why
+
+
+@dataclass(frozen=True)
+class GateFill:
+    """How full the gate's sets were at the last count (offloadd.service.gatecount).
+
+    Why kept apart from the size: the size is what offloadd declared, the fill
+    is the packet path's doing and can only be counted now and then (a full
+    set leaves new flows on the slow path without a word). A failed count
+    keeps the last counted elements and says why they are stale.
+    """
+
+    # Set name -> elements it held at ``time``; empty before a count succeeded.
+    elements: Mapping[str, int] = field(default_factory=dict)
+    time: float = 0.0  # Unix time of that count; 0: none yet
+    error: str = ""  # why the latest count failed; "": the latest is this one
+
+    @property
+    def stale(self) -> bool:
+        return bool(self.error)
+
+    def failed(self, why: str) -> GateFill:
+        """This fill after a count that failed: the same elements, now stale."""
+        return GateFill(self.elements, self.time, why)
 
 
 def passed_declaration(size: int) -> str:

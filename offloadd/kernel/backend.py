@@ -18,7 +18,7 @@ from offloadd.core.plan import Plan
 from offloadd.core.render import render
 from offloadd.core.stack import PppoeSessions
 from offloadd.core.xtables import LegacyTables
-from offloadd.kernel import conntrack, pppoe, xtables
+from offloadd.kernel import conntrack, pppoe, setcount, xtables
 from offloadd.kernel.nft import Nft
 from offloadd.kernel.nftstate import (
     base_chain_hooks,
@@ -67,6 +67,12 @@ class NftBackend:
         where = f"{self.family} {self.table}"
         return (self.nft.has_element(f"{where} {PASSED_ORIGINAL}", key),
                 self.nft.has_element(f"{where} {PASSED_REPLY}", key))
+
+    def count_elements(self, name: str) -> int | None:
+        """Elements of set ``name`` (None: absent), by a raw netlink dump of
+        its own: never through libnftables, which would decode and print
+        each one; so any thread may call it."""
+        return setcount.count_elements(self.family, self.table, name)
 
     def other_forward_priorities(self) -> list[int]:
         return other_forward_priorities(self.nft.list_json("chains"), self.family, self.table)

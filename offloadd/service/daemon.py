@@ -27,6 +27,7 @@ from offloadd.core.revalidate import Skipped, decide, needs_reconcile
 from offloadd.service.connections import ConnectionTable
 from offloadd.service.control import LIMITS as CONTROL_LIMITS
 from offloadd.service.control import ControlServer, Handler
+from offloadd.service.gatecount import GateCounter
 from offloadd.service.policyscope import PolicyScope
 from offloadd.service.ports import Backend, ChangeSource, LinkSource, Notify
 from offloadd.service.reconciler import Reconciler
@@ -107,6 +108,8 @@ class Daemon:
         self.guard = (StackGuard(flow_samples, self.status, self._stack_refused,
                                  interval_s=timing.stack_guard_s)
                       if flow_samples is not None else None)
+        # How full the gate is, counted now and then into status.gate_fill.
+        self.gate_counter = GateCounter(backend, self.status, timing=timing)
         # Flowtables to replace once the next pass applied a refusal.
         self._replace_after_pass: dict[str, str] = {}
         # Each component's counters, composed for status and metrics.
@@ -500,6 +503,7 @@ class Daemon:
         if self.guard is not None:
             guard = self.guard
             self.supervisor.start("stack-guard", lambda _r: guard.run())
+        self.supervisor.start("gate-count", lambda _r: self.gate_counter.run())
         self.supervisor.start("periodic-check", self._check_periodically)
         try:
             while not self._stop.is_set():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -90,6 +91,10 @@ class DaemonCounters:
     guard_refusals_total: int = 0
     # Elements each gate set holds at most, as the last reconcile left them (0: no gate).
     gate_capacity: int = 0
+    # Elements per gate set at the last count (empty: none yet), and that
+    # count's age in seconds (None: none yet).
+    gate_elements: Mapping[str, int] = field(default_factory=dict)
+    gate_count_age_s: float | None = None
 
 
 def _time_of(record: dict[str, object] | None) -> float:
@@ -121,13 +126,15 @@ class StatusView:
     """
 
     def __init__(self, status: Status, read_table: Callable[[], TableState | None],
-                 link_stats: LinkStats) -> None:
+                 link_stats: LinkStats, wall: Callable[[], float] = time.time) -> None:
         self._status = status
         self._read_table = read_table
         self._link_stats = link_stats
+        self._wall = wall
 
     def counters(self) -> DaemonCounters:
         s = self._status
+        fill = s.gate_fill  # one reference: the counter replaces it whole
         return DaemonCounters(
             reconciles_total=s.reconciles_total,
             reconcile_failures_total=s.reconcile_failures_total,
@@ -138,6 +145,9 @@ class StatusView:
             guard_refused=tuple(sorted(s.guard.refused)),
             guard_refusals_total=s.guard.refusals_total,
             gate_capacity=s.gate_size,
+            gate_elements=dict(fill.elements) if fill is not None else {},
+            gate_count_age_s=(max(0.0, self._wall() - fill.time)
+                              if fill is not None and fill.time else None),
             last_reconcile_seconds=s.last_reconcile_seconds,
             last_reconcile_time=s.last_reconcile_time,
             config_reloads_total=s.reloads_total,
@@ -253,7 +263,7 @@ WRITE_FAILURES = _c("offloadd_table_write_failures_total",
 TASK_UP = _g("offloadd_task_up",
              "1 if the background task runs, 0 while it waits to be restarted after it "
              "stopped (nft-changes, revalidate, repair, legacy, periodic-check, "
-             "stack-guard).", "task")
+             "stack-guard, gate-count).", "task")
 STACK_FAST_PATH = _g("offloadd_stack_fast_path_refused",
                      "Per selected device attached through the devices beneath it "
                      "(stack = lower/both): 1 if the stack guard refused that fast path "
@@ -264,6 +274,14 @@ GUARD_REFUSALS = _c("offloadd_stack_guard_refusals_total",
 GATE_CAPACITY = _g("offloadd_gate_capacity",
                    "Elements each gate set (passed_original, passed_reply) holds at most; a "
                    "full set leaves new flows on the slow path.")
+GATE_ELEMENTS = _g("offloadd_gate_elements",
+                   "Elements each gate set held at the last count (one raw set-element dump "
+                   "per set every 60 s, on a worker thread; absent before the first count). "
+                   "Against offloadd_gate_capacity: a full set leaves new flows on the slow "
+                   "path.", "set")
+GATE_ELEMENTS_AGE = _g("offloadd_gate_elements_age_seconds",
+                       "Seconds since the count offloadd_gate_elements comes from; it grows "
+                       "past 60 while counts fail (the last count is kept).")
 TASK_RESTARTS = _c("offloadd_task_restarts_total",
                    "Restarts of a background task after it stopped on an error.", "task")
 CONNECTIONS_DROPPED = _Spec(
@@ -279,7 +297,7 @@ SPECS = (BUILD_INFO, START_TIME, SOURCE_UP, OFFLOADED, OFFLOADED_AGE, CT_ENTRIES
          LINK_EVENTS, LINK_RESYNCS, RELOADS, RELOADS_REJECTED, REPAIRS, LEFT_BEHIND,
          POLICY_CHANGES, POLICY_CHANGES_SKIPPED, REVALIDATIONS, LAST_REVALIDATION,
          CONNECTIONS_DROPPED, DRIFT_REPAIRS, WRITE_FAILURES, TASK_UP, TASK_RESTARTS,
-         STACK_FAST_PATH, GUARD_REFUSALS, GATE_CAPACITY)
+         STACK_FAST_PATH, GUARD_REFUSALS, GATE_CAPACITY, GATE_ELEMENTS, GATE_ELEMENTS_AGE)
 
 
 class OffloaddCollector:
@@ -406,6 +424,10 @@ class OffloaddCollector:
             fams[spec.name].add_metric([], value)
         if c.gate_capacity:
             fams[GATE_CAPACITY.name].add_metric([], c.gate_capacity)
+        for name, n in sorted(c.gate_elements.items()):
+            fams[GATE_ELEMENTS.name].add_metric([name], n)
+        if c.gate_count_age_s is not None:
+            fams[GATE_ELEMENTS_AGE.name].add_metric([], round(c.gate_count_age_s, 3))
         for dev in sorted({*c.guard_watched, *c.guard_refused}):
             fams[STACK_FAST_PATH.name].add_metric([dev], 1 if dev in c.guard_refused else 0)
         for task, (up, restarts) in sorted(c.tasks.items()):

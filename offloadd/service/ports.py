@@ -66,6 +66,11 @@ class Backend(Protocol):
     def conntrack_limit(self) -> int | None:
         """nf_conntrack_max (None: not readable), which the gate's size follows."""
 
+    def count_elements(self, name: str) -> int | None:
+        """The elements set ``name`` of offloadd's table holds now (None: no
+        such set or table), without listing them. Called from a worker
+        thread: it must share no libnftables context with the loop."""
+
     def apply(self, plan: Plan) -> str: ...
 
     def check(self, plan: Plan) -> None: ...

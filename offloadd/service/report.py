@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from offloadd import __version__
+from offloadd.core.gate import GateFill
 from offloadd.core.model import SetKind, TableState, hooked_devices
 from offloadd.service.status import Status
 
@@ -81,6 +82,7 @@ def status_report(status: Status, table_name: str, family: str,
             "size": status.gate_size,
             "desired_size": desired.table.passed_size if desired else 0,
             "conntrack_max": status.conntrack_max,
+            "fill": fill_report(status.gate_fill, now),
         },
         "stacks": stacks,
         "left_out": left_out,
@@ -127,6 +129,17 @@ def status_report(status: Status, table_name: str, family: str,
         },
         "tasks": {name: t.as_dict() for name, t in sorted(status.tasks().items())},
     }
+
+
+def fill_report(fill: GateFill | None, now: float) -> dict[str, Any] | None:
+    """The gate's fill as last counted (None: not counted, no gate): elements
+    per set, when, and why the count is stale if the latest one failed."""
+    if fill is None:
+        return None
+    return {"elements": dict(fill.elements),
+            "timestamp": fill.time,
+            "age_seconds": round(max(0.0, now - fill.time), 1) if fill.time else None,
+            "stale": fill.stale, "error": fill.error}
 
 
 def _legacy(status: Status, kernel: TableState | None) -> dict[str, Any]:

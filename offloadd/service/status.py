@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from offloadd.core.attach import KernelHooks
+from offloadd.core.gate import GateFill
 from offloadd.core.model import DesiredResult, Link
 from offloadd.core.xtables import LegacyTables
 from offloadd.service.supervisor import TaskState
@@ -98,6 +99,10 @@ class Status:
     # gate): offloadd.core.gate.gate_size.
     conntrack_max: int | None = None
     gate_size: int = 0
+    # How full the gate's sets were at the last count (offloadd.service.gatecount:
+    # the GateCounter alone writes it, replacing it whole); None: not counted
+    # (no gate yet, or none any more).
+    gate_fill: GateFill | None = None
     # iptables-legacy tables as the last reconcile saw them (None: not read yet).
     legacy: LegacyTables | None = None
     # The supervised background tasks (offloadd.service.supervisor), by name.

@@ -74,6 +74,16 @@ class Timing:
     # needs GuardPolicy.looks suspect looks in a row after a first one).
     stack_guard_s: float = 5.0
 
+    # -- the gate's fill (GateCounter) --------------------------------------------------
+    # Between two counts of the gate's sets' elements (a raw set-element dump
+    # each, on a worker thread: offloadd's part is 0.2 s of CPU per million
+    # elements; the kernel's walk of a large set costs more, see setcount).
+    gate_count_interval_s: float = 60.0
+    # Until offloadd's table has the gate (before the first pass), how often
+    # the counter looks whether it has: a started daemon shows its fill within
+    # seconds, not a period later. Such a look reads no kernel state.
+    gate_count_until_gate_s: float = 2.0
+
     # -- re-validation (Revalidator) -------------------------------------------------
     # Out of sync: looks again after this, once the requested reconcile ran.
     revalidate_not_in_sync_retry_s: float = 0.2

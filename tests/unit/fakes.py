@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from offloadd.core.errors import DeviceVanishedError, NftError
+from offloadd.core.errors import DeviceVanishedError, KernelError, NftError
 from offloadd.core.model import Link, TableState
 from offloadd.core.plan import Plan
 from offloadd.core.render import render
@@ -41,6 +41,10 @@ class FakeBackend:
     legacy: LegacyTables = field(default_factory=LegacyTables)
     pppoe: PppoeSessions = field(default_factory=PppoeSessions)
     conntrack_max: int | None = None  # nf_conntrack_max; None: not readable
+    # Set name -> elements count_elements answers (absent: the set is not there).
+    elements: dict[str, int] = field(default_factory=dict)
+    count_fail: str = ""  # count_elements raises KernelError with this
+    counts: int = 0  # count_elements calls
 
     def read(self) -> TableState | None:
         if self.corrupt_reads and self.state is not None:
@@ -62,6 +66,12 @@ class FakeBackend:
 
     def conntrack_limit(self) -> int | None:
         return self.conntrack_max
+
+    def count_elements(self, name: str) -> int | None:
+        self.counts += 1
+        if self.count_fail:
+            raise KernelError(self.count_fail)
+        return self.elements.get(name)
 
     def hw_capable(self, device: str) -> tuple[bool, str]:
         ok = self.hw.get(device, False)

@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from offloadd import __version__
 from offloadd.core.attach import attach_plan
 from offloadd.core.config import Config, FlowtableConfig
+from offloadd.core.gate import GateFill
 from offloadd.core.model import (
     DesiredResult,
     DeviceDecision,
@@ -58,7 +59,8 @@ COUNTERS = DaemonCounters(
     last_revalidation_time=1_700_000_100.0, write_failures_total=2,
     tasks={"nft-changes": (True, 0), "repair": (False, 3)},
     guard_watched=("br-lan",), guard_refused=("ppp0",), guard_refusals_total=1,
-    gate_capacity=2_097_152)
+    gate_capacity=2_097_152,
+    gate_elements={"passed_original": 1234, "passed_reply": 567}, gate_count_age_s=12.5)
 
 
 @dataclass
@@ -194,6 +196,9 @@ EXPECTED = {
     "offloadd_revalidations_total 3.0",
     "offloadd_last_revalidation_timestamp_seconds 1.7000001e+09",
     "offloadd_gate_capacity 2.097152e+06",
+    'offloadd_gate_elements{set="passed_original"} 1234.0',
+    'offloadd_gate_elements{set="passed_reply"} 567.0',
+    "offloadd_gate_elements_age_seconds 12.5",
 }
 
 
@@ -220,6 +225,8 @@ def test_before_first_reconcile() -> None:
     assert "offloadd_last_reconcile_timestamp_seconds" not in names
     assert "offloadd_device_info" not in names and "offloadd_kernel_state_matches" not in names
     assert "offloadd_gate_capacity" not in names  # no gate yet
+    assert "offloadd_gate_elements" not in names  # not counted yet
+    assert "offloadd_gate_elements_age_seconds" not in names
     assert "offloadd_reconciles_total 0.0" in got
     assert 'offloadd_source_up{source="nftables"} 1.0' in got
 
@@ -306,6 +313,31 @@ def test_status_view_reads_the_daemons_status() -> None:
     assert "offloadd_table_write_failures_total 3.0" in got
     # From the state the last reconcile left: no kernel read at scrape time.
     assert "offloadd_gate_capacity 8.388608e+06" in got
+    assert not any(ln.startswith("offloadd_gate_elements") for ln in got)  # not counted
+
+
+def test_gate_elements_come_from_the_last_count_and_stay_while_counts_fail() -> None:
+    """No kernel read at scrape time: the elements the gate counter kept, and
+    how old they are (growing while counts fail; the last values stay)."""
+    st = Status(config_path=Path("/etc/offloadd.toml"), gate_size=2_097_152)
+    st.gate_fill = GateFill({"passed_original": 1234, "passed_reply": 567}, 1_000.0)
+    now = [1_012.5]
+    view = StatusView(st, lambda: None, WatcherStats(), wall=lambda: now[0])
+    assert view.counters().gate_elements == {"passed_original": 1234, "passed_reply": 567}
+    got = samples(scrape_view(view))
+    assert {ln for ln in got if ln.startswith("offloadd_gate_")} == {
+        "offloadd_gate_capacity 2.097152e+06",
+        'offloadd_gate_elements{set="passed_original"} 1234.0',
+        'offloadd_gate_elements{set="passed_reply"} 567.0',
+        "offloadd_gate_elements_age_seconds 12.5"}
+    st.gate_fill = st.gate_fill.failed("EPERM")
+    now[0] = 1_300.0
+    got = samples(scrape_view(view))
+    assert 'offloadd_gate_elements{set="passed_reply"} 567.0' in got
+    assert "offloadd_gate_elements_age_seconds 300.0" in got
+    st.gate_fill = GateFill(error="EPERM")  # a first count that failed: nothing to show
+    got = samples(scrape_view(view))
+    assert not any(ln.startswith("offloadd_gate_elements") for ln in got)
 
 
 def scrape_view(view: StatusView) -> str:

@@ -1,0 +1,116 @@
+"""Counts the gate's elements now and then, so that status and metrics say how full it is.
+
+Why: a full gate set fails closed and says nothing (new flows stay on the
+slow path), and offloadd never lists the sets (libnftables would decode and
+print every element). So every Timing.gate_count_interval_s both sets are
+counted with a raw set-element dump (the Backend's count_elements,
+offloadd.kernel.setcount) on a worker thread — a million elements take about
+a second — and the result is kept in Status.gate_fill, which status and the
+metrics scrape read: no kernel read at scrape time.
+
+Only while offloadd's table has the gate (Status.gate_size, as the last pass
+left it). A count that fails keeps the last elements, marked stale with why;
+it is logged once, not every period, and the next count that succeeds says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+from offloadd.core.errors import KernelError, OffloaddError
+from offloadd.core.gate import PASSED_SETS, GateFill
+from offloadd.service.status import Status
+from offloadd.service.timing import Timing
+
+log = logging.getLogger("offloadd")
+
+
+class GateSetMissingError(KernelError):
+    """A gate set the last pass left is not in the kernel's table now."""
+
+
+class ElementCounter(Protocol):
+    """Run on one worker thread, always the same (the Backend's)."""
+
+    def count_elements(self, name: str) -> int | None: ...
+
+
+def count_gate(source: ElementCounter) -> dict[str, int]:
+    """Each gate set's elements now; raises OffloaddError if one cannot be
+    counted or is missing (a blocking kernel read: not on the event loop)."""
+    out = {}
+    for name in PASSED_SETS:
+        n = source.count_elements(name)
+        if n is None:
+            raise GateSetMissingError(f"gate set {name} is not in offloadd's table")
+        out[name] = n
+    return out
+
+
+def count_now(source: ElementCounter, wall: Callable[[], float] = time.time) -> GateFill:
+    """The gate's fill counted at once, a failure included as a stale fill
+    (offloadctl status while the daemon is down)."""
+    try:
+        return GateFill(count_gate(source), wall())
+    except OffloaddError as e:
+        return GateFill(error=str(e))
+
+
+class GateCounter:
+    def __init__(self, source: ElementCounter, status: Status, *,
+                 timing: Timing = Timing(), wall: Callable[[], float] = time.time) -> None:
+        self._source = source
+        self._status = status
+        self._timing = timing
+        self._wall = wall
+        self._failing = False
+        self.counts_total = 0
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offloadd-gate")
+
+    async def run(self) -> None:
+        while True:
+            await self.count()
+            await asyncio.sleep(self._timing.gate_count_interval_s if self._status.gate_size
+                                else self._timing.gate_count_until_gate_s)
+
+    async def count(self) -> None:
+        """One count of both sets, kept in the daemon's status."""
+        if not self._status.gate_size:
+            # No gate (not yet, or not any more): there is no fill to tell.
+            self._status.gate_fill = None
+            return
+        try:
+            elements = await asyncio.get_running_loop().run_in_executor(self._worker,
+                                                                        self._count_sets)
+        except OffloaddError as e:
+            self._failed(str(e))
+            return
+        if self._failing:
+            log.info("gate count: counted again (%s)", _held(elements),
+                     extra={"OPERATION": "gate"})
+        self._failing = False
+        self.counts_total += 1
+        self._status.gate_fill = GateFill(elements, self._wall())
+
+    def _count_sets(self) -> dict[str, int]:
+        """On the worker thread."""
+        return count_gate(self._source)
+
+    def _failed(self, why: str) -> None:
+        # Once, not every period: a lasting cause (no CAP_NET_ADMIN) would
+        # otherwise repeat every minute. Status shows it meanwhile.
+        if not self._failing:
+            log.warning("gate count: cannot count the gate's elements: %s (the last count "
+                        "is kept, marked stale)", why, extra={"OPERATION": "gate"})
+        self._failing = True
+        fill = self._status.gate_fill or GateFill()
+        self._status.gate_fill = fill.failed(why)
+
+
+def _held(elements: dict[str, int]) -> str:
+    return ", ".join(f"{name} {n}" for name, n in elements.items())
