@@ -8,6 +8,12 @@ offloadd.kernel.setcount) on a worker thread — a million elements take about
 a second — and the result is kept in Status.gate_fill, which status and the
 metrics scrape read: no kernel read at scrape time.
 
+The kernel walks a set's hash from its start again for every datagram of a
+dump and skips what it sent, so a count costs it time that grows with the
+square of the elements (seconds at 10^6): the next count waits at least
+1/Timing.gate_count_max_duty times as long as the last one took, so counting
+never takes more than that share of a CPU, at any gate size.
+
 Only while offloadd's table has the gate (Status.gate_size, as the last pass
 left it). A count that fails keeps the last elements, marked stale with why;
 it is logged once, not every period, and the next count that succeeds says so.
@@ -70,12 +76,14 @@ class GateCounter:
         self._wall = wall
         self._failing = False
         self.counts_total = 0
+        self.last_cost_s = 0.0
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offloadd-gate")
 
     async def run(self) -> None:
         while True:
             await self.count()
-            await asyncio.sleep(self._timing.gate_count_interval_s if self._status.gate_size
+            await asyncio.sleep(next_delay(self._timing, self.last_cost_s)
+                                if self._status.gate_size
                                 else self._timing.gate_count_until_gate_s)
 
     async def count(self) -> None:
@@ -98,8 +106,13 @@ class GateCounter:
         self._status.gate_fill = GateFill(elements, self._wall())
 
     def _count_sets(self) -> dict[str, int]:
-        """On the worker thread."""
-        return count_gate(self._source)
+        """On the worker thread; its real duration is the count's cost (the
+        kernel's walk), whatever the event loop's clock says."""
+        t0 = time.monotonic()
+        try:
+            return count_gate(self._source)
+        finally:
+            self.last_cost_s = time.monotonic() - t0
 
     def _failed(self, why: str) -> None:
         # Once, not every period: a lasting cause (no CAP_NET_ADMIN) would
@@ -110,6 +123,12 @@ class GateCounter:
         self._failing = True
         fill = self._status.gate_fill or GateFill()
         self._status.gate_fill = fill.failed(why)
+
+
+def next_delay(timing: Timing, last_cost_s: float) -> float:
+    """Seconds to the next count: the interval, or longer when the last count
+    took more than gate_count_max_duty of it (a large gate)."""
+    return max(timing.gate_count_interval_s, last_cost_s / timing.gate_count_max_duty)
 
 
 def _held(elements: dict[str, int]) -> str:

@@ -83,6 +83,10 @@ class Timing:
     # the counter looks whether it has: a started daemon shows its fill within
     # seconds, not a period later. Such a look reads no kernel state.
     gate_count_until_gate_s: float = 2.0
+    # At most this share of a CPU for counting: a count that took longer than
+    # this share of the interval (the kernel's dump is quadratic in the
+    # elements, seconds at 10^6) pushes the next one out (gatecount.next_delay).
+    gate_count_max_duty: float = 0.01
 
     # -- re-validation (Revalidator) -------------------------------------------------
     # Out of sync: looks again after this, once the requested reconcile ran.

@@ -19,7 +19,7 @@ from offloadd.core.configparse import parse_config
 from offloadd.core.gate import PASSED_ORIGINAL, PASSED_REPLY, GateFill
 from offloadd.core.model import Link
 from offloadd.service.daemon import Daemon
-from offloadd.service.gatecount import GateCounter, count_now
+from offloadd.service.gatecount import GateCounter, count_now, next_delay
 from offloadd.service.report import status_report
 from offloadd.service.status import Status
 from offloadd.service.timing import Timing
@@ -67,6 +67,14 @@ def test_counted_every_period_once_the_table_has_the_gate() -> None:
         task.cancel()
 
     run_virtual(scenario)
+
+
+def test_a_costly_count_pushes_the_next_one_out() -> None:
+    # The kernel's dump is quadratic in the elements: a count that took 2 s
+    # waits 200 s for the next (1 % of a CPU), a cheap one the interval.
+    t = Timing()
+    assert next_delay(t, 0.05) == t.gate_count_interval_s == 60.0
+    assert next_delay(t, 2.0) == pytest.approx(200.0)
 
 
 def test_a_failed_count_is_logged_once_and_keeps_the_last_marked_stale(
