@@ -105,6 +105,8 @@ def test_a_flow_passes_the_gate_only_on_its_own_key(lab: Lab, tmp_path: Path) ->
             why = json.loads(d.ctl("--json", "explain", "udp", f"{collider.src}:{collider.sport}",
                                    f"{collider.dst}:{PORT}", check=True).stdout)
 
+            # Counted by the daemon through a raw set-element dump on this kernel.
+            fill = d.status()["gate"]["fill"]
             # The capacity: nf_conntrack_max (the VM's, global) raised past half the size.
             sizes0 = _gate_sizes(r)
             ct_max0 = CT_MAX.read_text().strip()
@@ -132,6 +134,7 @@ def test_a_flow_passes_the_gate_only_on_its_own_key(lab: Lab, tmp_path: Path) ->
     print(f"control offloaded on its own key; {len(others)} flows ({len(fake)} colliding "
           f"elements) kept on the slow path {MORE_S:.0f} s after it")
     assert sizes0 == {n: PASSED_SIZE for n in PASSED_SETS}, sizes0
+    assert fill and sorted(fill["elements"]) == sorted(PASSED_SETS) and not fill["stale"], fill
     assert still, "the control flow lost its offload when the gate grew"
     line = next((ln for ln in text.splitlines() if ln.startswith("gate:")), "")
     assert f"up to {2 * raised} flows" in line and f"nf_conntrack_max {raised}" in line, text

@@ -7,6 +7,7 @@ finds), then:
 - a new link is attached about as fast as with an empty gate, measured in the
   same run (before: every reconcile listed the elements; 15-32 s under TCG at
   100k ids per set against 0.9 s empty, 6.12 / nft 1.0.6);
+- the daemon counts them (status: 100k each, from a raw element dump);
 - one foreign nft change costs exactly one re-validation, which leaves both
   sets empty (replaced; before: flushed, one notification per element, which
   overran offloadd's own event socket and caused a second re-validation).
@@ -95,6 +96,11 @@ def _gate_size(r: Netns, name: str) -> int:
     return sum(len(e) for e in elems)
 
 
+def _counted(d: RunningDaemon) -> dict[str, Any] | None:
+    fill: dict[str, Any] | None = d.status()["gate"]["fill"]
+    return fill if fill and fill["elements"] else None
+
+
 def _revalidate(d: RunningDaemon) -> dict[str, Any]:
     rv: dict[str, Any] = d.status()["revalidate"]
     return rv
@@ -117,6 +123,10 @@ def test_a_full_gate_slows_no_attach_and_costs_one_revalidation(lab: Lab,
     phases.append(("fill", time.monotonic()))
     with offloadd(r, CONFIG, tmp_path) as d:
         rv_start = _revalidate(d)
+        # The daemon counts the gate soon after its first pass (a raw dump,
+        # offloadd.kernel.setcount): the elements as filled, in status.
+        fill = wait_for(lambda: _counted(d), SETTLE_S, interval=1.0,
+                        what=f"the gate's fill counted ({IDS} per set)")
         full = [_attach_s(r, f"lan6{i}") for i in range(SAMPLES)]
         rv0 = _revalidate(d)
         # Still full: only a re-validation (or a repair, never on an idle
@@ -148,6 +158,9 @@ def test_a_full_gate_slows_no_attach_and_costs_one_revalidation(lab: Lab,
           f"after the change ({rv1['last']['duration_seconds']} s replacement); phases "
           + ", ".join(f"{name} {t - p:.0f} s" for (_, p), (name, t)
                       in itertools.pairwise(phases)))
+    print(f"gate fill as the daemon counted it: {fill}")
+    assert fill["elements"] == {"passed_original": IDS, "passed_reply": IDS}, fill
+    assert not fill["stale"], fill
     assert ratio <= MAX_ATTACH_RATIO, (empty, full, log[-3000:])
     assert rv2["revalidations_total"] - rv0["revalidations_total"] == 1, (rv2, log[-3000:])
     assert rv2["policy_changes_total"] - rv0["policy_changes_total"] == 1, (rv2, log[-3000:])
