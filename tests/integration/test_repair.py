@@ -180,7 +180,13 @@ def test_flows_offloaded_again_after_device_removals(lab: Lab, tmp_path: Path) -
                 # Nothing to repair: no replacement, so no extra slow-path trips.
                 assert rep["repairs_total"] == 0, rep
                 assert rep["left_behind_flows"] == 0, rep
-                assert rec["write_failures_total"] == 0, rec
+                # The injected fault still waits for a repair that never came.
+                # The one write failure allowed: a removed device that vanished
+                # between a pass's plan and its apply (ENOENT; the kernel applied
+                # nothing and the pass is planned again; once on 6.12, 2026-12-03).
+                assert faults.read_text() == "fail-chain-replace 1\n"
+                replanned = d.log_text().count("re-planning shortly")
+                assert rec["write_failures_total"] == replanned, (rec, replanned)
         finally:
             for g in gens:
                 g.stop()
