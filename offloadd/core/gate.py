@@ -63,8 +63,8 @@ def gate_size(conntrack_max: int | None) -> int:
     Why twice: an element lives up to PASSED_TIMEOUT_S after its flow's last
     slow-path packet, so besides the live flows' (at most nf_conntrack_max)
     the set holds those of flows that ended in the last two minutes. The cap
-    costs no memory until used: the kernel's hash starts small and grows with
-    its elements."""
+    costs little until used: the kernel's hash starts small (its first size
+    is bounded whatever the cap) and grows with its elements."""
     if conntrack_max is None or conntrack_max <= 0:
         return PASSED_SIZE
     return min(max(PASSED_SIZE, 2 * conntrack_max), _SIZE_MAX)
