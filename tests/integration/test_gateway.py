@@ -204,6 +204,7 @@ def test_a_gateway_offloads_every_path_through_reconnect_and_flush_ruleset(
         status = d.status()
         stacks = {s["device"]: s["paths"] for s in status["stacks"]}
         print(f"flowtable gw: {sorted(LOWER)}; stacks {stacks}")
+        cpu0 = d.cpu_seconds()
         assert stacks.get("br-lan") == ["br-lan → lan0"], status["stacks"]
         assert stacks.get("ppp0") == ["ppp0 → eth1.7 → eth1"], status["stacks"]
 
@@ -226,6 +227,7 @@ def test_a_gateway_offloads_every_path_through_reconnect_and_flush_ruleset(
         print(f"PPPoE reconnect: the new session up {up - t0:.1f} s after the old one ended; "
               f"its stack in the flowtable {attached:.1f} s and every flow offloaded again "
               f"{again:.1f} s after the new ppp0 was up")
+        print(f"offloadd's CPU since the flows began: {d.cpu_seconds() - cpu0:.1f} s")
         problems = _window(g, "after the reconnect")
         assert not problems, "\n".join(problems) + "\n" + _diagnose(g)
 
@@ -239,6 +241,7 @@ def test_a_gateway_offloads_every_path_through_reconnect_and_flush_ruleset(
         print(f"flush ruleset: offloadd's table back {back:.1f} s and every flow offloaded "
               f"again {flows_back:.1f} s after the admin's nft -f")
         add_gw_witnesses(g, PORT)  # they went with the flush
+        print(f"offloadd's CPU since the flows began: {d.cpu_seconds() - cpu0:.1f} s")
         problems = _window(g, "after flush ruleset")
         assert not problems, "\n".join(problems) + "\n" + _diagnose(g)
 

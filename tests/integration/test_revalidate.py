@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -321,7 +320,7 @@ def test_bursts_are_coalesced_and_own_changes_do_not_count(lab: Lab, tmp_path: P
             assert rv1["revalidations_total"] == rv0["revalidations_total"], rv1
 
             # A blocklist tool: 100 transactions of 100 elements over 10 s.
-            cpu0 = _cpu_seconds(d)
+            cpu0 = d.cpu_seconds()
             t0 = time.time()
             burst_s = float(r.out(sys.executable, BLOCKLIST, "--table", "admin", "--set",
                                   "noise4", "--transactions", "100", "--per", "100",
@@ -338,7 +337,7 @@ def test_bursts_are_coalesced_and_own_changes_do_not_count(lab: Lab, tmp_path: P
                          interval=0.3, what="the flows offloaded again after the burst")
             except AssertionError:
                 bad = _still_offloaded(lab, before, set(before))
-            cpu = _cpu_seconds(d) - cpu0
+            cpu = d.cpu_seconds() - cpu0
             rv2 = _revalidate(d)
             count = len(r.out("nft", "list", "set", "inet", "admin", "noise4").split(","))
             results = [g.finish() for g in gens]
@@ -362,11 +361,6 @@ def test_bursts_are_coalesced_and_own_changes_do_not_count(lab: Lab, tmp_path: P
         assert gap < pause, f"a {gap:.2f} s gap in replies during the burst"
     # Both measured in this run: offloadd kept up with the burst.
     assert cpu < burst_s, f"offloadd used {cpu:.1f} s CPU for a {burst_s:.1f} s burst"
-
-
-def _cpu_seconds(d: RunningDaemon) -> float:
-    fields = Path(f"/proc/{d.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_a_rule_for_one_direction_is_not_skipped_when_the_other_keeps_flowing(

@@ -32,6 +32,11 @@ class RunningDaemon:
     log: Path
     table: str = "offloadd"
 
+    def cpu_seconds(self) -> float:
+        """The daemon's CPU time so far (user + system), from /proc."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
