@@ -100,21 +100,27 @@ def kernel_filters_status(release: str | None = None) -> bool:
     return m is not None and (int(m[1]), int(m[2])) >= STATUS_FILTER_SINCE
 
 
-def open_ctnetlink() -> NetlinkSocket:
-    """A NETLINK_NETFILTER socket in the calling thread's network namespace."""
+def open_netfilter(error: type[KernelError] = ConntrackError) -> NetlinkSocket:
+    """A NETLINK_NETFILTER socket in the calling thread's network namespace;
+    ``error``: what a failure raises (the caller's domain: conntrack, sets)."""
     try:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                              NETLINK_NETFILTER)
     except OSError as e:
-        raise ConntrackError(f"cannot open a netfilter netlink socket ({e.strerror}); "
-                             "is nfnetlink available in this kernel?") from e
+        raise error(f"cannot open a netfilter netlink socket ({e.strerror}); "
+                    "is nfnetlink available in this kernel?") from e
     try:
         sock.settimeout(DUMP_TIMEOUT_S)
         sock.bind((0, 0))
     except OSError as e:
         sock.close()
-        raise ConntrackError(f"cannot bind a netfilter netlink socket ({e.strerror})") from e
+        raise error(f"cannot bind a netfilter netlink socket ({e.strerror})") from e
     return sock
+
+
+def open_ctnetlink() -> NetlinkSocket:
+    """A ctnetlink socket (failures are ConntrackError)."""
+    return open_netfilter(ConntrackError)
 
 
 def dump_request(family: int, status: int = 0, mask: int = 0, seq: int = 1) -> bytes:

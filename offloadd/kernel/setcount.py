@@ -31,7 +31,6 @@ from collections.abc import Mapping
 from offloadd.core.errors import KernelError
 from offloadd.kernel.ctnetlink import (
     DUMP_TIMEOUT_S,
-    NETLINK_NETFILTER,
     NFGEN_HDR,
     NLM_F_DUMP,
     NLM_F_REQUEST,
@@ -40,6 +39,7 @@ from offloadd.kernel.ctnetlink import (
     NLMSG_ERROR,
     NetlinkSocket,
     SocketFactory,
+    open_netfilter,
 )
 from offloadd.kernel.nftwatch import FAMILIES
 from offloadd.kernel.nlattr import NLA_HDR, NLA_TYPE_MASK, NLMSG_HDR
@@ -78,20 +78,8 @@ class _InterruptedError(SetCountError):
 
 
 def open_nfnetlink() -> NetlinkSocket:
-    """A NETLINK_NETFILTER socket in the calling thread's network namespace."""
-    try:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                             NETLINK_NETFILTER)
-    except OSError as e:
-        raise SetCountError(f"cannot open a netfilter netlink socket ({e.strerror}); "
-                            "is nfnetlink available in this kernel?") from e
-    try:
-        sock.settimeout(DUMP_TIMEOUT_S)
-        sock.bind((0, 0))
-    except OSError as e:
-        sock.close()
-        raise SetCountError(f"cannot bind a netfilter netlink socket ({e.strerror})") from e
-    return sock
+    """A netfilter netlink socket (failures are SetCountError)."""
+    return open_netfilter(SetCountError)
 
 
 def _string_attr(kind: int, value: str) -> bytes:

@@ -7,8 +7,10 @@ kernel would refuse, so a daemon bug that builds an invalid batch fails here.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from offloadd.core.errors import DeviceVanishedError, KernelError, NftError
 from offloadd.core.model import Link, TableState
@@ -119,3 +121,36 @@ class FakeLinks:
     async def snapshots(self) -> AsyncIterator[Snap]:
         while True:
             yield Snap(await self.queue.get())
+
+
+class NetlinkPeer(Protocol):
+    """A fake kernel end of a netlink socket: the datagrams a request gets."""
+
+    sent: list[bytes]
+    closed: int
+
+    def answer(self, request: bytes) -> list[bytes]: ...
+
+
+class FakeNetlinkSocket:
+    """The raw netlink socket seam (offloadd.kernel.ctnetlink.NetlinkSocket)
+    over a fake kernel: each request recorded, its answer read datagram by
+    datagram, truncation reported as the kernel does with MSG_TRUNC."""
+
+    def __init__(self, kernel: NetlinkPeer) -> None:
+        self.kernel = kernel
+        self.queue: list[bytes] = []
+
+    def send(self, data: bytes, /) -> int:
+        self.kernel.sent.append(data)
+        self.queue = self.kernel.answer(data)
+        return len(data)
+
+    def recv_into(self, buffer: bytearray, nbytes: int = 0, flags: int = 0, /) -> int:
+        data = self.queue.pop(0)
+        n = min(len(data), len(buffer))
+        buffer[:n] = data[:n]
+        return len(data) if flags & socket.MSG_TRUNC else n
+
+    def close(self) -> None:
+        self.kernel.closed += 1

@@ -31,6 +31,7 @@ from offloadd.kernel import conntrack as ct
 from offloadd.kernel import ctnetlink as nl
 from offloadd.kernel.flowsample import FlowSampler
 from offloadd.kernel.leftbehind import ConntrackScanner
+from tests.unit.fakes import FakeNetlinkSocket as FakeSocket
 
 NLM_F_MULTI = 0x2
 NESTED = 0x8000
@@ -132,26 +133,6 @@ class FakeKernel:
         grams = [b"".join(msgs[i:i + self.per_datagram])
                  for i in range(0, len(msgs), self.per_datagram)]
         return [*grams, done()]
-
-
-class FakeSocket:
-    def __init__(self, kernel: FakeKernel) -> None:
-        self.kernel = kernel
-        self.queue: list[bytes] = []
-
-    def send(self, data: bytes, /) -> int:
-        self.kernel.sent.append(data)
-        self.queue = self.kernel.answer(data)
-        return len(data)
-
-    def recv_into(self, buffer: bytearray, nbytes: int = 0, flags: int = 0, /) -> int:
-        data = self.queue.pop(0)
-        n = min(len(data), len(buffer))
-        buffer[:n] = data[:n]
-        return len(data) if flags & socket.MSG_TRUNC else n
-
-    def close(self) -> None:
-        self.kernel.closed += 1
 
 
 SW, HW = IPS_OFFLOAD, IPS_OFFLOAD | IPS_HW_OFFLOAD

@@ -24,6 +24,7 @@ from offloadd.service.report import status_report
 from offloadd.service.status import Status
 from offloadd.service.timing import Timing
 from tests.unit.fakes import FakeBackend, FakeLinks
+from tests.unit.test_daemon import CONFIG
 from tests.unit.virtualtime import run_virtual
 
 WALL0 = 1_700_000_000.0  # the Unix time at the loop's 0
@@ -151,15 +152,6 @@ def test_status_report_carries_the_fill() -> None:
     fill = status_report(status, "offloadd", "inet", None, now=WALL0 + 61.25)["gate"]["fill"]
     assert fill == {"elements": HELD, "timestamp": WALL0, "age_seconds": 61.2,
                     "stale": True, "error": "boom"}
-
-
-CONFIG = """
-[daemon]
-table = "offloadd"
-[[flowtable]]
-name = "ft"
-devices = ["lan*", "wan*"]
-"""
 
 
 def test_the_daemon_counts_its_gate_soon_after_the_first_pass(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ test_conntrack's ctnetlink kernel does) can send them.
 from __future__ import annotations
 
 import errno
-import socket
 import struct
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import pytest
 from offloadd.core.errors import KernelError
 from offloadd.kernel import ctnetlink as nl
 from offloadd.kernel import setcount as sc
+from tests.unit.fakes import FakeNetlinkSocket as FakeSocket
 from tests.unit.test_conntrack import NESTED, msg, nla
 
 TABLE, SET = "offloadd", "passed_original"
@@ -72,7 +72,6 @@ class FakeNfTables:
         return FakeSocket(self)
 
     def answer(self, request: bytes) -> list[bytes]:
-        self.sent.append(request)
         what = self.next.pop(0) if self.next else ""
         if isinstance(what, int):
             return [error(what)]
@@ -98,25 +97,6 @@ class FakeNfTables:
         # The kernel's last message: the nest it opened, with nothing in it.
         grams.append(elements_message(b"", family, flags) + done(flags=flags))
         return grams
-
-
-class FakeSocket:
-    def __init__(self, kernel: FakeNfTables) -> None:
-        self.kernel = kernel
-        self.queue: list[bytes] = []
-
-    def send(self, data: bytes, /) -> int:
-        self.queue = self.kernel.answer(data)
-        return len(data)
-
-    def recv_into(self, buffer: bytearray, nbytes: int = 0, flags: int = 0, /) -> int:
-        data = self.queue.pop(0)
-        n = min(len(data), len(buffer))
-        buffer[:n] = data[:n]
-        return len(data) if flags & socket.MSG_TRUNC else n
-
-    def close(self) -> None:
-        self.kernel.closed += 1
 
 
 def count(k: FakeNfTables, family: str = "inet", name: str = SET) -> int | None:
