@@ -39,13 +39,13 @@ import pytest
 from tests.lab.gateway import (
     Gateway,
     GwPath,
-    counters,
     gateway_with_servers,
     match,
     offloaded_per_path,
     snapshot,
 )
 from tests.lab.netns import CommandError
+from tests.lab.nftns import counters
 from tests.lab.traffic import (
     LIFETIME_S,
     SETTLE_S,

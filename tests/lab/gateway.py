@@ -37,6 +37,7 @@ from pathlib import Path as FsPath
 
 from tests.lab import conntrack
 from tests.lab.netns import Netns, create_netns, delete_netns, host_run
+from tests.lab.nftns import counters
 from tests.lab.traffic import (
     SETTLE_S,
     stop_process,
@@ -386,12 +387,6 @@ def gateway_with_servers(port: int, *, tcp: bool = False) -> Iterator[Gateway]:
 # -- witnesses -----------------------------------------------------------------
 # Counters that show where a path's packets went: nft counters in each
 # namespace, read in one listing per namespace.
-
-def counters(ns: Netns) -> dict[str, int]:
-    data = json.loads(ns.out("nft", "-j", "list", "counters"))
-    return {c["counter"]["name"]: int(c["counter"]["packets"])
-            for c in data.get("nftables", []) if "counter" in c}
-
 
 def snapshot(g: Gateway) -> dict[str, int]:
     snap: dict[str, int] = {}

@@ -48,6 +48,13 @@ def rule_counter_packets(ns: Netns, family: str, table: str, chain: str) -> int:
     return total
 
 
+def counters(ns: Netns) -> dict[str, int]:
+    """Packets of every named counter in the namespace, by name."""
+    data = json.loads(ns.out("nft", "-j", "list", "counters"))
+    return {c["counter"]["name"]: int(c["counter"]["packets"])
+            for c in data.get("nftables", []) if "counter" in c}
+
+
 _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 
 
