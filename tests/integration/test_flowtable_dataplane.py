@@ -86,6 +86,7 @@ def test_tcp_and_udp_flows_offloaded_and_bypass_the_forward_chain(lab: Lab) -> N
         ends = (f"client sent {client[f'out{fam}']}, server got {server[f'in{fam}']}, "
                 f"answered {server[f'out{fam}']}, client got {client[f'in{fam}']}; "
                 f"the client's own count: {result}")
+        print(f"IPv{fam} UDP: {ends}")
         assert replies_after[f"in{fam}"] > replies[f"in{fam}"], (
             f"IPv{fam}: no UDP reply reached the client while its flows were offloaded; {ends}")
         assert server[f"in{fam}"] >= client[f"out{fam}"] * 0.9, f"IPv{fam} requests lost: {ends}"
