@@ -7,7 +7,10 @@ because a skipped kernel test would hide a broken harness.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import sys
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -34,6 +37,46 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="also run the tests marked wildcards: the VM has a kernel and nftables with "
              "wildcard hooks (7.x, nftables >= 1.1.6: `make test` runs them with Debian "
              "testing's userspace)")
+
+
+def _kind(argv: Sequence[str]) -> str:
+    """What a lab process is, for the census: the command inside ``ip netns
+    exec``, and for Python the module, script or ``-c``."""
+    args = [str(a) for a in argv]
+    if args[:3] == ["ip", "netns", "exec"]:
+        args = args[4:]
+    if not args:
+        return "?"
+    if args[0] != sys.executable:
+        return os.path.basename(args[0])
+    rest = args[1:]
+    if rest[:1] == ["-m"] and len(rest) > 1:
+        return f"python -m {rest[1]}"
+    if rest[:1] == ["-c"]:
+        return "python -c"
+    return f"python {os.path.basename(rest[0])}" if rest else "python"
+
+
+_CENSUS: Counter[str] = Counter()
+
+
+def _count_processes(event: str, args: tuple[Any, ...]) -> None:
+    if event == "subprocess.Popen":
+        _CENSUS[_kind(args[1])] += 1
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Every process the lab starts, by kind, in the run's summary: where the
+    # emulated VM's time goes (a Python start there costs ~0.5-1 s and an
+    # import of offloadd's daemon seconds more).
+    sys.addaudithook(_count_processes)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _CENSUS:
+        terminalreporter.write_line(
+            f"lab processes started: {sum(_CENSUS.values())} ("
+            + ", ".join(f"{k} {n}" for k, n in _CENSUS.most_common()) + ")")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
