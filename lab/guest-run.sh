@@ -10,11 +10,8 @@ if [ -s "$out/pytest-args" ]; then
     mapfile -t extra < "$out/pytest-args"
     set -- "$@" "${extra[@]}"
 fi
-# The shared root and the repo are read-only: bytecode goes to the guest's
-# tmpfs, so that each module is compiled once per VM run, not once per
-# process (a daemon, an offloadctl call, a probe: each imported and compiled
-# offloadd, and in a Debian 13 root pyroute2 too, from source under TCG).
-export PYTHONPYCACHEPREFIX=/tmp/offloadd-pycache
+# The shared root and the repo are read-only here: vm-test.sh compiled the
+# repo's bytecode for this guest's Python before the boot (lab/roots.sh).
 uname -r > "$out/kernel"
 nft --version > "$out/nft-version" 2>&1
 # A root of another Debian suite (lab/roots.sh) carries offloadd's PyPI

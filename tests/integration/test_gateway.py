@@ -258,12 +258,12 @@ class _Windows(threading.Thread):
         super().__init__(daemon=True)
         self._g = g
         self._seconds = seconds
-        self._stop = threading.Event()
+        self._done = threading.Event()
         self.windows: list[tuple[float, float, dict[str, tuple[int, int]]]] = []
 
     def run(self) -> None:
         a, ta = snapshot(self._g), time.time()
-        while not self._stop.wait(self._seconds):
+        while not self._done.wait(self._seconds):
             b, tb = snapshot(self._g), time.time()
             self.windows.append((ta, tb, {
                 p.name: (b[f"req_{p.name}"] - a[f"req_{p.name}"],
@@ -271,7 +271,7 @@ class _Windows(threading.Thread):
             a, ta = b, tb
 
     def stop(self) -> None:
-        self._stop.set()
+        self._done.set()
         self.join()
 
 
