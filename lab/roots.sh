@@ -133,31 +133,49 @@ vm_userspace() {
     local suite=$1 ver=$2 kdir=$3 out=$4 root
     vm_out=$out
     vm_args=(--rwdir "$out" --cwd "$repo")
-    if [ "$suite" = host ]; then
-        "$repo/.venv/bin/python" -m compileall -q "$repo/offloadd" "$repo/tests" >/dev/null
-        return 0
-    fi
+    vm_root=
+    [ "$suite" != host ] || return 0
     root=$(ensure_root "$suite" vm)
+    vm_root=$root
     # $4 apart from the repo: under the read-only repo mount a read-write one
     # was shadowed (seen: "Read-only file system").
     vm_out=/offloadd-out
     prepare_vm_root "$root" "$ver" "$kdir" "$repo" "$vm_out"
-    # The root's own python3 compiles, in the root, with the repo where the
-    # guest sees it (mtime and size are what a .pyc is checked against).
-    unshare -m sh -c 'mount --bind "$1" "$2$1" && chroot "$2" python3 -m compileall -q \
-        "$1/offloadd" "$1/tests" /opt/offloadd-lab/site >/dev/null' sh "$repo" "$root" \
-        || die "could not compile the repo's bytecode in the $suite root $root"
     # vng takes --cwd as a host path under --root; the repo is mounted there.
     vm_args=(--root "$root" --rodir "$repo=$repo" --rwdir "$vm_out=$out" --cwd "$root$repo")
 }
 
-# Both branches above compile the guest's bytecode here, at native speed,
-# beside the sources: the repo and the root are read-only in the guest, where
-# a module without bytecode is compiled again by every process importing it
-# (under TCG the daemon's import took 11.3 s uncompiled, 3.4 s compiled), and
-# a pycache prefix would have every VM compile the standard library and the
-# site packages again, ignoring the root's own bytecode.
-#
+# The bytecode the guest's Python needs, compiled here at native speed for
+# its pycache prefix (lab/pycache.py says why) into $2/pycache.tar, which
+# guest-run.sh unpacks: with the interpreter and sys.path the guest will use
+# (guest-run.sh sets them up the same way), in the vm root $1 through a
+# chroot that sees the repo at its own path; in the host's root when $1 is
+# empty. Best effort: without it the guest compiles as it goes.
+guest_bytecode() {
+    local root=$1 out=$2 stage=$2/pycache
+    local what=(offloadd tests.integration tests.lab _pytest pluggy iniconfig _hypothesis_pytestplugin)
+    rm -rf "$stage" "$out/pycache.tar"
+    mkdir -p "$stage"
+    if [ -z "$root" ]; then
+        local labpy=$out/pycache-python
+        mkdir -p "$labpy/bin"
+        ln -sf /usr/bin/python3 "$labpy/bin/python3"
+        printf 'home = /usr/bin\ninclude-system-site-packages = false\n' > "$labpy/pyvenv.cfg"
+        PYTHONPYCACHEPREFIX=$stage \
+            PYTHONPATH="$(echo "$repo"/.venv/lib/python3*/site-packages):/usr/lib/python3/dist-packages:$repo" \
+            "$labpy/bin/python3" "$repo/lab/pycache.py" "${what[@]}" >/dev/null 2>&1
+    else
+        mkdir -p "$root$repo"
+        unshare -m sh -c 'mount --bind "$1" "$2$1" && r=$2 && shift 2 && exec chroot "$r" "$@"' \
+            sh "$repo" "$root" env PYTHONPYCACHEPREFIX="$stage" \
+            PYTHONPATH="/opt/offloadd-lab/site:$repo" python3 "$repo/lab/pycache.py" \
+            "${what[@]}" >/dev/null 2>&1
+    fi
+    tar -C "$stage" -cf "$out/pycache.tar" . 2>/dev/null || rm -f "$out/pycache.tar"
+    rm -rf "$stage" "${labpy:-}"
+    [ -s "$out/pycache.tar" ] || log "no bytecode for the guest (it compiles as it goes)"
+}
+
 # Makes kernel $2 (version $3, unpacked in $4) and the host directories given
 # after it visible in the vm root $1: the modules where modprobe looks (hard
 # links when on the same filesystem), and empty mount points for vng's

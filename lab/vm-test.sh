@@ -58,6 +58,7 @@ mkdir -p "$out"
 # The capability test's ground truth, where a guest with another root sees it.
 cp "$kdir/boot/config-$ver" "$out/kernel-config"
 vm_userspace "$suite" "$ver" "$kdir" "$out"
+guest_bytecode "$vm_root" "$out"
 
 # A boot that never reaches the test runner is booted again (at most 3 boots):
 # 7.3.4 under TCG with 2 vCPUs now and then oopses at boot (int3 in
