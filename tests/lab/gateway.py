@@ -448,12 +448,12 @@ def add_gw_witnesses(g: Gateway, port: int) -> None:
     wg0), UDP only, made again if they are there: a netdev chain goes with the device it
     hooks (a PPPoE reconnect's new ppp0 needs a new one before 6.16) and with a
     ``flush ruleset``."""
-    g.gw.run("nft", "delete", "table", "netdev", "gww", check=False)
     # Hooked before the flowtable (priority -500 < 0): what reaches each
-    # upper device's ingress, offloaded there or not.
+    # upper device's ingress, offloaded there or not. One transaction (the
+    # old table, if any, deleted in it): one change for offloadd to see.
     chains = [(g.bridge, "req", g.paths)] + [
         (dev, "rep", [p for p in g.paths if p.upper == dev]) for dev in (g.ppp, g.wg)]
-    script = "table netdev gww {\n"
+    script = "add table netdev gww\ndelete table netdev gww\ntable netdev gww {\n"
     for dev, direction, paths in chains:
         tag = dev.replace("-", "")
         script += "".join(f"counter in_{tag}_{p.name} {{}}\n" for p in paths)

@@ -1,0 +1,138 @@
+"""Stack case, second part: PPPoE over a VLAN and a bridge port on a real gateway.
+
+The gateway lab (tests/lab/gateway.py: a LAN host on br-lan's port lan0, a
+real pppd session ppp0 over eth1.7 over eth1 to a pppoe-server) with iperf3
+between the LAN host and the ISP's server (203.0.113.1, behind the PPPoE
+session), each mode back to back and in rotating order per round:
+
+* slow: offloadd not running;
+* as-listed: offloadd with the L3 devices (br-lan, ppp0, wg0);
+* lower: stack = "lower" (lan0, eth1, wg0: the fast path skips bridge, VLAN
+  and PPPoE, the kernel doing the encapsulation itself).
+
+Both directions, as firewall4's measurements did (openwrt/firewall4 PR #102:
+PPPoE-over-VLAN reverse throughput): upload (LAN host -> ISP, the bridge's
+ingress is the upper device a packet skips) and download (``-R``, ppp0's
+ingress). TCP: one stream, receiver-side throughput (first second omitted);
+UDP: 64-byte datagrams over 4 flows, packets received per second. Slow-path
+packets per UDP flow: what still reached the forward hook and each upper
+device's ingress. Only ratios from one run mean anything (TCG).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import daemon
+from tests.lab import conntrack
+from tests.lab.gateway import Gateway, gateway_lab
+from tests.lab.nftns import counters
+from tests.lab.traffic import iperf3_server
+
+CONFIG = """
+[[flowtable]]
+name = "gw"
+devices = ["br-lan", "ppp0", "wg0"]
+stack = "{stack}"
+"""
+WANT = {"as-listed": frozenset({"br-lan", "ppp0", "wg0"}),
+        "lower": frozenset({"lan0", "eth1", "wg0"})}
+MODES = ("slow", "as-listed", "lower")
+ROUNDS = 2
+SECONDS = 5
+UDP_STREAMS = 4
+PORT = 5201
+SERVER = "203.0.113.1"  # the ISP's server, behind the PPPoE session
+
+
+def _witnesses(g: Gateway) -> None:
+    """UDP iperf3 packets at the gateway's forward hook (either direction)
+    and at br-lan's and ppp0's ingress (hooked before the flowtable)."""
+    g.gw.run("nft", "delete", "table", "inet", "benchw", check=False)
+    g.gw.run("nft", "delete", "table", "netdev", "benchw", check=False)
+    g.gw.nft("table inet benchw {\ncounter fwd {}\n"
+             "chain fwd { type filter hook forward priority -10; policy accept;\n"
+             f"ip daddr {SERVER} udp dport {PORT} counter name fwd\n"
+             f"ip saddr {SERVER} udp sport {PORT} counter name fwd\n}}\n}}\n")
+    g.gw.nft("table netdev benchw {\ncounter in_br {}\ncounter in_ppp {}\n"
+             "chain br { type filter hook ingress device \"br-lan\" priority -500; "
+             f"policy accept;\nip daddr {SERVER} udp dport {PORT} counter name in_br\n}}\n"
+             "chain ppp { type filter hook ingress device \"ppp0\" priority -500; "
+             f"policy accept;\nip saddr {SERVER} udp sport {PORT} counter name in_ppp\n}}\n}}\n")
+
+
+def _iperf(g: Gateway, *args: str) -> dict[str, Any]:
+    proc = g.lan.run("iperf3", "-c", SERVER, "-p", str(PORT), "-t", str(SECONDS), "-J", *args,
+                     timeout=SECONDS + 90)
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+def _measure(g: Gateway, mode: str) -> dict[str, Any]:
+    sample: dict[str, Any] = {"mode": mode}
+    for way, extra in (("up", ()), ("down", ("-R",))):
+        tcp = _iperf(g, "-O", "1", *extra)
+        sample[f"tcp_gbit_{way}"] = round(tcp["end"]["sum_received"]["bits_per_second"] / 1e9, 3)
+        before = counters(g.gw)
+        udp = _iperf(g, "-u", "-l", "64", "-b", "0", "-P", str(UDP_STREAMS), *extra)
+        after = counters(g.gw)
+        recv = udp["end"]["sum_received"] if "sum_received" in udp["end"] else udp["end"]["sum"]
+        got = recv["packets"] - recv["lost_packets"]
+        sample[f"udp_pps_{way}"] = round(got / recv["seconds"])
+        sample[f"udp_flows_offloaded_{way}"] = sum(
+            1 for e in conntrack.entries(g.gw, 4)
+            if e.offloaded and e.proto == "udp" and e.dport == PORT)
+        slow = {k: (after[k] - before.get(k, 0)) / UDP_STREAMS for k in after}
+        sample[f"forward_packets_per_flow_{way}"] = round(slow.get("fwd", 0))
+        sample[f"upper_ingress_per_flow_{way}"] = round(
+            slow.get("in_br" if way == "up" else "in_ppp", 0))
+    return sample
+
+
+def run(workdir: Path, rounds: int = ROUNDS) -> dict[str, Any]:
+    samples: list[dict[str, Any]] = []
+    with gateway_lab() as g, iperf3_server(g.isp, PORT):
+        _witnesses(g)
+        for r in range(rounds):
+            order = MODES[r % len(MODES):] + MODES[:r % len(MODES)]
+            for mode in order:
+                if mode == "slow":
+                    sample = _measure(g, mode)
+                else:
+                    with daemon(g.gw, CONFIG.format(stack=mode), workdir) as (d, _s):
+                        deadline = time.monotonic() + 60
+                        while d.flowtable_devices("gw") != WANT[mode]:
+                            if time.monotonic() > deadline:
+                                raise AssertionError(
+                                    f"{mode}: flowtable never held {sorted(WANT[mode])}: "
+                                    f"{d.flowtable_devices('gw')}")
+                            time.sleep(0.3)
+                        sample = _measure(g, mode)
+                sample["round"] = r
+                samples.append(sample)
+                print(f"  stack pppoe round {r} {mode}: {json.dumps(sample)}", flush=True)
+
+    def med(mode: str, key: str) -> float:
+        return float(statistics.median(s[key] for s in samples if s["mode"] == mode))
+
+    res: dict[str, Any] = {"samples": samples}
+    for mode in MODES:
+        m = mode.replace("-", "_")
+        for way in ("up", "down"):
+            for key in ("tcp_gbit", "udp_pps", "forward_packets_per_flow",
+                        "upper_ingress_per_flow"):
+                res[f"{key}_{way}_{m}"] = med(mode, f"{key}_{way}")
+            res[f"udp_flows_offloaded_{way}_{m}"] = min(
+                s[f"udp_flows_offloaded_{way}"] for s in samples if s["mode"] == mode)
+    for way in ("up", "down"):
+        for key in ("tcp_gbit", "udp_pps"):
+            short = "tcp" if key == "tcp_gbit" else "udp_pps"
+            for mode in ("as_listed", "lower"):
+                res[f"{short}_ratio_{way}_{mode}_vs_slow"] = round(
+                    res[f"{key}_{way}_{mode}"] / max(res[f"{key}_{way}_slow"], 1e-9), 2)
+            res[f"{short}_ratio_{way}_lower_vs_as_listed"] = round(
+                res[f"{key}_{way}_lower"] / max(res[f"{key}_{way}_as_listed"], 1e-9), 2)
+    return res
