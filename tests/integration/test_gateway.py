@@ -108,20 +108,22 @@ def _witnesses_anew(g: Gateway, d: RunningDaemon) -> None:
     flow takes the forward path for a packet or two until offloaded again. A
     window begun before that counts those packets (seen on 6.12 once the lab's
     commands got faster: 8-10 per path)."""
-    def changes() -> tuple[int, int]:
+    def counts() -> tuple[int, int, int]:
         r = d.status()["revalidate"]
-        return r["policy_changes_total"], r["policy_changes_skipped_total"]
+        return (r["policy_changes_total"], r["policy_changes_skipped_total"],
+                r["revalidations_total"])
 
-    before = changes()
+    before = counts()
     add_gw_witnesses(g, PORT)
-    wait_for(lambda: changes() != before, SETTLE_S, interval=0.2,
+    wait_for(lambda: counts()[:2] != before[:2], SETTLE_S, interval=0.2,
              what="offloadd to see the witnesses' transaction")
-    seen = time.time()
-    if changes()[0] > before[0]:
-        # A re-validation that ends after the change was counted includes it
-        # (one runs on the daemon's loop, which answered meanwhile).
-        wait_for(lambda: (d.status()["revalidate"]["last"] or {}).get("time", 0) > seen,
-                 SETTLE_S, interval=0.2, what="the re-validation the witnesses caused")
+    if counts()[0] > before[0]:
+        try:
+            wait_for(lambda: counts()[2] > before[2], SETTLE_S, interval=0.2,
+                     what="the re-validation the witnesses caused")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; before {before}; now {d.status()['revalidate']}\n"
+                                 f"{d.log_text()[-3000:]}") from None
     wait_for(lambda: _all_offloaded(g), SETTLE_S, interval=0.2,
              what="every path offloaded again after the witnesses' re-validation")
 
