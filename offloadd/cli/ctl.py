@@ -188,14 +188,17 @@ def cmd_status(args: argparse.Namespace, config: Config | None, sock: Path) -> i
         emit(args, report, format_status(report))
         return EXIT_OK
     except ControlError as e:
+        if not isinstance(e, NotRunningError):
+            # Up but not answering as asked (permission, a full backlog, a
+            # bad reply): not "not running", and the kernel's view would say so.
+            return fail(EXIT_FAILED, str(e))
         down_reason = str(e)
         if config is None:
             # Without a config there is no table name to show the kernel's view of.
-            code = EXIT_DOWN if isinstance(e, NotRunningError) else EXIT_FAILED
             if args.json:
                 emit(args, {"daemon": {"running": False, "reason": down_reason}}, "")
-                return code
-            return fail(code, down_reason)
+                return EXIT_DOWN
+            return fail(EXIT_DOWN, down_reason)
     from offloadd.cli.ctlkernel import kernel_only_status  # noqa: PLC0415
 
     report = kernel_only_status(config)

@@ -85,6 +85,10 @@ def _exchange(path: Path, body: bytes, timeout: float) -> bytes:
                            "the group set in control.group") from None
     except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as e:
         raise _CutError(e.strerror or str(e)) from None
+    except BlockingIOError:
+        # EAGAIN from connect(): the listen backlog is full (offloadd is up
+        # and busy, e.g. with a flood of clients); asked again like a cut.
+        raise _CutError("its connection backlog was full") from None
     except OSError as e:
         raise ControlError(f"control socket {path}: {e.strerror or e}") from e
     if not chunks:

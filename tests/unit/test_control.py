@@ -259,3 +259,44 @@ def test_a_cut_connection_is_asked_again_not_taken_for_a_daemon_down(tmp_path: P
     t.join(5)
     srv.close()
     assert served == [2]
+
+
+def test_a_full_backlog_is_asked_again_not_taken_for_a_daemon_down(tmp_path: Path) -> None:
+    """A daemon whose listen backlog is full (a flood of clients) refuses a
+    connect with EAGAIN (the slow-client test, 2026-12-03: offloadctl said
+    NOT RUNNING); the client asks again once the daemon has caught up."""
+    path = tmp_path / "c.sock"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(0)
+    fillers: list[socket.socket] = []
+    while True:
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.setblocking(False)
+        try:
+            c.connect(str(path))
+        except BlockingIOError:
+            c.close()
+            break
+        fillers.append(c)
+    assert fillers, "the backlog never filled"
+
+    def serve() -> None:
+        time.sleep(0.3)  # past the client's first try
+        for _ in fillers:
+            conn, _ = srv.accept()
+            conn.close()
+        conn, _ = srv.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b'{"version": 1, "ok": true, "result": {"n": 1}}\n')
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        assert request(path, "status") == {"n": 1}
+    finally:
+        t.join(5)
+        for c in fillers:
+            c.close()
+        srv.close()

@@ -152,3 +152,33 @@ def test_flows_needs_no_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(ctlkernel, "cmd_flows", fake_flows)
     assert _main(tmp_path, "flows", "--top", "3") == ctl.EXIT_OK
     assert seen == [3]
+
+
+def test_status_of_a_daemon_that_cannot_be_asked_is_not_not_running(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Only a daemon that is not there is NOT RUNNING (exit 3, the kernel's
+    view): one that is there but does not answer as asked (here: a reply
+    that is not JSON) is a one-line error and exit 1, not a false "down"."""
+    sock = tmp_path / "c.sock"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(sock))
+    srv.listen(1)
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"not json\n")
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "offloadd.toml").write_text(
+        f'[control]\nsocket = "{sock}"\n[[flowtable]]\nname = "lan"\ndevices = ["eth0"]\n')
+    try:
+        assert _main(tmp_path, "status") == ctl.EXIT_FAILED
+    finally:
+        t.join(5)
+        srv.close()
+    line = _err_line(capsys)
+    assert line == f"offloadctl: offloadd sent an unreadable reply on {sock}", line
