@@ -118,7 +118,11 @@ def run(workdir: Path, rounds: int = ROUNDS) -> dict[str, Any]:
                         f"{UDP_STREAMS} UDP flows")
         return res
     # The second part: PPPoE over a VLAN and a bridge port on the gateway lab.
-    pppoe = stackgw.run(workdir, rounds)
+    try:
+        pppoe = stackgw.run(workdir, rounds)
+    except Exception as e:  # the first part's figures stand
+        res["error"] = f"PPPoE part: {type(e).__name__}: {e}"[:4000]
+        return res
     res["pppoe_samples"] = pppoe.pop("samples")
     res.update({f"pppoe_{k}": v for k, v in pppoe.items()})
     for way in ("up", "down"):

@@ -54,10 +54,10 @@ def _witnesses(g: Gateway) -> None:
     and at br-lan's and ppp0's ingress (hooked before the flowtable)."""
     g.gw.run("nft", "delete", "table", "inet", "benchw", check=False)
     g.gw.run("nft", "delete", "table", "netdev", "benchw", check=False)
-    g.gw.nft("table inet benchw {\ncounter fwd {}\n"
-             "chain fwd { type filter hook forward priority -10; policy accept;\n"
-             f"ip daddr {SERVER} udp dport {PORT} counter name fwd\n"
-             f"ip saddr {SERVER} udp sport {PORT} counter name fwd\n}}\n}}\n")
+    g.gw.nft("table inet benchw {\ncounter slowpath {}\n"
+             "chain forward { type filter hook forward priority -10; policy accept;\n"
+             f"ip daddr {SERVER} udp dport {PORT} counter name slowpath\n"
+             f"ip saddr {SERVER} udp sport {PORT} counter name slowpath\n}}\n}}\n")
     g.gw.nft("table netdev benchw {\ncounter in_br {}\ncounter in_ppp {}\n"
              "chain br { type filter hook ingress device \"br-lan\" priority -500; "
              f"policy accept;\nip daddr {SERVER} udp dport {PORT} counter name in_br\n}}\n"
@@ -86,7 +86,7 @@ def _measure(g: Gateway, mode: str) -> dict[str, Any]:
             1 for e in conntrack.entries(g.gw, 4)
             if e.offloaded and e.proto == "udp" and e.dport == PORT)
         slow = {k: (after[k] - before.get(k, 0)) / UDP_STREAMS for k in after}
-        sample[f"forward_packets_per_flow_{way}"] = round(slow.get("fwd", 0))
+        sample[f"forward_packets_per_flow_{way}"] = round(slow.get("slowpath", 0))
         sample[f"upper_ingress_per_flow_{way}"] = round(
             slow.get("in_br" if way == "up" else "in_ppp", 0))
     return sample
