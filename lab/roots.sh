@@ -163,13 +163,13 @@ guest_bytecode() {
         printf 'home = /usr/bin\ninclude-system-site-packages = false\n' > "$labpy/pyvenv.cfg"
         PYTHONPYCACHEPREFIX=$stage \
             PYTHONPATH="$(echo "$repo"/.venv/lib/python3*/site-packages):/usr/lib/python3/dist-packages:$repo" \
-            "$labpy/bin/python3" "$repo/lab/pycache.py" "${what[@]}" >/dev/null 2>&1
+            "$labpy/bin/python3" "$repo/lab/pycache.py" "${what[@]}" >/dev/null 2>&1 || true
     else
         mkdir -p "$root$repo"
         unshare -m sh -c 'mount --bind "$1" "$2$1" && r=$2 && shift 2 && exec chroot "$r" "$@"' \
             sh "$repo" "$root" env PYTHONPYCACHEPREFIX="$stage" \
             PYTHONPATH="/opt/offloadd-lab/site:$repo" python3 "$repo/lab/pycache.py" \
-            "${what[@]}" >/dev/null 2>&1
+            "${what[@]}" >/dev/null 2>&1 || true
     fi
     tar -C "$stage" -cf "$out/pycache.tar" . 2>/dev/null || rm -f "$out/pycache.tar"
     rm -rf "$stage" "${labpy:-}"

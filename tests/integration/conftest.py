@@ -57,26 +57,29 @@ def _kind(argv: Sequence[str]) -> str:
     return f"python {os.path.basename(rest[0])}" if rest else "python"
 
 
-_CENSUS: Counter[str] = Counter()
-
-
-def _count_processes(event: str, args: tuple[Any, ...]) -> None:
-    if event == "subprocess.Popen":
-        _CENSUS[_kind(args[1])] += 1
+_CENSUS = pytest.StashKey[Counter[str]]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     # Every process the lab starts, by kind, in the run's summary: where the
     # emulated VM's time goes (a Python start there costs ~0.5-1 s and an
     # import of offloadd's daemon seconds more).
-    sys.addaudithook(_count_processes)
+    census: Counter[str] = Counter()
+    config.stash[_CENSUS] = census
+
+    def count(event: str, args: tuple[Any, ...]) -> None:
+        if event == "subprocess.Popen":
+            census[_kind(args[1])] += 1
+
+    sys.addaudithook(count)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if _CENSUS:
+    census = terminalreporter.config.stash.get(_CENSUS, None)
+    if census:
         terminalreporter.write_line(
-            f"lab processes started: {sum(_CENSUS.values())} ("
-            + ", ".join(f"{k} {n}" for k, n in _CENSUS.most_common()) + ")")
+            f"lab processes started: {sum(census.values())} ("
+            + ", ".join(f"{k} {n}" for k, n in census.most_common()) + ")")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
