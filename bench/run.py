@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import dataplane, footprint, gate, hotplug, policy, scrape, stack, survival
+from bench import dataplane, footprint, gate, hotplug, policy, scrape, stack, stackgw, survival
 from bench.common import sysctl_init
 
 CASES: dict[str, Callable[[Path], dict[str, Any]]] = {
@@ -33,10 +33,12 @@ CASES: dict[str, Callable[[Path], dict[str, Any]]] = {
     "footprint": footprint.run,
     "gate": gate.run,
     "stack": stack.run,
+    "stack_pppoe": stackgw.run_alone,
 }
 # first_offload is hotplug's last part alone (for a root whose nftables turns
-# hotplug's "wan*" into a kernel wildcard): not run twice by default.
-DEFAULT_CASES = [c for c in CASES if c != "first_offload"]
+# hotplug's "wan*" into a kernel wildcard), stack_pppoe stack's second part
+# alone: neither is run twice by default.
+DEFAULT_CASES = [c for c in CASES if c not in ("first_offload", "stack_pppoe")]
 # Conntrack's size limits live in the initial namespace only (the guest's),
 # and must be set before the namespaces that use them exist.
 CT_MAX = 400_000

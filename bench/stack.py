@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,7 @@ def run(workdir: Path, rounds: int = ROUNDS) -> dict[str, Any]:
     try:
         pppoe = stackgw.run(workdir, rounds)
     except Exception as e:  # the first part's figures stand
+        traceback.print_exc()
         res["error"] = f"PPPoE part: {type(e).__name__}: {e}"[:4000]
         return res
     res["pppoe_samples"] = pppoe.pop("samples")
