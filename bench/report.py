@@ -64,9 +64,6 @@ TARGETS = [
            "bridge port + VLAN's device: TCP at least the L3 list's"),
     Target("stack", "udp_pps_ratio_lower_vs_as_listed", ">=", 0.95,
            "bridge port + VLAN's device: UDP pps at least the L3 list's"),
-    *(Target("stack", f"pppoe_{k}_ratio_{way}_lower_vs_as_listed", ">=", 0.95,
-             f"PPPoE over VLAN, {way}load: {k} at least the L3 list's")
-      for k in ("tcp", "udp_pps") for way in ("up", "down")),
     Target("footprint", "rss_idle_mb", "<=", 40, "idle RSS"),
     Target("footprint", "idle_cpu_s", "<=", 0.6, "~0 CPU idle (<1% of 60 s)"),
 ]
@@ -79,9 +76,7 @@ REQUIRED = {
     "footprint": ["rss_idle_mb", "idle_cpu_s"],
     "policy": ["stop_ms_p50", "stop_ms_max", "unaffected_reoffloaded_1s_ratio"],
     "gate": ["attach_p50_ratio", "scrape_ratio", "revalidations_per_change"],
-    "stack": ["tcp_ratio_lower_vs_as_listed", "udp_pps_ratio_lower_vs_as_listed",
-              *(f"pppoe_{k}_ratio_{way}_lower_vs_as_listed"
-                for k in ("tcp", "udp_pps") for way in ("up", "down"))],
+    "stack": ["tcp_ratio_lower_vs_as_listed", "udp_pps_ratio_lower_vs_as_listed"],
 }
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, "==": operator.eq}
@@ -112,13 +107,13 @@ HEADLINE = {
               "tcp_ratio_as_listed_vs_slow", "tcp_ratio_lower_vs_slow",
               "udp_pps_ratio_as_listed_vs_slow", "udp_pps_ratio_lower_vs_slow",
               "forward_packets_per_flow_as_listed", "forward_packets_per_flow_lower",
-              "br_lan_ingress_per_flow_as_listed", "br_lan_ingress_per_flow_lower",
-              *(f"pppoe_{k}_ratio_{way}_{m}" for way in ("up", "down")
-                for k in ("tcp", "udp_pps")
-                for m in ("as_listed_vs_slow", "lower_vs_slow", "lower_vs_as_listed")),
-              *(f"pppoe_{k}_{way}_{m}" for way in ("up", "down")
-                for k in ("udp_flows_offloaded", "forward_packets_per_flow",
-                          "upper_ingress_per_flow") for m in ("as_listed", "lower"))],
+              "br_lan_ingress_per_flow_as_listed", "br_lan_ingress_per_flow_lower"],
+    "stack_pppoe": [*(f"{k}_ratio_{way}_{m}" for way in ("up", "down")
+                      for k in ("tcp", "udp_pps")
+                      for m in ("as_listed_vs_slow", "lower_vs_slow", "lower_vs_as_listed")),
+                    *(f"{k}_{way}_{m}" for way in ("up", "down")
+                      for k in ("udp_flows_offloaded", "forward_packets_per_flow",
+                                "upper_ingress_per_flow") for m in ("as_listed", "lower"))],
     "gate": ["gate_ids", "attach_ms_p50_empty", "attach_ms_p50_full", "attach_p50_ratio",
              "attach_ms_max_empty", "attach_ms_max_full", "scrape_s_empty", "scrape_s_full",
              "scrape_ratio", "scrape_min_ratio", "start_s_empty", "start_s_full",

@@ -1,6 +1,4 @@
-"""Stack case: a bridged LAN and a VLAN uplink, upper devices vs stack-aware;
-then the same through PPPoE over a VLAN on the gateway lab (bench/stackgw.py,
-its figures prefixed ``pppoe_``).
+"""Stack case: a bridged LAN and a VLAN uplink, upper devices vs stack-aware.
 
 The lab router restacked (tests/lab/stacked.py: lan0 under br-lan, the server
 behind wan0.7) and measured with each flowtable list, back to back and in
@@ -23,11 +21,9 @@ from __future__ import annotations
 import json
 import statistics
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
-from bench import stackgw
 from bench.common import daemon
 from tests.lab import conntrack
 from tests.lab.stacked import LOWER, UPPER, restack, server_addr, witnesses
@@ -117,19 +113,4 @@ def run(workdir: Path, rounds: int = ROUNDS) -> dict[str, Any]:
     if res["udp_flows_offloaded_lower"] < UDP_STREAMS:
         res["error"] = (f"stack = lower offloaded {res['udp_flows_offloaded_lower']} of "
                         f"{UDP_STREAMS} UDP flows")
-        return res
-    # The second part: PPPoE over a VLAN and a bridge port on the gateway lab.
-    try:
-        pppoe = stackgw.run(workdir, rounds)
-    except Exception as e:  # the first part's figures stand
-        traceback.print_exc()
-        res["error"] = f"PPPoE part: {type(e).__name__}: {e}"[:4000]
-        return res
-    res["pppoe_samples"] = pppoe.pop("samples")
-    res.update({f"pppoe_{k}": v for k, v in pppoe.items()})
-    for way in ("up", "down"):
-        if res[f"pppoe_udp_flows_offloaded_{way}_lower"] < stackgw.UDP_STREAMS:
-            res["error"] = (f"PPPoE, {way}: stack = lower offloaded "
-                            f"{res[f'pppoe_udp_flows_offloaded_{way}_lower']} of "
-                            f"{stackgw.UDP_STREAMS} UDP flows")
     return res
