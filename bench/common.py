@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,3 +127,31 @@ def daemon(ns: Netns, config: str, workdir: Path,
         if d.proc.poll() is not None:
             raise AssertionError(f"offloadd exited {d.proc.returncode}:\n{d.log_text()}")
         yield d, time.monotonic() - t0
+
+
+def modes_in_rotation(ns: Netns, workdir: Path, *, modes: tuple[str, ...], rounds: int,
+                      flowtable: str, config: str, want: Mapping[str, frozenset[str]],
+                      measure: Callable[[str], dict[str, Any]],
+                      label: str) -> list[dict[str, Any]]:
+    """Every mode measured back to back, each round starting one mode later
+    (so no mode always runs first, on a cold or a warm VM): "slow" without
+    offloadd, any other with offloadd started from ``config`` (``{stack}``
+    set to the mode) once ``flowtable`` holds ``want[mode]``."""
+    samples: list[dict[str, Any]] = []
+    for r in range(rounds):
+        for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
+            if mode == "slow":
+                sample = measure(mode)
+            else:
+                with daemon(ns, config.format(stack=mode), workdir) as (d, _s):
+                    d.wait_devices(flowtable, want[mode])
+                    sample = measure(mode)
+            sample["round"] = r
+            samples.append(sample)
+            print(f"  {label} round {r} {mode}: {json.dumps(sample)}", flush=True)
+    return samples
+
+
+def median_of(samples: list[dict[str, Any]], mode: str, key: str) -> float:
+    """The median of ``key`` over the samples of ``mode``."""
+    return float(statistics.median(s[key] for s in samples if s["mode"] == mode))

@@ -19,12 +19,10 @@ Only ratios from one run mean anything: the VM is emulated (TCG).
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import daemon
+from bench.common import median_of, modes_in_rotation
 from tests.lab import conntrack
 from tests.lab.stacked import LOWER, UPPER, restack, server_addr, witnesses
 from tests.lab.topology import Lab, lab_topology
@@ -68,31 +66,16 @@ def _measure(lab: Lab, mode: str) -> dict[str, Any]:
 
 
 def run(workdir: Path, rounds: int = ROUNDS) -> dict[str, Any]:
-    samples: list[dict[str, Any]] = []
     with lab_topology() as lab:
         restack(lab)
         with iperf3_server(lab.server, PORT):
-            for r in range(rounds):
-                order = MODES[r % len(MODES):] + MODES[:r % len(MODES)]
-                for mode in order:
-                    if mode == "slow":
-                        sample = _measure(lab, mode)
-                    else:
-                        want = (LOWER if mode == "lower" else
-                                LOWER | UPPER if mode == "both" else UPPER)
-                        with daemon(lab.router, CONFIG.format(stack=mode), workdir) as (d, _s):
-                            deadline = time.monotonic() + 60
-                            while d.flowtable_devices("ft") != want:
-                                if time.monotonic() > deadline:
-                                    raise AssertionError(f"{mode}: flowtable never held {want}")
-                                time.sleep(0.3)
-                            sample = _measure(lab, mode)
-                    sample["round"] = r
-                    samples.append(sample)
-                    print(f"  stack round {r} {mode}: {json.dumps(sample)}", flush=True)
+            samples = modes_in_rotation(
+                lab.router, workdir, modes=MODES, rounds=rounds, flowtable="ft", config=CONFIG,
+                want={"as-listed": UPPER, "lower": LOWER, "both": LOWER | UPPER},
+                measure=lambda mode: _measure(lab, mode), label="stack")
 
     def med(mode: str, key: str) -> float:
-        return float(statistics.median(s[key] for s in samples if s["mode"] == mode))
+        return median_of(samples, mode, key)
 
     res: dict[str, Any] = {"case": "stack", "samples": samples, "rounds": rounds}
     for mode in MODES:

@@ -29,12 +29,10 @@ device's ingress. Only ratios from one run mean anything (TCG).
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import daemon
+from bench.common import median_of, modes_in_rotation
 from tests.lab import conntrack
 from tests.lab.gateway import Gateway, gateway_lab
 from tests.lab.nftns import counters
@@ -112,30 +110,14 @@ def run_alone(workdir: Path) -> dict[str, Any]:
 
 
 def run(workdir: Path, rounds: int = ROUNDS) -> dict[str, Any]:
-    samples: list[dict[str, Any]] = []
     with gateway_lab() as g, iperf3_server(g.isp, PORT):
         _witnesses(g)
-        for r in range(rounds):
-            order = MODES[r % len(MODES):] + MODES[:r % len(MODES)]
-            for mode in order:
-                if mode == "slow":
-                    sample = _measure(g, mode)
-                else:
-                    with daemon(g.gw, CONFIG.format(stack=mode), workdir) as (d, _s):
-                        deadline = time.monotonic() + 60
-                        while d.flowtable_devices("gw") != WANT[mode]:
-                            if time.monotonic() > deadline:
-                                raise AssertionError(
-                                    f"{mode}: flowtable never held {sorted(WANT[mode])}: "
-                                    f"{d.flowtable_devices('gw')}")
-                            time.sleep(0.3)
-                        sample = _measure(g, mode)
-                sample["round"] = r
-                samples.append(sample)
-                print(f"  stack pppoe round {r} {mode}: {json.dumps(sample)}", flush=True)
+        samples = modes_in_rotation(
+            g.gw, workdir, modes=MODES, rounds=rounds, flowtable="gw", config=CONFIG,
+            want=WANT, measure=lambda mode: _measure(g, mode), label="stack pppoe")
 
     def med(mode: str, key: str) -> float:
-        return float(statistics.median(s[key] for s in samples if s["mode"] == mode))
+        return median_of(samples, mode, key)
 
     res: dict[str, Any] = {"samples": samples}
     for mode in MODES:

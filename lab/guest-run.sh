@@ -26,19 +26,10 @@ if [ -d /opt/offloadd-lab/site ]; then
     py=/usr/bin/python3
     export PYTHONPATH="/opt/offloadd-lab/site:$PWD"
 else
-    # Not the venv's own python: a venv's site reads every .pth of the venv
-    # and of the system's site dirs at each start (an editable install's
-    # finder, a host's certifi hook: 0.75 s of a 1.3-s Python start under
-    # TCG, paid by every daemon, offloadctl, probe and traffic generator).
-    # A bare venv on the guest's tmpfs without system site packages, and the
-    # project venv's and Debian's packages on PYTHONPATH, where no .pth runs.
+    # Not the venv's own python (lab/lab-python.sh says why).
     py=/tmp/offloadd-python/bin/python3
-    mkdir -p /tmp/offloadd-python/bin
-    ln -sf /usr/bin/python3 "$py"
-    printf 'home = /usr/bin\ninclude-system-site-packages = false\n' \
-        > /tmp/offloadd-python/pyvenv.cfg
-    venv_site=$(echo "$PWD"/.venv/lib/python3*/site-packages)
-    export PYTHONPATH="$venv_site:/usr/lib/python3/dist-packages:$PWD"
+    PYTHONPATH=$("$(dirname "$0")/lab-python.sh" /tmp/offloadd-python "$PWD")
+    export PYTHONPATH
 fi
 echo "Debian $(cat /etc/debian_version), $("$py" --version 2>&1), $(nft --version)" > "$out/userspace"
 # Boot time as the guest saw it, for the issue notes.

@@ -158,11 +158,7 @@ guest_bytecode() {
     mkdir -p "$stage"
     if [ -z "$root" ]; then
         local labpy=$out/pycache-python
-        mkdir -p "$labpy/bin"
-        ln -sf /usr/bin/python3 "$labpy/bin/python3"
-        printf 'home = /usr/bin\ninclude-system-site-packages = false\n' > "$labpy/pyvenv.cfg"
-        PYTHONPYCACHEPREFIX=$stage \
-            PYTHONPATH="$(echo "$repo"/.venv/lib/python3*/site-packages):/usr/lib/python3/dist-packages:$repo" \
+        PYTHONPYCACHEPREFIX=$stage PYTHONPATH=$("$repo/lab/lab-python.sh" "$labpy" "$repo") \
             "$labpy/bin/python3" "$repo/lab/pycache.py" "${what[@]}" >/dev/null 2>&1 || true
     else
         mkdir -p "$root$repo"

@@ -127,8 +127,9 @@ def _witnesses_anew(g: Gateway, d: RunningDaemon,
                                  f"{d.log_text()[-3000:]}") from None
     # Paths through a device in ``slow_ok`` may stay on the slow path (a
     # refused one on a kernel that offloads nothing through the device itself).
+    wanted = {p.name for p in g.paths if p.upper not in slow_ok}
     wait_for(lambda: all(n == FLOWS for name, n in offloaded_per_path(g, PORT).items()
-                         if next(p for p in g.paths if p.name == name).upper not in slow_ok),
+                         if name in wanted),
              SETTLE_S, interval=0.2,
              what="every path offloaded again after the witnesses' re-validation")
 

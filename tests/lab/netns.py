@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import subprocess
 from collections.abc import Iterator, Sequence
@@ -22,12 +23,16 @@ DIRECT = frozenset({"nft", "conntrack", "ip", "sysctl"})
 _CLONE_NEWNET = 0x40000000
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _setns(fd: int) -> None:
     if hasattr(os, "setns"):  # Python >= 3.12
         os.setns(fd, _CLONE_NEWNET)
         return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, _CLONE_NEWNET) != 0:
+    if _libc().setns(fd, _CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
