@@ -144,7 +144,11 @@ def modes_in_rotation(ns: Netns, workdir: Path, *, modes: tuple[str, ...], round
                 sample = measure(mode)
             else:
                 with daemon(ns, config.format(stack=mode), workdir) as (d, _s):
-                    d.wait_devices(flowtable, want[mode])
+                    # The flowtable only: its ifname set holds the names the
+                    # forward hook sees (the upper devices), not the lower ones.
+                    wait_for(lambda d=d, m=mode: d.flowtable_devices(flowtable) == want[m], 60,
+                             interval=0.3, what=f"{mode}: flowtable {flowtable} to hold "
+                             f"{sorted(want[mode])}")
                     sample = measure(mode)
             sample["round"] = r
             samples.append(sample)
