@@ -178,8 +178,9 @@ def format_check(rec: dict[str, Any]) -> str:
     last = rec.get("last_drift") or {}
     when = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["time"]))
             if last.get("time") else "?")
+    found = f", found by {last['found_by']}" if last.get("found_by") else ""
     return (f"{head}; drift repaired {n} time(s), last {when} "
-            f"({', '.join(last.get('operations', []))}): an event was missed")
+            f"({', '.join(last.get('operations', []))}{found}): an event was missed")
 
 
 def format_repair(rep: dict[str, Any]) -> str:

@@ -215,6 +215,16 @@ def needs_reconcile(changes: NftChanges, own_family: str, own_table: str,
                for c in tx.changes)
 
 
+def announces_own(changes: NftChanges, own_family: str, own_table: str, own_pid: int) -> bool:
+    """Whether someone else's change of offloadd's own table was reported (an
+    overrun may have lost one): what the next pass restores was announced."""
+    if changes.overrun:
+        return True
+    return any((c.family, c.table) == (own_family, own_table)
+               for tx in changes.transactions if not (own_pid and tx.pid == own_pid)
+               for c in tx.changes)
+
+
 @dataclass(frozen=True)
 class RevalidatePolicy:
     """How soon after a change, and how often at most.

@@ -23,7 +23,7 @@ from offloadd.core.configparse import load_config
 from offloadd.core.errors import ConfigError, DeviceVanishedError, OffloaddError
 from offloadd.core.model import DesiredResult, Link, TableState
 from offloadd.core.plan import Plan, teardown_plan
-from offloadd.core.revalidate import Skipped, decide, needs_reconcile
+from offloadd.core.revalidate import Skipped, announces_own, decide, needs_reconcile
 from offloadd.service.connections import ConnectionTable
 from offloadd.service.control import LIMITS as CONTROL_LIMITS
 from offloadd.service.control import ControlServer, Handler
@@ -93,6 +93,13 @@ class Daemon:
         self._reload_requested = False
         # Set by the periodic check: the next pass is its read-and-compare.
         self._check_due = False
+        # Set when a repair or re-validation read the table and found it out
+        # of its desired state: the pass it wakes compares like a check (a
+        # deleted table frees its flows, and the repair may see that first).
+        self._found_by_read = False
+        # Set when the nf_tables watcher reported a change of offloadd's
+        # table: what the next pass finds was announced, so it is no drift.
+        self._announced = False
         # The control socket's connections; here so the metrics can count
         # what it drops before (and after) the socket exists.
         self.control_connections = ConnectionTable("control", CONTROL_LIMITS)
@@ -214,6 +221,8 @@ class Daemon:
             self._reloading = True
             self.reload()
         check, self._check_due = self._check_due, False
+        found, self._found_by_read = self._found_by_read, False
+        announced, self._announced = self._announced, False
         verified = self.reconciler.verified
         plan = self._safe_reconcile()
         if plan is not None and self._replace_after_pass and self.repairer is not None:
@@ -223,19 +232,21 @@ class Daemon:
                 self.repairer.replace_soon((name,), why)
             self._replace_after_pass = {}
         # Drift: the table the pass found is not the one the last good pass
-        # left (a plan because links or the config moved is none).
-        if (check and verified is not None and plan is not None
+        # left, and no event said so (a plan because links or the config
+        # moved is none).
+        if ((check or found) and not announced and verified is not None and plan is not None
                 and not plan.is_empty and self.reconciler.last_read != verified):
-            self._drift_repaired(plan)
+            self._drift_repaired(plan, "periodic check" if check else "a repair's read")
 
-    def _drift_repaired(self, plan: Plan) -> None:
-        """The periodic check's pass had to change the table: an event that
-        should have said so never came (or came while a pass was failing)."""
+    def _drift_repaired(self, plan: Plan, found_by: str) -> None:
+        """A pass that compared had to change the table: an event that should
+        have said so never came (or came while a pass was failing)."""
         what = sorted({type(op).__name__ for op in plan.ops})
         self.status.drift_repairs_total += 1
-        self.status.last_drift = {"time": time.time(), "operations": what}
-        log.warning("periodic check: offloadd's table differed from its desired state and no "
-                    "event had said so; repaired (%s)", ", ".join(what),
+        self.status.last_drift = {"time": time.time(), "operations": what,
+                                  "found_by": found_by}
+        log.warning("%s: offloadd's table differed from its desired state and no "
+                    "event had said so; repaired (%s)", found_by, ", ".join(what),
                     extra={"OPERATION": "drift"})
 
     async def _check_periodically(self, _restarted: bool = False) -> None:
@@ -306,6 +317,7 @@ class Daemon:
         """The writer's callback: a step of a repair or re-validation failed, or
         one waits for the table to be in its desired state."""
         log.debug("reconcile requested: %s", why)
+        self._found_by_read = True
         if self._clock() >= self._failing_until:
             self._wake.set()
 
@@ -420,6 +432,8 @@ class Daemon:
                     self._wake.set()
                     self.revalidator.changed("the nftables change watcher restarted (changes "
                                              "while it was down are unknown)")
+                if announces_own(batch, daemon.family.value, daemon.table, self._own_pid):
+                    self._announced = True
                 if needs_reconcile(batch, daemon.family.value, daemon.table, self._own_pid):
                     self.reconciler.others_changed()
                     self._wake.set()

@@ -32,6 +32,7 @@ from offloadd.core.plan import (
     DeleteSet,
 )
 from offloadd.core.render import render
+from offloadd.core.revalidate import NftChanges, ObjectKind, TableChange, Transaction, Verb
 from offloadd.service.daemon import VANISHED_RETRIES, Daemon
 from offloadd.service.report import status_report
 from tests.unit.fakes import FakeBackend, FakeLinks
@@ -516,6 +517,62 @@ def test_the_periodic_check_repairs_drift_no_event_announced(tmp_path: Path) -> 
             d.link_source.push(LAN0, WAN0, LAN5)
             await _until(lambda: d.status.reconciles_total >= checks + 6)
             assert d.status.drift_repairs_total == 1
+
+    run_virtual(scenario)
+
+
+def test_a_repairs_read_that_finds_the_table_gone_counts_drift(tmp_path: Path) -> None:
+    """A deleted table frees its flows, and the repair may see that before the
+    periodic check: the pass its read wakes heals the table and counts the
+    unannounced change as drift, said to be found by that read."""
+    async def scenario() -> None:
+        async with _running(tmp_path, 0) as (d, b):
+            b.state = None  # deleted, its event lost
+            d.writer.request_reconcile("a repair waits for offloadd's table to be in its "
+                                       "desired state")
+            await _until(lambda: b.state is not None)
+            assert d.status.drift_repairs_total == 1
+            assert d.status.last_drift is not None
+            assert d.status.last_drift["found_by"] == "a repair's read"
+            line = format_check(status_report(d.status, "offloadd", "inet", b.state,
+                                              check_interval=0)["reconcile"])
+            assert "found by a repair's read): an event was missed" in line, line
+
+    run_virtual(scenario)
+
+
+class _Changes:
+    """nf_tables change batches, as the test hands them over."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[NftChanges] = asyncio.Queue()
+
+    async def changes(self) -> AsyncIterator[NftChanges]:
+        while True:
+            yield await self.queue.get()
+
+
+def test_a_change_an_event_announced_is_no_drift(tmp_path: Path) -> None:
+    """Someone deleting offloadd's table with its event delivered: the table
+    comes back, and even a periodic check that runs first counts no drift."""
+    async def scenario() -> None:
+        d, b = _on_loop(tmp_path, CONFIG.replace("[daemon]\n", "[daemon]\ncheck_interval = 1\n"))
+        source = _Changes()
+        d._nft_changes = source
+        task = asyncio.create_task(d.run(signals=(), control=False))
+        assert isinstance(d.link_source, FakeLinks)
+        d.link_source.push(LAN0, WAN0)
+        await _until(lambda: b.state is not None)
+        passes = d.status.reconciles_total
+        d._check_due = True  # the check is due as the event arrives
+        b.state = None
+        source.queue.put_nowait(NftChanges((Transaction(
+            (TableChange(ObjectKind.TABLE, Verb.DELETE, "inet", "offloadd"),), 77, "nft"),)))
+        await _until(lambda: b.state is not None and d.status.reconciles_total > passes)
+        await _until(lambda: d.status.reconciles_total >= passes + 3)  # and checks after it
+        assert d.status.drift_repairs_total == 0
+        d.request_stop()
+        await asyncio.wait_for(task, 2)
 
     run_virtual(scenario)
 

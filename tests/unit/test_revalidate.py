@@ -33,6 +33,7 @@ from offloadd.core.revalidate import (
     TableChange,
     Transaction,
     Verb,
+    announces_own,
     needs_reconcile,
     policy_trigger,
     triggers,
@@ -97,6 +98,17 @@ def test_an_overrun_triggers_and_wakes_a_reconcile() -> None:
     assert needs_reconcile(batch, *OWN, PID)
     own = NftChanges((_tx(RULE_IN_ADMIN, pid=PID),))
     assert triggers(own, *OWN, PID) == [] and not needs_reconcile(own, *OWN, PID)
+
+
+def test_only_others_changes_of_offloadds_own_table_announce_drift() -> None:
+    def announces(*changes: tuple[ObjectKind, Verb, str, str], pid: int = 77) -> bool:
+        return announces_own(NftChanges((_tx(*changes, pid=pid),)), *OWN, PID)
+
+    assert announces((ObjectKind.TABLE, Verb.DELETE, "inet", "offloadd"))
+    assert announces((ObjectKind.RULE, Verb.DELETE, "inet", "offloadd"))
+    assert not announces((ObjectKind.CHAIN, Verb.ADD, "ip", "admin"))  # wakes, announces not
+    assert not announces((ObjectKind.RULE, Verb.ADD, "inet", "offloadd"), pid=PID)  # ours
+    assert announces_own(NftChanges((), overrun=True), *OWN, PID)  # may have lost one
 
 
 def test_only_chains_tables_and_offloadds_own_table_wake_a_reconcile() -> None:
