@@ -110,7 +110,7 @@ def run_alone(workdir: Path) -> dict[str, Any]:
 
 
 def run(workdir: Path, rounds: int = ROUNDS) -> dict[str, Any]:
-    with gateway_lab() as g, iperf3_server(g.isp, PORT):
+    with gateway_lab(kernel_isp=True) as g, iperf3_server(g.isp, PORT):
         _witnesses(g)
         samples = modes_in_rotation(
             g.gw, workdir, modes=MODES, rounds=rounds, flowtable="gw", config=CONFIG,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from typing import Any
 
 from offloadd.core.config import device_name_problem
 from offloadd.core.errors import NftError
@@ -19,7 +20,7 @@ from offloadd.core.render import render
 from offloadd.core.stack import PppoeSessions
 from offloadd.core.xtables import LegacyTables
 from offloadd.kernel import conntrack, pppoe, setcount, xtables
-from offloadd.kernel.nft import Nft
+from offloadd.kernel.nft import Nft, answer_of
 from offloadd.kernel.nftstate import (
     base_chain_hooks,
     ifname_sets,
@@ -49,14 +50,24 @@ class NftBackend:
         # Anonymous sets' elements are still fetched (rules print them).
         what = f"ruleset {self.family}"
         items = self.nft.list_json(what, terse=True)
-        if not table_listed(items, self.family, self.table):
-            return None
-        text = table_text(self.nft.list_text(what, terse=True), self.family, self.table)
+        with answer_of(what):
+            if not table_listed(items, self.family, self.table):
+                return None
+            text = table_text(self.nft.list_text(what, terse=True), self.family, self.table)
+            names = ifname_sets(items, self.table)
         # The ifname sets one by one: "list set" fetches that set alone.
-        elements = {name: set_elements(self.nft.list_json(
-                        f"set {self.family} {self.table} {name}"))
-                    for name in ifname_sets(items, self.table)}
-        return parse_table(items, text, self.family, self.table, elements)
+        elements = {}
+        for name in names:
+            where = f"set {self.family} {self.table} {name}"
+            listing = self.nft.list_json(where)
+            with answer_of(where):
+                elements[name] = set_elements(listing)
+        return self._parse(items, text, elements)
+
+    def _parse(self, items: list[dict[str, Any]], text: str,
+               elements: dict[str, frozenset[str]]) -> TableState | None:
+        with answer_of(f"ruleset {self.family}"):
+            return parse_table(items, text, self.family, self.table, elements)
 
     def passed(self, key: str, state: TableState) -> tuple[bool, bool] | None:
         """Whether a flow's gate element ``key`` (offloadd.core.gate.element)
@@ -75,11 +86,15 @@ class NftBackend:
         return setcount.count_elements(self.family, self.table, name)
 
     def other_forward_priorities(self) -> list[int]:
-        return other_forward_priorities(self.nft.list_json("chains"), self.family, self.table)
+        items = self.nft.list_json("chains")
+        with answer_of("chains"):
+            return other_forward_priorities(items, self.family, self.table)
 
     def base_chain_hooks(self) -> dict[tuple[str, str], frozenset[str]]:
         """Every table's base chain hooks: ``list chains``, no rules, no elements."""
-        return base_chain_hooks(self.nft.list_json("chains"))
+        items = self.nft.list_json("chains")
+        with answer_of("chains"):
+            return base_chain_hooks(items)
 
     def legacy_tables(self) -> LegacyTables:
         return xtables.legacy_tables()

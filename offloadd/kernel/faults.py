@@ -12,6 +12,7 @@ Kinds:
   nft-watch            the nf_tables change watcher fails on its next batch
                        (that batch's changes are lost, as in a real failure)
   garbage-read         a read of offloadd's table gets output that is not JSON
+  misshapen-read       a read of offloadd's table gets JSON of an unexpected shape
   fail-chain-replace   a transaction that only replaces offloadd's chain (the
                        second step of a repair) is refused
 """
@@ -67,7 +68,7 @@ class Faults:
 
 
 class FaultyBackend(NftBackend):
-    """NftBackend with the garbage-read and fail-chain-replace faults."""
+    """NftBackend with the garbage-read, misshapen-read and fail-chain-replace faults."""
 
     def __init__(self, family: str, table: str, nft: Nft | None, faults: Faults) -> None:
         super().__init__(family, table, nft)
@@ -77,6 +78,10 @@ class FaultyBackend(NftBackend):
         if self._faults.take("garbage-read"):
             # Through the real parser: what a garbled libnftables answer meets.
             parse_json_listing("ruleset", "\x00{garbage")
+        if self._faults.take("misshapen-read"):
+            # Valid JSON, through the real parser: a flowtable without a name.
+            self._parse([{"table": {"family": self.family, "name": self.table}},
+                         {"flowtable": {"family": self.family, "table": self.table}}], "", {})
         return super().read()
 
     def apply(self, plan: Plan) -> str:

@@ -9,10 +9,12 @@ names the package to install.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Protocol
@@ -22,6 +24,7 @@ from offloadd.core.errors import (
     MissingDependencyError,
     NftError,
     NftOutputError,
+    OffloaddError,
 )
 
 _ERRNO_TEXT = {
@@ -69,6 +72,21 @@ def parse_error(text: str) -> NftFailure:
 
 
 _ERROR_TEXT_ITEMS = tuple(_ERRNO_TEXT.items())
+
+
+@contextlib.contextmanager
+def answer_of(what: str) -> Iterator[None]:
+    """Around code that reads a JSON listing's items: an answer of another
+    shape than the one expected (a key missing, a list where an object was)
+    is an NftOutputError like output that is not JSON (logged, retried),
+    never an exception that ends the daemon and removes its table."""
+    try:
+        yield
+    except OffloaddError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+        raise NftOutputError(f"nft list {what}: JSON of an unexpected shape "
+                             f"({type(e).__name__}: {e})") from None
 
 
 def parse_json_listing(what: str, out: str) -> list[dict[str, Any]]:

@@ -360,29 +360,36 @@ def test_the_periodic_check_heals_what_no_event_announced(lab: Lab, tmp_path: Pa
 @pytest.mark.daemon_logic
 def test_garbage_from_libnftables_neither_stops_offloadd_nor_removes_its_table(
         lab: Lab, tmp_path: Path) -> None:
-    """Reads of offloadd's table that get output which is not JSON (an injected
-    fault, through the real parser) fail the pass that met them: logged,
-    retried, never a crash whose exit would remove the table. The flows stay
-    offloaded meanwhile, and a device that appeared is attached once reads
-    are sane again."""
+    """Reads of offloadd's table that get output which is not JSON, or JSON of
+    an unexpected shape (injected faults, through the real parsers), fail the
+    pass that met them: logged, retried, never a crash whose exit would remove
+    the table. The flows stay offloaded meanwhile, and a device that appeared
+    is attached once reads are sane again."""
     r = lab.router
     faults = tmp_path / "faults"
     with offloadd(r, BASIC, tmp_path, env={"OFFLOADD_FAULTS": str(faults)}) as d, \
             udp_echo_server(lab.server, "::"), offloaded_udp_flows(lab, 2, 1):
         d.wait_devices("ft", {"lan0", "lan1", "wan0"})
-        faults.write_text("garbage-read 4\n")
+        faults.write_text("garbage-read 2\nmisshapen-read 2\n")
         r.run("ip", "link", "add", "lan5", "type", "veth", "peer", "name", "p5")
+
+        def consumed() -> bool:
+            text = faults.read_text()
+            return "garbage-read 0" in text and "misshapen-read 0" in text
+
         gone = []
         deadline = time.monotonic() + SETTLE_S
-        while "garbage-read 0" not in faults.read_text() and time.monotonic() < deadline:
+        while not consumed() and time.monotonic() < deadline:
             if not table_exists(r):
                 gone.append(round(time.monotonic(), 1))
             assert d.proc.poll() is None, d.log_text()[-2000:]
             time.sleep(0.1)
-        assert "garbage-read 0" in faults.read_text(), faults.read_text()
+        assert consumed(), faults.read_text()
         d.wait_devices("ft", {"lan0", "lan1", "lan5", "wan0"})
         assert d.proc.poll() is None and not gone, (gone, d.log_text()[-2000:])
         errors = d.status()["reconcile"]["recent_errors"]
         assert any("not JSON" in e for e in errors), errors
+        assert any("unexpected shape" in e for e in errors), errors
         assert conntrack.offloaded_count(r, 4) == 2 and conntrack.offloaded_count(r, 6) == 1
-    print(f"4 garbled reads: offloadd kept running and its table; errors: {len(errors)}")
+    print(f"2 garbled and 2 misshapen reads: offloadd kept running and its table; "
+          f"errors: {len(errors)}")

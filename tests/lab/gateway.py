@@ -135,6 +135,46 @@ def _wg_keys(workdir: str, who: str) -> str:
                           check=True).stdout.strip()
 
 
+# pppoe-server's user mode runs ``pppd pty "pppoe -n -I IF -e SESS:MAC ..."
+# OPTIONS...``; this pppd attaches the kernel's PPPoE to that session instead
+# (the plugin's rp_pppoe_sess, what the -k mode of pppoe-server 4.0 passes),
+# for a pppoe-server built without -k (Debian 12's 3.15).
+_KERNEL_PPPD = """#!/bin/bash
+set -euo pipefail
+rest=()
+while [ $# -gt 0 ]; do
+    if [ "$1" = pty ]; then
+        read -r -a cmd <<< "$2"
+        shift 2
+        for ((i = 0; i < ${#cmd[@]}; i++)); do
+            case ${cmd[i]} in
+                -I) nic=${cmd[i+1]} ;;
+                -e) sess=${cmd[i+1]} ;;
+            esac
+        done
+        continue
+    fi
+    rest+=("$1")
+    shift
+done
+exec /usr/sbin/pppd plugin pppoe.so "nic-$nic" rp_pppoe_sess "$sess" "${rest[@]}"
+"""
+
+
+def _kernel_isp_args(workdir: str) -> tuple[str, ...]:
+    """pppoe-server's options for kernel-mode sessions: ``-k`` where the
+    build has it (Debian 13's 4.0), else a pppd that makes its user-mode
+    session kernel-mode (_KERNEL_PPPD)."""
+    usage = subprocess.run(["pppoe-server", "-h"], capture_output=True, text=True,
+                           check=False)
+    if "kernel-mode" in usage.stdout + usage.stderr:
+        return ("-k",)
+    wrapper = FsPath(workdir, "pppd-kernel-session")
+    wrapper.write_text(_KERNEL_PPPD)
+    wrapper.chmod(0o755)
+    return ("-q", str(wrapper))
+
+
 def _mac(ns: Netns, dev: str) -> str:
     (link,) = json.loads(ns.out("ip", "-j", "link", "show", "dev", dev))
     return str(link["address"])
@@ -175,8 +215,8 @@ def _wg_handshake(ns: Netns, dev: str) -> bool:
 
 
 @contextlib.contextmanager
-def gateway_lab(vlan_filtering: bool = False,
-                lan_partial_csum: bool = False) -> Iterator[Gateway]:
+def gateway_lab(vlan_filtering: bool = False, lan_partial_csum: bool = False,
+                kernel_isp: bool = False) -> Iterator[Gateway]:
     """Builds the gateway lab, yields it once every path answers, and always
     stops pppd and pppoe-server and removes every namespace.
 
@@ -189,7 +229,11 @@ def gateway_lab(vlan_filtering: bool = False,
     pppoe reads raw frames from a packet socket: its kernel then drops every
     datagram (bad UDP checksum). 6.12 sends them through ppp0, which has no
     checksum offload, so the checksum is completed there. Measured with
-    lab/gateway-wire.py on 2026-12-02."""
+    lab/gateway-wire.py on 2026-12-02.
+
+    With ``kernel_isp`` the ISP end's sessions are the kernel's PPPoE too
+    (_kernel_isp_args), as a BRAS's are: no frame crosses user space there,
+    so the ISP end no longer caps what the gateway forwards (make bench)."""
     load_modules()
     prefix = f"gw{os.getpid() % 100000}x{next(_ids)}"
     made: list[Netns] = []
@@ -276,6 +320,7 @@ def gateway_lab(vlan_filtering: bool = False,
             "pppoe-server", "-F", "-I", f"eth0.{PPPOE_VLAN}", "-L", ISP_PPP_V4,
             "-R", "100.64.0.10", "-N", "4", "-O", str(server_opts),
             "-X", f"{workdir}/pppoe-server.pid",
+            *(_kernel_isp_args(workdir) if kernel_isp else ()),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         # The gateway: kernel PPPoE (the pppoe.so plugin) over eth1.7.
         pppd = gw.popen(

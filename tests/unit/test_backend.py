@@ -100,3 +100,33 @@ def test_json_errors_leave_terse_off() -> None:
     with pytest.raises(NftOutputError):
         backend.read()
     assert ctx.terse is False
+
+
+@pytest.mark.parametrize("items", [
+    [{"table": {"family": "inet", "name": "offloadd"}},
+     {"flowtable": {"family": "inet", "table": "offloadd"}}],  # no name
+    [{"table": {"family": "inet", "name": "offloadd"}},
+     {"chain": ["not", "an", "object"]}],
+    [{"table": "offloadd"}],
+    [{"table": {"family": "inet", "name": "offloadd"}},
+     {"set": {"family": "inet", "table": "offloadd", "type": "ifname"}}],  # no name
+])
+def test_json_of_an_unexpected_shape_is_an_offloadd_error(items: list[object]) -> None:
+    """Valid JSON that is not what a listing looks like (another nftables'
+    JSON schema, say) fails the read like garbage does: an NftOutputError
+    naming the listing, never a KeyError that would end the daemon."""
+    outputs = _captured()
+    outputs[("list ruleset inet", True)] = json.dumps({"nftables": items})
+    backend, _ = _backend(outputs)
+    with pytest.raises(NftOutputError, match="list ruleset inet: JSON of an unexpected shape"):
+        backend.read()
+
+
+def test_chain_listings_of_an_unexpected_shape_are_offloadd_errors() -> None:
+    backend, _ = _backend({("list chains", True): json.dumps({"nftables": [
+        {"chain": {"family": "inet", "table": "admin", "hook": "forward", "prio": "x"}}]})})
+    with pytest.raises(NftOutputError, match="list chains"):
+        backend.other_forward_priorities()
+    backend, _ = _backend({("list chains", True): json.dumps({"nftables": [{"chain": 3}]})})
+    with pytest.raises(NftOutputError, match="list chains"):
+        backend.base_chain_hooks()
