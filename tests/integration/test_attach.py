@@ -102,11 +102,30 @@ def test_a_declared_name_attaches_when_its_device_appears_with_offloadd_stopped(
             gen.stop()
 
 
+def _first_transaction(log: str) -> list[str]:
+    """The script of offloadd's first transaction, from its debug log
+    ("applied N operations:" and the script's lines, up to the next record)."""
+    lines = log.splitlines()
+    start = next((i for i, ln in enumerate(lines) if "applied" in ln and "operations:" in ln),
+                 None)
+    assert start is not None, log[-3000:]
+    script = []
+    for ln in lines[start + 1:]:
+        if ln.startswith("offloadd: "):
+            break
+        if ln.strip():
+            script.append(ln)
+    return script
+
+
 @pytest.mark.one_kernel
 def test_only_exact_names_are_declared_and_status_tells_why(lab: Lab, tmp_path: Path) -> None:
     """A pattern is handed to the kernel only where kernel and nftables hook by
     prefix (old userspace would send "wan*" as a literal name); a flowtable
-    with kinds falls back to the daemon."""
+    with kinds falls back to the daemon. ``offloadd --check`` and ``offloadctl
+    check`` print the transaction the daemon then applies (with the same
+    probes: exact names on 7.3.4 with nftables 1.1.3, wildcards on forky) and
+    write nothing."""
     config = """
 [[flowtable]]
 name = "ft"
@@ -119,7 +138,26 @@ kinds = ["vlan"]
 """
     r = lab.router
     wild = wildcard_hooks_here()[0]
+    # Before offloadd runs: both previews plan the same transaction, and
+    # neither writes anything (the accounting sysctl offloadd turns on stays
+    # off, no table appears).
+    r.run("nft", "delete", "table", "inet", "offloadd", check=False)
+    r.sysctl("net.netfilter.nf_conntrack_acct", 0)
+    path = tmp_path / "preview.toml"
+    path.write_text(config)
+    check = r.run(sys.executable, "-m", "offloadd.cli.run", "--config", str(path),
+                  "--check").stdout
+    previewed = [ln for ln in check.splitlines() if ln.strip() and not ln.startswith("#")]
+    ctl = json.loads(r.run(sys.executable, "-m", "offloadd.cli.ctl", "--config", str(path),
+                           "--json", "check").stdout)
+    assert [ln for ln in ctl["plan"] if ln.strip()] == previewed, (ctl["plan"], check)
+    assert r.out("sysctl", "-n", "net.netfilter.nf_conntrack_acct").strip() == "0"
+    assert not table_exists(r)
     with offloadd(r, config, tmp_path) as d:
+        # ... and what offloadd then applied first is that transaction.
+        applied = _first_transaction(d.log_text())
+        assert applied == previewed, ("offloadd applied:\n" + "\n".join(applied)
+                                      + "\noffloadd --check planned:\n" + check)
         hooks = _nft_takes_a_missing_device(r)
         by_name = {"lan*", "wan*"} if wild else {"lan0", "lan1", "wan0"}
         d.wait_devices("ft", by_name | ({"ppp3"} if hooks else set()))
