@@ -39,6 +39,7 @@ from offloadd.kernel.conntrack import (
     teardown_timeout_warnings,
 )
 from offloadd.kernel.links import current_links
+from offloadd.kernel.nft import answer_of
 from offloadd.kernel.nftstate import other_forward_priorities
 from offloadd.kernel.routes import RouteLookup
 from offloadd.service.gatecount import count_now
@@ -185,21 +186,23 @@ def cmd_check(args: argparse.Namespace, path: Path) -> int:
     # What the daemon would apply: planned with its probes, writing nothing.
     p = preview(config, backend, asyncio.run(current_links()), probe_hooks(backend.nft), path)
     desired, current, plan = p.desired, p.current, p.plan
-    chains = [i["chain"] for i in backend.nft.list_json("chains") if "chain" in i]
-    others = [c for c in chains if c.get("hook") == "forward"
-              and not (c.get("table") == config.daemon.table
-                       and c.get("family") == config.daemon.family.value)]
-    on_change = config.daemon.revalidate is Revalidate.ON_CHANGE
-    seen = ("until it is offloaded and again after each ruleset change by others"
-            if on_change else "until it is offloaded (revalidate = \"off\")")
-    warnings = [
-        f"forward chain {c['family']} {c['table']} {c['name']} (priority {c.get('prio')}) "
-        f"does not see offloaded packets: its rules see a flow's packets {seen}"
-        for c in others if c.get("family") in ("ip", "ip6", "inet")
-    ] + teardown_timeout_warnings()
-    covered, not_covered = coverage(on_change)
-    priorities = other_forward_priorities(chains, config.daemon.family.value,
-                                          config.daemon.table)
+    listing = backend.nft.list_json("chains")
+    with answer_of("chains"):
+        chains = [dict(i["chain"]) for i in listing if "chain" in i]
+        others = [c for c in chains if c.get("hook") == "forward"
+                  and not (c.get("table") == config.daemon.table
+                           and c.get("family") == config.daemon.family.value)]
+        on_change = config.daemon.revalidate is Revalidate.ON_CHANGE
+        seen = ("until it is offloaded and again after each ruleset change by others"
+                if on_change else "until it is offloaded (revalidate = \"off\")")
+        warnings = [
+            f"forward chain {c['family']} {c['table']} {c['name']} (priority {c.get('prio')}) "
+            f"does not see offloaded packets: its rules see a flow's packets {seen}"
+            for c in others if c.get("family") in ("ip", "ip6", "inet")
+        ] + teardown_timeout_warnings()
+        covered, not_covered = coverage(on_change)
+        priorities = other_forward_priorities(chains, config.daemon.family.value,
+                                              config.daemon.table)
     legacy = p.legacy
     prio = desired.table.chain.priority if desired.table.chain else None
     warnings += [f"offloadd's forward chain (priority {prio}) does not run after the "

@@ -375,10 +375,12 @@ class Daemon:
         if self.config.daemon.on_exit is OnExit.KEEP:
             log.info("leaving table %s in place (on_exit = keep)", self.config.daemon.table)
             return
-        if self.backend.read() is None:
+        # Through the one writer like every other write (counted there).
+        if self.writer.read() is None:
             return
-        self.backend.apply(teardown_plan(self.config.daemon.table,
-                                         self.config.daemon.family.value))
+        self.writer.apply(teardown_plan(self.config.daemon.table,
+                                        self.config.daemon.family.value),
+                          "teardown", reconcile_on_failure=False)
         log.info("table %s removed; flows use the normal forward path",
                  self.config.daemon.table)
 

@@ -597,3 +597,16 @@ def test_status_says_what_the_periodic_check_found() -> None:
                          "last_drift": {"time": 0, "operations": ["CreateTable"]}})
     assert line.startswith("periodic check: every 60 s; drift repaired 2 time(s), last ")
     assert line.endswith("(CreateTable): an event was missed")
+
+
+def test_teardown_is_a_write_of_the_one_writer(tmp_path: Path) -> None:
+    """Removing the table at exit goes through the writer that serialises and
+    counts every other write; with no table there is nothing to write."""
+    d, b = _daemon(tmp_path)
+    d.status.links = (LAN0,)
+    d.reconcile()
+    before = d.status.writes.transactions_total
+    d.teardown()
+    assert b.state is None and d.status.writes.transactions_total == before + 1
+    d.teardown()
+    assert d.status.writes.transactions_total == before + 1
