@@ -18,6 +18,7 @@ from tests.lab import conntrack
 from tests.lab.daemon import RunningDaemon, offloadd, table_exists
 from tests.lab.netns import Netns
 from tests.lab.nftns import nft_list
+from tests.lab.pace import measure
 from tests.lab.topology import Lab
 from tests.lab.traffic import (
     LIFETIME_S,
@@ -313,16 +314,26 @@ def _flow_add_handles(r: Netns) -> list[int]:
             if "rule" in i and any("flow" in e for e in i["rule"]["expr"])]
 
 
+# The pass that heals (read, apply, read back) and the test's look at the
+# table (two nft listings), in reference transactions (tests.lab.pace).
+HEAL_TX = 6
+
+
 @pytest.mark.daemon_logic
 def test_the_periodic_check_heals_what_no_event_announced(lab: Lab, tmp_path: Path) -> None:
     """With its nf_tables change watcher gone (as if it had died: injected),
     offloadd still puts back a hand-deleted `flow add` rule and a deleted
-    table at its next periodic check (daemon.check_interval), counts each as
+    table at its next periodic check (daemon.check_interval: within one
+    period and a pass, calibrated in the run), counts each as
     drift, and the flows are offloaded again. (A deleted table frees its
     flows: where repair runs (7.3), its read may find the table gone first;
     that pass counts the drift too.)"""
     r = lab.router
     period = 3
+    # Healed within one period, plus the pass that heals and this test's own
+    # look (a few nft processes, polled every 0.2 s): calibrated in this run.
+    pace = measure(lab.client)
+    bound = pace.bound(period + 0.2, HEAL_TX)
     config = f"[daemon]\ncheck_interval = {period}\n" + BASIC
     with offloadd(r, config, tmp_path, env={"OFFLOADD_NO_NFT_WATCH": "1"}) as d, \
             udp_echo_server(lab.server, "::"), offloaded_udp_flows(lab, 2, 1):
@@ -338,7 +349,10 @@ def test_the_periodic_check_heals_what_no_event_announced(lab: Lab, tmp_path: Pa
             r.run(*cmd)
             wait_for(lambda: table_exists(r) and len(_flow_add_handles(r)) == 2, SETTLE_S,
                      interval=0.2, what=f"the {what} back")
-            healed.append(f"{what} {time.monotonic() - t0:.1f} s")
+            took = time.monotonic() - t0
+            healed.append(f"{what} {took:.1f} s")
+            assert took <= bound, (f"the {what} back after {took:.1f} s, more than one period "
+                                   f"and a pass: {pace.describe(period + 0.2, HEAL_TX)}")
             # The pass that put it back counts the drift once it has read the
             # table back; the next deletion waits for that (made before it,
             # the read-back fails and the retry that heals is no periodic check).
@@ -354,7 +368,8 @@ def test_the_periodic_check_heals_what_no_event_announced(lab: Lab, tmp_path: Pa
                  and conntrack.offloaded_count(r, 6) == 1, SETTLE_S,
                  what="the 3 flows offloaded again")
         assert "periodic check: offloadd's table differed" in d.log_text()
-    print(f"check every {period} s; healed after: {', '.join(healed)}")
+    print(f"check every {period} s; healed after: {', '.join(healed)}; bound: "
+          f"{pace.describe(period + 0.2, HEAL_TX)}")
 
 
 @pytest.mark.daemon_logic
