@@ -64,6 +64,10 @@ TARGETS = [
            "bridge port + VLAN's device: TCP at least the L3 list's"),
     Target("stack", "udp_pps_ratio_lower_vs_as_listed", ">=", 0.95,
            "bridge port + VLAN's device: UDP pps at least the L3 list's"),
+    Target("churn", "revalidations", "==", 0,
+           "input-only set churn, one element a second for 60 s: no re-validation"),
+    Target("churn", "flows_kept_ratio", ">=", 1.0,
+           "every flow offloaded under the same entry through the churn"),
     Target("footprint", "rss_idle_mb", "<=", 40, "idle RSS"),
     Target("footprint", "idle_cpu_s", "<=", 0.6, "~0 CPU idle (<1% of 60 s)"),
 ]
@@ -77,6 +81,7 @@ REQUIRED = {
     "policy": ["stop_ms_p50", "stop_ms_max", "unaffected_reoffloaded_1s_ratio"],
     "gate": ["attach_p50_ratio", "scrape_ratio", "revalidations_per_change"],
     "stack": ["tcp_ratio_lower_vs_as_listed", "udp_pps_ratio_lower_vs_as_listed"],
+    "churn": ["revalidations", "skipped_changes", "flows_kept_ratio"],
 }
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, "==": operator.eq}
@@ -114,6 +119,8 @@ HEADLINE = {
                     *(f"{k}_{way}_{m}" for way in ("up", "down")
                       for k in ("udp_flows_offloaded", "forward_packets_per_flow",
                                 "upper_ingress_per_flow") for m in ("as_listed", "lower"))],
+    "churn": ["changes", "churn_s", "revalidations", "skipped_changes", "policy_changes",
+              "flows_kept_ratio", "forward_packets_per_flow", "daemon_cpu_s_per_change"],
     "gate": ["gate_ids", "attach_ms_p50_empty", "attach_ms_p50_full", "attach_p50_ratio",
              "attach_ms_max_empty", "attach_ms_max_full", "scrape_s_empty", "scrape_s_full",
              "scrape_ratio", "scrape_min_ratio", "start_s_empty", "start_s_full",

@@ -20,7 +20,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import dataplane, footprint, gate, hotplug, policy, scrape, stack, stackgw, survival
+from bench import (
+    churn,
+    dataplane,
+    footprint,
+    gate,
+    hotplug,
+    policy,
+    scrape,
+    stack,
+    stackgw,
+    survival,
+)
 from bench.common import sysctl_init
 
 CASES: dict[str, Callable[[Path], dict[str, Any]]] = {
@@ -34,6 +45,7 @@ CASES: dict[str, Callable[[Path], dict[str, Any]]] = {
     "gate": gate.run,
     "stack": stack.run,
     "stack_pppoe": stackgw.run_alone,
+    "churn": churn.run,
 }
 # first_offload is hotplug's last part alone (for a root whose nftables turns
 # hotplug's "wan*" into a kernel wildcard): not run twice by default;
