@@ -28,15 +28,18 @@ device's ingress. Only ratios from one run mean anything (TCG).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import median_of, modes_in_rotation
+from bench.common import daemon, median_of, modes_in_rotation
 from tests.lab import conntrack
-from tests.lab.gateway import Gateway, gateway_lab
+from tests.lab.daemon import RunningDaemon
+from tests.lab.gateway import Gateway, gateway_lab, offloaded_per_path, reconnect_pppoe
 from tests.lab.nftns import counters
-from tests.lab.traffic import iperf3_server
+from tests.lab.traffic import iperf3_server, udp_echo_server, udp_flows, wait_for
 
 CONFIG = """
 [[flowtable]]
@@ -51,6 +54,7 @@ ROUNDS = 2
 SECONDS = 5
 UDP_STREAMS = 4
 PORT = 5201
+EVENT_PORT = 7000  # the echo servers of the flush and reconnect part
 SERVER = "203.0.113.1"  # the ISP's server, behind the PPPoE session
 
 
@@ -109,17 +113,69 @@ def run_alone(workdir: Path) -> dict[str, Any]:
     return {"case": "stack_pppoe", **run(workdir)}
 
 
+def _in_sync(d: RunningDaemon) -> bool:
+    st = d.status()
+    return bool(st["table"]["exists"]) and all(ft["in_sync"] for ft in st["flowtables"])
+
+
+def _ppp_stack(d: RunningDaemon, ppp: str) -> bool:
+    return any(s["device"] == ppp and s["paths"] and s["paths"][0].endswith("eth1")
+               for s in d.status()["stacks"])
+
+
+def _events(g: Gateway, workdir: Path) -> dict[str, float]:
+    """With stack = "lower" and 2 UDP flows per path (10 datagrams a second):
+    an admin's ``nft -f`` of a file starting with ``flush ruleset``, then a
+    PPPoE reconnect. Seconds until offloadd's table was back and in sync
+    (its control socket's status, which reads the kernel: ~0.1 s a look),
+    and until every flow was offloaded again (conntrack-tools, ~0.5 s a look);
+    for the reconnect, from the new ppp0 with its addresses to its stack
+    (ppp0 -> eth1.7 -> eth1) resolved and the flowtable in sync."""
+    out: dict[str, float] = {}
+    with contextlib.ExitStack() as stack:
+        for p in g.paths:
+            stack.enter_context(udp_echo_server(p.server, p.server_addr, EVENT_PORT))
+        d, _start = stack.enter_context(daemon(g.gw, CONFIG.format(stack="lower"), workdir))
+        wait_for(lambda: d.flowtable_devices("gw") == WANT["lower"], 60, interval=0.3,
+                 what="the lower devices in flowtable gw")
+        gens = [udp_flows(g.lan, p.server_addr, port=EVENT_PORT, flows=2, seconds=600,
+                          interval=0.1) for p in g.paths]
+        try:
+            def all_offloaded() -> bool:
+                return all(n == 2 for n in offloaded_per_path(g, EVENT_PORT).values())
+
+            wait_for(all_offloaded, 120, interval=0.5, what="every path's flows offloaded")
+            t0 = time.monotonic()
+            g.gw.nft("flush ruleset\n")
+            wait_for(lambda: _in_sync(d), 60, interval=0.05, what="the table back")
+            out["flush_table_back_s"] = round(time.monotonic() - t0, 2)
+            wait_for(all_offloaded, 60, interval=0.2, what="flows offloaded after the flush")
+            out["flush_flows_offloaded_s"] = round(time.monotonic() - t0, 2)
+            up = reconnect_pppoe(g)
+            wait_for(lambda: _ppp_stack(d, g.ppp) and _in_sync(d), 60, interval=0.05,
+                     what="ppp0's stack resolved after the reconnect")
+            out["reconnect_stack_attached_s"] = round(time.monotonic() - up, 2)
+            wait_for(all_offloaded, 120, interval=0.2, what="flows offloaded after the reconnect")
+            out["reconnect_flows_offloaded_s"] = round(time.monotonic() - up, 2)
+        finally:
+            for gen in gens:
+                gen.stop()
+    return out
+
+
 def run(workdir: Path, rounds: int = ROUNDS) -> dict[str, Any]:
-    with gateway_lab(kernel_isp=True) as g, iperf3_server(g.isp, PORT):
-        _witnesses(g)
-        samples = modes_in_rotation(
-            g.gw, workdir, modes=MODES, rounds=rounds, flowtable="gw", config=CONFIG,
-            want=WANT, measure=lambda mode: _measure(g, mode), label="stack pppoe")
+    with gateway_lab(kernel_isp=True) as g:
+        with iperf3_server(g.isp, PORT):
+            _witnesses(g)
+            samples = modes_in_rotation(
+                g.gw, workdir, modes=MODES, rounds=rounds, flowtable="gw", config=CONFIG,
+                want=WANT, measure=lambda mode: _measure(g, mode), label="stack pppoe")
+        events = _events(g, workdir)
 
     def med(mode: str, key: str) -> float:
         return median_of(samples, mode, key)
 
-    res: dict[str, Any] = {"samples": samples}
+    res: dict[str, Any] = {"samples": samples, **events}
     for mode in MODES:
         m = mode.replace("-", "_")
         for way in ("up", "down"):
