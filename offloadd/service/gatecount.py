@@ -90,7 +90,7 @@ class GateCounter:
         """One count of both sets, kept in the daemon's status."""
         if not self._status.gate_size:
             # No gate (not yet, or not any more): there is no fill to tell.
-            self._status.gate_fill = None
+            self._status.gate.fill = None
             return
         try:
             elements = await asyncio.get_running_loop().run_in_executor(self._worker,
@@ -103,7 +103,7 @@ class GateCounter:
                      extra={"OPERATION": "gate"})
         self._failing = False
         self.counts_total += 1
-        self._status.gate_fill = GateFill(elements, self._wall())
+        self._status.gate.fill = GateFill(elements, self._wall())
 
     def _count_sets(self) -> dict[str, int]:
         """On the worker thread; its real duration is the count's cost (the
@@ -122,7 +122,7 @@ class GateCounter:
                         "is kept, marked stale)", why, extra={"OPERATION": "gate"})
         self._failing = True
         fill = self._status.gate_fill or GateFill()
-        self._status.gate_fill = fill.failed(why)
+        self._status.gate.fill = fill.failed(why)
 
 
 def next_delay(timing: Timing, last_cost_s: float) -> float:

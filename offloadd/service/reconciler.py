@@ -90,6 +90,9 @@ class Reconciler:
         # The loop retries a failed pass itself (with backoff): no reconcile
         # request from the writer for its own writes.
         self.writer = writer or TableWriter(backend, counts=status.writes)
+        # What the passes found and left: this class alone writes it; status
+        # and metrics read it (status.reconcile).
+        self.state = status.reconcile
         self.refusals = Refusals(timing.retry_refused_s)
         self._hw_cache: dict[str, bool] = {}
         # Other tables' forward priorities, read with "list chains" (a whole
@@ -118,7 +121,7 @@ class Reconciler:
         if device not in self._hw_cache:
             ok, why = self.backend.hw_capable(device)
             self._hw_cache[device] = ok
-            self.status.hw_reasons[device] = why
+            self.state.hw_reasons[device] = why
         return self._hw_cache[device]
 
     def others_changed(self) -> None:
@@ -138,10 +141,10 @@ class Reconciler:
         """iptables-legacy tables, read on every pass (two small /proc reads):
         their loading sends no event. A change is logged."""
         legacy = self.backend.legacy_tables()
-        if legacy != self.status.legacy:
-            if self.status.legacy is not None or legacy.names or legacy.unreadable:
+        if legacy != self.state.legacy:
+            if self.state.legacy is not None or legacy.names or legacy.unreadable:
                 log.info("%s", legacy.describe(), extra={"OPERATION": "legacy"})
-            self.status.legacy = legacy
+            self.state.legacy = legacy
         return legacy
 
     def _forward_priority(self) -> int:
@@ -164,7 +167,7 @@ class Reconciler:
         return desired_state(self.config, self.status.links, hw, forward_priority,
                              refused=refused, attach=attach, pppoe=pppoe,
                              shallow=self.shallow,
-                             gate_size=gate_size(self.status.conntrack_max))
+                             gate_size=gate_size(self.state.conntrack_max))
 
     def plan_once(self, *, preview: bool = False) -> tuple[DesiredResult, TableState | None, Plan]:
         """Reads and plans; with ``preview`` nothing at all is written (no sysctl)."""
@@ -177,7 +180,7 @@ class Reconciler:
         self.last_read = current
         # Read on every pass (one /proc read, no event when it changes): a
         # raised limit grows the gate at the next pass.
-        self.status.conntrack_max = self.backend.conntrack_limit()
+        self.state.conntrack_max = self.backend.conntrack_limit()
         desired = self._desired(self.refusals.current(self.status.links),
                                 self._forward_priority())
         return desired, current, compute_plan(desired.table, current)
@@ -189,7 +192,7 @@ class Reconciler:
         kernel takes the batch whole or not at all.
         """
         t0 = time.monotonic()
-        self.status.reconciles_total += 1
+        self.state.reconciles_total += 1
         try:
             desired, current, plan = self.plan_once()
             self._adopt(desired)
@@ -209,17 +212,17 @@ class Reconciler:
             if not plan.is_empty:
                 log.debug("applied %d operations:\n%s", len(plan.ops), script.rstrip())
                 log_ops(plan)
-                log_gate(plan, current, self.status.conntrack_max)
+                log_gate(plan, current, self.state.conntrack_max)
             self.verified = self.writer.verify(desired.table, "apply",
                                                reconcile_on_failure=False)
-            self.status.gate_size = self.verified.passed_size
+            self.state.gate_size = self.verified.passed_size
         except OffloaddError as e:
-            self.status.reconcile_failures_total += 1
+            self.state.reconcile_failures_total += 1
             self.status.record_error(str(e))
             raise
         finally:
-            self.status.last_reconcile_seconds = time.monotonic() - t0
-            self.status.last_reconcile_time = time.time()
+            self.state.last_reconcile_seconds = time.monotonic() - t0
+            self.state.last_reconcile_time = time.time()
         return plan
 
     def _leave_out_refused(self, current: TableState | None, plan: Plan,
@@ -244,11 +247,11 @@ class Reconciler:
 
     def _adopt(self, desired: DesiredResult) -> None:
         self._report_problems(desired)
-        self.status.desired = desired
+        self.state.desired = desired
 
     def _report_problems(self, desired: DesiredResult) -> None:
         """Logs device problems once, when they first appear (not every pass)."""
-        old = set(self.status.desired.problems) if self.status.desired else set()
+        old = set(self.state.desired.problems) if self.state.desired else set()
         for note in desired.problems:
             if note not in old:
                 log.warning("flowtable %s: %s", note.selector, note.message)

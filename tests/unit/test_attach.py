@@ -399,8 +399,8 @@ def test_status_shows_the_mode_and_counts_a_declared_name_as_not_attached() -> N
     links = (Link(1, "eth0", None),)
     status = Status(config_path=Path("/etc/offloadd/offloadd.toml"), links=links,
                     hooks=KernelHooks(True, "name hooks: yes"))
-    status.desired = _desired(cfg, links)
-    rep = status_report(status, "offloadd", "inet", status.desired.table, now=0.0)
+    status.reconcile.desired = _desired(cfg, links)
+    rep = status_report(status, "offloadd", "inet", status.reconcile.desired.table, now=0.0)
     (ft,) = rep["flowtables"]
     assert rep["kernel"] == {"name_hooks": True, "reason": "name hooks: yes",
                              "wildcards": False, "wildcards_reason": "not probed"}
@@ -419,8 +419,8 @@ def test_status_counts_what_a_kernel_wildcard_hooks_as_attached() -> None:
     links = _links("lan0", "wan0", "wan1")
     status = Status(config_path=Path("/etc/offloadd/offloadd.toml"), links=links,
                     hooks=KernelHooks(True, "name hooks: yes", True, "kernel wildcards: yes"))
-    status.desired = _desired(cfg, links, wild=True)
-    rep = status_report(status, "offloadd", "inet", status.desired.table, now=0.0)
+    status.reconcile.desired = _desired(cfg, links, wild=True)
+    rep = status_report(status, "offloadd", "inet", status.reconcile.desired.table, now=0.0)
     (ft,) = rep["flowtables"]
     assert rep["kernel"]["wildcards"] is True
     assert rep["kernel"]["wildcards_reason"] == "kernel wildcards: yes"
@@ -436,8 +436,8 @@ def test_status_counts_what_a_kernel_wildcard_hooks_as_attached() -> None:
     assert "hooked by the kernel's wildcard wan*" in text and "NOT ATTACHED" not in text
     # Nothing under it yet.
     status.links = _links("lan0")
-    status.desired = _desired(cfg, status.links, wild=True)
-    rep = status_report(status, "offloadd", "inet", status.desired.table, now=0.0)
+    status.reconcile.desired = _desired(cfg, status.links, wild=True)
+    rep = status_report(status, "offloadd", "inet", status.reconcile.desired.table, now=0.0)
     rep["daemon"]["running"] = True
     assert "  wan*            [KERNEL WILDCARD, no device yet]" in format_status(rep)
 

@@ -21,7 +21,7 @@ from offloadd.core.model import Link
 from offloadd.service.daemon import Daemon
 from offloadd.service.gatecount import GateCounter, count_now, next_delay
 from offloadd.service.report import status_report
-from offloadd.service.status import Status
+from offloadd.service.status import ReconcileState, Status
 from offloadd.service.timing import Timing
 from tests.unit.fakes import FakeBackend, FakeLinks
 from tests.unit.test_daemon import CONFIG
@@ -51,7 +51,7 @@ def test_counted_every_period_once_the_table_has_the_gate() -> None:
         await asyncio.sleep(5)
         # No gate yet (no pass has run): looked every 2 s, nothing read.
         assert b.counts == 0 and status.gate_fill is None
-        status.gate_size = 1_048_576
+        status.reconcile.gate_size = 1_048_576
         await asyncio.sleep(1.5)  # the look at 6 s counts both sets
         assert b.counts == 2 and counter.counts_total == 1
         assert _fill(status).elements == HELD and not _fill(status).stale
@@ -62,7 +62,7 @@ def test_counted_every_period_once_the_table_has_the_gate() -> None:
         await asyncio.sleep(1)
         assert b.counts == 4 and _fill(status).elements[PASSED_REPLY] == 600
         assert _fill(status).time == pytest.approx(WALL0 + 66)
-        status.gate_size = 0  # the gate went away: no fill to tell
+        status.reconcile.gate_size = 0  # the gate went away: no fill to tell
         await asyncio.sleep(60)
         assert status.gate_fill is None and b.counts == 4
         task.cancel()
@@ -83,7 +83,7 @@ def test_a_failed_count_is_logged_once_and_keeps_the_last_marked_stale(
     async def scenario() -> None:
         b = FakeBackend(elements=dict(HELD))
         counter, status = _counter(b)
-        status.gate_size = 1_048_576
+        status.reconcile.gate_size = 1_048_576
         task = asyncio.create_task(counter.run())
         await asyncio.sleep(1)  # counted at 0 s
         b.count_fail = EPERM
@@ -111,7 +111,7 @@ def test_a_missing_set_or_a_first_count_that_fails_is_stale_too() -> None:
     async def scenario() -> None:
         b = FakeBackend(elements={PASSED_ORIGINAL: 5}, count_fail=EPERM)
         counter, status = _counter(b)
-        status.gate_size = 1_048_576
+        status.reconcile.gate_size = 1_048_576
         await counter.count()
         assert status.gate_fill == GateFill(error=EPERM)  # nothing counted yet
         b.count_fail = ""
@@ -123,8 +123,9 @@ def test_a_missing_set_or_a_first_count_that_fails_is_stale_too() -> None:
 
 
 def _gate(fill: GateFill | None, now: float) -> str:
-    status = Status(config_path=Path("/x"), gate_size=2_097_152, conntrack_max=1_048_576)
-    status.gate_fill = fill
+    status = Status(config_path=Path("/x"),
+                    reconcile=ReconcileState(gate_size=2_097_152, conntrack_max=1_048_576))
+    status.gate.fill = fill
     report = status_report(status, "offloadd", "inet", None, now=now)
     report["gate"]["sets"] = 2  # as a pass leaves it (no desired state here)
     lines = format_gate(report["gate"])
@@ -147,8 +148,8 @@ def test_status_line_says_how_full_the_gate_is() -> None:
 
 
 def test_status_report_carries_the_fill() -> None:
-    status = Status(config_path=Path("/x"), gate_size=2_097_152)
-    status.gate_fill = GateFill(HELD, WALL0).failed("boom")
+    status = Status(config_path=Path("/x"), reconcile=ReconcileState(gate_size=2_097_152))
+    status.gate.fill = GateFill(HELD, WALL0).failed("boom")
     fill = status_report(status, "offloadd", "inet", None, now=WALL0 + 61.25)["gate"]["fill"]
     assert fill == {"elements": HELD, "timestamp": WALL0, "age_seconds": 61.2,
                     "stale": True, "error": "boom"}

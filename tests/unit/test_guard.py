@@ -123,7 +123,7 @@ class Samples:
 
 def test_the_guard_watches_stacked_devices_and_hands_over_a_refusal() -> None:
     status = Status(config_path=Path("/x"))
-    status.desired = desired_state(_config(), GATEWAY, {}, 0, pppoe=SESSION)
+    status.reconcile.desired = desired_state(_config(), GATEWAY, {}, 0, pppoe=SESSION)
     got: list[Mapping[str, str]] = []
     flows = [(1, 0, 0, PPP), (2, 0, 0, PPP)]
     looks = [_look(t * 5, *((i, o + 50 * t, r, devs) for i, o, r, devs in flows))
@@ -156,7 +156,7 @@ class Failing:
 
 def test_a_look_that_fails_judges_nothing_and_the_next_starts_afresh() -> None:
     status = Status(config_path=Path("/x"))
-    status.desired = desired_state(_config(), GATEWAY, {}, 0, pppoe=SESSION)
+    status.reconcile.desired = desired_state(_config(), GATEWAY, {}, 0, pppoe=SESSION)
     got: list[Mapping[str, str]] = []
     one_way = [_look(t, (1, 50 * t, 0, PPP), (2, 50 * t, 0, PPP)) for t in range(2)]
     source = Failing(one_way)

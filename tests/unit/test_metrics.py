@@ -39,7 +39,7 @@ from offloadd.service.metrics import (
     StatusView,
     register,
 )
-from offloadd.service.status import Status
+from offloadd.service.status import ReconcileState, Status
 from offloadd.service.supervisor import TaskState
 from offloadd.service.writer import WriteCounts
 
@@ -291,11 +291,13 @@ def test_names_follow_conventions() -> None:
 
 
 def test_status_view_reads_the_daemons_status() -> None:
-    st = Status(config_path=Path("/etc/offloadd.toml"), started=10.0, desired=DESIRED,
-                reconciles_total=4, reconcile_failures_total=1,
+    st = Status(config_path=Path("/etc/offloadd.toml"), started=10.0,
+                reconcile=ReconcileState(desired=DESIRED, reconciles_total=4,
+                                         reconcile_failures_total=1,
+                                         last_reconcile_seconds=0.5, last_reconcile_time=20.0,
+                                         gate_size=8_388_608),
                 writes=WriteCounts(transactions_total=2, failures_total=3),
-                last_reconcile_seconds=0.5, last_reconcile_time=20.0, reloads_total=6,
-                reloads_rejected_total=7, gate_size=8_388_608,
+                reloads_total=6, reloads_rejected_total=7,
                 tasks=lambda: {"repair": TaskState("repair", up=False, restarts_total=2)})
     ws = WatcherStats(events_total=9, resyncs_total=8)
     view = StatusView(st, lambda: DESIRED.table, ws)
@@ -319,8 +321,9 @@ def test_status_view_reads_the_daemons_status() -> None:
 def test_gate_elements_come_from_the_last_count_and_stay_while_counts_fail() -> None:
     """No kernel read at scrape time: the elements the gate counter kept, and
     how old they are (growing while counts fail; the last values stay)."""
-    st = Status(config_path=Path("/etc/offloadd.toml"), gate_size=2_097_152)
-    st.gate_fill = GateFill({"passed_original": 1234, "passed_reply": 567}, 1_000.0)
+    st = Status(config_path=Path("/etc/offloadd.toml"),
+                reconcile=ReconcileState(gate_size=2_097_152))
+    st.gate.fill = GateFill({"passed_original": 1234, "passed_reply": 567}, 1_000.0)
     now = [1_012.5]
     view = StatusView(st, lambda: None, WatcherStats(), wall=lambda: now[0])
     assert view.counters().gate_elements == {"passed_original": 1234, "passed_reply": 567}
@@ -330,12 +333,12 @@ def test_gate_elements_come_from_the_last_count_and_stay_while_counts_fail() -> 
         'offloadd_gate_elements{set="passed_original"} 1234.0',
         'offloadd_gate_elements{set="passed_reply"} 567.0',
         "offloadd_gate_elements_age_seconds 12.5"}
-    st.gate_fill = st.gate_fill.failed("EPERM")
+    st.gate.fill = st.gate.fill.failed("EPERM")
     now[0] = 1_300.0
     got = samples(scrape_view(view))
     assert 'offloadd_gate_elements{set="passed_reply"} 567.0' in got
     assert "offloadd_gate_elements_age_seconds 300.0" in got
-    st.gate_fill = GateFill(error="EPERM")  # a first count that failed: nothing to show
+    st.gate.fill = GateFill(error="EPERM")  # a first count that failed: nothing to show
     got = samples(scrape_view(view))
     assert not any(ln.startswith("offloadd_gate_elements") for ln in got)
 

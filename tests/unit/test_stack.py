@@ -166,8 +166,8 @@ def test_config_key() -> None:
 def test_status_shows_each_stack_and_where_the_fast_path_runs() -> None:
     config = _config(Stack.LOWER)
     status = Status(config_path=Path("/etc/offloadd/offloadd.toml"), links=GATEWAY)
-    status.desired = desired_state(config, GATEWAY, {}, 0, pppoe=SESSION)
-    rep = status_report(status, "offloadd", "inet", status.desired.table, now=0.0)
+    status.reconcile.desired = desired_state(config, GATEWAY, {}, 0, pppoe=SESSION)
+    rep = status_report(status, "offloadd", "inet", status.reconcile.desired.table, now=0.0)
     assert {s["device"]: s["paths"] for s in rep["stacks"]} == {
         "br-lan": ["br-lan → lan0", "br-lan → lan1"], "ppp0": ["ppp0 → eth1.7 → eth1"],
         "wg0": ["wg0"]}
