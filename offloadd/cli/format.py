@@ -100,6 +100,9 @@ def format_fill(fill: dict[str, Any], size: int) -> str:
     held = " / ".join(str(elements.get(name, "?")) for name in PASSED_SETS)
     text = (f"holds {held} ({100 * max(elements.values()) / size:.1f} %), "
             f"counted {_ago(fill['age_seconds'] or 0)} ago")
+    if max(elements.values()) >= size:
+        text += ("; FULL: flows it cannot record stay on the slow path (never offloaded "
+                 "unchecked) until entries expire")
     if fill["stale"]:
         text += f"; STALE, the last count failed: {fill['error']}"
     return text

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import sys
@@ -21,6 +22,7 @@ from offloadd import __version__
 from offloadd.core.config import DEFAULT_CONFIG_PATH, Config
 from offloadd.core.configparse import load_config
 from offloadd.core.errors import ConfigError, OffloaddError
+from offloadd.core.gate import gate_size
 from offloadd.core.render import render
 from offloadd.kernel.backend import NftBackend
 from offloadd.kernel.capability import probe, probe_hooks
@@ -39,6 +41,7 @@ from offloadd.service.flowcount import CachedFlowCounter
 from offloadd.service.metrics import StatusView, register
 from offloadd.service.preview import preview
 from offloadd.service.sdnotify import Notifier, journal_logging
+from offloadd.service.timing import Timing
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
@@ -144,6 +147,10 @@ def check(config: Config) -> int:
     return EXIT_OK
 
 
+def _fixed(size: int, _conntrack_max: int | None) -> int:
+    return size
+
+
 async def run(config_path: Path, config: Config) -> int:
     nft = Nft()
     cap = probe(nft)
@@ -168,7 +175,18 @@ async def run(config_path: Path, config: Config) -> int:
     nft_changes: NftEvents | FaultyNftEvents | None = None
     if not os.environ.get("OFFLOADD_NO_NFT_WATCH"):
         nft_changes = NftEvents() if faults is None else FaultyNftEvents(NftEvents(), faults)
-    daemon = Daemon(config_path, config, backend, links=watcher,
+    # The lab's full-gate test: a gate this small (never set in a deployment).
+    # A gate this small fills within seconds, so it is also counted every 2 s.
+    lab_gate = os.environ.get("OFFLOADD_LAB_GATE_SIZE", "")
+    sizing = gate_size
+    timing = Timing()
+    if lab_gate.isdigit() and int(lab_gate) > 0:
+        log.warning("lab setting OFFLOADD_LAB_GATE_SIZE: each gate set holds %s flows at most",
+                    lab_gate)
+        sizing = functools.partial(_fixed, int(lab_gate))
+        timing = Timing(gate_count_interval_s=2.0)
+    daemon = Daemon(config_path, config, backend, links=watcher, gate_sizing=sizing,
+                    timing=timing,
                     on_ready=lambda: log.info("ready: table %s %s reconciled",
                                               config.daemon.family.value, config.daemon.table),
                     notify=Notifier.from_environ(), nft_changes=nft_changes,

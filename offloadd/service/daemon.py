@@ -21,6 +21,7 @@ from typing import Any
 from offloadd.core.config import Config, OnExit, Repair, Revalidate
 from offloadd.core.configparse import load_config
 from offloadd.core.errors import ConfigError, DeviceVanishedError, OffloaddError
+from offloadd.core.gate import gate_size
 from offloadd.core.model import DesiredResult, Link, TableState
 from offloadd.core.plan import Plan, teardown_plan
 from offloadd.core.revalidate import Skipped, announces_own, decide, needs_reconcile
@@ -59,7 +60,8 @@ class Daemon:
                  left_behind: LeftBehindSource | None = None,
                  flow_samples: FlowSampleSource | None = None,
                  timing: Timing = Timing(),
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 gate_sizing: Callable[[int | None], int] = gate_size) -> None:
         self.config = config
         # Every delay of the loop and its tasks, in one place (tests shrink
         # them), and the clock deadlines are kept on: it must be the event
@@ -81,7 +83,8 @@ class Daemon:
         # The one writer of the table: a failed repair or re-validation step
         # asks for a reconcile through it.
         self.writer = TableWriter(backend, self._reconcile_requested, self.status.writes)
-        self.reconciler = Reconciler(config, backend, self.status, self.writer, timing)
+        self.reconciler = Reconciler(config, backend, self.status, self.writer, timing,
+                                     gate_sizing=gate_sizing)
         self.supervisor = Supervisor(timing=timing, clock=clock, on_failure=self._task_failed)
         self.status.tasks = lambda: self.supervisor.states
         self._refused_retry: asyncio.TimerHandle | None = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from offloadd.core.attach import attach_plan
 from offloadd.core.config import Config, Hardware, PriorityMode, Stack
@@ -82,8 +82,12 @@ class Reconciler:
     """Brings the kernel's table to what the config selects for the current links."""
 
     def __init__(self, config: Config, backend: Backend, status: Status,
-                 writer: TableWriter | None = None, timing: Timing = Timing()) -> None:
+                 writer: TableWriter | None = None, timing: Timing = Timing(), *,
+                 gate_sizing: Callable[[int | None], int] = gate_size) -> None:
         self.config = config
+        # nf_conntrack_max -> the gate's size (the lab passes a small fixed
+        # one to fill it; offloadd.core.gate.gate_size everywhere else).
+        self._gate_sizing = gate_sizing
         self._others_ttl_s = timing.others_ttl_s
         self.backend = backend
         self.status = status
@@ -167,7 +171,7 @@ class Reconciler:
         return desired_state(self.config, self.status.links, hw, forward_priority,
                              refused=refused, attach=attach, pppoe=pppoe,
                              shallow=self.shallow,
-                             gate_size=gate_size(self.state.conntrack_max))
+                             gate_size=self._gate_sizing(self.state.conntrack_max))
 
     def plan_once(self, *, preview: bool = False) -> tuple[DesiredResult, TableState | None, Plan]:
         """Reads and plans; with ``preview`` nothing at all is written (no sysctl)."""

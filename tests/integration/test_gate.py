@@ -27,6 +27,7 @@ from offloadd.core.gate import PASSED_SETS, PASSED_SIZE, element
 from tests.lab import conntrack
 from tests.lab.daemon import offloadd
 from tests.lab.netns import Netns
+from tests.lab.prom import http_get
 from tests.lab.topology import Lab
 from tests.lab.traffic import LIFETIME_S, SETTLE_S, udp_echo_server, udp_flows, wait_for
 
@@ -139,3 +140,96 @@ def test_a_flow_passes_the_gate_only_on_its_own_key(lab: Lab, tmp_path: Path) ->
     line = next((ln for ln in text.splitlines() if ln.startswith("gate:")), "")
     assert f"up to {2 * raised} flows" in line and f"nf_conntrack_max {raised}" in line, text
     print(f"nf_conntrack_max {ct_max0} -> {raised}: gate sets {sizes0} -> {sizes1}; {line}")
+
+
+FULL_GATE = 8  # elements each gate set holds (the lab's OFFLOADD_LAB_GATE_SIZE)
+FULL_FLOWS = 12
+FULL_PORT = 7401
+WITNESS = f"""
+table inet gatefull {{
+    counter slow {{ }}
+    chain fwd_witness {{ type filter hook forward priority 0; policy accept;
+                 udp dport {FULL_PORT} counter name slow
+                 udp sport {FULL_PORT} counter name slow; }}
+}}
+"""
+
+
+def _set_count(ns: Netns, name: str) -> int:
+    items = json.loads(ns.out("nft", "-j", "list", "set", "inet", "offloadd", name))["nftables"]
+    elem = next(i["set"] for i in items if "set" in i).get("elem", [])
+    return len(elem)
+
+
+def _slow(ns: Netns) -> int:
+    items = json.loads(ns.out("nft", "-j", "list", "counter", "inet", "gatefull", "slow"))
+    return int(next(i["counter"] for i in items["nftables"] if "counter" in i)["packets"])
+
+
+def test_a_full_gate_fails_closed_and_says_so(lab: Lab, tmp_path: Path) -> None:
+    """Gate sets with room for 8 flows each (a lab setting), 12 UDP flows: the
+    kernel adds no element to a full set, so a flow whose key is missing from
+    either set is never offloaded: the gate fails closed, those flows keep
+    forwarding on the slow path (an admin's forward chain sees their packets),
+    and every offloaded flow has its own key in both sets. Both sets show as
+    full in the metric (elements == capacity) and in offloadctl status."""
+    r = lab.router
+    r.nft(WITNESS)
+    env = {"OFFLOADD_LAB_GATE_SIZE": str(FULL_GATE)}
+    try:
+        with offloadd(r, CONFIG, tmp_path, env=env) as d, \
+                udp_echo_server(lab.server, "::", FULL_PORT):
+            d.wait_devices("ft", {"lan0", "lan1", "wan0"})
+            assert _gate_sizes_if(r, FULL_GATE), _gate_sizes(r)
+            gen = udp_flows(lab.client, lab.server_addr(4), port=FULL_PORT, flows=FULL_FLOWS,
+                            seconds=LIFETIME_S, interval=0.1)
+            try:
+                def full() -> bool:
+                    return all(_set_count(r, n) == FULL_GATE for n in PASSED_SETS)
+
+                wait_for(full, SETTLE_S, interval=0.5, what=f"both gate sets full ({FULL_GATE})")
+
+                def settled() -> list[conntrack.CtEntry] | None:
+                    got = [e for e in conntrack.entries(r, 4)
+                           if e.proto == "udp" and e.dport == FULL_PORT]
+                    return got if len(got) == FULL_FLOWS and any(e.offloaded for e in got) \
+                        else None
+
+                wait_for(settled, SETTLE_S, interval=0.5, what="the flows, some offloaded")
+                time.sleep(MORE_S)  # every flow has met the offload rule again since
+                flows = settled() or []
+                slow0 = _slow(r)
+                time.sleep(MORE_S)
+                slow = _slow(r) - slow0
+                offloaded = [e for e in flows if e.offloaded]
+                outside = [(e, n) for e in offloaded for n in PASSED_SETS
+                           if r.run("nft", "get", "element", "inet", "offloadd", n,
+                                    f"{{ {element(e.id, e.sport, e.reply[2])} }}",
+                                    check=False).returncode != 0]
+
+                def metric_full() -> str | None:
+                    text = http_get(r, "http://127.0.0.1:9468/metrics")
+                    lines = set(text.splitlines())
+                    want = {f'offloadd_gate_elements{{set="{n}"}} {float(FULL_GATE)}'
+                            for n in PASSED_SETS}
+                    want.add(f"offloadd_gate_capacity {float(FULL_GATE)}")
+                    return text if want <= lines else None
+
+                metrics = wait_for(metric_full, SETTLE_S, interval=1,
+                                   what="the metric to show both sets full")
+                status = d.ctl("status", check=True).stdout
+            finally:
+                gen.stop()
+    finally:
+        r.run("nft", "delete", "table", "inet", "gatefull", check=False)
+    assert 1 <= len(offloaded) <= FULL_GATE, [(e.sport, e.offloaded) for e in flows]
+    assert not outside, f"offloaded without its own key in the gate: {outside}"
+    kept = FULL_FLOWS - len(offloaded)
+    # Each flow left out sends 10 datagrams a second, each answered.
+    assert kept >= FULL_FLOWS - FULL_GATE and slow >= kept * MORE_S * 10, (kept, slow)
+    line = next((ln for ln in status.splitlines() if ln.startswith("gate:")), "")
+    assert "(100.0 %)" in line and "FULL" in line, status
+    print(f"gate of {FULL_GATE}: {len(offloaded)}/{FULL_FLOWS} flows offloaded, {kept} kept "
+          f"on the slow path ({slow} packets at the admin's forward chain in {MORE_S:.0f} s); "
+          f"{line}; metric: " + "; ".join(ln for ln in metrics.splitlines()
+                                         if ln.startswith("offloadd_gate_")))

@@ -145,6 +145,10 @@ def test_status_line_says_how_full_the_gate_is() -> None:
         f"{head}; holds 1234 / 567 (0.1 %), counted 3m ago; STALE, the last count "
         f"failed: {EPERM}")
     assert _gate(GateFill(error=EPERM), WALL0) == f"{head}; not counted: {EPERM}"
+    at_capacity = GateFill({PASSED_ORIGINAL: 2_097_152, PASSED_REPLY: 10}, WALL0)
+    assert _gate(at_capacity, WALL0 + 1).endswith(
+        "(100.0 %), counted 1s ago; FULL: flows it cannot record stay on the slow path "
+        "(never offloaded unchecked) until entries expire")
 
 
 def test_status_report_carries_the_fill() -> None:
