@@ -25,7 +25,15 @@ import pytest
 
 from tests.lab import conntrack
 from tests.lab.daemon import offloadd
-from tests.lab.stacked import LOWER, UPPER, restack, server_addr, witnesses
+from tests.lab.stacked import (
+    BOND_LOWER,
+    LOWER,
+    QINQ_UPPER,
+    UPPER,
+    restack,
+    server_addr,
+    witnesses,
+)
 from tests.lab.topology import Lab
 from tests.lab.traffic import SETTLE_S, Background, probe, udp_echo_server, wait_for
 
@@ -156,3 +164,48 @@ def test_a_port_joining_and_leaving_the_bridge_is_followed(lab: Lab, tmp_path: P
           f"{len(right_after)}/{len(ids)}; each time all again under the same entries")
     (br,) = [s for s in status["stacks"] if s["device"] == "br-lan"]
     assert br["paths"] == ["br-lan → lan0"], status["stacks"]
+
+
+def test_qinq_uplink_and_a_bonded_bridge_port(lab: Lab, tmp_path: Path) -> None:
+    """stack = "lower" on a QinQ uplink (802.1ad tag 7 with 802.1Q tag 8 on
+    wan0: two tags, the most the kernel's fast path pushes) and a bridge whose
+    port is a bond over lan0: offloadd resolves wan0.7.8 down to wan0 and
+    br-lan to its port bond0 (the kernel resolves nothing beneath a bond, so
+    the bond itself carries the fast path). Every flow must be offloaded and
+    keep forwarding, past the forward hook, with the VLAN layers skipped."""
+    r = lab.router
+    restack(lab, qinq=True, bond=True)
+    want = BOND_LOWER
+    guard = want | QINQ_UPPER
+    total = sum(FLOWS.values())
+    config = CONFIG.replace('"wan0.7"', '"wan0.7.8"').format(stack="lower")
+    with offloadd(r, config, tmp_path) as d, udp_echo_server(lab.server, "::", PORT):
+        wait_for(lambda: d.members("ft") == (want, guard), SETTLE_S, interval=0.3,
+                 what=f"flowtable devices {sorted(want)}, guard {sorted(guard)}")
+        gens = [probe(lab.client, "udp", server_addr(fam), PORT, flows=n, seconds=600)
+                for fam, n in FLOWS.items()]
+        try:
+            wait_for(lambda: sum(e.offloaded for e in _entries(lab)) == total, SETTLE_S,
+                     interval=0.5, what=f"{total} offloaded flows")
+            before, t0 = witnesses(r), time.time()
+            time.sleep(WINDOW_S)
+            after, t1 = witnesses(r), time.time()
+            offloaded = sum(e.offloaded for e in _entries(lab))
+            status = d.status()
+            results = [g.finish() for g in gens]
+        finally:
+            for g in gens:
+                g.stop()
+    delta = {k: after[k] - before.get(k, 0) for k in after}
+    replies = _replies_between(results, t0, t1)
+    stacks = {s["device"]: s["paths"] for s in status["stacks"]}
+    print(f"QinQ + bond, stack = lower: {offloaded}/{total} flows offloaded; in "
+          f"{WINDOW_S:.0f} s {sum(replies)} replies (per flow {replies}); packets at br-lan "
+          f"ingress {delta['br']}, wan0.7.8 ingress {delta['vlan']}, forward hook "
+          f"{delta['forward']}; stacks {stacks}")
+    assert all(n > 0 for n in replies), (replies, delta)
+    assert offloaded == total
+    assert stacks == {"br-lan": ["br-lan → bond0"], "wan0.7.8": ["wan0.7.8 → wan0.7 → wan0"]}
+    sent = sum(replies) * 2
+    for where in ("vlan", "forward"):
+        assert delta[where] <= max(5, sent // 50), (where, delta, sent)

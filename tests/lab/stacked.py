@@ -32,37 +32,61 @@ table inet witness_fwd {
 """
 
 
+# Variants (restack): QinQ, an 802.1ad outer tag 7 with an 802.1Q inner tag
+# 8 on wan0 (two tags: the most the kernel's fast path pushes); and a LAN
+# whose bridge port is a bond (active-backup) over lan0.
+QINQ_UPPER = frozenset({"br-lan", "wan0.7.8"})
+BOND_LOWER = frozenset({"bond0", "wan0"})
+
+
 def server_addr(family: int) -> str:
     return VLAN_V4[1] if family == 4 else VLAN_V6[1]
 
 
-def restack(lab: Lab) -> None:
+def _vlan(dev: str, qinq: bool) -> tuple[str, str]:
+    """The commands that make the L3 VLAN device over ``dev``, and its name."""
+    if not qinq:
+        return f"ip link add link {dev} name {dev}.7 type vlan id 7\n", f"{dev}.7"
+    return (f"ip link add link {dev} name {dev}.7 type vlan proto 802.1ad id 7\n"
+            f"ip link set {dev}.7 up\n"
+            f"ip link add link {dev}.7 name {dev}.7.8 type vlan id 8\n", f"{dev}.7.8")
+
+
+def restack(lab: Lab, *, qinq: bool = False, bond: bool = False) -> None:
     """Builds the stack (one shell per namespace) and the witnesses."""
     lan = lab.lan
+    port = "lan0"
+    if bond:
+        lab.router.sh("ip link add bond0 type bond mode active-backup\n"
+                      "ip link set lan0 down\n"
+                      "ip link set lan0 master bond0\n"
+                      "ip link set bond0 up\n"
+                      "ip link set lan0 up\n")
+        port = "bond0"
+    make_wan, wan = _vlan("wan0", qinq)
+    make_peer, peer = _vlan("eth0", qinq)
     lab.router.sh(f"""
 ip addr flush dev lan0
 ip link add br-lan type bridge
 ip link set br-lan addr $(cat /sys/class/net/lan0/address)
-ip link set lan0 master br-lan
+ip link set {port} master br-lan
 ip addr add {lan.router_v4}/24 dev br-lan
 ip addr add {lan.router_v6}/64 dev br-lan nodad
 ip link set br-lan up
-ip link add link wan0 name wan0.7 type vlan id 7
-ip addr add {VLAN_V4[0]}/24 dev wan0.7
-ip addr add {VLAN_V6[0]}/64 dev wan0.7 nodad
-ip link set wan0.7 up
+{make_wan}ip addr add {VLAN_V4[0]}/24 dev {wan}
+ip addr add {VLAN_V6[0]}/64 dev {wan} nodad
+ip link set {wan} up
 """)
     v4_net = lan.host_v4.rsplit(".", 1)[0] + ".0/24"
     v6_net = lan.host_v6.rsplit(":", 1)[0] + ":/64"
     lab.server.sh(f"""
-ip link add link eth0 name eth0.7 type vlan id 7
-ip addr add {VLAN_V4[1]}/24 dev eth0.7
-ip addr add {VLAN_V6[1]}/64 dev eth0.7 nodad
-ip link set eth0.7 up
+{make_peer}ip addr add {VLAN_V4[1]}/24 dev {peer}
+ip addr add {VLAN_V6[1]}/64 dev {peer} nodad
+ip link set {peer} up
 ip route add {v4_net} via {VLAN_V4[0]}
 ip -6 route add {v6_net} via {VLAN_V6[0]}
 """)
-    lab.router.nft(WITNESS)
+    lab.router.nft(WITNESS.replace('"wan0.7"', f'"{wan}"'))
 
 
 def witnesses(ns: Netns) -> dict[str, int]:
