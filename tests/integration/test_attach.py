@@ -142,6 +142,7 @@ kinds = ["vlan"]
     # neither writes anything (the accounting sysctl offloadd turns on stays
     # off, no table appears).
     r.run("nft", "delete", "table", "inet", "offloadd", check=False)
+    r.run("modprobe", "nf_conntrack")  # its sysctls exist once it is loaded
     r.sysctl("net.netfilter.nf_conntrack_acct", 0)
     path = tmp_path / "preview.toml"
     path.write_text(config)
