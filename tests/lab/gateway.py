@@ -137,8 +137,7 @@ def _wg_keys(workdir: str, who: str) -> str:
 
 # pppoe-server's user mode runs ``pppd pty "pppoe -n -I IF -e SESS:MAC ..."
 # OPTIONS...``; this pppd attaches the kernel's PPPoE to that session instead
-# (the plugin's rp_pppoe_sess, what the -k mode of pppoe-server 4.0 passes),
-# for a pppoe-server built without -k (Debian 12's 3.15).
+# (the plugin's rp_pppoe_sess, what the -k mode of pppoe-server 4.0 passes).
 _KERNEL_PPPD = """#!/bin/bash
 set -euo pipefail
 rest=()
@@ -162,13 +161,10 @@ exec /usr/sbin/pppd plugin pppoe.so "nic-$nic" rp_pppoe_sess "$sess" "${rest[@]}
 
 
 def _kernel_isp_args(workdir: str) -> tuple[str, ...]:
-    """pppoe-server's options for kernel-mode sessions: ``-k`` where the
-    build has it (Debian 13's 4.0), else a pppd that makes its user-mode
-    session kernel-mode (_KERNEL_PPPD)."""
-    usage = subprocess.run(["pppoe-server", "-h"], capture_output=True, text=True,
-                           check=False)
-    if "kernel-mode" in usage.stdout + usage.stderr:
-        return ("-k",)
+    """pppoe-server's options for kernel-mode sessions: a pppd that makes its
+    user-mode session kernel-mode (_KERNEL_PPPD). Not ``-k``: Debian 12's
+    3.15 lacks it, and with Debian 13's 4.0 the ISP end's pppd it started
+    hung up on the first LCP request (7.3.4, 2026-12-03)."""
     wrapper = FsPath(workdir, "pppd-kernel-session")
     wrapper.write_text(_KERNEL_PPPD)
     wrapper.chmod(0o755)
