@@ -175,7 +175,9 @@ def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     ran = {c["case"] for c in new.get("cases", [])}
     kept = [{**c, "date": c.get("date", old.get("date")),
              "kernel": c.get("kernel", old.get("kernel"))}
-            for c in old.get("cases", []) if c["case"] not in ran]
+            # A case without its name (written before run.py named every one)
+            # cannot be told apart: dropped.
+            for c in old.get("cases", []) if c.get("case") and c["case"] not in ran]
     return {**new, "cases": [*new.get("cases", []), *kept]}
 
 

@@ -85,7 +85,7 @@ def main() -> int:
         print(f"bench {name}: running", flush=True)
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                res = CASES[name](Path(tmp))
+                res = {"case": name, **CASES[name](Path(tmp))}
         except Exception as e:
             traceback.print_exc()
             res = {"case": name, "error": f"{type(e).__name__}: {e}"[:4000]}
