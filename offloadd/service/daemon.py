@@ -239,7 +239,8 @@ class Daemon:
         # moved is none).
         if ((check or found) and not announced and verified is not None and plan is not None
                 and not plan.is_empty and self.reconciler.last_read != verified):
-            self._drift_repaired(plan, "periodic check" if check else "a repair's read")
+            self._drift_repaired(plan, "periodic check" if check
+                                 else "a repair's or re-validation's read")
 
     def _drift_repaired(self, plan: Plan, found_by: str) -> None:
         """A pass that compared had to change the table: an event that should

@@ -533,10 +533,10 @@ def test_a_repairs_read_that_finds_the_table_gone_counts_drift(tmp_path: Path) -
             await _until(lambda: b.state is not None)
             assert d.status.drift_repairs_total == 1
             assert d.status.last_drift is not None
-            assert d.status.last_drift["found_by"] == "a repair's read"
+            assert d.status.last_drift["found_by"] == "a repair's or re-validation's read"
             line = format_check(status_report(d.status, "offloadd", "inet", b.state,
                                               check_interval=0)["reconcile"])
-            assert "found by a repair's read): an event was missed" in line, line
+            assert "found by a repair's or re-validation's read): an event was missed" in line, line
 
     run_virtual(scenario)
 
