@@ -49,7 +49,7 @@ CASES: dict[str, Callable[[Path], dict[str, Any]]] = {
 }
 # first_offload is hotplug's last part alone (for a root whose nftables turns
 # hotplug's "wan*" into a kernel wildcard): not run twice by default;
-# stack_pppoe is not a measurement of the gateway yet (bench/stackgw.py).
+# stack_pppoe takes about 10 minutes (bench/stackgw.py).
 DEFAULT_CASES = [c for c in CASES if c not in ("first_offload", "stack_pppoe")]
 # Conntrack's size limits live in the initial namespace only (the guest's),
 # and must be set before the namespaces that use them exist.

@@ -1,11 +1,10 @@
 """stack_pppoe: PPPoE over a VLAN and a bridge port on the gateway lab.
 
-Not yet a measurement of the gateway, and so not among the default cases:
-the lab's ISP end is the user-space pppoe-server (every frame through a pty
-to pppd), which caps both directions below what the gateway forwards, and
-iperf3's UDP flood over 4 streams lost its stream set-up through it (7.3.4,
-2026-12-03: "unable to read from stream socket"). A kernel-mode ISP end
-(``pppoe-server -k``) is what it needs next.
+Not among the default cases (about 10 minutes). The lab's ISP end runs the
+kernel's PPPoE (tests.lab.gateway, kernel_isp): its user-space pppoe used to
+cap what was measured. iperf3 cannot set up its UDP streams through PPPoE in
+the lab ("unable to read from stream socket", unpaced or paced, 6.12 and
+7.3.4, 2026-12-03): a sample keeps its TCP figures and the UDP error.
 
 The gateway lab (tests/lab/gateway.py: a LAN host on br-lan's port lan0, a
 real pppd session ppp0 over eth1.7 over eth1 to a pppoe-server) with iperf3
@@ -21,7 +20,7 @@ Both directions, as firewall4's measurements did (openwrt/firewall4 PR #102:
 PPPoE-over-VLAN reverse throughput): upload (LAN host -> ISP, the bridge's
 ingress is the upper device a packet skips) and download (``-R``, ppp0's
 ingress). TCP: one stream, receiver-side throughput (first second omitted);
-UDP: 64-byte datagrams over 4 flows, packets received per second. Slow-path
+UDP: 64-byte datagrams over 4 flows (paced), packets received per second. Slow-path
 packets per UDP flow: what still reached the forward hook and each upper
 device's ingress. Only ratios from one run mean anything (TCG).
 """
