@@ -317,11 +317,11 @@ class Daemon:
         self._failing_until = self._clock() + self.timing.retry_failed_s
         self._retry_later(self.timing.retry_failed_s)
 
-    def _reconcile_requested(self, why: str) -> None:
+    def _reconcile_requested(self, why: str, out_of_sync: bool) -> None:
         """The writer's callback: a step of a repair or re-validation failed, or
-        one waits for the table to be in its desired state."""
+        one found the table out of its desired state (``out_of_sync``)."""
         log.debug("reconcile requested: %s", why)
-        self._found_by_read = True
+        self._found_by_read = self._found_by_read or out_of_sync
         if self._clock() >= self._failing_until:
             self._wake.set()
 

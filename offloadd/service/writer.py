@@ -60,13 +60,13 @@ def describe_diff(desired: TableState, current: TableState | None) -> str:
 class TableWriter:
     """Serialises and counts every write of offloadd's table.
 
-    ``request_reconcile(why)`` is the daemon's: it wakes a reconcile pass. The
-    reconcile pass itself writes with ``reconcile_on_failure=False`` (the loop
-    retries it with its own backoff).
+    ``request_reconcile(why, out_of_sync)`` is the daemon's: it wakes a reconcile
+    pass. The reconcile pass itself writes with ``reconcile_on_failure=False``
+    (the loop retries it with its own backoff).
     """
 
     def __init__(self, backend: TableBackend,
-                 request_reconcile: Callable[[str], None] = lambda _why: None,
+                 request_reconcile: Callable[[str, bool], None] = lambda _why, _found: None,
                  counts: WriteCounts | None = None) -> None:
         self._backend = backend
         self._request_reconcile = request_reconcile
@@ -108,12 +108,15 @@ class TableWriter:
         self.apply(plan, what)
         self.verify(desired, what)
 
-    def request_reconcile(self, why: str) -> None:
-        """A planner found the table out of its desired state: a reconcile first."""
+    def request_reconcile(self, why: str, *, out_of_sync: bool = True) -> None:
+        """A planner found the table out of its desired state (``out_of_sync``:
+        the daemon may count that as drift), or a write of its failed: a
+        reconcile first."""
         self.counts.reconciles_requested_total += 1
-        self._request_reconcile(why)
+        self._request_reconcile(why, out_of_sync)
 
     def _failed(self, what: str, e: OffloaddError, reconcile: bool) -> None:
         self.counts.failures_total += 1
         if reconcile:
-            self.request_reconcile(f"{what} failed: {e}")
+            # Its own half-done step, not a change no event announced.
+            self.request_reconcile(f"{what} failed: {e}", out_of_sync=False)

@@ -30,6 +30,7 @@ from offloadd.core.plan import (
     CreateTable,
     DeleteFlowtable,
     DeleteSet,
+    teardown_plan,
 )
 from offloadd.core.render import render
 from offloadd.core.revalidate import NftChanges, ObjectKind, TableChange, Transaction, Verb
@@ -537,6 +538,24 @@ def test_a_repairs_read_that_finds_the_table_gone_counts_drift(tmp_path: Path) -
             line = format_check(status_report(d.status, "offloadd", "inet", b.state,
                                               check_interval=0)["reconcile"])
             assert "found by a repair's or re-validation's read): an event was missed" in line, line
+
+    run_virtual(scenario)
+
+
+def test_a_failed_write_of_its_own_is_no_drift(tmp_path: Path) -> None:
+    """A repair step the kernel refused wakes a reconcile too; what that pass
+    puts back is offloadd's own half-done work, not a change no event
+    announced: no drift."""
+    async def scenario() -> None:
+        async with _running(tmp_path, 0) as (d, b):
+            passes = d.status.reconciles_total
+            b.state = None  # what its own first step left, say
+            b.refuse_all = "Device or resource busy"
+            with pytest.raises(NftError):
+                d.writer.apply(teardown_plan("offloadd", "inet"), "repair step")
+            b.refuse_all = ""
+            await _until(lambda: b.state is not None and d.status.reconciles_total > passes)
+            assert d.status.drift_repairs_total == 0
 
     run_virtual(scenario)
 
