@@ -84,8 +84,12 @@ def _discard(stream: IO[str]) -> None:
 
 
 @contextmanager
-def iperf3_server(ns: Netns, port: int = 5201) -> Iterator[None]:
-    proc = ns.popen("iperf3", "-s", "-p", str(port), "--forceflush", stdout=subprocess.PIPE,
+def iperf3_server(ns: Netns, port: int = 5201, bind: str | None = None) -> Iterator[None]:
+    """``bind``: the address the server answers from, where its namespace
+    has several (its UDP replies leave from the address the route to the
+    client picks, which a client's connected socket drops if it is another)."""
+    proc = ns.popen("iperf3", "-s", "-p", str(port), "--forceflush",
+                    *(("-B", bind) if bind else ()), stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL)
     try:
         _await_ready(proc, proc.stdout, "Server listening", f"[{ns.name}] iperf3 -s -p {port}")
