@@ -12,63 +12,14 @@ measured.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import select
-import socket
 import sys
 import time
-from collections.abc import Callable
 
 from pyroute2 import IPRoute
 
 from offloadd.kernel.nft import Nft
-
-
-def _devices(nft: Nft, table: str, flowtable: str) -> set[str]:
-    for item in nft.list_json(f"flowtable inet {table} {flowtable}"):
-        ft = item.get("flowtable")
-        if ft:
-            dev = ft.get("dev", [])
-            return {dev} if isinstance(dev, str) else set(dev)
-    return set()
-
-
-NETLINK_NETFILTER = 12
-NFNLGRP_NFTABLES = 7
-SOL_NETLINK = 270
-NETLINK_ADD_MEMBERSHIP = 1
-
-
-def nftables_events() -> socket.socket:
-    """A socket that becomes readable whenever the namespace's nf_tables changes."""
-    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-    s.bind((0, 0))
-    s.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
-    s.setblocking(False)
-    return s
-
-
-def _drain(s: socket.socket) -> None:
-    with contextlib.suppress(BlockingIOError, OSError):
-        while True:
-            s.recv(65536)
-
-
-def wait_until(nft: Nft, events: socket.socket, table: str, ft: str,
-               pred: Callable[[set[str]], bool], *, timeout: float) -> float:
-    """Monotonic time at which pred(flowtable devices) first held."""
-    deadline = time.monotonic() + timeout
-    while True:
-        _drain(events)
-        if pred(_devices(nft, table, ft)):
-            return time.monotonic()
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"flowtable {ft} did not converge in {timeout}s")
-        # Also re-read now and then: an overrun socket (ENOBUFS) must not hang us.
-        select.select([events], [], [], min(left, 0.5))
+from tests.lab.ftwatch import nftables_events, wait_until
 
 
 def main() -> int:

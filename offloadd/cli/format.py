@@ -36,12 +36,7 @@ def format_status(r: dict[str, Any]) -> str:
     for ft in r["flowtables"]:
         out.extend(_format_flowtable(ft))
     out.extend(format_gate(r.get("gate")))
-    if r.get("stacks"):
-        out.append("stacks (the fast path runs on the last device of each):")
-        for st in r["stacks"]:
-            paths = "; ".join(st["paths"]) or f"{st['device']}: nothing beneath it carries packets"
-            note = f"  ({st['note']})" if st.get("note") else ""
-            out.append(f"  {paths}  [flowtable {st['flowtable']}]{note}")
+    out.extend(format_stacks(r.get("stacks", [])))
     if r.get("left_out"):
         out.append("not offloaded:")
         out.extend(f"  {x['device']:<15} {x['reason']}" for x in r["left_out"])
@@ -199,6 +194,21 @@ def format_repair(rep: dict[str, Any]) -> str:
     if rep.get("held"):
         line += f"\n  held back: {rep['held']}"
     return line
+
+
+def format_stacks(stacks: list[dict[str, Any]]) -> list[str]:
+    """The stacks of the selected devices. A plain device stands for itself:
+    only stacks, and what stopped short (a note, a port-less bridge), are
+    worth a line."""
+    shown = [st for st in stacks if st["stacked"] or st.get("note") or not st["paths"]]
+    if not shown:
+        return []
+    out = ["stacks (the fast path runs on the last device of each):"]
+    for st in shown:
+        paths = "; ".join(st["paths"]) or f"{st['device']}: nothing beneath it carries packets"
+        note = f"  ({st['note']})" if st.get("note") else ""
+        out.append(f"  {paths}  [flowtable {st['flowtable']}]{note}")
+    return out
 
 
 def format_guard(g: dict[str, Any]) -> list[str]:

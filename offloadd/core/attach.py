@@ -197,9 +197,6 @@ def _daemon_only(sel: FlowtableConfig) -> str | None:
                 "or the software flowtable is known only when it appears")
     if sel.kinds:
         return f"kinds = {sorted(sel.kinds)}: the kernel would hook a name whatever its kind"
-    if sel.stack is not Stack.AS_LISTED:
-        return (f'stack = "{sel.stack.value}": the devices beneath a selected one are known '
-                "only when it appears")
     return None
 
 
@@ -243,6 +240,11 @@ def _declared(config: Config, i: int, wildcards: bool, no_wildcards_reason: str
         parts.append(f"attached by offloadd: {', '.join(skipped)}")
     if not sel.devices:
         parts.append("no device names, only kinds or every device: attached by offloadd")
+    if sel.stack is not Stack.AS_LISTED and (declared or wild):
+        # A name declared ahead is hooked the moment its device appears; what
+        # is beneath it (a bridge's ports, a VLAN's device) is known only then.
+        parts.append(f'stack = "{sel.stack.value}": the devices beneath a stacked one '
+                     "attached by offloadd when it appears")
     if not declared and not wild:
         mode = AttachMode.DAEMON
     elif skipped or kept:

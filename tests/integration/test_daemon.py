@@ -113,6 +113,9 @@ def test_a_removed_member_costs_one_transaction_and_nothing_after(lab: Lab,
 
 
 def test_vlan_and_bridge_devices(lab: Lab, tmp_path: Path) -> None:
+    """The default stack = "lower": a VLAN the patterns select stands for the
+    device beneath it, a bridge for its ports (a port-less one for itself),
+    and the flowtable follows as a port joins."""
     config = BASIC + """
 [[flowtable]]
 name = "bridges"
@@ -124,8 +127,19 @@ kinds = ["bridge"]
         d.wait_devices("bridges", set())
         r.run("ip", "link", "add", "link", "wan0", "name", "wan0.10", "type", "vlan", "id", "10")
         r.run("ip", "link", "add", "br0", "type", "bridge")
-        d.wait_devices("ft", {"lan0", "lan1", "wan0", "wan0.10"})
         d.wait_devices("bridges", {"br0"})
+
+        def stacks() -> dict[str, list[str]]:
+            return {s["device"]: s["paths"] for s in d.status()["stacks"]}
+        wait_for(lambda: stacks().get("wan0.10") == ["wan0.10 → wan0"], timeout=SETTLE_S,
+                 what="wan0.10 resolved to wan0")
+        d.wait_devices("ft", {"lan0", "lan1", "wan0"})
+        r.run("ip", "link", "add", "brp0", "type", "veth", "peer", "name", "brq0")
+        r.run("ip", "link", "set", "brp0", "master", "br0")
+        d.wait_devices("bridges", {"brp0"})
+        assert stacks()["br0"] == ["br0 → brp0"]
+        text = d.ctl("status", check=True).stdout
+        assert "wan0.10 → wan0  [flowtable ft]" in text and "br0 → brp0" in text, text
 
 
 def test_admin_drop_still_drops_and_other_tables_untouched(lab: Lab, tmp_path: Path) -> None:

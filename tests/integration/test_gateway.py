@@ -43,6 +43,7 @@ from tests.lab.gateway import (
     offloaded_per_path,
     reconnect_pppoe,
     snapshot,
+    watch_attach,
 )
 from tests.lab.traffic import (
     LIFETIME_S,
@@ -196,30 +197,6 @@ def _diagnose(g: Gateway) -> str:
     return "\n".join(out) + "\n" + g.logs()
 
 
-@contextlib.contextmanager
-def _watch_members(d: RunningDaemon) -> Iterator[list[tuple[float, frozenset[str] | None]]]:
-    """Records each change of the flowtable's device list, with its monotonic
-    time, while the block runs (what offloadd did during a reconnect)."""
-    seen: list[tuple[float, frozenset[str] | None]] = []
-    stop = threading.Event()
-
-    def run() -> None:
-        while not stop.is_set():
-            asked = time.monotonic()
-            now = d.members("gw")[0]
-            if not seen or seen[-1][1] != now:
-                seen.append((asked, now))
-            stop.wait(0.2)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    try:
-        yield seen
-    finally:
-        stop.set()
-        t.join()
-
-
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[Gateway]:
     with gateway_with_servers(PORT, tcp=True) as g:
@@ -248,11 +225,16 @@ def test_a_gateway_offloads_every_path_through_reconnect_and_flush_ruleset(
 
         # The ISP ends the session; pppd dials again.
         t0 = time.monotonic()
-        with _watch_members(d) as seen:
+        with watch_attach(g.gw, "gw", g.ppp, LOWER) as watched:
             up = reconnect_pppoe(g)
             attached = _members_after(d, up, LOWER)
-        print("flowtable gw during the reconnect: " + "; ".join(
-            f"{t - t0:+.1f} s {sorted(m) if m is not None else None}" for t, m in seen))
+            w = watched()
+        # Stamped in the gateway's namespace by one clock as it happened (the
+        # lab's own listings above cost up to a second each).
+        print(f"PPPoE reconnect: the new ppp0's stack in the flowtable {w['attach_ms']} ms "
+              "after the new ppp0 appeared; flowtable gw: " + "; ".join(
+                  f"{t - w['appeared']:+.3f} s {m}" for t, m in w["timeline"]))
+        assert w["attach_ms"] is not None, w
         wait_for(lambda: _all_offloaded(g), SETTLE_S, interval=0.2,
                  what="every path offloaded again after the PPPoE reconnect")
         again = time.monotonic() - up

@@ -29,11 +29,13 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
+from typing import Any
 
 from tests.lab import conntrack
 from tests.lab.netns import Netns, create_netns, delete_netns, host_run
@@ -407,6 +409,35 @@ def reconnect_pppoe(g: Gateway) -> float:
     new_session = g.pppoe_session()
     assert new_session != old_session or isp_ppp != old_isp, (old_session, new_session)
     return up
+
+
+@contextlib.contextmanager
+def watch_attach(ns: Netns, flowtable: str, device: str, want: frozenset[str],
+                 table: str = "offloadd") -> Iterator[Callable[[], dict[str, Any]]]:
+    """Runs tests.lab.ftwatch in ``ns`` while the block runs (a reconnect):
+    it stamps the new ``device``'s arrival and the first read of
+    ``flowtable`` holding ``want`` after it, by one clock. Yields a function
+    that waits for its answer (``attach_ms``, the timeline)."""
+    proc = ns.popen(sys.executable, "-m", "tests.lab.ftwatch", "--table", table,
+                    "--flowtable", flowtable, "--device", device, "--want", ",".join(sorted(want)),
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        if line != "ready":
+            err = proc.stderr.read() if proc.stderr else ""
+            raise AssertionError(f"ftwatch did not start: {line!r} {err}")
+
+        def result() -> dict[str, Any]:
+            out, err = proc.communicate(timeout=SETTLE_S * 3)
+            if proc.returncode != 0 or not out.strip():
+                raise AssertionError(f"ftwatch failed ({proc.returncode}): {err[-2000:]}")
+            return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+        yield result
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 @contextlib.contextmanager
