@@ -112,9 +112,12 @@ def _measure(g: Gateway, mode: str) -> dict[str, Any]:
         recv = udp["end"].get("sum_received") or udp["end"]["sum"]
         got = recv["packets"] - recv["lost_packets"]
         sample[f"udp_pps_{way}"] = round(got / recv["seconds"])
+        # This run's flows only (their client ports): the previous run's
+        # entries are still in conntrack, offloaded, for up to 30 s.
+        ports = {c["local_port"] for c in udp["start"]["connected"]}
         sample[f"udp_flows_offloaded_{way}"] = sum(
             1 for e in conntrack.entries(g.gw, 4)
-            if e.offloaded and e.proto == "udp" and e.dport == PORT)
+            if e.offloaded and e.proto == "udp" and e.dport == PORT and e.sport in ports)
         slow = {k: (after[k] - before.get(k, 0)) / UDP_STREAMS for k in after}
         sample[f"forward_packets_per_flow_{way}"] = round(slow.get("slowpath", 0))
         sample[f"upper_ingress_per_flow_{way}"] = round(

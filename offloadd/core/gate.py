@@ -135,25 +135,18 @@ def _key(th: str, direction: str) -> str:
     return f"ct id . {ports}"
 
 
-def passed_rules(protocols: Iterable[str], ifs: str) -> tuple[str, str]:
-    """The rules that record, per direction, flows whose packet got this far,
-    between devices of the ifname set ``ifs`` (one flowtable's: a flow
-    between devices in no flowtable is never offloaded, and recording it
-    would only fill the gate)."""
-    head, th = l4_prefix(protocols)
-    guard = f"{head}iifname @{ifs} oifname @{ifs} ct state established"
-    return (
-        f"{guard} ct direction original update @{PASSED_ORIGINAL} {{ {_key(th, 'original')} }}",
-        f"{guard} ct direction reply update @{PASSED_REPLY} {{ {_key(th, 'reply')} }}",
-    )
-
-
-def gate_match(protocols: Iterable[str], direction: str) -> str:
-    """The match an offload rule for packets of ``direction`` needs: both
-    directions of this flow have passed."""
+def gate_step(protocols: Iterable[str], direction: str) -> str:
+    """What a packet of ``direction`` does at the gate, in its flowtable's
+    offload rule: records that it got this far (``update`` keeps the element
+    alive while the flow stays on the slow path), then goes on only if the
+    other direction's packets have passed too. One rule per direction (not
+    a recording rule and a separate offload rule): every slow-path packet
+    of a flowtable's devices runs the rule's guard once, not twice."""
     _, th = l4_prefix(protocols)
     key = _key(th, direction)
-    return (f"ct direction {direction} {key} @{PASSED_ORIGINAL} {key} @{PASSED_REPLY}")
+    own, other = ((PASSED_ORIGINAL, PASSED_REPLY) if direction == "original"
+                  else (PASSED_REPLY, PASSED_ORIGINAL))
+    return f"update @{own} {{ {key} }} {key} @{other}"
 
 
 def element(ct_id: int, client_port: int, server_port: int) -> str:

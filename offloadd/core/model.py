@@ -24,7 +24,7 @@ from offloadd.core.config import (
     device_name_problem,
 )
 from offloadd.core.errors import ConfigError
-from offloadd.core.gate import PASSED_SETS, PASSED_SIZE, gate_match, l4_prefix, passed_rules
+from offloadd.core.gate import PASSED_SETS, PASSED_SIZE, gate_step, l4_prefix
 from offloadd.core.stack import Path, PppoeSessions, Resolved, resolve
 
 CHAIN_NAME = "forward"
@@ -264,9 +264,11 @@ def offload_rules(flowtable: str, protocols: Iterable[str],
     head, _ = l4_prefix(protos)
     ifs = "@" + set_name(flowtable)
     tail = f" ct packets > {elephant_packets}" if elephant_packets > 0 else ""
+    # The cheap conntrack matches first: a packet of the other direction, or
+    # of a new flow, stops there, before the ifname set lookups.
     rules = tuple(
-        f"{head}iifname {ifs} oifname {ifs} ct state established "
-        f"{gate_match(protos, direction)}{tail} flow add @{flowtable}"
+        f"ct state established ct direction {direction} {head}iifname {ifs} oifname {ifs} "
+        f"{gate_step(protos, direction)}{tail} flow add @{flowtable}"
         for direction in ("original", "reply"))
     return rules[0], rules[1]
 
@@ -504,11 +506,10 @@ def _table(config: Config, kernel_fts: Sequence[_KernelFlowtable],
     sets = tuple(SetState(set_name(k.name), frozenset(guard[k.name]),
                           SetKind.IFNAMES_WILD if k.name in wild else SetKind.IFNAMES)
                  for k in kernel_fts)
-    # Per flowtable: the gate's two rules, then its two offload rules.
+    # Per flowtable: its offload rule for each direction, the gate in it.
     rules = tuple(
         rule for k in ordered
-        for rule in (*passed_rules(k.selector.protocols, set_name(k.name)),
-                     *offload_rules(k.name, k.selector.protocols, k.selector.elephant_packets))
+        for rule in offload_rules(k.name, k.selector.protocols, k.selector.elephant_packets)
     )
     if rules:
         sets += tuple(SetState(name, kind=SetKind.PASSED, size=gate_size)

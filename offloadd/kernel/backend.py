@@ -125,7 +125,7 @@ class NftBackend:
     def ensure_accounting(self) -> None:
         if conntrack.ensure_accounting():
             log.info("enabled conntrack accounting (net.netfilter.nf_conntrack_acct=1) "
-                     "for elephant_packets")
+                     "for elephant_packets and the stack guard's per-direction counts")
 
     def check(self, plan: Plan) -> None:
         """Dry-runs the plan: the kernel checks the whole batch and keeps nothing."""

@@ -131,12 +131,18 @@ kinds = ["bridge"]
 
         def stacks() -> dict[str, list[str]]:
             return {s["device"]: s["paths"] for s in d.status()["stacks"]}
+        def members(ft: str, listed: set[str], guarded: set[str]) -> None:
+            # The flowtable lists the devices beneath; the offload rule's
+            # guard set also has the selected device the forward hook sees.
+            want = (frozenset(listed), frozenset(listed | guarded))
+            wait_for(lambda: d.members(ft) == want, SETTLE_S, interval=0.3,
+                     what=f"flowtable {ft} and its guard set == {want}")
         wait_for(lambda: stacks().get("wan0.10") == ["wan0.10 → wan0"], timeout=SETTLE_S,
                  what="wan0.10 resolved to wan0")
-        d.wait_devices("ft", {"lan0", "lan1", "wan0"})
+        members("ft", {"lan0", "lan1", "wan0"}, {"wan0.10"})
         r.run("ip", "link", "add", "brp0", "type", "veth", "peer", "name", "brq0")
         r.run("ip", "link", "set", "brp0", "master", "br0")
-        d.wait_devices("bridges", {"brp0"})
+        members("bridges", {"brp0"}, {"br0"})
         assert stacks()["br0"] == ["br0 → brp0"]
         text = d.ctl("status", check=True).stdout
         assert "wan0.10 → wan0  [flowtable ft]" in text and "br0 → brp0" in text, text

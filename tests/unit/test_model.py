@@ -15,7 +15,7 @@ from offloadd.core.config import (
 )
 from offloadd.core.configparse import parse_config
 from offloadd.core.errors import ConfigError
-from offloadd.core.gate import PASSED_SIZE, gate_size, passed_rules, sized_by
+from offloadd.core.gate import PASSED_SIZE, gate_size, sized_by
 from offloadd.core.model import (
     ChainState,
     FlowtableState,
@@ -102,16 +102,12 @@ def test_off_builds_one_software_flowtable_set_and_rule() -> None:
               SetState("passed_reply", kind=SetKind.PASSED)),
         chain=ChainState(
             42,
-            ("iifname @lan_ifs oifname @lan_ifs ct state established ct direction original "
-             "update @passed_original { ct id . tcp sport . tcp dport }",
-             "iifname @lan_ifs oifname @lan_ifs ct state established ct direction reply "
-             "update @passed_reply { ct id . tcp dport . tcp sport }",
-             "iifname @lan_ifs oifname @lan_ifs ct state established ct direction original "
-             "ct id . tcp sport . tcp dport @passed_original "
+            ("ct state established ct direction original iifname @lan_ifs oifname @lan_ifs "
+             "update @passed_original { ct id . tcp sport . tcp dport } "
              "ct id . tcp sport . tcp dport @passed_reply ct packets > 7 flow add @lan",
-             "iifname @lan_ifs oifname @lan_ifs ct state established ct direction reply "
-             "ct id . tcp dport . tcp sport @passed_original "
-             "ct id . tcp dport . tcp sport @passed_reply ct packets > 7 flow add @lan"),
+             "ct state established ct direction reply iifname @lan_ifs oifname @lan_ifs "
+             "update @passed_reply { ct id . tcp dport . tcp sport } "
+             "ct id . tcp dport . tcp sport @passed_original ct packets > 7 flow add @lan"),
         ),
     )
 
@@ -127,9 +123,7 @@ def test_auto_splits_by_capability_and_hw_rule_comes_first() -> None:
     assert table.set("lan_hw_ifs") == SetState("lan_hw_ifs", frozenset({"eth0"}))
     assert table.chain is not None
     assert table.chain.rules == (
-        *passed_rules(("tcp", "udp"), "lan_hw_ifs"),
         *offload_rules("lan_hw", ("tcp", "udp"), 0),
-        *passed_rules(("tcp", "udp"), "lan_ifs"),
         *offload_rules("lan", ("tcp", "udp"), 0),
     )
     decisions = {d.device: d for d in result.decisions}
@@ -204,7 +198,7 @@ def test_empty_flowtables_still_exist_so_device_changes_stay_small() -> None:
     table = desired_state(config, (), {}, 7).table
     assert [f.name for f in table.flowtables] == ["a", "a_hw"]
     assert [s.name for s in table.sets if s.kind is SetKind.IFNAMES] == ["a_hw_ifs", "a_ifs"]
-    assert table.chain is not None and len(table.chain.rules) == 8  # 4 per flowtable
+    assert table.chain is not None and len(table.chain.rules) == 4  # 2 per flowtable
 
 
 def test_unsafe_kernel_names_are_left_out_and_reported() -> None:
@@ -244,22 +238,25 @@ def test_is_safe_ifname(name: str, ok: bool) -> None:
 
 def test_offload_rule_forms() -> None:
     # As nft prints them (rules are compared so): several protocols need
-    # "meta l4proto" for "th"; with one, "udp sport" implies it.
+    # "meta l4proto" for "th"; with one, "udp sport" implies it. Each
+    # direction's packet records itself and needs the other direction's.
     assert offload_rules("lan", ("tcp", "udp"), 0) == (
-        "meta l4proto { tcp, udp } iifname @lan_ifs oifname @lan_ifs ct state established "
-        "ct direction original ct id . th sport . th dport @passed_original "
+        "ct state established ct direction original meta l4proto { tcp, udp } "
+        "iifname @lan_ifs oifname @lan_ifs "
+        "update @passed_original { ct id . th sport . th dport } "
         "ct id . th sport . th dport @passed_reply flow add @lan",
-        "meta l4proto { tcp, udp } iifname @lan_ifs oifname @lan_ifs ct state established "
-        "ct direction reply ct id . th dport . th sport @passed_original "
-        "ct id . th dport . th sport @passed_reply flow add @lan",
+        "ct state established ct direction reply meta l4proto { tcp, udp } "
+        "iifname @lan_ifs oifname @lan_ifs "
+        "update @passed_reply { ct id . th dport . th sport } "
+        "ct id . th dport . th sport @passed_original flow add @lan",
     )
     assert offload_rules("x", ("udp",), 3) == (
-        "iifname @x_ifs oifname @x_ifs ct state established ct direction original "
-        "ct id . udp sport . udp dport @passed_original "
+        "ct state established ct direction original iifname @x_ifs oifname @x_ifs "
+        "update @passed_original { ct id . udp sport . udp dport } "
         "ct id . udp sport . udp dport @passed_reply ct packets > 3 flow add @x",
-        "iifname @x_ifs oifname @x_ifs ct state established ct direction reply "
-        "ct id . udp dport . udp sport @passed_original "
-        "ct id . udp dport . udp sport @passed_reply ct packets > 3 flow add @x",
+        "ct state established ct direction reply iifname @x_ifs oifname @x_ifs "
+        "update @passed_reply { ct id . udp dport . udp sport } "
+        "ct id . udp dport . udp sport @passed_original ct packets > 3 flow add @x",
     )
 
 
@@ -270,22 +267,19 @@ def test_the_gate_marks_each_direction_of_each_flowtables_flows() -> None:
     )
     table = desired_state(config, LINKS, {}, 0).table
     assert table.chain is not None
-    # Only flows between one flowtable's devices are recorded, in its protocols.
-    assert table.chain.rules[0:2] == (
-        "iifname @a_ifs oifname @a_ifs ct state established ct direction original "
-        "update @passed_original { ct id . udp sport . udp dport }",
-        "iifname @a_ifs oifname @a_ifs ct state established ct direction reply "
-        "update @passed_reply { ct id . udp dport . udp sport }",
-    )
-    assert table.chain.rules[4:6] == (
-        "meta l4proto { tcp, udp } iifname @b_ifs oifname @b_ifs ct state established "
-        "ct direction original update @passed_original { ct id . th sport . th dport }",
-        "meta l4proto { tcp, udp } iifname @b_ifs oifname @b_ifs ct state established "
-        "ct direction reply update @passed_reply { ct id . th dport . th sport }",
-    )
-    offload = [r for r in table.chain.rules if "flow add" in r]
-    assert len(offload) == 4 and len(table.chain.rules) == 8
-    assert all("@passed_original" in r and "@passed_reply" in r for r in offload)
+    # Only flows between one flowtable's devices are recorded, in its
+    # protocols; each packet records its direction and offloads only once
+    # the other direction's are recorded too.
+    assert table.chain.rules == (
+        *offload_rules("a", ("udp",), 0), *offload_rules("b", ("tcp", "udp"), 0))
+    assert table.chain.rules[0].startswith(
+        "ct state established ct direction original iifname @a_ifs oifname @a_ifs "
+        "update @passed_original { ct id . udp sport . udp dport } ")
+    assert table.chain.rules[3].startswith(
+        "ct state established ct direction reply meta l4proto { tcp, udp } "
+        "iifname @b_ifs oifname @b_ifs update @passed_reply { ct id . th dport . th sport } ")
+    assert all("@passed_original" in r and "@passed_reply" in r and "flow add" in r
+               for r in table.chain.rules)
     assert {s.name for s in table.sets if s.kind is SetKind.PASSED} == {
         "passed_original", "passed_reply"}
 
