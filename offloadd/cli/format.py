@@ -246,6 +246,9 @@ def format_revalidate(rv: dict[str, Any]) -> str:
         if rv.get("policy_changes_skipped_total"):
             line += (f", {rv['policy_changes_skipped_total']} more skipped (tables no "
                      "forwarded packet meets)")
+        if rv.get("moot_total"):
+            line += (f", {rv['moot_total']} moot (offloadd's table created after the "
+                     "change: every flow in it passed the current policy)")
     last = rv.get("last")
     if last:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["time"]))

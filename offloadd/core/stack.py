@@ -70,6 +70,8 @@ class PppoeSessions:
     (/proc/net/pppoe lists the session's device but not its ppp unit)."""
 
     devices: tuple[str, ...] = ()
+    # The session ids (hex, as listed): a new one means a new session.
+    ids: tuple[str, ...] = ()
 
     def device_for(self, ppp: str, ppp_devices: Sequence[str]) -> tuple[str | None, str]:
         """The Ethernet device beneath ``ppp``, or None and why not.
@@ -94,11 +96,43 @@ class PppoeSessions:
 def parse_pppoe(text: str) -> PppoeSessions:
     """/proc/net/pppoe: a header, then ``Id Address Device`` per session."""
     devices = []
+    ids = []
     for line in text.splitlines()[1:]:
         fields = line.split()
         if len(fields) >= 3:
             devices.append(fields[-1])
-    return PppoeSessions(tuple(devices))
+            ids.append(fields[0])
+    return PppoeSessions(tuple(devices), tuple(ids))
+
+
+def stack_identities(stacks: Iterable[Resolved], index: Mapping[str, int],
+                     kinds: Mapping[str, str | None],
+                     pppoe: PppoeSessions) -> dict[str, tuple[int, tuple[str, ...]]]:
+    """Per stacked device: what it is now (its ifindex; for a ppp device also
+    the PPPoE sessions). When that changes while the devices beneath stay,
+    the flows the flowtable holds for it carry the old stack's encapsulation
+    (the kernel's direct path pushes the VLAN tag and PPPoE session it
+    resolved when the flow was offloaded, and frees nothing when the upper
+    device goes: it keys flows on the devices beneath)."""
+    out: dict[str, tuple[int, tuple[str, ...]]] = {}
+    for r in stacks:
+        if r.stacked and r.device in index:
+            sessions = tuple(sorted(pppoe.ids)) if kinds.get(r.device) == "ppp" else ()
+            out[r.device] = (index[r.device], sessions)
+    return out
+
+
+def stale_stacks(before: Mapping[str, tuple[int, tuple[str, ...]]],
+                 after: Mapping[str, tuple[int, tuple[str, ...]]],
+                 present: Iterable[str]) -> tuple[str, ...]:
+    """Stacked devices that went, or came back as another device or session
+    (a PPPoE reconnect: pppd deletes ppp0 and creates a new one, a new
+    session beneath it): the flows offloaded through them are stale. One
+    still there but no longer used through its stack (the guard refused
+    that path) is not: its own change frees what it needs."""
+    here = frozenset(present)
+    return tuple(sorted(dev for dev, ident in before.items()
+                        if dev not in here or (dev in after and after[dev] != ident)))
 
 
 def resolve(device: Link, links: Iterable[Link],

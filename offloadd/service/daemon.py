@@ -25,6 +25,7 @@ from offloadd.core.gate import gate_size
 from offloadd.core.model import DesiredResult, Link, TableState
 from offloadd.core.plan import Plan, teardown_plan
 from offloadd.core.revalidate import Skipped, announces_own, decide, needs_reconcile
+from offloadd.core.stack import stack_identities, stale_stacks
 from offloadd.service.connections import ConnectionTable
 from offloadd.service.control import LIMITS as CONTROL_LIMITS
 from offloadd.service.control import ControlServer, Handler
@@ -122,6 +123,10 @@ class Daemon:
         self.gate_counter = GateCounter(backend, self.status, timing=timing)
         # Flowtables to replace once the next pass applied a refusal.
         self._replace_after_pass: dict[str, str] = {}
+        # Per stacked device, what it was at the last pass (stack_identities)
+        # and the flowtables its flows were offloaded into.
+        self._stack_ids: dict[str, tuple[int, tuple[str, ...]]] = {}
+        self._stack_fts: dict[str, frozenset[str]] = {}
         # Each component's counters, composed for status and metrics.
         if self.repairer is not None:
             self.status.repair = self.repairer.counts
@@ -228,6 +233,8 @@ class Daemon:
         announced, self._announced = self._announced, False
         verified = self.reconciler.verified
         plan = self._safe_reconcile()
+        if plan is not None:
+            self._free_stale_stacks()
         if plan is not None and self._replace_after_pass and self.repairer is not None:
             # The refused device is attached as it is now: free the flows the
             # path beneath it still holds.
@@ -241,6 +248,32 @@ class Daemon:
                 and not plan.is_empty and self.reconciler.last_read != verified):
             self._drift_repaired(plan, "periodic check" if check
                                  else "a repair's or re-validation's read")
+
+    def _free_stale_stacks(self) -> None:
+        """A stacked device that went or came back as another device or
+        session (a PPPoE reconnect): the flows offloaded through it still
+        carry the old stack's encapsulation, and the kernel frees none of
+        them (it keys them on the devices beneath, which stay). Their
+        flowtables are replaced after this pass, as after a guard refusal."""
+        desired = self.status.desired
+        if desired is None:
+            return
+        index = {link.name: link.index for link in self.status.links}
+        kinds = {link.name: link.kind for link in self.status.links}
+        now = stack_identities((r for _sel, r in desired.stacks), index, kinds,
+                               self.reconciler.pppoe)
+        flowtable_of = desired.flowtable_of()
+        fts = {r.device: frozenset(ft for b in r.bottoms
+                                   if (ft := flowtable_of.get(b)) is not None)
+               for _sel, r in desired.stacks if r.device in now}
+        for dev in stale_stacks(self._stack_ids, now, index):
+            for name in self._stack_fts.get(dev, frozenset()):
+                why = (f"{dev} went or came back as another device or session: the flows "
+                       "offloaded through it carry its old encapsulation")
+                log.info("flowtable %s: %s; replaced to free them", name, why,
+                         extra={"OPERATION": "restack", "FLOWTABLE": name})
+                self._replace_after_pass.setdefault(name, why)
+        self._stack_ids, self._stack_fts = now, fts
 
     def _drift_repaired(self, plan: Plan, found_by: str) -> None:
         """A pass that compared had to change the table: an event that should

@@ -113,6 +113,8 @@ class Reconciler:
         # Selected devices whose fast path beneath the stack guard refused
         # (device -> why): used as they are until a reload.
         self.shallow: Mapping[str, str] = {}
+        # The PPPoE sessions the last pass planned with.
+        self.pppoe = PppoeSessions()
 
     def configure(self, config: Config) -> None:
         """A reloaded config: hardware answers and refusals are asked again."""
@@ -168,6 +170,7 @@ class Reconciler:
                              h.wildcards_reason)
         stacked = any(f.stack is not Stack.AS_LISTED for f in self.config.flowtables)
         pppoe = self.backend.pppoe_sessions() if stacked else PppoeSessions()
+        self.pppoe = pppoe
         return desired_state(self.config, self.status.links, hw, forward_priority,
                              refused=refused, attach=attach, pppoe=pppoe,
                              shallow=self.shallow,

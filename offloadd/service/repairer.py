@@ -98,13 +98,15 @@ class Repairer:
         while True:
             now = self._clock()
             wake = min([next_periodic, *self._due])
-            if wake > now:
+            # Within a microsecond is due (a float sum can sit 1e-17 s past
+            # the clock's: waiting that out spins).
+            if wake > now + 1e-6:
                 self._kick.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._kick.wait(), wake - now)
                 continue
-            self._due = [t for t in self._due if t > now]
-            if next_periodic <= now:
+            self._due = [t for t in self._due if t > now + 1e-6]
+            if next_periodic <= now + 1e-6:
                 next_periodic = now + periodic_s
             try:
                 await self.check()

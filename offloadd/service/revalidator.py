@@ -50,12 +50,16 @@ class Revalidator:
         self._schedule = Schedule()
         self._retry_at: float | None = None
         self._kick = asyncio.Event()
+        # The writer's transaction count when the latest change came (the
+        # loop runs both, so it orders them).
+        self._change_tx = 0
 
     def changed(self, trigger: str) -> None:
         """Someone else committed a change that may change what the policy allows."""
         self.counts.policy_changes_total += 1
         if not self._enabled():
             return
+        self._change_tx = self._writer.counts.transactions_total
         self._schedule = self._schedule.changed(self._clock(), trigger)
         self._kick.set()
 
@@ -73,7 +77,10 @@ class Revalidator:
         while True:
             due = self.due_at()
             now = self._clock()
-            if due is None or due > now:
+            # Within a microsecond is due: a deadline summed from floats can
+            # sit 1e-17 s past the clock's own sum, and waiting that out
+            # spins (forever on a virtual clock that does not move for it).
+            if due is None or due > now + 1e-6:
                 self._kick.clear()
                 timeout = None if due is None else due - now
                 with contextlib.suppress(TimeoutError):
@@ -117,6 +124,18 @@ class Revalidator:
             self._retry_at = self._clock() + self._timing.revalidate_not_in_sync_retry_s
             return False
         self._waiting = False
+        created = self._writer.table_created_tx
+        if created is not None and created > self._change_tx:
+            # The table (flowtables and gate) was created after every pending
+            # change, as after `flush ruleset`: each flow in it passed the
+            # chains as they are now. Replacing it would only send them all
+            # through the slow path once more.
+            self._schedule = Schedule(None, self._schedule.last_run_at, self._schedule.burst_runs)
+            self.counts.moot_total += 1
+            log.info("re-validation after %s not needed: offloadd's table was created after "
+                     "it, so every flow in it passed the current policy",
+                     "; ".join(pending.triggers), extra={"OPERATION": "revalidate-moot"})
+            return False
         names = tuple(ft.name for ft in table.flowtables)
         t0 = self._clock()
         try:

@@ -50,6 +50,9 @@ class RevalidateCounts:
     policy_changes_skipped_total: int = 0
     revalidations_total: int = 0
     waited_total: int = 0  # re-validations that waited for a reconcile
+    # Pending changes older than offloadd's table (re-created after them, as
+    # after `flush ruleset`): no flow in it passed an older policy.
+    moot_total: int = 0
     last: dict[str, object] | None = None
 
 

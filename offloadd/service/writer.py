@@ -18,7 +18,7 @@ from typing import Protocol
 
 from offloadd.core.errors import OffloaddError, VerifyError
 from offloadd.core.model import TableState
-from offloadd.core.plan import Plan
+from offloadd.core.plan import CreateTable, Plan
 
 log = logging.getLogger("offloadd")
 
@@ -71,6 +71,10 @@ class TableWriter:
         self._backend = backend
         self._request_reconcile = request_reconcile
         self.counts = counts if counts is not None else WriteCounts()
+        # The transaction (its number in counts) that last created the table:
+        # everything in it, gate included, is younger than any change seen
+        # before it (the re-validator skips what that makes moot).
+        self.table_created_tx: int | None = None
 
     def read(self) -> TableState | None:
         return self._backend.read()
@@ -85,6 +89,8 @@ class TableWriter:
             self._failed(what, e, reconcile_on_failure)
             raise
         self.counts.transactions_total += 1
+        if any(isinstance(op, CreateTable) for op in plan.ops):
+            self.table_created_tx = self.counts.transactions_total
         return script
 
     def verify(self, desired: TableState, what: str, *,

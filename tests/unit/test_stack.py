@@ -14,7 +14,13 @@ from offloadd.core.configparse import parse_config
 from offloadd.core.errors import ConfigError
 from offloadd.core.model import Link, NoteKind, desired_state, set_name
 from offloadd.core.stack import Path as StackPath
-from offloadd.core.stack import PppoeSessions, parse_pppoe, resolve
+from offloadd.core.stack import (
+    PppoeSessions,
+    parse_pppoe,
+    resolve,
+    stack_identities,
+    stale_stacks,
+)
 from offloadd.service.report import status_report
 from offloadd.service.status import Status
 
@@ -28,7 +34,7 @@ GATEWAY = (
     Link(10, "eth1.8", "vlan", lower=2), Link(11, "br-empty", "bridge"),
 )
 BY_NAME = {link.name: link for link in GATEWAY}
-SESSION = PppoeSessions(("eth1.7",))
+SESSION = PppoeSessions(("eth1.7",), ("00000001",))
 PROC_PPPOE = """Id       Address              Device
 00000001 02:00:00:00:00:01   eth1.7
 """
@@ -198,3 +204,27 @@ def test_status_shows_each_stack_and_where_the_fast_path_runs() -> None:
     assert "  wg0  [flowtable ft]" not in text
     (ft,) = rep["flowtables"]
     assert ft["desired"] == ["eth1", "lan0", "lan1", "wg0"] and ft["in_sync"]
+
+
+def test_a_stack_that_came_back_as_another_device_or_session_is_stale() -> None:
+    ppp = resolve(BY_NAME["ppp0"], GATEWAY, SESSION)
+    br = resolve(BY_NAME["br-lan"], GATEWAY, SESSION)
+    index = {link.name: link.index for link in GATEWAY}
+    kinds = {link.name: link.kind for link in GATEWAY}
+    before = stack_identities((ppp, br), index, kinds, SESSION)
+    assert before == {"ppp0": (8, ("00000001",)), "br-lan": (4, ())}
+    # Nothing new: nothing stale (a port joining br-lan changes no identity).
+    assert stale_stacks(before, before, index) == ()
+    # pppd made a new ppp0 (new ifindex) ...
+    again = stack_identities((ppp, br), {**index, "ppp0": 18}, kinds, SESSION)
+    assert stale_stacks(before, again, {**index, "ppp0": 18}) == ("ppp0",)
+    # ... or kept it with a new session ...
+    new = PppoeSessions(("eth1.7",), ("00000002",))
+    assert stale_stacks(before, stack_identities((ppp, br), index, kinds, new), index) == (
+        "ppp0",)
+    # ... or it is gone.
+    gone = {k: v for k, v in index.items() if k != "ppp0"}
+    assert stale_stacks(before, stack_identities((br,), gone, kinds, SESSION), gone) == (
+        "ppp0",)
+    # Still there but used as it is (the guard refused its path): not stale.
+    assert stale_stacks(before, stack_identities((br,), index, kinds, SESSION), index) == ()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -236,7 +236,10 @@ def test_a_repair_whose_second_step_fails_asks_for_the_reconcile_that_restores_t
 def test_a_revalidation_out_of_sync_asks_for_a_reconcile_and_says_so_once(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     d, b = _daemon(tmp_path)
-    b.state = None  # `nft flush ruleset`, and its event was lost
+    assert b.state is not None
+    # Someone deleted offloadd's chain along with their change, and its
+    # event was lost.
+    b.state = replace(b.state, chain=None)
     d.revalidator.changed("1 rule added in inet admin by nft[77]")
     with caplog.at_level("INFO", logger="offloadd"):
         assert not d.revalidator.revalidate()
@@ -249,6 +252,21 @@ def test_a_revalidation_out_of_sync_asks_for_a_reconcile_and_says_so_once(
     assert d.revalidator.revalidate() and d.status.revalidation.revalidations_total == 1
     rep = status_report(d.status, "offloadd", "inet", b.state)
     assert rep["revalidate"]["waited_total"] == 1
+
+
+def test_a_revalidation_whose_table_came_back_new_is_moot(tmp_path: Path) -> None:
+    """`nft flush ruleset` with its event lost: the reconcile the waiting
+    re-validation asks for creates the table anew, after the change; every
+    flow in it passes the current policy, so nothing is replaced."""
+    d, b = _daemon(tmp_path)
+    b.state = None
+    d.revalidator.changed("1 rule added in inet admin by nft[77]")
+    assert not d.revalidator.revalidate()
+    d._pass()
+    tx = d.status.writes.transactions_total
+    assert not d.revalidator.revalidate()
+    assert d.status.revalidation.moot_total == 1 and d.status.revalidation.revalidations_total == 0
+    assert d.status.writes.transactions_total == tx and d.revalidator.due_at() is None
 
 
 def test_a_request_does_not_cut_short_a_failed_reconciles_backoff(tmp_path: Path) -> None:
