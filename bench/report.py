@@ -64,9 +64,13 @@ TARGETS = [
            "bridge port + VLAN's device: TCP at least the L3 list's"),
     Target("stack", "udp_pps_ratio_lower_vs_as_listed", ">=", 0.95,
            "bridge port + VLAN's device: UDP pps at least the L3 list's"),
+    # Not UDP down: iperf3 -u -R is a flood from the ISP's side whose client
+    # sends nothing after its first datagram, so the gate never sees an
+    # established packet of the original direction and neither list offloads
+    # it (by design: README, the gate); both figures are the slow path's.
     *(Target("stack_pppoe", f"{k}_ratio_{way}_lower_vs_as_listed", ">=", 0.95,
              f"PPPoE over VLAN, {way}: {k} at least the L3 list's")
-      for way in ("up", "down") for k in ("tcp", "udp_pps")),
+      for way, k in (("up", "tcp"), ("down", "tcp"), ("up", "udp_pps"))),
     Target("stack_pppoe", "flush_table_back_s", "<=", 1.0,
            "flush ruleset: offloadd's table back within 1 s"),
     Target("stack_pppoe", "flush_flows_offloaded_s", "<=", 1.0,

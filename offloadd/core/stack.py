@@ -124,15 +124,22 @@ def stack_identities(stacks: Iterable[Resolved], index: Mapping[str, int],
 
 def stale_stacks(before: Mapping[str, tuple[int, tuple[str, ...]]],
                  after: Mapping[str, tuple[int, tuple[str, ...]]],
-                 present: Iterable[str]) -> tuple[str, ...]:
-    """Stacked devices that went, or came back as another device or session
-    (a PPPoE reconnect: pppd deletes ppp0 and creates a new one, a new
-    session beneath it): the flows offloaded through them are stale. One
-    still there but no longer used through its stack (the guard refused
-    that path) is not: its own change frees what it needs."""
-    here = frozenset(present)
-    return tuple(sorted(dev for dev, ident in before.items()
-                        if dev not in here or (dev in after and after[dev] != ident)))
+                 present: Iterable[str], bottoms: Mapping[str, Iterable[str]],
+                 listed: Iterable[str]) -> tuple[str, ...]:
+    """Stacked devices whose offloaded flows are stale: one that came back as
+    another device or session (a PPPoE reconnect: pppd deletes ppp0 and
+    creates a new one within a second, a new session beneath it), and one
+    that went while a device beneath it (``bottoms``, as before) is still
+    ``listed`` in a flowtable. One that went with the devices beneath it
+    leaving the flowtables needs nothing: the kernel frees the flows of a
+    device it unhooks. One still there but no longer used through its stack
+    (the guard refused that path) is not stale: its own change frees what it
+    needs."""
+    here, kept = frozenset(present), frozenset(listed)
+    return tuple(sorted(
+        dev for dev, ident in before.items()
+        if (dev in after and after[dev] != ident)
+        or (dev not in here and any(b in kept for b in bottoms.get(dev, ())))))
 
 
 def resolve(device: Link, links: Iterable[Link],

@@ -127,6 +127,7 @@ class Daemon:
         # and the flowtables its flows were offloaded into.
         self._stack_ids: dict[str, tuple[int, tuple[str, ...]]] = {}
         self._stack_fts: dict[str, frozenset[str]] = {}
+        self._stack_bottoms: dict[str, tuple[str, ...]] = {}
         # Each component's counters, composed for status and metrics.
         if self.repairer is not None:
             self.status.repair = self.repairer.counts
@@ -266,14 +267,16 @@ class Daemon:
         fts = {r.device: frozenset(ft for b in r.bottoms
                                    if (ft := flowtable_of.get(b)) is not None)
                for _sel, r in desired.stacks if r.device in now}
-        for dev in stale_stacks(self._stack_ids, now, index):
+        bottoms = {r.device: r.bottoms for _sel, r in desired.stacks if r.device in now}
+        listed = {dev for ft in desired.table.flowtables for dev in ft.devices}
+        for dev in stale_stacks(self._stack_ids, now, index, self._stack_bottoms, listed):
             for name in self._stack_fts.get(dev, frozenset()):
                 why = (f"{dev} went or came back as another device or session: the flows "
                        "offloaded through it carry its old encapsulation")
                 log.info("flowtable %s: %s; replaced to free them", name, why,
                          extra={"OPERATION": "restack", "FLOWTABLE": name})
                 self._replace_after_pass.setdefault(name, why)
-        self._stack_ids, self._stack_fts = now, fts
+        self._stack_ids, self._stack_fts, self._stack_bottoms = now, fts, bottoms
 
     def _drift_repaired(self, plan: Plan, found_by: str) -> None:
         """A pass that compared had to change the table: an event that should

@@ -211,20 +211,27 @@ def test_a_stack_that_came_back_as_another_device_or_session_is_stale() -> None:
     br = resolve(BY_NAME["br-lan"], GATEWAY, SESSION)
     index = {link.name: link.index for link in GATEWAY}
     kinds = {link.name: link.kind for link in GATEWAY}
+    bottoms = {"ppp0": ("eth1",), "br-lan": ("lan0", "lan1")}
+    listed = {"eth1", "lan0", "lan1", "wg0"}
     before = stack_identities((ppp, br), index, kinds, SESSION)
     assert before == {"ppp0": (8, ("00000001",)), "br-lan": (4, ())}
+
+    def stale(after: dict[str, tuple[int, tuple[str, ...]]], present: dict[str, int],
+              still: set[str] = listed) -> tuple[str, ...]:
+        return stale_stacks(before, after, present, bottoms, still)
     # Nothing new: nothing stale (a port joining br-lan changes no identity).
-    assert stale_stacks(before, before, index) == ()
+    assert stale(before, index) == ()
     # pppd made a new ppp0 (new ifindex) ...
-    again = stack_identities((ppp, br), {**index, "ppp0": 18}, kinds, SESSION)
-    assert stale_stacks(before, again, {**index, "ppp0": 18}) == ("ppp0",)
+    moved = {**index, "ppp0": 18}
+    assert stale(stack_identities((ppp, br), moved, kinds, SESSION), moved) == ("ppp0",)
     # ... or kept it with a new session ...
     new = PppoeSessions(("eth1.7",), ("00000002",))
-    assert stale_stacks(before, stack_identities((ppp, br), index, kinds, new), index) == (
-        "ppp0",)
-    # ... or it is gone.
+    assert stale(stack_identities((ppp, br), index, kinds, new), index) == ("ppp0",)
+    # ... or it is gone while eth1 stays listed (another selected device has it).
     gone = {k: v for k, v in index.items() if k != "ppp0"}
-    assert stale_stacks(before, stack_identities((br,), gone, kinds, SESSION), gone) == (
-        "ppp0",)
+    assert stale(stack_identities((br,), gone, kinds, SESSION), gone) == ("ppp0",)
+    # Gone with eth1 unhooked: the kernel frees those flows itself.
+    assert stale(stack_identities((br,), gone, kinds, SESSION), gone,
+                 listed - {"eth1"}) == ()
     # Still there but used as it is (the guard refused its path): not stale.
-    assert stale_stacks(before, stack_identities((br,), index, kinds, SESSION), index) == ()
+    assert stale(stack_identities((br,), index, kinds, SESSION), index) == ()
