@@ -25,7 +25,6 @@ from offloadd.core.gate import gate_size
 from offloadd.core.model import DesiredResult, Link, TableState
 from offloadd.core.plan import Plan, teardown_plan
 from offloadd.core.revalidate import Skipped, announces_own, decide, needs_reconcile
-from offloadd.core.stack import stack_identities, stale_stacks
 from offloadd.service.connections import ConnectionTable
 from offloadd.service.control import LIMITS as CONTROL_LIMITS
 from offloadd.service.control import ControlServer, Handler
@@ -35,6 +34,7 @@ from offloadd.service.ports import Backend, ChangeSource, LinkSource, Notify
 from offloadd.service.reconciler import Reconciler
 from offloadd.service.repairer import LeftBehindSource, Repairer
 from offloadd.service.report import status_report
+from offloadd.service.restack import StaleStacks
 from offloadd.service.revalidator import Revalidator
 from offloadd.service.sdnotify import Notifier
 from offloadd.service.stackguard import FlowSampleSource, StackGuard
@@ -123,11 +123,8 @@ class Daemon:
         self.gate_counter = GateCounter(backend, self.status, timing=timing)
         # Flowtables to replace once the next pass applied a refusal.
         self._replace_after_pass: dict[str, str] = {}
-        # Per stacked device, what it was at the last pass (stack_identities)
-        # and the flowtables its flows were offloaded into.
-        self._stack_ids: dict[str, tuple[int, tuple[str, ...]]] = {}
-        self._stack_fts: dict[str, frozenset[str]] = {}
-        self._stack_bottoms: dict[str, tuple[str, ...]] = {}
+        # What each stacked device was at the last pass.
+        self.stale_stacks = StaleStacks()
         # Each component's counters, composed for status and metrics.
         if self.repairer is not None:
             self.status.repair = self.repairer.counts
@@ -251,32 +248,16 @@ class Daemon:
                                  else "a repair's or re-validation's read")
 
     def _free_stale_stacks(self) -> None:
-        """A stacked device that went or came back as another device or
-        session (a PPPoE reconnect): the flows offloaded through it still
-        carry the old stack's encapsulation, and the kernel frees none of
-        them (it keys them on the devices beneath, which stay). Their
-        flowtables are replaced after this pass, as after a guard refusal."""
+        """A stacked device re-made (a PPPoE reconnect): its flowtables are
+        replaced after this pass, as after a guard refusal (service.restack)."""
         desired = self.status.desired
         if desired is None:
             return
-        index = {link.name: link.index for link in self.status.links}
-        kinds = {link.name: link.kind for link in self.status.links}
-        now = stack_identities((r for _sel, r in desired.stacks), index, kinds,
-                               self.reconciler.pppoe)
-        flowtable_of = desired.flowtable_of()
-        fts = {r.device: frozenset(ft for b in r.bottoms
-                                   if (ft := flowtable_of.get(b)) is not None)
-               for _sel, r in desired.stacks if r.device in now}
-        bottoms = {r.device: r.bottoms for _sel, r in desired.stacks if r.device in now}
-        listed = {dev for ft in desired.table.flowtables for dev in ft.devices}
-        for dev in stale_stacks(self._stack_ids, now, index, self._stack_bottoms, listed):
-            for name in self._stack_fts.get(dev, frozenset()):
-                why = (f"{dev} went or came back as another device or session: the flows "
-                       "offloaded through it carry its old encapsulation")
-                log.info("flowtable %s: %s; replaced to free them", name, why,
-                         extra={"OPERATION": "restack", "FLOWTABLE": name})
-                self._replace_after_pass.setdefault(name, why)
-        self._stack_ids, self._stack_fts, self._stack_bottoms = now, fts, bottoms
+        for name, why in self.stale_stacks.after_pass(desired, self.status.links,
+                                                      self.reconciler.pppoe).items():
+            log.info("flowtable %s: %s; replaced to free them", name, why,
+                     extra={"OPERATION": "restack", "FLOWTABLE": name})
+            self._replace_after_pass.setdefault(name, why)
 
     def _drift_repaired(self, plan: Plan, found_by: str) -> None:
         """A pass that compared had to change the table: an event that should
