@@ -30,10 +30,10 @@ empty :=
 space := $(empty) $(empty)
 # 6.1 and 6.12 gave the same result in every kernel-facing test (runs up to
 # 2026-12-02), so they share those tests out. Both run the capability probe,
-# the dataplane, offloadd's TCP/UDP offload and offloadd on the gateway lab
-# (every path of a real gateway on every kernel: ~145 s each); 6.12 alone
-# re-validation and repair (NOT_ON_61; the bridge/VLAN restack and QinQ/bond of
-# test_stack.py run on 7.x, measured on 6.1 and 6.12 by hand); 6.1
+# the dataplane, offloadd's TCP/UDP offload, stacked devices and offloadd on
+# the gateway lab (test_stack.py, test_gateway.py: every path of a real
+# gateway on every kernel, ~145 s each); 6.12 alone re-validation and repair
+# (NOT_ON_61); 6.1
 # alone the firewalls-beside test (6.1 refuses the kernel's hook list: its
 # fallback is tested there, 7.x lists it), device following, survival,
 # metrics, attach, hardware and the gate's key and size (NOT_ON_612: the same
@@ -44,10 +44,9 @@ space := $(empty) $(empty)
 # lab/vm-test.sh 7 --userspace trixie tests/integration/test_gateway_facts.py.
 FACTS := tests/integration/test_gateway_facts.py
 NOT_ON_61 := tests/integration/test_revalidate.py tests/integration/test_repair.py \
-	tests/integration/test_stack.py tests/integration/test_gateway_facts.py
+	tests/integration/test_gateway_facts.py
 NOT_ON_612 := tests/integration/test_gateway_facts.py tests/integration/test_beside.py \
 	tests/integration/test_gate.py \
-	tests/integration/test_stack.py \
 	tests/integration/test_survival.py tests/integration/test_metrics.py \
 	tests/integration/test_attach.py tests/integration/test_hardware.py \
 	$(addprefix tests/integration/test_daemon.py::,\
