@@ -145,6 +145,14 @@ class DaemonConfig:
     # Seconds between full read-and-compare passes (0: none): a backstop for
     # the change that no event told offloadd of.
     check_interval: int = 60
+    # The stack guard (offloadd.core.guard): seconds between its looks at
+    # offloaded flows through stacked devices, and what counts against a
+    # device: flows with this many packets one way and none back, this many
+    # such flows in a look, this many looks in a row.
+    stack_guard_interval: int = 5
+    stack_guard_packets: int = 10
+    stack_guard_flows: int = 2
+    stack_guard_looks: int = 2
 
 
 @dataclass(frozen=True)

@@ -126,8 +126,14 @@ def _parse_daemon(data: Mapping[str, Any]) -> DaemonConfig:
     repair = enum_value(s, "repair", Repair, DaemonConfig.repair)
     revalidate = enum_value(s, "revalidate", Revalidate, DaemonConfig.revalidate)
     check_interval = int_in(s, "check_interval", DaemonConfig.check_interval, 0, 86400)
-    return DaemonConfig(table=table, family=family, priority=priority, on_exit=on_exit,
-                        repair=repair, revalidate=revalidate, check_interval=check_interval)
+    dc = DaemonConfig
+    return DaemonConfig(
+        table=table, family=family, priority=priority, on_exit=on_exit,
+        repair=repair, revalidate=revalidate, check_interval=check_interval,
+        stack_guard_interval=int_in(s, "stack_guard_interval", dc.stack_guard_interval, 1, 3600),
+        stack_guard_packets=int_in(s, "stack_guard_packets", dc.stack_guard_packets, 1, 10**9),
+        stack_guard_flows=int_in(s, "stack_guard_flows", dc.stack_guard_flows, 1, 10**6),
+        stack_guard_looks=int_in(s, "stack_guard_looks", dc.stack_guard_looks, 1, 1000))
 
 
 def _parse_flowtable(data: Mapping[str, Any], path: str) -> FlowtableConfig:

@@ -121,6 +121,18 @@ KEYS = (
         "(0: none, 1..86400). Changes are followed as their events arrive; this check also "
         "repairs what no event announced (an overrun, a watcher that stopped, someone "
         "else's edit of offloadd's table), and offloadctl status counts what it found."),
+    Key("daemon", "stack_guard_interval", INTEGER, _toml(_D.stack_guard_interval),
+        "Seconds between the stack guard's looks at offloaded flows through devices attached "
+        "through the devices beneath them (stack = lower/both), 1..3600."),
+    Key("daemon", "stack_guard_packets", INTEGER, _toml(_D.stack_guard_packets),
+        "Packets a flow must carry one way in a look, with none back, to count as one-way "
+        "(1..1000000000)."),
+    Key("daemon", "stack_guard_flows", INTEGER, _toml(_D.stack_guard_flows),
+        "One-way flows through a device in a look (and none that gets both ways) for the "
+        "look to count against it (1..1000000)."),
+    Key("daemon", "stack_guard_looks", INTEGER, _toml(_D.stack_guard_looks),
+        "Looks in a row against a device before the fast path beneath it is refused and the "
+        "device itself attached (1..1000)."),
     Key("flowtable", "name", STRING, None,
         "Unique; same rules as daemon.table. With hardware offload the hardware "
         "flowtable is <name>_hw.", required=True),

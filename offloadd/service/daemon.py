@@ -22,6 +22,7 @@ from offloadd.core.config import Config, OnExit, Repair, Revalidate
 from offloadd.core.configparse import load_config
 from offloadd.core.errors import ConfigError, DeviceVanishedError, OffloaddError
 from offloadd.core.gate import gate_size
+from offloadd.core.guard import GuardPolicy
 from offloadd.core.model import DesiredResult, Link, TableState
 from offloadd.core.plan import Plan, teardown_plan
 from offloadd.core.revalidate import Skipped, announces_own, decide, needs_reconcile
@@ -51,6 +52,13 @@ VANISHED_RETRIES = 5
 # SIGHUP reloads the config, the others stop (offloadd(8) lists them from here).
 SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 
+
+
+def guard_policy(config: Config) -> GuardPolicy:
+    """The stack guard's thresholds, from [daemon]."""
+    d = config.daemon
+    return GuardPolicy(min_packets=d.stack_guard_packets, min_flows=d.stack_guard_flows,
+                       looks=d.stack_guard_looks)
 
 class Daemon:
     def __init__(self, config_path: Path, config: Config, backend: Backend, *,
@@ -117,7 +125,8 @@ class Daemon:
             timing=timing, clock=clock)
         # Without a sampler (unit tests, --check) no path is ever refused.
         self.guard = (StackGuard(flow_samples, self.status, self._stack_refused,
-                                 interval_s=timing.stack_guard_s)
+                                 interval_s=config.daemon.stack_guard_interval,
+                                 policy=guard_policy(config))
                       if flow_samples is not None else None)
         # How full the gate is, counted now and then into status.gate_fill.
         self.gate_counter = GateCounter(backend, self.status, timing=timing)
@@ -301,6 +310,7 @@ class Daemon:
         self.config = new
         self.reconciler.configure(new)
         if self.guard is not None:
+            self.guard.configure(new.daemon.stack_guard_interval, guard_policy(new))
             self.guard.clear()
         self.status.reloads_total += 1
         log.info("config reloaded from %s", self.status.config_path)

@@ -48,6 +48,11 @@ class StackGuard:
         self._failed = False
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offloadd-guard")
 
+    def configure(self, interval_s: float, policy: GuardPolicy) -> None:
+        """A (reloaded) config's pace and thresholds; the next look uses them."""
+        self._interval_s = interval_s
+        self._policy = policy
+
     def clear(self) -> None:
         """A reload: every device is judged afresh."""
         self.state = GuardState()

@@ -69,11 +69,6 @@ class Timing:
     # reconcile and looks again after this.
     repair_not_in_sync_retry_s: float = 0.5
 
-    # -- the stack guard (StackGuard) ---------------------------------------------------
-    # Between two looks at offloaded flows through stacked devices (a refusal
-    # needs GuardPolicy.looks suspect looks in a row after a first one).
-    stack_guard_s: float = 5.0
-
     # -- the gate's fill (GateCounter) --------------------------------------------------
     # Between two counts of the gate's sets' elements (a raw set-element dump
     # each, on a worker thread: offloadd's part is 0.2 s of CPU per million

@@ -8,10 +8,12 @@ import asyncio
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import pytest
+
 from offloadd.cli.format import format_status
 from offloadd.core.config import Config, FlowtableConfig, Stack
 from offloadd.core.configparse import parse_config
-from offloadd.core.errors import KernelError
+from offloadd.core.errors import ConfigError, KernelError
 from offloadd.core.guard import (
     Evidence,
     FlowCounts,
@@ -292,3 +294,19 @@ def test_a_pppoe_reconnect_frees_the_flows_of_the_old_session(tmp_path: Path) ->
         await asyncio.wait_for(task, 5)
 
     run_virtual(scenario)
+
+
+def test_the_guards_pace_and_thresholds_are_settings_a_reload_applies(tmp_path: Path) -> None:
+    text = "[daemon]\nstack_guard_interval = 7\nstack_guard_packets = 3\n" \
+           "stack_guard_flows = 1\nstack_guard_looks = 4\n" + STACKED
+    path = tmp_path / "offloadd.toml"
+    path.write_text(text)
+    d = Daemon(path, parse_config(text), FakeBackend(), links=FakeLinks(),
+               flow_samples=OneWayThroughBridge())
+    assert d.guard is not None
+    assert (d.guard._interval_s, d.guard._policy) == (7, GuardPolicy(3, 1, 4))
+    path.write_text(STACKED)
+    d.reload()
+    assert (d.guard._interval_s, d.guard._policy) == (5, GuardPolicy())
+    with pytest.raises(ConfigError, match="stack_guard_looks"):
+        parse_config("[daemon]\nstack_guard_looks = 0\n" + STACKED)
