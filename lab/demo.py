@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.lab import conntrack
-from tests.lab.daemon import offloadd
+from tests.lab.daemon import RunningDaemon, offloadd
 from tests.lab.topology import lab_topology
 from tests.lab.traffic import (
     iperf3_client,
@@ -54,10 +54,16 @@ def main() -> int:
         print(f"config: {EXAMPLE.relative_to(EXAMPLE.parents[2])}, kinds += veth (lab links)")
         with offloadd(lab.router, demo_config(Path(tmp)), Path(tmp)) as d:
             d.wait_devices("lan", {"lan0", "lan1", "wan0"})
-            say("hot-plug: a VLAN appears on wan0; offloadd attaches it in place")
+            say("hot-plug: a VLAN appears on wan0; offloadd follows it in place")
             lab.router.run("ip", "link", "add", "link", "wan0", "name", "wan0.7",
                            "type", "vlan", "id", "7")
-            d.wait_devices("lan", {"lan0", "lan1", "wan0", "wan0.7"})
+            # stack = "lower" (the default): the kernel's fast path runs on
+            # the device beneath the VLAN, wan0, already attached; the VLAN
+            # joins the flowtable's ifname set (its flows are offloaded) and
+            # the flowtable stays as it was.
+            _wait_members(d, {"lan0", "lan1", "wan0"}, {"lan0", "lan1", "wan0", "wan0.7"})
+            print(f"flowtable lan: {sorted(d.flowtable_devices('lan') or ())}; "
+                  "wan0.7 rides on wan0 (offloadctl status shows the stack)")
             dst = lab.server_addr(4)
             with iperf3_server(lab.server), udp_echo_server(lab.server, "::"):
                 # 60 s: the flows are still there at the metrics step on a slow
@@ -89,6 +95,17 @@ def main() -> int:
             say(f"iperf3 through the offloaded path: {gbit:.2f} Gbit/s (emulated CPU)")
     say(f"demo finished in {time.monotonic() - t0:.0f} s")
     return 0
+
+
+def _wait_members(d: RunningDaemon, devices: set[str], names: set[str]) -> None:
+    """Waits for flowtable lan to hold ``devices`` and its ifname set ``names``."""
+    want = (frozenset(devices), frozenset(names))
+    try:
+        wait_for(lambda: d.members("lan") == want, 60, interval=0.3,
+                 what=f"flowtable lan {sorted(devices)}, its ifname set {sorted(names)}")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; now {d.members('lan')}\n--- offloadd log ---\n"
+                             f"{d.log_text()[-3000:]}") from None
 
 
 def _seen(seen: list[str], text: str) -> str:
