@@ -7,7 +7,8 @@ hold   opens N flows, waits until each got its echo (retrying the ones that did
        INTERVAL seconds until stdin closes: long-lived flows that stay offloaded.
 open   creates N flows in batches (explicit source ports, several destination
        ports, so more than one port range of flows can exist), each one
-       datagram + echo, and closes the sockets: conntrack keeps the entries.
+       datagram + echo + one more datagram (what offloads it: offloadd's
+       gate), and closes the sockets: conntrack keeps the entries.
 
 No project imports: started with ``ip netns exec`` under the VM's Python.
 Raises RLIMIT_NOFILE itself (the guest's soft limit is 1024; root may raise it).
@@ -168,6 +169,11 @@ def open_flows(dst: str, ports: list[int], flows: int, *, batch: int, first_spor
         ok += _establish(socks, tries=3, wait=0.5)
         made += len(socks)
         for s in socks:
+            # A second datagram after the echo: offloadd's gate offloads a
+            # flow once each direction has passed as established, i.e. on
+            # the original direction's packet after the first reply.
+            with contextlib.suppress(BlockingIOError, ConnectionRefusedError):
+                s.send(PAYLOAD)
             s.close()
     return {"flows": flows, "established": ok, "setup_s": round(time.monotonic() - t0, 1)}
 

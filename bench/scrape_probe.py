@@ -17,20 +17,23 @@ import urllib.request
 METRICS_URL = "http://127.0.0.1:9468/metrics"
 
 
-def scrape(url: str) -> tuple[float, int, int, float | None]:
+def scrape(url: str) -> tuple[float, int, int, float | None, int | None]:
     """(seconds, offloaded flows per the metric, response bytes, the count's age:
-    offloadd serves it from its last conntrack walk)."""
+    offloadd serves it from its last conntrack walk, the gate's elements in
+    both sets at its last count, if counted yet)."""
     t0 = time.monotonic()
     with urllib.request.urlopen(url, timeout=300) as resp:
         body = resp.read().decode()
     dt = time.monotonic() - t0
-    total, age = 0.0, None
+    total, age, gate = 0.0, None, None
     for line in body.splitlines():
         if line.startswith("offloadd_offloaded_flows{"):
             total += float(line.rsplit(" ", 1)[1])
         elif line.startswith("offloadd_offloaded_flows_age_seconds "):
             age = float(line.rsplit(" ", 1)[1])
-    return dt, int(total), len(body), age
+        elif line.startswith("offloadd_gate_elements{"):
+            gate = (gate or 0) + int(float(line.rsplit(" ", 1)[1]))
+    return dt, int(total), len(body), age, gate
 
 
 def conntrack_count() -> tuple[float, int]:
@@ -50,9 +53,10 @@ def main() -> int:
         row: dict[str, float | int | None] = {"round": r}
         for what in (("scrape", "conntrack") if r % 2 == 0 else ("conntrack", "scrape")):
             if what == "scrape":
-                dt, n, size, age = scrape(a.url)
+                dt, n, size, age, gate = scrape(a.url)
                 row.update(scrape_s=round(dt, 3), metric_flows=n, scrape_bytes=size,
-                           count_age_s=age if age is None else round(age, 3))
+                           count_age_s=age if age is None else round(age, 3),
+                           gate_elements=gate)
             else:
                 dt, n = conntrack_count()
                 row.update(conntrack_s=round(dt, 3), conntrack_flows=n)

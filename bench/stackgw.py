@@ -148,7 +148,7 @@ def _events(g: Gateway, workdir: Path) -> dict[str, float]:
     and until every flow was offloaded again (conntrack-tools, ~0.5 s a look);
     for the reconnect, from the new ppp0 with its addresses to its stack
     (ppp0 -> eth1.7 -> eth1) resolved and the flowtable in sync."""
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
         for p in g.paths:
             stack.enter_context(udp_echo_server(p.server, p.server_addr, EVENT_PORT))
