@@ -7,6 +7,7 @@ the kernel and the date, since only ratios measured in one run compare.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -27,6 +28,7 @@ from bench import (
     gate,
     hotplug,
     policy,
+    scale,
     scrape,
     stack,
     stackgw,
@@ -46,21 +48,24 @@ CASES: dict[str, Callable[[Path], dict[str, Any]]] = {
     "stack": stack.run,
     "stack_pppoe": stackgw.run_alone,
     "churn": churn.run,
+    "scale": scale.run,
 }
 # first_offload is hotplug's last part alone (for a root whose nftables turns
 # hotplug's "wan*" into a kernel wildcard): not run twice by default;
-# stack_pppoe takes about 10 minutes (bench/stackgw.py).
-DEFAULT_CASES = [c for c in CASES if c not in ("first_offload", "stack_pppoe")]
+# stack_pppoe takes about 10 minutes (bench/stackgw.py), scale about 30 and a
+# guest with 6 GiB (bench/scale.py): each on its own.
+DEFAULT_CASES = [c for c in CASES if c not in ("first_offload", "stack_pppoe", "scale")]
 # Conntrack's size limits live in the initial namespace only (the guest's),
 # and must be set before the namespaces that use them exist.
 CT_MAX = 400_000
 CT_BUCKETS = 131_072
 
 
-def prepare_guest() -> None:
+def prepare_guest(cases: list[str]) -> None:
     subprocess.run(["modprobe", "nf_conntrack"], check=False)
-    sysctl_init("net.netfilter.nf_conntrack_max", CT_MAX)
-    sysctl_init("net.netfilter.nf_conntrack_buckets", CT_BUCKETS)
+    big = "scale" in cases
+    sysctl_init("net.netfilter.nf_conntrack_max", scale.CT_MAX if big else CT_MAX)
+    sysctl_init("net.netfilter.nf_conntrack_buckets", scale.CT_BUCKETS if big else CT_BUCKETS)
     # Inherited by every process started from here (sockets of many flows).
     resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
 
@@ -69,12 +74,19 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("cases", nargs="*", default=DEFAULT_CASES)
+    ap.add_argument("--scale-flows", type=int, default=scale.FLOWS,
+                    help="flows of the scale case (a rehearsal: fewer)")
+    ap.add_argument("--scale-soak", type=float, default=scale.SOAK_S,
+                    help="seconds of the scale case's soak")
     a = ap.parse_args()
+    scaled: Callable[[Path], dict[str, Any]] = functools.partial(
+        scale.run, flows=a.scale_flows, soak_s=a.scale_soak)
+    cases = {**CASES, "scale": scaled}
     unknown = [c for c in a.cases if c not in CASES]
     if unknown:
         print(f"bench: unknown case(s) {unknown}; known: {sorted(CASES)}", file=sys.stderr)
         return 2
-    prepare_guest()
+    prepare_guest(a.cases)
     results: list[dict[str, Any]] = []
     start = time.monotonic()
     doc: dict[str, Any] = {"kernel": platform.release(),
@@ -85,7 +97,7 @@ def main() -> int:
         print(f"bench {name}: running", flush=True)
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                res = {"case": name, **CASES[name](Path(tmp))}
+                res = {"case": name, **cases[name](Path(tmp))}
         except Exception as e:
             traceback.print_exc()
             res = {"case": name, "error": f"{type(e).__name__}: {e}"[:4000]}

@@ -41,12 +41,17 @@ if [ "$suite" != host ]; then
     py=(env PYTHONDONTWRITEBYTECODE=1 "PYTHONPATH=/opt/offloadd-lab/site:$repo" /usr/bin/python3)
 fi
 
+# The scale case holds a million flows (conntrack, flowtable, the gate's two
+# sets): ~4 GiB in the guest.
+memory=${OFFLOADD_VM_MEMORY:-2G}
+case " $* " in *" scale "*) memory=${OFFLOADD_VM_MEMORY:-6G} ;; esac
+
 log "bench on kernel $series ($ver), userspace $suite"
 start=$(date +%s)
 set +e
 PATH="$repo/.venv/bin:$PATH" timeout "${OFFLOADD_BENCH_TIMEOUT:-1800}" \
     vng --run "$kdir/boot/vmlinuz-$ver" --disable-kvm \
-        --cpus "${OFFLOADD_VM_CPUS:-2}" --memory "${OFFLOADD_VM_MEMORY:-2G}" \
+        --cpus "${OFFLOADD_VM_CPUS:-2}" --memory "$memory" \
         "${vm_args[@]}" \
         -- "${py[@]}" -m bench.run --out "$vm_out/latest.json" "$@" \
         </dev/null 2>&1 | sed -u "s/^/[vm $run] /"

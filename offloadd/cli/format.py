@@ -191,6 +191,13 @@ def format_repair(rep: dict[str, Any]) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["time"]))
         flows = ", ".join(f"{n} ({c} flows)" for n, c in sorted(last["flows"].items()))
         line += f"; last {when}: {flows}: {last['reason']}"
+    if rep["mode"] != "off":
+        since = rep.get("leaves_behind_since")
+        line += ("\n  periodic check: on, this kernel left flows behind first "
+                 + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
+                 if since is not None else
+                 "\n  periodic check: off until this kernel leaves a flow behind (checks "
+                 "follow device removals and re-validations)")
     if rep.get("held"):
         line += f"\n  held back: {rep['held']}"
     return line

@@ -8,8 +8,13 @@ When it looks: a route cache flush is what leaves flows behind, and a device
 going away is the flush offloadd sees, so a check follows each removal
 (after the flows' next packets: by default 1 s and 3 s later). Flushes it
 cannot see (an admin's ``net.ipv4.route.flush``, routing daemons) are caught
-by a periodic check (Timing.repair_periodic_s, 30 s). A check is one filtered
-conntrack dump in a worker thread; the loop only decides and applies.
+by a periodic check (Timing.repair_periodic_s, 30 s) — only on a kernel that
+has been seen leaving flows behind (a check after a removal found some): a
+kernel without the regression (all but 7.3 in the lab) never pays a periodic
+walk of its conntrack table. Which kernel leaves flows behind cannot be
+probed from the unit (a scratch namespace needs CAP_SYS_ADMIN), so it is
+learnt, and shown by offloadctl status. A check is one filtered conntrack
+dump in a worker thread; the loop only decides and applies.
 """
 
 from __future__ import annotations
@@ -94,19 +99,23 @@ class Repairer:
 
     async def run(self) -> None:
         periodic_s = self._timing.repair_periodic_s
-        next_periodic = self._clock() + periodic_s
+        next_periodic: float | None = None
         while True:
             now = self._clock()
-            wake = min([next_periodic, *self._due])
+            if next_periodic is None and self.counts.leaves_behind_since is not None:
+                next_periodic = now + periodic_s
+            wake = min([*([next_periodic] if next_periodic is not None else []), *self._due],
+                       default=None)
             # Within a microsecond is due (a float sum can sit 1e-17 s past
             # the clock's: waiting that out spins).
-            if wake > now + 1e-6:
+            if wake is None or wake > now + 1e-6:
                 self._kick.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._kick.wait(), wake - now)
+                    await asyncio.wait_for(self._kick.wait(),
+                                           None if wake is None else wake - now)
                 continue
             self._due = [t for t in self._due if t > now + 1e-6]
-            if next_periodic <= now + 1e-6:
+            if next_periodic is not None and next_periodic <= now + 1e-6:
                 next_periodic = now + periodic_s
             try:
                 await self.check()
@@ -140,6 +149,11 @@ class Repairer:
         found = left_behind(scan, previous, self._policy.stale_gap_s)
         flows = sum(len(ids) for ids in found.values())
         self.counts.left_behind_flows = flows
+        if flows and self.counts.leaves_behind_since is None:
+            self.counts.leaves_behind_since = time.time()
+            log.warning("this kernel leaves flows behind (%d found): from now on a check "
+                        "every %.0f s too, for route cache flushes no event announces",
+                        flows, self._timing.repair_periodic_s, extra={"OPERATION": "repair"})
         if flows and self._writer.read() != desired.table:
             # A reconcile is due (the table is not what it should be): the
             # replacement must start from the desired state, so ask for it

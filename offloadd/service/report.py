@@ -110,6 +110,8 @@ def status_report(status: Status, table_name: str, family: str,
             "left_behind_flows": status.repair.left_behind_flows,
             "last": status.repair.last,
             "held": status.repair.held,
+            # The periodic check runs once the kernel was seen leaving flows behind.
+            "leaves_behind_since": status.repair.leaves_behind_since,
         },
         "legacy": _legacy(status, kernel),
         "guard": {

@@ -38,6 +38,9 @@ class RepairCounts:
     left_behind_flows: int = 0  # at the last check
     last: dict[str, object] | None = None
     held: str = ""  # why the last check repaired nothing it found, if so
+    # When this kernel was first seen leaving flows behind (wall clock): from
+    # then on the periodic check runs; before, only events call for one.
+    leaves_behind_since: float | None = None
 
 
 @dataclass

@@ -343,6 +343,48 @@ def test_a_link_removal_schedules_checks(tmp_path: Path) -> None:
     assert seen_at == [0, 1, 1, 2]  # 1 s and 3 s after the removal
 
 
+def test_no_periodic_check_until_the_kernel_leaves_a_flow_behind(tmp_path: Path) -> None:
+    # A kernel without the regression never pays a periodic conntrack walk;
+    # once a check (here after a removal) finds flows left behind, one every
+    # repair_periodic_s follows.
+    scanner = FakeScanner([{}, {"ft": IDS}])
+    seen_at: list[int] = []
+
+    async def go() -> Daemon:
+        d, _b = _on_loop(tmp_path, scanner)
+        assert d.repairer is not None
+        task = asyncio.create_task(d.repairer.run())
+        await asyncio.sleep(100)
+        seen_at.append(len(scanner.seen))  # 100 s, no event: no check
+        d.repairer.links_removed()  # checks 1 s and 3 s later: the second finds them
+        await asyncio.sleep(10)
+        seen_at.append(len(scanner.seen))
+        assert d.status.repair.leaves_behind_since is not None
+        await asyncio.sleep(3 * d.timing.repair_periodic_s)
+        seen_at.append(len(scanner.seen))
+        task.cancel()
+        return d
+
+    d = run_virtual(go)
+    assert seen_at[0] == 0
+    # The removal's two checks, then the repair's release poll and its own
+    # settle checks: all before the periodic ones.
+    after_removal = seen_at[1]
+    assert after_removal >= 3
+    assert seen_at[2] - after_removal >= 3  # one each 30 s since
+    rep = status_report(d.status, "offloadd", "inet", None, repair_mode="auto")["repair"]
+    assert "periodic check: on, this kernel left flows behind first" in format_repair(rep)
+
+
+def test_status_says_the_periodic_check_waits_for_evidence(tmp_path: Path) -> None:
+    d, b = _daemon(tmp_path, FakeScanner())
+    assert d.repairer is not None
+    asyncio.run(d.repairer.check())
+    rep = status_report(d.status, "offloadd", "inet", b.state, repair_mode="auto")["repair"]
+    assert rep["leaves_behind_since"] is None
+    assert "periodic check: off until this kernel leaves a flow behind" in format_repair(rep)
+
+
 # -- what the operator sees ---------------------------------------------------------
 
 def test_status_report_and_offloadctl_line_show_the_last_repair(tmp_path: Path) -> None:

@@ -1,0 +1,319 @@
+"""Scale case (issue 23): a million offloaded flows, the gate full of their ids.
+
+Python sockets cannot open a million flows in a TCG guest in reasonable time;
+the kernel's packet generator (pktgen, per namespace) can. The client's
+pktgen sends one UDP datagram per flow from one of ``ADDRS`` client addresses
+and source ports 1024.. to the server's discard port; the server's pktgen
+answers each with the mirrored datagram (nobody listens on either end: both
+drop them on input, so no ICMP comes back). Per block of one address's flows:
+original, reply, original again — the third is the established original
+packet after a reply that offloadd's gate offloads the flow on. Blocks are
+small enough that no entry or gate element ages out between its packets.
+
+Then, in the router, with offloadd running (``flow_count_interval`` 15 s, the
+default):
+- attach p50 (bench.attach_probe) before any flow (empty gate) and, last, at
+  1M flows (both gate sets full): their ratio;
+- /metrics scrapes vs ``conntrack -L -u OFFLOAD | wc -l`` (bench.scrape_probe),
+  the count's age and the gate's elements as the metrics say;
+- a soak of ``SOAK_S`` seconds (a scrape every 15 s, as Prometheus would):
+  offloadd's RSS growth and CPU seconds, every scrape's time and count age;
+- one foreign change (``add table``): the re-validations it caused (must be
+  1: the gate sets are replaced, never flushed), its duration; then every flow
+  sends its original and its reply packet once more: how many are offloaded
+  again on those two packets (>= 99 % means offloadd added no wait of its own;
+  how long that took is the generator's pace under TCG, not offloadd's) and
+  the forward-hook packets per flow (an admin counter: 2 is the minimum).
+Smaller sizes for a rehearsal: ``vm-bench.sh 7 scale --scale-flows 125000
+--scale-soak 30``. The guest needs ~4 GiB at 1M (vm-bench.sh gives it 6 GiB
+when the case is asked for).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common import cpu_s, rss_mb
+from bench.gate import MARKER, _ifs, _revalidate
+from tests.lab.daemon import RunningDaemon, offloadd
+from tests.lab.netns import Netns
+from tests.lab.topology import Lab, lab_topology
+from tests.lab.traffic import wait_for
+
+FLOWS = 1_000_000
+SOAK_S = 600.0
+PER_ADDR = 62_500  # source ports 1024..63523 per client address
+FIRST_SPORT = 1024
+DPORT = 9  # discard: nobody listens, both ends drop it on input
+SCRAPE_EVERY_S = 15.0
+ATTACH_SAMPLES = 10
+# Conntrack and gate sizes for 1M flows (bench.run sets them in the guest's
+# initial namespace before any other exists when this case is asked for).
+CT_MAX = 1_300_000
+CT_BUCKETS = 524_288
+CONFIG = """
+[metrics]
+flow_count_interval = 15
+
+[[flowtable]]
+name = "ft"
+devices = ["lan*", "wan*"]
+"""
+# Slow-path witness: every forwarded packet the forward hook sees, before
+# offloadd's chain; and the sinks that keep both hosts from answering.
+ADMIN = """
+table inet admin {
+    chain witness {
+        type filter hook forward priority -10; policy accept;
+        udp dport 9 counter
+        udp sport 9 counter
+    }
+}
+"""
+SINK = """
+table ip sink {
+    chain in {
+        type filter hook input priority 0; policy accept;
+        udp dport 9 drop
+        udp sport 9 drop
+    }
+}
+"""
+
+
+@dataclass(frozen=True)
+class PktGen:
+    """pktgen on ``dev`` in ``ns`` (its own kernel thread of that namespace)."""
+
+    ns: Netns
+    dev: str = "eth0"
+
+    def attach(self) -> None:
+        self.ns.sh(f"echo rem_device_all > /proc/net/pktgen/kpktgend_0\n"
+                   f"echo add_device {self.dev} > /proc/net/pktgen/kpktgend_0\n")
+
+    def send(self, *, src: str, dst: str, mac: str, sport: int, dport: int,
+             sports: int, dports: int) -> float:
+        """One datagram per port pair in [sport, sport+sports) x [dport, dport+dports)
+        walked together (one of the two ranges is 1 wide); returns seconds."""
+        count = max(sports, dports)
+        cfg = [f"count {count}", "clone_skb 0", "pkt_size 64", "delay 0",
+               f"dst_mac {mac}", f"src_min {src}", f"src_max {src}",
+               f"dst_min {dst}", f"dst_max {dst}",
+               f"udp_src_min {sport}", f"udp_src_max {sport + sports}",
+               f"udp_dst_min {dport}", f"udp_dst_max {dport + dports}"]
+        script = "".join(f"echo '{c}' > /proc/net/pktgen/{self.dev}\n" for c in cfg)
+        t0 = time.monotonic()
+        self.ns.sh(script + "echo start > /proc/net/pktgen/pgctrl\n", timeout=1800)
+        return time.monotonic() - t0
+
+
+def _mac(ns: Netns, dev: str) -> str:
+    return str(json.loads(ns.out("ip", "-j", "link", "show", "dev", dev))[0]["address"])
+
+
+@dataclass(frozen=True)
+class Flows:
+    """The case's flows: ``blocks`` client addresses x PER_ADDR source ports."""
+
+    lab: Lab
+    client: PktGen
+    server: PktGen
+    addrs: tuple[str, ...]
+    lan_mac: str
+    wan_mac: str
+
+    def original(self, addr: str) -> float:
+        return self.client.send(src=addr, dst=self.lab.wan.host_v4, mac=self.lan_mac,
+                                sport=FIRST_SPORT, dport=DPORT, sports=PER_ADDR, dports=1)
+
+    def reply(self, addr: str) -> float:
+        return self.server.send(src=self.lab.wan.host_v4, dst=addr, mac=self.wan_mac,
+                                sport=DPORT, dport=FIRST_SPORT, sports=1, dports=PER_ADDR)
+
+
+def _prepare(lab: Lab, flows: int) -> Flows:
+    blocks = -(-flows // PER_ADDR)
+    addrs = tuple(f"198.18.1.{100 + i}" for i in range(blocks))
+    lab.client.sh("".join(f"ip addr add {a}/24 dev eth0\n" for a in addrs))
+    for ns in (lab.client, lab.server):
+        ns.nft(SINK)
+    r = lab.router
+    # Long enough for the whole case: no flow ages out between its packets or
+    # while it sits offloaded without traffic during the soak.
+    for key, value in (("net.netfilter.nf_conntrack_udp_timeout", 3600),
+                       ("net.netfilter.nf_conntrack_udp_timeout_stream", 3600),
+                       ("net.netfilter.nf_flowtable_udp_timeout", 3600)):
+        r.sysctl(key, value)
+    r.nft(ADMIN)
+    lab.client.run("modprobe", "pktgen")
+    # Every client address resolved ahead: the replies need the router's
+    # neighbour entries, and ARP under a flood is lossy.
+    lab.client.sh("".join(f"ping -c1 -W5 -I {a} {lab.lan.router_v4} >/dev/null\n"
+                          for a in addrs))
+    f = Flows(lab, PktGen(lab.client), PktGen(lab.server), addrs,
+              _mac(r, "lan0"), _mac(r, "wan0"))
+    f.client.attach()
+    f.server.attach()
+    return f
+
+
+def _offloaded(r: Netns) -> int:
+    return int(r.sh("conntrack -L -u OFFLOAD 2>/dev/null | wc -l", timeout=900))
+
+
+def _forward_packets(r: Netns) -> int:
+    out = json.loads(r.out("nft", "-j", "list", "chain", "inet", "admin", "witness"))
+    return sum(e["counter"]["packets"] for i in out["nftables"] if "rule" in i
+               for e in i["rule"]["expr"] if "counter" in e)
+
+
+def _attach(r: Netns) -> list[float]:
+    out = r.run(sys.executable, "-m", "bench.attach_probe", "--samples",
+                str(ATTACH_SAMPLES), timeout=1800).stdout
+    return [round(a, 1) for a in json.loads(out)["attach_ms"]]
+
+
+def _scrapes(r: Netns, rounds: int) -> list[dict[str, Any]]:
+    out = r.run(sys.executable, "-m", "bench.scrape_probe", "--rounds", str(rounds),
+                timeout=1800).stdout
+    rows: list[dict[str, Any]] = json.loads(out)["rounds"]
+    return rows
+
+
+def _scrape_only(r: Netns) -> dict[str, Any]:
+    code = ("import json,bench.scrape_probe as p;"
+            "dt,n,_,age,gate=p.scrape(p.METRICS_URL);"
+            "print(json.dumps({'scrape_s':round(dt,3),'metric_flows':n,"
+            "'count_age_s':age,'gate_elements':gate}))")
+    row: dict[str, Any] = json.loads(r.out(sys.executable, "-c", code, timeout=600))
+    return row
+
+
+def _soak(r: Netns, d: RunningDaemon, seconds: float) -> dict[str, Any]:
+    pid = d.proc.pid
+    rss0, cpu0, t0 = rss_mb(pid), cpu_s(pid), time.monotonic()
+    rows = []
+    while time.monotonic() - t0 < seconds:
+        rows.append(_scrape_only(r))
+        time.sleep(max(0.0, SCRAPE_EVERY_S - (time.monotonic() - t0) % SCRAPE_EVERY_S))
+    rss1, cpu1 = rss_mb(pid), cpu_s(pid)
+    return {"rows": rows, "rss_start_mb": rss0, "rss_end_mb": rss1,
+            "rss_growth_mb": round(rss1 - rss0, 1), "cpu_s": round(cpu1 - cpu0, 1),
+            "soak_s": round(time.monotonic() - t0, 1)}
+
+
+def _open(f: Flows) -> dict[str, float]:
+    t0 = time.monotonic()
+    paces = []
+    for addr in f.addrs:
+        s = f.original(addr) + f.reply(addr) + f.original(addr)
+        paces.append(3 * PER_ADDR / s)
+        print(f"  scale: {addr}: {PER_ADDR} flows, 3 packets each, {s:.1f} s", flush=True)
+    return {"open_s": round(time.monotonic() - t0, 1),
+            "generator_pps": round(statistics.median(paces))}
+
+
+def _revalidation(lab: Lab, d: RunningDaemon, f: Flows, flows: int) -> dict[str, Any]:
+    r = lab.router
+    rv0 = _revalidate(d)
+    fwd0 = _forward_packets(r)
+    r.nft("add table inet foreign\n")
+    changed = time.monotonic()
+    wait_for(lambda: _revalidate(d)["revalidations_total"] > rv0["revalidations_total"],
+             600, interval=1.0, what="a re-validation after one foreign change")
+    seen_s = time.monotonic() - changed
+    # Every flow's next original packet, then its reply: the gate offloads it
+    # on the reply (both directions passed since the replacement).
+    t0 = time.monotonic()
+    for addr in f.addrs:
+        f.original(addr)
+        f.reply(addr)
+    traffic_s = time.monotonic() - t0
+    again = _offloaded(r)
+    counted_s = time.monotonic() - changed
+    fwd1 = _forward_packets(r)
+    # A marker after it all in the change stream (see bench.gate): once a
+    # reconcile removed it, an overrun of offloadd's event socket by its own
+    # replacement would have been counted.
+    r.nft(f'add element inet offloadd ft_ifs {{ "{MARKER}" }}\n')
+    wait_for(lambda: MARKER not in _ifs(r), 600, interval=1.0,
+             what=f"the marker {MARKER} removed by a reconcile")
+    rv1 = _revalidate(d)
+    last = rv1.get("last") or {}
+    return {
+        "revalidations_per_change": rv1["revalidations_total"] - rv0["revalidations_total"],
+        "revalidation_replace_s": last.get("duration_seconds"),
+        "revalidation_seen_s": round(seen_s, 2),
+        "reoffload_traffic_s": round(traffic_s, 1),
+        "reoffloaded": again,
+        "reoffloaded_ratio": round(again / flows, 4),
+        "reoffload_counted_s": round(counted_s, 1),
+        "slow_path_packets_per_flow": round((fwd1 - fwd0) / flows, 2),
+    }
+
+
+def run(workdir: Path, flows: int = FLOWS, soak_s: float = SOAK_S) -> dict[str, Any]:
+    with lab_topology() as lab:
+        r = lab.router
+        f = _prepare(lab, flows)
+        flows = len(f.addrs) * PER_ADDR
+        with offloadd(r, CONFIG, workdir) as d:
+            d.wait_devices("ft", {"lan0", "lan1", "wan0"})
+            attach_empty = _attach(r)
+            rss_empty = rss_mb(d.proc.pid)
+            opened = _open(f)
+            offloaded = _offloaded(r)
+            print(f"  scale: {offloaded} of {flows} flows offloaded "
+                  f"({json.dumps(opened)})", flush=True)
+            # The metric follows within a walk: then the measured rounds.
+            wait_for(lambda: _scrape_only(r)["metric_flows"] >= 0.99 * offloaded, 300,
+                     interval=5, what="the scraped count to follow the flows")
+            rows = _scrapes(r, 3)
+            soak = _soak(r, d, soak_s)
+            repair0 = d.status()["repair"]
+            reval = _revalidation(lab, d, f, flows)
+            # Last: each sample deletes a device, and on 7.3 a device going
+            # flushes the route cache and leaves IPv4 flows behind, which
+            # offloadd's repair takes out of the flowtable (counted below).
+            # The gate holds every flow's ids again (the re-offload above).
+            gate = _scrape_only(r)["gate_elements"]
+            attach_full = _attach(r)
+            repair1 = d.status()["repair"]
+    scrape_s = statistics.median(x["scrape_s"] for x in rows)
+    ct_s = statistics.median(x["conntrack_s"] for x in rows)
+    soak_rows = soak.pop("rows")
+    ages = [x["count_age_s"] for x in soak_rows if x["count_age_s"] is not None]
+    res: dict[str, Any] = {
+        "case": "scale",
+        "samples": {"attach_empty": attach_empty, "attach_full": attach_full,
+                    "scrapes": rows, "soak": soak_rows},
+        "flows": flows,
+        **opened,
+        "offloaded_flows": offloaded,
+        "gate_elements": gate,
+        "scrape_s": scrape_s,
+        "scrape_s_max": max(x["scrape_s"] for x in rows + soak_rows),
+        "conntrack_s": ct_s,
+        "scrape_vs_conntrack_ratio": round(scrape_s / ct_s, 3),
+        "count_age_s_max": max(ages) if ages else None,
+        "attach_ms_p50_empty": statistics.median(attach_empty),
+        "attach_ms_p50_full": statistics.median(attach_full),
+        "attach_p50_ratio": round(statistics.median(attach_full)
+                                  / statistics.median(attach_empty), 2),
+        "rss_no_flows_mb": rss_empty,
+        **{f"soak_{k}": v for k, v in soak.items()},
+        **reval,
+        "repairs_during_attach": repair1["repairs_total"] - repair0["repairs_total"],
+        "repair_checks_total": repair1["checks_total"],
+    }
+    if offloaded < 0.99 * flows:
+        res["error"] = f"{offloaded} of {flows} flows offloaded (the case needs >= 99 %)"
+    return res
+
