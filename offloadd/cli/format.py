@@ -104,7 +104,8 @@ def format_fill(fill: dict[str, Any], size: int) -> str:
 
 
 def format_tasks(tasks: dict[str, Any]) -> str:
-    """One line: the background tasks, with any that is down or was restarted."""
+    """One line: the background tasks, with any that is down, was restarted or
+    is stalled (in one step for longer than the daemon allows)."""
     down = [n for n, t in tasks.items() if not t["up"]]
     line = (f"tasks: {len(tasks) - len(down)}/{len(tasks)} running"
             + (f"; DOWN: {', '.join(down)}" if down else ""))
@@ -112,6 +113,10 @@ def format_tasks(tasks: dict[str, Any]) -> str:
                  for n, t in tasks.items() if t["restarts_total"] or not t["up"]]
     if restarted:
         line += "; restarted: " + "; ".join(restarted)
+    stalled = [f"{n} (one step for {t['step_seconds']:.0f} s)"
+               for n, t in tasks.items() if t.get("stalled")]
+    if stalled:
+        line += "; STALLED: " + ", ".join(stalled)
     return line
 
 

@@ -116,8 +116,10 @@ class Daemon:
         # what it drops before (and after) the socket exists.
         self.control_connections = ConnectionTable("control", CONTROL_LIMITS)
         # Without a source (unit tests, --check) nothing is ever repaired.
+        steps = self.supervisor.steps
         self.repairer = (Repairer(self.writer, left_behind, self.status,
-                                  enabled=self.repair_enabled, timing=timing, clock=clock)
+                                  enabled=self.repair_enabled, timing=timing, clock=clock,
+                                  step=lambda: steps.running("repair"))
                          if left_behind is not None else None)
         self.revalidator = Revalidator(
             self.writer, self.status, enabled=self.revalidate_enabled,
@@ -126,10 +128,12 @@ class Daemon:
         # Without a sampler (unit tests, --check) no path is ever refused.
         self.guard = (StackGuard(flow_samples, self.status, self._stack_refused,
                                  interval_s=config.daemon.stack_guard_interval,
-                                 policy=guard_policy(config))
+                                 policy=guard_policy(config),
+                                 step=lambda: steps.running("stack-guard"))
                       if flow_samples is not None else None)
         # How full the gate is, counted now and then into status.gate_fill.
-        self.gate_counter = GateCounter(backend, self.status, timing=timing)
+        self.gate_counter = GateCounter(backend, self.status, timing=timing,
+                                        step=lambda: steps.running("gate-count"))
         # Flowtables to replace once the next pass applied a refusal.
         self._replace_after_pass: dict[str, str] = {}
         # What each stacked device was at the last pass.

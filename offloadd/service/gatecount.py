@@ -22,10 +22,12 @@ it is logged once, not every period, and the next count that succeeds says so.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from offloadd.core.errors import KernelError, OffloaddError
@@ -69,8 +71,11 @@ def count_now(source: ElementCounter, wall: Callable[[], float] = time.time) -> 
 
 class GateCounter:
     def __init__(self, source: ElementCounter, status: Status, *,
-                 timing: Timing = Timing(), wall: Callable[[], float] = time.time) -> None:
+                 timing: Timing = Timing(), wall: Callable[[], float] = time.time,
+                 step: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
+                 ) -> None:
         self._source = source
+        self._step = step  # marks each count (a kernel dump): see Supervisor
         self._status = status
         self._timing = timing
         self._wall = wall
@@ -93,8 +98,9 @@ class GateCounter:
             self._status.gate.fill = None
             return
         try:
-            elements = await asyncio.get_running_loop().run_in_executor(self._worker,
-                                                                        self._count_sets)
+            with self._step():
+                elements = await asyncio.get_running_loop().run_in_executor(
+                    self._worker, self._count_sets)
         except OffloaddError as e:
             self._failed(str(e))
             return

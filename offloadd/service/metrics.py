@@ -85,6 +85,7 @@ class DaemonCounters:
     write_failures_total: int = 0
     # Supervised tasks: name -> (up, restarts).
     tasks: Mapping[str, tuple[bool, int]] = field(default_factory=dict)
+    tasks_stalled: tuple[str, ...] = ()
     # The stack guard: devices it watches, and those whose fast path beneath it refused.
     guard_watched: tuple[str, ...] = ()
     guard_refused: tuple[str, ...] = ()
@@ -141,6 +142,7 @@ class StatusView:
             transactions_total=s.writes.transactions_total,
             write_failures_total=s.writes.failures_total,
             tasks={n: (t.up, t.restarts_total) for n, t in s.tasks().items()},
+            tasks_stalled=tuple(sorted(n for n, t in s.tasks().items() if t.stalled)),
             guard_watched=s.guard.watched,
             guard_refused=tuple(sorted(s.guard.refused)),
             guard_refusals_total=s.guard.refusals_total,
@@ -264,6 +266,9 @@ TASK_UP = _g("offloadd_task_up",
              "1 if the background task runs, 0 while it waits to be restarted after it "
              "stopped (nft-changes, revalidate, repair, legacy, periodic-check, "
              "stack-guard, gate-count).", "task")
+TASK_STALLED = _g("offloadd_task_stalled",
+                  "1 if the background task has been in one step (a kernel dump on a worker "
+                  "thread) for longer than 300 s: it runs but does no work.", "task")
 STACK_FAST_PATH = _g("offloadd_stack_fast_path_refused",
                      "Per selected device attached through the devices beneath it "
                      "(stack = lower/both): 1 if the stack guard refused that fast path "
@@ -297,6 +302,7 @@ SPECS = (BUILD_INFO, START_TIME, SOURCE_UP, OFFLOADED, OFFLOADED_AGE, CT_ENTRIES
          LINK_EVENTS, LINK_RESYNCS, RELOADS, RELOADS_REJECTED, REPAIRS, LEFT_BEHIND,
          POLICY_CHANGES, POLICY_CHANGES_SKIPPED, REVALIDATIONS, LAST_REVALIDATION,
          CONNECTIONS_DROPPED, DRIFT_REPAIRS, WRITE_FAILURES, TASK_UP, TASK_RESTARTS,
+         TASK_STALLED,
          STACK_FAST_PATH, GUARD_REFUSALS, GATE_CAPACITY, GATE_ELEMENTS, GATE_ELEMENTS_AGE)
 
 
@@ -433,6 +439,7 @@ class OffloaddCollector:
         for task, (up, restarts) in sorted(c.tasks.items()):
             fams[TASK_UP.name].add_metric([task], 1 if up else 0)
             fams[TASK_RESTARTS.name].add_metric([task], restarts)
+            fams[TASK_STALLED.name].add_metric([task], 1 if task in c.tasks_stalled else 0)
         if c.last_revalidation_time:
             fams[LAST_REVALIDATION.name].add_metric([], c.last_revalidation_time)
         if c.last_reconcile_time:

@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from offloadd.core.errors import OffloaddError
@@ -56,8 +57,13 @@ class Repairer:
                  policy: RepairPolicy | None = None,
                  enabled: Callable[[], bool] = lambda: True,
                  timing: Timing = Timing(),
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 step: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
+                 ) -> None:
         self._enabled = enabled
+        # Marks each scan (a kernel dump on the worker): one that never
+        # returns shows the task stalled (Supervisor).
+        self._step = step
         self._writer = writer
         # Its own counters (the daemon hands them to status and metrics).
         self.counts = RepairCounts()
@@ -136,8 +142,9 @@ class Repairer:
         flowtable_of = desired.flowtable_of()
         t0 = self._clock()
         try:
-            scan = await asyncio.get_running_loop().run_in_executor(
-                self._worker, self._source.scan, flowtable_of)
+            with self._step():
+                scan = await asyncio.get_running_loop().run_in_executor(
+                    self._worker, self._source.scan, flowtable_of)
         except OffloaddError as e:
             if not self._scan_failed:
                 log.error("cannot check for flows left behind: %s", e)
@@ -249,7 +256,9 @@ class Repairer:
         while self._clock() < deadline:
             await asyncio.sleep(self._timing.repair_release_poll_s)
             try:
-                scan = await loop.run_in_executor(self._worker, self._source.scan, flowtable_of)
+                with self._step():
+                    scan = await loop.run_in_executor(self._worker, self._source.scan,
+                                                      flowtable_of)
             except OffloaddError:
                 return False
             if not ids & scan.held.keys():

@@ -14,10 +14,12 @@ beneath it (stack = lower/both); a refusal holds until a reload.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from offloadd.core.errors import OffloaddError
@@ -36,8 +38,11 @@ class FlowSampleSource(Protocol):
 class StackGuard:
     def __init__(self, source: FlowSampleSource, status: Status,
                  on_refused: Callable[[Mapping[str, str]], None], *, interval_s: float,
-                 policy: GuardPolicy | None = None) -> None:
+                 policy: GuardPolicy | None = None,
+                 step: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
+                 ) -> None:
         self._source = source
+        self._step = step  # marks each look (a conntrack dump): see Supervisor
         self._status = status
         self._on_refused = on_refused
         self._interval_s = interval_s
@@ -79,8 +84,9 @@ class StackGuard:
             self._prev = None
             return
         try:
-            look = await asyncio.get_running_loop().run_in_executor(self._worker,
-                                                                    self._source.sample)
+            with self._step():
+                look = await asyncio.get_running_loop().run_in_executor(self._worker,
+                                                                        self._source.sample)
         except OffloaddError as e:
             # A look that failed judges nothing and breaks the looks in a
             # row: the next starts afresh.

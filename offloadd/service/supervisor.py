@@ -6,6 +6,11 @@ must not stop its work for good while the daemon looks healthy. Each task
 runs under a supervisor that restarts it after a doubling delay, reset once
 it has run for a while, and keeps per task whether it is up, how often it
 was restarted and why; status, metrics and the alert rules read that.
+
+A task can also hang without ending: a kernel dump that never returns keeps
+its worker thread, and the task waits on it forever while it looks up. The
+tasks mark such steps (``Steps.running``); one that has run longer than
+Timing.task_stall_s shows the task as stalled (status, metric, alert).
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from offloadd.core.errors import OffloaddError
@@ -56,11 +62,35 @@ class TaskState:
     last_error: str = ""
     last_error_time: float = 0.0  # Unix time; 0 = never failed
     restart_in_s: float = 0.0  # while down: the delay before it runs again
+    step_s: float = 0.0  # how long its current marked step has run (0: none)
+    stalled: bool = False  # that step has run longer than Timing.task_stall_s
 
     def as_dict(self) -> dict[str, object]:
         return {"up": self.up, "restarts_total": self.restarts_total,
                 "last_error": self.last_error, "last_error_time": self.last_error_time,
-                "restart_in_seconds": self.restart_in_s}
+                "restart_in_seconds": self.restart_in_s,
+                "step_seconds": round(self.step_s, 3), "stalled": self.stalled}
+
+
+class Steps:
+    """When each task's current blocking step began (a kernel dump on a worker
+    thread). Written on the event loop, read from the scrape thread."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._since: dict[str, float] = {}
+
+    @contextmanager
+    def running(self, task: str) -> Iterator[None]:
+        self._since[task] = self._clock()
+        try:
+            yield
+        finally:
+            self._since.pop(task, None)
+
+    def ages(self) -> dict[str, float]:
+        now = self._clock()
+        return {task: now - since for task, since in dict(self._since).items()}
 
 
 TaskFactory = Callable[[bool], Awaitable[None]]
@@ -79,15 +109,21 @@ class Supervisor:
                  on_failure: Callable[[str, str], None] = lambda _name, _why: None) -> None:
         self._on_failure = on_failure
         self._backoff = Backoff.of(timing)
+        self._stall_s = timing.task_stall_s
         self._clock = clock
+        # Handed to the tasks that block on worker threads.
+        self.steps = Steps(clock)
         self._sleep = sleep
         self._states: dict[str, TaskState] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     @property
     def states(self) -> Mapping[str, TaskState]:
-        """A copy: read from the scrape thread too."""
-        return dict(self._states)
+        """A copy, with each task's current step: read from the scrape thread too."""
+        ages = self.steps.ages()
+        return {name: replace(st, step_s=ages.get(name, 0.0),
+                              stalled=ages.get(name, 0.0) > self._stall_s)
+                for name, st in dict(self._states).items()}
 
     def start(self, name: str, factory: TaskFactory) -> None:
         self._states[name] = TaskState(name)

@@ -53,6 +53,10 @@ class Timing:
     restart_first_s: float = 1.0
     restart_max_s: float = 60.0
     restart_healthy_s: float = 60.0
+    # A task whose marked step (a kernel dump on a worker thread) has run this
+    # long is shown stalled: the longest such step measured is a gate count at
+    # 2M elements, tens of seconds under TCG.
+    task_stall_s: float = 300.0
 
     # -- flows left behind (Repairer) ------------------------------------------------
     # Checks after a device went away (after the flows' next packets) and

@@ -57,7 +57,7 @@ COUNTERS = DaemonCounters(
     repairs_total=4, left_behind_flows=17,
     policy_changes_total=9, policy_changes_skipped_total=4, revalidations_total=3,
     last_revalidation_time=1_700_000_100.0, write_failures_total=2,
-    tasks={"nft-changes": (True, 0), "repair": (False, 3)},
+    tasks={"nft-changes": (True, 0), "repair": (False, 3)}, tasks_stalled=("nft-changes",),
     guard_watched=("br-lan",), guard_refused=("ppp0",), guard_refusals_total=1,
     gate_capacity=2_097_152,
     gate_elements={"passed_original": 1234, "passed_reply": 567}, gate_count_age_s=12.5)
@@ -193,6 +193,8 @@ EXPECTED = {
     'offloadd_task_up{task="repair"} 0.0',
     'offloadd_task_restarts_total{task="nft-changes"} 0.0',
     'offloadd_task_restarts_total{task="repair"} 3.0',
+    'offloadd_task_stalled{task="nft-changes"} 1.0',
+    'offloadd_task_stalled{task="repair"} 0.0',
     "offloadd_revalidations_total 3.0",
     "offloadd_last_revalidation_timestamp_seconds 1.7000001e+09",
     "offloadd_gate_capacity 2.097152e+06",

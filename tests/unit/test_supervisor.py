@@ -5,6 +5,7 @@ for the reconcile that repairs it."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -20,12 +21,15 @@ from offloadd.core.plan import Plan
 from offloadd.core.repair import HeldEntry, Scan
 from offloadd.core.revalidate import NftChanges, ObjectKind, TableChange, Transaction, Verb
 from offloadd.kernel.faults import Faults, FaultyNftEvents
+from offloadd.kernel.links import WatcherStats
 from offloadd.kernel.nft import parse_json_listing
 from offloadd.service.daemon import Daemon
+from offloadd.service.metrics import StatusView
 from offloadd.service.report import status_report
-from offloadd.service.supervisor import Backoff, Supervisor
+from offloadd.service.supervisor import Backoff, Supervisor, TaskState
 from offloadd.service.timing import Timing
 from tests.unit.fakes import FakeBackend, FakeLinks
+from tests.unit.test_metrics import scrape_view
 from tests.unit.virtualtime import run_virtual
 
 CONFIG = '[[flowtable]]\nname = "ft"\ndevices = ["lan*", "wan*"]\n'
@@ -91,6 +95,62 @@ def test_status_and_the_tasks_line_name_a_task_that_is_down() -> None:
     line = format_tasks(tasks)
     assert line.startswith("tasks: 1/2 running; DOWN: nft-changes")
     assert "nft-changes 2x (last: boom)" in line and "repair" not in line.split("DOWN")[1]
+
+
+# -- a task that hangs without ending -----------------------------------------------------
+
+class HangingScan:
+    """A left-behind scan that never returns until released (a kernel dump stuck)."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def scan(self, _flowtable_of: Mapping[str, str]) -> Scan:
+        self.entered.set()
+        self.release.wait(30)
+        return Scan(at=time.monotonic())
+
+
+def test_a_task_stuck_in_a_kernel_dump_shows_stalled_in_status_and_metrics(
+        tmp_path: Path) -> None:
+    # The repair task is up (it never ended), but its scan has not returned
+    # for longer than Timing.task_stall_s: status and metrics say so; once the
+    # scan returns, it is no longer stalled.
+    now = [1000.0]
+    scan = HangingScan()
+    seen: dict[str, object] = {}
+
+    async def go() -> None:
+        d, b = _daemon(tmp_path, left_behind=scan, clock=lambda: now[0])
+        assert d.repairer is not None
+        repairer = d.repairer
+        d.supervisor.start("repair", lambda _r: repairer.check())
+        await asyncio.get_running_loop().run_in_executor(None, scan.entered.wait, 10)
+        now[0] += 200
+        seen["early"] = d.supervisor.states["repair"]
+        now[0] += d.timing.task_stall_s
+        st = d.supervisor.states["repair"]
+        seen["late"] = st
+        report = status_report(d.status, "offloadd", "inet", b.state)
+        seen["line"] = format_tasks(report["tasks"])
+        view = StatusView(d.status, lambda: b.state, WatcherStats())
+        seen["metrics"] = [ln for ln in scrape_view(view).splitlines()
+                           if ln.startswith("offloadd_task_stalled")]
+        scan.release.set()
+        while d.status.repair.checks_total == 0:
+            await asyncio.sleep(0.01)
+        seen["after"] = d.supervisor.states["repair"]
+        await d.supervisor.stop()
+
+    asyncio.run(go())
+    early, late, after = seen["early"], seen["late"], seen["after"]
+    assert isinstance(early, TaskState) and early.up and not early.stalled
+    assert isinstance(late, TaskState) and late.up and late.stalled
+    assert late.step_s == pytest.approx(200 + Timing().task_stall_s)
+    assert "STALLED: repair (one step for 500 s)" in str(seen["line"])
+    assert seen["metrics"] == ['offloadd_task_stalled{task="repair"} 1.0']
+    assert isinstance(after, TaskState) and not after.stalled and after.step_s == 0.0
 
 
 # -- the daemon's nf_tables watcher, supervised ----------------------------------------------
