@@ -81,6 +81,18 @@ TARGETS = [
            "input-only set churn, one element a second for 60 s: no re-validation"),
     Target("churn", "flows_kept_ratio", ">=", 1.0,
            "every flow offloaded under the same entry through the churn"),
+    # Issue 23: carrier scale, a million offloaded flows.
+    Target("scale", "offloaded_flows", ">=", 990_000, "a million flows offloaded (99 %)"),
+    Target("scale", "scrape_s", "<=", 0.2, "a scrape at 1M offloaded flows within 0.2 s"),
+    Target("scale", "count_age_s_max", "<=", 30,
+           "the scraped count at most a period (15 s) + one walk old"),
+    Target("scale", "attach_p50_ratio", "<=", 1.1,
+           "attach p50 with the gate full (2x1M) within 10 % of an empty gate's"),
+    Target("scale", "soak_rss_growth_mb", "<=", 5, "RSS growth over 10 min at 1M flows"),
+    Target("scale", "revalidations_per_change", "==", 1,
+           "one foreign change at 1M gate elements, one re-validation"),
+    Target("scale", "reoffloaded_ratio", ">=", 0.99,
+           "99 % of the flows offloaded again on their next packet each way"),
     Target("footprint", "rss_idle_mb", "<=", 40, "idle RSS"),
     Target("footprint", "idle_cpu_s", "<=", 0.6, "~0 CPU idle (<1% of 60 s)"),
 ]
@@ -95,6 +107,10 @@ REQUIRED = {
     "gate": ["attach_p50_ratio", "scrape_ratio", "revalidations_per_change"],
     "stack": ["tcp_ratio_lower_vs_as_listed", "udp_pps_ratio_lower_vs_as_listed"],
     "churn": ["revalidations", "skipped_changes", "flows_kept_ratio"],
+    "scale": ["offloaded_flows", "scrape_s", "scrape_vs_conntrack_ratio", "count_age_s_max",
+              "attach_p50_ratio", "soak_rss_growth_mb", "soak_cpu_s",
+              "revalidations_per_change", "reoffloaded_ratio", "slow_path_packets_per_flow",
+              "gate_elements"],
 }
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, "==": operator.eq}
@@ -136,6 +152,13 @@ HEADLINE = {
                     "reconnect_stack_attached_s", "reconnect_flows_offloaded_s"],
     "churn": ["changes", "churn_s", "revalidations", "skipped_changes", "policy_changes",
               "flows_kept_ratio", "forward_packets_per_flow", "daemon_cpu_s_per_change"],
+    "scale": ["flows", "offloaded_flows", "gate_elements", "scrape_s", "scrape_s_max",
+              "conntrack_s", "scrape_vs_conntrack_ratio", "count_age_s_max",
+              "attach_ms_p50_empty", "attach_ms_p50_full", "attach_p50_ratio",
+              "soak_rss_growth_mb", "soak_cpu_s", "soak_soak_s", "revalidations_per_change",
+              "revalidation_replace_s", "reoffloaded_ratio", "reoffload_traffic_s",
+              "slow_path_packets_per_flow", "generator_pps", "open_s",
+              "repairs_during_attach"],
     "gate": ["gate_ids", "attach_ms_p50_empty", "attach_ms_p50_full", "attach_p50_ratio",
              "attach_ms_max_empty", "attach_ms_max_full", "scrape_s_empty", "scrape_s_full",
              "scrape_ratio", "scrape_min_ratio", "start_s_empty", "start_s_full",

@@ -49,7 +49,7 @@ case " $* " in *" scale "*) memory=${OFFLOADD_VM_MEMORY:-6G} ;; esac
 log "bench on kernel $series ($ver), userspace $suite"
 start=$(date +%s)
 set +e
-PATH="$repo/.venv/bin:$PATH" timeout "${OFFLOADD_BENCH_TIMEOUT:-1800}" \
+PATH="$repo/.venv/bin:$PATH" timeout "${OFFLOADD_BENCH_TIMEOUT:-5400}" \
     vng --run "$kdir/boot/vmlinuz-$ver" --disable-kvm \
         --cpus "${OFFLOADD_VM_CPUS:-2}" --memory "$memory" \
         "${vm_args[@]}" \
