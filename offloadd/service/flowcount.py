@@ -8,7 +8,9 @@ and its age (``offloadd_offloaded_flows_age_seconds``), and concurrent scrapes
 share it. With no scrape for a few periods the walks pause (a gateway nobody
 scrapes pays nothing; any scrape interval up to 5 minutes keeps them going);
 the next scrape gets the last count with its age and wakes them. Only the
-first scrape waits, for the first walk, at most a period.
+first scrape waits, for the first walk, at most a period. Walks start a
+period apart (``pause_after``): the count a scrape gets is at most a period
+old, unless a walk takes more than half the period.
 """
 
 from __future__ import annotations
@@ -28,6 +30,15 @@ log = logging.getLogger("offloadd")
 # Walks pause when no scrape came for this many periods, and at least
 # Timing.flowcount_idle_min_s (see there).
 IDLE_PERIODS = 4
+
+
+def pause_after(period_s: float, walk_s: float) -> float:
+    """Seconds from the end of a walk to the start of the next: walks start a
+    period apart, so a scrape's count is never older than the period (the age
+    counts from a walk's end); but a walk that took more than half the period
+    (millions of entries under emulation) is followed by a pause as long as
+    itself, so the walks never take more than half a CPU."""
+    return max(period_s - walk_s, walk_s)
 
 
 class Walker(Protocol):
@@ -95,7 +106,7 @@ class CachedFlowCounter:
                 self._wake.clear()
                 continue
             self.walk()
-            self._stop.wait(self._period)
+            self._stop.wait(pause_after(self._period, self.walk_seconds()))
 
     # -- the FlowCounter side (the scrape thread) ----------------------------------
     def offloaded(self) -> OffloadCounts:

@@ -12,7 +12,7 @@ import pytest
 
 from offloadd.core.errors import KernelError
 from offloadd.kernel.conntrack import ConntrackTotals, FlowCounts, OffloadCounts
-from offloadd.service.flowcount import IDLE_PERIODS, CachedFlowCounter
+from offloadd.service.flowcount import IDLE_PERIODS, CachedFlowCounter, pause_after
 
 COUNTS = OffloadCounts(FlowCounts(5, 0), FlowCounts(2, 1))
 
@@ -140,3 +140,14 @@ def test_the_first_scrape_waits_at_most_a_period_for_the_first_walk() -> None:
         assert time.monotonic() - t0 < 1.0
     finally:
         c.close()
+
+
+def test_walks_start_a_period_apart_so_the_count_is_at_most_a_period_old() -> None:
+    # A 6-s walk (a million entries under TCG) and a 15-s period: the next
+    # starts 9 s after it ended, so the count is never older than 15 s.
+    assert pause_after(15, 6) == 9
+    assert pause_after(15, 0.1) == pytest.approx(14.9)
+    # A walk longer than half the period: a pause as long as the walk (at most
+    # half a CPU), the count then up to two walks old.
+    assert pause_after(15, 10) == 10
+    assert pause_after(15, 40) == 40
