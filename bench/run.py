@@ -66,6 +66,8 @@ def prepare_guest(cases: list[str]) -> None:
     big = "scale" in cases
     sysctl_init("net.netfilter.nf_conntrack_max", scale.CT_MAX if big else CT_MAX)
     sysctl_init("net.netfilter.nf_conntrack_buckets", scale.CT_BUCKETS if big else CT_BUCKETS)
+    if big:
+        sysctl_init("net.core.netdev_max_backlog", scale.BACKLOG)
     # Inherited by every process started from here (sockets of many flows).
     resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
 

@@ -57,6 +57,9 @@ ATTACH_SAMPLES = 10
 # initial namespace before any other exists when this case is asked for).
 CT_MAX = 1_300_000
 CT_BUCKETS = 524_288
+# The per-CPU backlog a veth hands its peer's packets to: pktgen fills the
+# default 1000 faster than the router drains it under TCG.
+BACKLOG = 100_000
 CONFIG = """
 [metrics]
 flow_count_interval = 15
@@ -209,15 +212,28 @@ def _soak(r: Netns, d: RunningDaemon, seconds: float) -> dict[str, Any]:
             "soak_s": round(time.monotonic() - t0, 1)}
 
 
-def _open(f: Flows) -> dict[str, float]:
+def _open(f: Flows, flows: int) -> tuple[dict[str, float], int]:
+    """Every flow's three packets, block by block; a round more while fewer
+    than 99.9 % are offloaded (pktgen outruns the router's backlog now and
+    then: what it dropped gets another chance, what is offloaded takes the fast
+    path). Returns the figures and the offloaded count."""
     t0 = time.monotonic()
     paces = []
-    for addr in f.addrs:
-        s = f.original(addr) + f.reply(addr) + f.original(addr)
-        paces.append(3 * PER_ADDR / s)
-        print(f"  scale: {addr}: {PER_ADDR} flows, 3 packets each, {s:.1f} s", flush=True)
-    return {"open_s": round(time.monotonic() - t0, 1),
-            "generator_pps": round(statistics.median(paces))}
+    rounds = 0
+    while True:
+        rounds += 1
+        for addr in f.addrs:
+            s = f.original(addr) + f.reply(addr) + f.original(addr)
+            paces.append(3 * PER_ADDR / s)
+            print(f"  scale: round {rounds}, {addr}: {PER_ADDR} flows, 3 packets each, "
+                  f"{s:.1f} s", flush=True)
+        offloaded = _offloaded(f.lab.router)
+        print(f"  scale: {offloaded} of {flows} flows offloaded after round {rounds}",
+              flush=True)
+        if offloaded >= 0.999 * flows or rounds == 3:
+            break
+    return ({"open_s": round(time.monotonic() - t0, 1), "open_rounds": rounds,
+             "generator_pps": round(statistics.median(paces))}, offloaded)
 
 
 def _revalidation(lab: Lab, d: RunningDaemon, f: Flows, flows: int) -> dict[str, Any]:
@@ -268,10 +284,8 @@ def run(workdir: Path, flows: int = FLOWS, soak_s: float = SOAK_S) -> dict[str, 
             d.wait_devices("ft", {"lan0", "lan1", "wan0"})
             attach_empty = _attach(r)
             rss_empty = rss_mb(d.proc.pid)
-            opened = _open(f)
-            offloaded = _offloaded(r)
-            print(f"  scale: {offloaded} of {flows} flows offloaded "
-                  f"({json.dumps(opened)})", flush=True)
+            opened, offloaded = _open(f, flows)
+            print(f"  scale: opened {json.dumps(opened)}", flush=True)
             # The metric follows within a walk: then the measured rounds.
             wait_for(lambda: _scrape_only(r)["metric_flows"] >= 0.99 * offloaded, 300,
                      interval=5, what="the scraped count to follow the flows")
