@@ -23,6 +23,7 @@ from typing import Protocol
 
 from offloadd.core.errors import KernelError
 from offloadd.kernel.conntrack import ConntrackTotals, OffloadCounts
+from offloadd.service.lowprio import lower_thread_priority
 from offloadd.service.timing import Timing
 
 log = logging.getLogger("offloadd")
@@ -100,6 +101,7 @@ class CachedFlowCounter:
         return self._clock() - self._asked_at > self._idle_s
 
     def _run(self) -> None:
+        lower_thread_priority()  # a scrape must not wait behind a walk
         while not self._stop.is_set():
             if self._idle():
                 self._wake.wait()

@@ -32,6 +32,7 @@ from typing import Protocol
 
 from offloadd.core.errors import KernelError, OffloaddError
 from offloadd.core.gate import PASSED_SETS, GateFill
+from offloadd.service.lowprio import lower_thread_priority
 from offloadd.service.status import Status
 from offloadd.service.timing import Timing
 
@@ -82,7 +83,8 @@ class GateCounter:
         self._failing = False
         self.counts_total = 0
         self.last_cost_s = 0.0
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offloadd-gate")
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offloadd-gate",
+                                        initializer=lower_thread_priority)
 
     async def run(self) -> None:
         while True:

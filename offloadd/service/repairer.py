@@ -39,6 +39,7 @@ from offloadd.core.repair import (
     left_behind,
     pending_second_look,
 )
+from offloadd.service.lowprio import lower_thread_priority
 from offloadd.service.status import RepairCounts, Status
 from offloadd.service.timing import Timing
 from offloadd.service.writer import TableWriter
@@ -78,7 +79,8 @@ class Repairer:
         self._due: list[float] = []  # when the checks asked for are due (on _clock)
         self._kick = asyncio.Event()
         self._scan_failed = False
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offloadd-scan")
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offloadd-scan",
+                                        initializer=lower_thread_priority)
         # Flowtables another component needs replaced (flowtable -> why).
         self._forced: dict[str, str] = {}
 

@@ -24,6 +24,7 @@ from typing import Protocol
 
 from offloadd.core.errors import OffloaddError
 from offloadd.core.guard import GuardPolicy, GuardState, Look, evidence, judge
+from offloadd.service.lowprio import lower_thread_priority
 from offloadd.service.status import GuardCounts, Status
 
 log = logging.getLogger("offloadd")
@@ -51,7 +52,8 @@ class StackGuard:
         self.state = GuardState()
         self._prev: Look | None = None
         self._failed = False
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offloadd-guard")
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offloadd-guard",
+                                        initializer=lower_thread_priority)
 
     def configure(self, interval_s: float, policy: GuardPolicy) -> None:
         """A (reloaded) config's pace and thresholds; the next look uses them."""

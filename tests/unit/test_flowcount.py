@@ -4,6 +4,7 @@ scrapes; a scrape never waits for a walk after the first."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ import pytest
 from offloadd.core.errors import KernelError
 from offloadd.kernel.conntrack import ConntrackTotals, FlowCounts, OffloadCounts
 from offloadd.service.flowcount import IDLE_PERIODS, CachedFlowCounter, pause_after
+from offloadd.service.lowprio import BACKGROUND_NICE, lower_thread_priority
 
 COUNTS = OffloadCounts(FlowCounts(5, 0), FlowCounts(2, 1))
 
@@ -151,3 +153,20 @@ def test_walks_start_a_period_apart_so_the_count_is_at_most_a_period_old() -> No
     # half a CPU), the count then up to two walks old.
     assert pause_after(15, 10) == 10
     assert pause_after(15, 40) == 40
+
+
+def test_background_threads_run_at_the_lowest_priority() -> None:
+    # The walk's thread (and the executors' workers) lower their own nice
+    # value; the calling thread keeps its own.
+    got: list[int] = []
+
+    def worker() -> None:
+        lower_thread_priority()
+        got.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert got == [BACKGROUND_NICE]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
