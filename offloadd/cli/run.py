@@ -166,15 +166,6 @@ async def run(config_path: Path, config: Config) -> int:
     backend = (NftBackend(config.daemon.family.value, config.daemon.table, nft)
                if faults is None else
                FaultyBackend(config.daemon.family.value, config.daemon.table, nft, faults))
-    # A small receive buffer provokes netlink overruns (ENOBUFS) on purpose
-    # in tests of the resync path.
-    rcvbuf = os.environ.get("OFFLOADD_NETLINK_RCVBUF")
-    watcher = LinkWatcher(rcvbuf=int(rcvbuf) if rcvbuf else None)
-    # Without the nf_tables change watcher, as if it had died: the tests of
-    # the periodic check (daemon.check_interval), which must then repair alone.
-    nft_changes: NftEvents | FaultyNftEvents | None = None
-    if not os.environ.get("OFFLOADD_NO_NFT_WATCH"):
-        nft_changes = NftEvents() if faults is None else FaultyNftEvents(NftEvents(), faults)
     # The lab's full-gate test: a gate this small (never set in a deployment).
     # A gate this small fills within seconds, so it is also counted every 2 s.
     lab_gate = os.environ.get("OFFLOADD_LAB_GATE_SIZE", "")
@@ -185,6 +176,17 @@ async def run(config_path: Path, config: Config) -> int:
                     lab_gate)
         sizing = functools.partial(_fixed, int(lab_gate))
         timing = Timing(gate_count_interval_s=2.0)
+    # A small receive buffer provokes netlink overruns (ENOBUFS) on purpose
+    # in tests of the resync path.
+    rcvbuf = os.environ.get("OFFLOADD_NETLINK_RCVBUF")
+    watcher = LinkWatcher(rcvbuf=int(rcvbuf) if rcvbuf else None,
+                          resync_backoff=(timing.link_resync_backoff_first_s,
+                                          timing.link_resync_backoff_max_s))
+    # Without the nf_tables change watcher, as if it had died: the tests of
+    # the periodic check (daemon.check_interval), which must then repair alone.
+    nft_changes: NftEvents | FaultyNftEvents | None = None
+    if not os.environ.get("OFFLOADD_NO_NFT_WATCH"):
+        nft_changes = NftEvents() if faults is None else FaultyNftEvents(NftEvents(), faults)
     daemon = Daemon(config_path, config, backend, links=watcher, gate_sizing=sizing,
                     timing=timing,
                     on_ready=lambda: log.info("ready: table %s %s reconciled",
@@ -219,7 +221,8 @@ def _start_metrics(config: Config, daemon: Daemon,
     flows = CachedFlowCounter(ConntrackCounter(), m.flow_count_interval, timing=daemon.timing)
     register(registry, StatusView(daemon.status, scrape_backend.read, watcher.stats),
              flows, endpoints=(connections, daemon.control_connections))
-    exporter = start_exporter(m, registry, tls=tls, connections=connections)
+    exporter = start_exporter(m, registry, tls=tls, connections=connections,
+                              reap_s=daemon.timing.connection_reap_s)
     flows.start()
     log.info("metrics at %s (offloaded flows counted every %d s while scraped)",
              exporter.url, m.flow_count_interval)

@@ -57,8 +57,9 @@ log = logging.getLogger("offloadd")
 # The dump itself can overrun when events flood the freshly subscribed socket
 # meanwhile (seen in the lab with a 4 KiB buffer and 80 veth pairs at once).
 MAX_RESYNC_ATTEMPTS = 5  # immediate retries before backing off
-RESYNC_BACKOFF_START = 0.05
-RESYNC_BACKOFF_MAX = 2.0
+# (first, max) seconds of the backoff after them; the daemon passes its
+# Timing's (service.timing), these are the defaults.
+RESYNC_BACKOFF = (0.05, 2.0)
 
 
 class LinkSocket(Protocol):
@@ -172,8 +173,10 @@ class _Reader:
     batch that arrives just as a quiet period ends is never dropped.
     """
 
-    def __init__(self, factory: Callable[[], LinkSocket]) -> None:
+    def __init__(self, factory: Callable[[], LinkSocket],
+                 backoff: tuple[float, float] = RESYNC_BACKOFF) -> None:
         self._factory = factory
+        self._backoff = backoff
         self._sock: LinkSocket | None = None
         self._pending: asyncio.Task[Sequence[NlMsg]] | None = None
 
@@ -183,7 +186,7 @@ class _Reader:
         Subscribing before dumping means a change racing the dump is queued
         as a message and applied after it, instead of being lost.
         """
-        delay = RESYNC_BACKOFF_START
+        delay, delay_max = self._backoff
         attempt = 0
         while True:
             attempt += 1
@@ -203,7 +206,7 @@ class _Reader:
                     log.warning("link dump overrun %d times in a row; retrying in %.2fs",
                                 attempt, delay)
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, RESYNC_BACKOFF_MAX)
+                    delay = min(delay * 2, delay_max)
 
     async def next(self, timeout: float | None) -> Sequence[NlMsg] | None:
         """The next batch, or None if `timeout` seconds pass without one."""
@@ -251,6 +254,7 @@ class LinkWatcher:
         quick_messages: int = QUICK_MESSAGES,
         rcvbuf: int | None = None,
         socket_factory: Callable[[], LinkSocket] | None = None,
+        resync_backoff: tuple[float, float] = RESYNC_BACKOFF,
     ) -> None:
         if not quiet > 0:
             raise ConfigError(f"link watcher: quiet must be > 0 seconds, got {quiet}")
@@ -265,6 +269,7 @@ class LinkWatcher:
         self.quick_messages = quick_messages
         self.max_delay = max_delay
         self.stats = WatcherStats()
+        self._resync_backoff = resync_backoff
         self._factory: Callable[[], LinkSocket] = (
             socket_factory if socket_factory is not None
             else (lambda: RawLinkSocket(rcvbuf=rcvbuf))
@@ -273,7 +278,7 @@ class LinkWatcher:
     async def snapshots(self) -> AsyncGenerator[LinkSnapshot, None]:
         loop = asyncio.get_running_loop()
         table = LinkTable()
-        reader = _Reader(self._factory)
+        reader = _Reader(self._factory, self._resync_backoff)
         generation = 0
 
         def snapshot(resync: bool) -> LinkSnapshot:

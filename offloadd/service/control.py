@@ -25,13 +25,12 @@ from typing import Any
 from offloadd.core.errors import OffloaddError
 from offloadd.service.connections import ConnectionLimits, ConnectionTable, Ticket
 from offloadd.service.controlclient import PROTOCOL_VERSION, ControlError
+from offloadd.service.timing import Timing
 
 MAX_REQUEST_BYTES = 64 * 1024
 # offloadctl sends its one line at once and waits 10 s for the answer; only
 # root (or control.group) can connect, so few connections are ever needed.
 LIMITS = ConnectionLimits(max_connections=32, request_deadline_s=5.0, reply_deadline_s=5.0)
-# How often deadlines are checked.
-REAP_INTERVAL_S = 0.5
 # What is read and dropped of an oversized request before the error reply.
 DISCARD_MAX_BYTES = 16 * 1024 * 1024
 
@@ -75,8 +74,10 @@ async def handle_request(raw: bytes, handlers: Mapping[str, Handler]) -> bytes:
 
 class ControlServer:
     def __init__(self, path: Path, handlers: Mapping[str, Handler], group: str = "",
-                 connections: ConnectionTable | None = None) -> None:
+                 connections: ConnectionTable | None = None,
+                 reap_s: float = Timing().connection_reap_s) -> None:
         self.path = path
+        self._reap_s = reap_s
         self.handlers = handlers
         self.group = group
         self.connections = connections or ConnectionTable("control", LIMITS)
@@ -118,7 +119,7 @@ class ControlServer:
 
     async def _reap(self) -> None:
         while True:
-            await asyncio.sleep(REAP_INTERVAL_S)
+            await asyncio.sleep(self._reap_s)
             self.connections.reap()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

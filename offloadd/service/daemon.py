@@ -533,7 +533,8 @@ class Daemon:
         server = None
         if control:
             server = ControlServer(self.config.control.socket, self.control_handlers(),
-                                   self.config.control.group, self.control_connections)
+                                   self.config.control.group, self.control_connections,
+                                   reap_s=self.timing.connection_reap_s)
             await server.start()
         for sig in signals:
             handler = self.request_reload if sig == signal.SIGHUP else self.request_stop

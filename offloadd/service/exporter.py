@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from offloadd.core.config import MetricsConfig
 from offloadd.core.errors import OffloaddError
 from offloadd.service.connections import ConnectionLimits, ConnectionTable, Ticket
+from offloadd.service.timing import Timing
 
 # The collector's logger: operators filter on one name for the metrics subsystem.
 log = logging.getLogger("offloadd.service.metrics")
@@ -47,8 +48,6 @@ class MetricsError(OffloaddError, OSError):
 # A request (TLS handshake included) is sent at once by any scraper; 10 s
 # leaves room for a slow link. Taking a reply of a few hundred kB is as quick.
 LIMITS = ConnectionLimits(max_connections=64, request_deadline_s=10.0, reply_deadline_s=10.0)
-# How often deadlines are checked (the accept loop's poll interval).
-REAP_INTERVAL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -200,7 +199,8 @@ class Exporter:
 
 def start_exporter(config: MetricsConfig, registry: CollectorRegistry, *,
                    tls: TlsOptions | None = None,
-                   connections: ConnectionTable | None = None) -> Exporter:
+                   connections: ConnectionTable | None = None,
+                   reap_s: float = Timing().connection_reap_s) -> Exporter:
     """Serves `registry` at /metrics on config.host:config.port from a daemon thread.
 
     ``connections``: the table that bounds its connections (one with LIMITS
@@ -217,7 +217,7 @@ def start_exporter(config: MetricsConfig, registry: CollectorRegistry, *,
         raise MetricsError(f"metrics: cannot serve on {config.listen}: "
                            f"{e.strerror or e}; change [metrics] host/port") from e
     server.set_app(server.app_for_connection(make_wsgi_app(registry)))
-    thread = threading.Thread(target=server.serve_forever, args=(REAP_INTERVAL_S,),
+    thread = threading.Thread(target=server.serve_forever, args=(reap_s,),
                               name="metrics", daemon=True)
     thread.start()
     return Exporter(server=server, thread=thread, host=config.host,

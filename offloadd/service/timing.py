@@ -92,6 +92,17 @@ class Timing:
     revalidate_not_in_sync_retry_s: float = 0.2
     revalidate_failed_retry_s: float = 1.0
 
+    # -- the control socket and the metrics exporter -----------------------------------
+    # How often each looks for connections past their whole-request deadline
+    # (the exporter's accept loop polls as often).
+    connection_reap_s: float = 0.5
+
+    # -- the link watcher (kernel.links) ---------------------------------------------
+    # A link dump overrun again and again (a storm of changes) is retried after
+    # this, doubling up to the max.
+    link_resync_backoff_first_s: float = 0.05
+    link_resync_backoff_max_s: float = 2.0
+
     # -- the offloaded-flow count (CachedFlowCounter) ----------------------------------
     # Walks pause when no scrape came for IDLE_PERIODS periods, and at least
     # this long: a Prometheus that scrapes once a minute (or every 5) must find

@@ -19,11 +19,11 @@ from offloadd.core.errors import ConfigError
 from offloadd.service.connections import ConnectionLimits, ConnectionTable
 from offloadd.service.control import (
     MAX_REQUEST_BYTES,
-    REAP_INTERVAL_S,
     ControlServer,
     handle_request,
 )
 from offloadd.service.controlclient import ControlError, request
+from offloadd.service.timing import Timing
 
 
 async def _status(_req: Mapping[str, Any]) -> Any:
@@ -147,7 +147,7 @@ CAP = 3
 DEADLINE_S = 1.0
 # At most one reap interval after the deadline; the rest is slack for a busy
 # machine (a bound on waiting, not an assertion on time).
-CUT_WITHIN_S = DEADLINE_S + REAP_INTERVAL_S + 5.0
+CUT_WITHIN_S = DEADLINE_S + Timing().connection_reap_s + 5.0
 
 
 def _bounded(path: Path) -> ControlServer:

@@ -25,13 +25,14 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from offloadd.core.config import MetricsConfig
 from offloadd.service.connections import DEADLINE, LIMIT, ConnectionLimits, ConnectionTable
-from offloadd.service.exporter import REAP_INTERVAL_S, Exporter, TlsOptions, start_exporter
+from offloadd.service.exporter import Exporter, TlsOptions, start_exporter
+from offloadd.service.timing import Timing
 
 CAP = 4
 DEADLINE_S = 1.0
 # A cut comes at most one reap interval after the deadline; the rest is slack
 # for a busy test machine (an upper bound on waiting, not an assertion on time).
-CUT_WITHIN_S = DEADLINE_S + REAP_INTERVAL_S + 5.0
+CUT_WITHIN_S = DEADLINE_S + Timing().connection_reap_s + 5.0
 
 
 def _registry() -> CollectorRegistry:
