@@ -155,7 +155,7 @@ demo: setup
 ## make bench [KERNEL=6.1|6.12|7] [USERSPACE=trixie|forky|sid] [CASES=...]: benchmarks
 ## in the lab VM -> bench/results/<KERNEL>[-<USERSPACE>].json. The kernel
 ## wildcard attach: make bench KERNEL=7 USERSPACE=forky CASES=first_offload; a million
-## offloaded flows (~30 min, a 6-GiB guest): make bench KERNEL=7 USERSPACE=trixie CASES=scale
+## offloaded flows (~35 min, an 8-GiB guest): make bench KERNEL=7 USERSPACE=trixie CASES=scale
 bench:
 	@lab/setup.sh --bench
 	lab/vm-bench.sh $(KERNEL) $(if $(USERSPACE),--userspace $(USERSPACE)) $(CASES)

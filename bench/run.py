@@ -53,7 +53,7 @@ CASES: dict[str, Callable[[Path], dict[str, Any]]] = {
 # first_offload is hotplug's last part alone (for a root whose nftables turns
 # hotplug's "wan*" into a kernel wildcard): not run twice by default;
 # stack_pppoe takes about 10 minutes (bench/stackgw.py), scale about 30 and a
-# guest with 6 GiB (bench/scale.py): each on its own.
+# guest with 8 GiB (bench/scale.py): each on its own.
 DEFAULT_CASES = [c for c in CASES if c not in ("first_offload", "stack_pppoe", "scale")]
 # Conntrack's size limits live in the initial namespace only (the guest's),
 # and must be set before the namespaces that use them exist.

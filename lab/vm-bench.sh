@@ -42,9 +42,9 @@ if [ "$suite" != host ]; then
 fi
 
 # The scale case holds a million flows (conntrack, flowtable, the gate's two
-# sets): ~4 GiB in the guest.
+# sets): several GiB in the guest.
 memory=${OFFLOADD_VM_MEMORY:-2G}
-case " $* " in *" scale "*) memory=${OFFLOADD_VM_MEMORY:-6G} ;; esac
+case " $* " in *" scale "*) memory=${OFFLOADD_VM_MEMORY:-8G} ;; esac
 
 log "bench on kernel $series ($ver), userspace $suite"
 start=$(date +%s)

@@ -339,7 +339,7 @@ def _flow_add_handles(r: Netns) -> list[int]:
 HEAL_TX = 6
 
 
-@pytest.mark.daemon_logic
+# Every lab kernel (issue 22: one writer's healing shown on each).
 def test_the_periodic_check_heals_what_no_event_announced(lab: Lab, tmp_path: Path) -> None:
     """With its nf_tables change watcher gone (as if it had died: injected),
     offloadd still puts back a hand-deleted `flow add` rule and a deleted
@@ -392,7 +392,7 @@ def test_the_periodic_check_heals_what_no_event_announced(lab: Lab, tmp_path: Pa
           f"{pace.describe(period + 0.2, HEAL_TX)}")
 
 
-@pytest.mark.daemon_logic
+# Every lab kernel (issue 22: one writer's healing shown on each).
 def test_garbage_from_libnftables_neither_stops_offloadd_nor_removes_its_table(
         lab: Lab, tmp_path: Path) -> None:
     """Reads of offloadd's table that get output which is not JSON, or JSON of

@@ -430,7 +430,7 @@ def test_a_rule_for_one_direction_is_not_skipped_when_the_other_keeps_flowing(
           "the rule stood; offloaded again after it went")
 
 
-@pytest.mark.daemon_logic
+# Every lab kernel (issue 22: one writer's healing shown on each).
 def test_a_watcher_that_died_comes_back_and_drops_reach_offloaded_flows(
         lab: Lab, tmp_path: Path) -> None:
     """offloadd's nf_tables change watcher dies on the batch that carries the
