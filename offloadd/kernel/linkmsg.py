@@ -19,6 +19,12 @@ RTM_DELLINK = 17
 AF_UNSPEC = 0
 IFF_UP = 0x1
 IFF_LOOPBACK = 0x8
+IFF_RUNNING = 0x40
+IFF_LOWER_UP = 0x10000
+# What a link message says that makes the kernel flush its IPv4 route cache
+# (fib_netdev_event: NETDEV_UP, DOWN, CHANGE, CHANGEMTU; arp_netdev_event:
+# NETDEV_CHANGEADDR): the up, running and carrier flags, the MTU, the address.
+_FLUSH_FLAGS = IFF_UP | IFF_RUNNING | IFF_LOWER_UP
 ARPHRD_PPP = 512
 ARPHRD_LOOPBACK = 772
 
@@ -107,11 +113,30 @@ def link_from_msg(msg: NlMsg) -> Link | None:
                 lower=int(lower) if lower else None)
 
 
+def _flush_facts(msg: NlMsg) -> tuple[int, Any, Any]:
+    return (int(msg.get("flags") or 0) & _FLUSH_FLAGS, msg.get("IFLA_MTU"),
+            msg.get("IFLA_ADDRESS"))
+
+
 class LinkTable:
-    """Links by index, updated from link messages; no kernel access."""
+    """Links by index, updated from link messages; no kernel access.
+
+    ``route_flushes`` counts the messages that tell of a route cache flush:
+    a link gone, one that came up, or one whose up/running/carrier flags, MTU
+    or address changed. Why: on Linux 7.3 such a flush leaves offloaded IPv4
+    flows behind (offloadd.core.repair), and most flushes on a gateway come
+    with a link event (a bridge port joining or leaving changes the bridge's
+    address; a port coming up flushes). Route and address changes flush too
+    and are not seen here (the repair's periodic check covers them).
+    """
 
     def __init__(self, links: Iterable[Link] = ()) -> None:
         self._by_index: dict[int, Link] = {link.index: link for link in links}
+        # Per link, what a flush is read from (_flush_facts); kept apart
+        # from Link: no device selection depends on it, and carrier flaps
+        # must not churn snapshots of links.
+        self._facts: dict[int, tuple[int, Any, Any]] = {}
+        self.route_flushes = 0
 
     def __len__(self) -> int:
         return len(self._by_index)
@@ -139,21 +164,45 @@ class LinkTable:
             return False
         index = int(index)
         if mtype == RTM_DELLINK:
-            return self._by_index.pop(index, None) is not None
+            self._facts.pop(index, None)
+            gone = self._by_index.pop(index, None) is not None
+            self.route_flushes += gone
+            return gone
         if mtype != RTM_NEWLINK:
             return False
         link = link_from_msg(msg)
         old = self._by_index.get(index)
         if link is None:
+            self._facts.pop(index, None)
             return self._by_index.pop(index, None) is not None
         self._by_index[index] = link
+        facts, before = _flush_facts(msg), self._facts.get(index)
+        self._facts[index] = facts
+        if facts != before and (before is not None or facts[0] & IFF_UP):
+            self.route_flushes += 1
         return old != link
 
+    def apply_batch(self, msgs: Iterable[NlMsg]) -> bool:
+        """Applies each message; True if a link changed or a route flush was seen."""
+        flushes = self.route_flushes
+        changed = False
+        for msg in msgs:
+            changed |= self.apply(msg)
+        return changed or self.route_flushes != flushes
+
     def replace(self, dump: Iterable[NlMsg]) -> bool:
-        """Replaces the content with a full dump; True if anything differs."""
+        """Replaces the content with a full dump; True if anything differs.
+
+        Replacing a table that held links (a resync after an overrun: events
+        were lost) counts a route flush when the flush facts differ; the
+        first dump counts none.
+        """
         fresh = LinkTable()
         for msg in dump:
             fresh.apply(msg)
         changed = fresh._by_index != self._by_index
+        if self._by_index and fresh._facts != self._facts:
+            self.route_flushes += 1
         self._by_index = fresh._by_index
+        self._facts = fresh._facts
         return changed

@@ -86,6 +86,9 @@ class LinkSnapshot:
     links: tuple[Link, ...]  # sorted by name
     generation: int  # 1 for the first snapshot, +1 for each one after
     resync: bool  # content comes from a full dump (start, or after an overrun)
+    # Link events so far that flush the IPv4 route cache (LinkTable.route_flushes):
+    # a snapshot is yielded when this grows, even if no link changed.
+    route_flushes: int = 0
 
     @property
     def names(self) -> frozenset[str]:
@@ -236,10 +239,11 @@ class LinkWatcher:
 
     A burst ends when `quiet` seconds pass without a message (`quick` while it
     has at most `quick_messages` messages), or `max_delay` seconds after its
-    first message, whichever comes first; one snapshot is
-    yielded per burst, and only if something visible changed (or a resync
-    happened). On an overrun the socket is replaced and links are dumped
-    again; the snapshot ending that burst has ``resync=True``.
+    first message, whichever comes first; one snapshot is yielded per burst,
+    and only if something visible changed, a route cache flush was seen
+    (``route_flushes`` grew), or a resync happened. On an overrun the socket
+    is replaced and links are dumped again; the snapshot ending that burst
+    has ``resync=True``.
 
     Use with ``contextlib.aclosing(watcher.snapshots())`` so the socket is
     closed when the consumer stops.
@@ -285,14 +289,11 @@ class LinkWatcher:
             nonlocal generation
             generation += 1
             self.stats.snapshots_total += 1
-            return LinkSnapshot(table.links(), generation, resync)
+            return LinkSnapshot(table.links(), generation, resync, table.route_flushes)
 
         def apply(batch: Sequence[NlMsg]) -> bool:
             self.stats.events_total += len(batch)
-            changed = False
-            for msg in batch:
-                changed |= table.apply(msg)
-            return changed
+            return table.apply_batch(batch)
 
         async def resync() -> None:
             self.stats.resyncs_total += 1

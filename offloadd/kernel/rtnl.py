@@ -44,7 +44,9 @@ RTM_GETLINK = 18
 LINK_TYPES = (RTM_NEWLINK, RTM_DELLINK)
 
 # include/uapi/linux/if_link.h
+IFLA_ADDRESS = 1
 IFLA_IFNAME = 3
+IFLA_MTU = 4
 IFLA_LINK = 5
 IFLA_MASTER = 10
 IFLA_LINK_NETNSID = 37
@@ -57,6 +59,7 @@ NLMSG_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 IFINFOMSG = struct.Struct("=BxHiII")  # family, pad, type, index, flags, change
 NLA_HDR = struct.Struct("=HH")
 S32 = struct.Struct("=i")
+U32 = struct.Struct("=I")
 LINK_PAYLOAD = NLMSG_HDR.size + IFINFOMSG.size
 
 # pyroute2's default, so the switch does not make overruns more likely; the
@@ -117,6 +120,12 @@ def _link(data: bytes, pos: int, end: int, msg: RtMsg) -> None:
         atype &= NLA_TYPE_MASK
         if atype == IFLA_IFNAME:
             msg["IFLA_IFNAME"] = _string(data, a + 4, b)
+        elif atype == IFLA_MTU:
+            if alen < 4 + S32.size:
+                raise _MalformedError("IFLA_MTU shorter than 4 bytes")
+            msg["IFLA_MTU"] = U32.unpack_from(data, a + 4)[0]
+        elif atype == IFLA_ADDRESS:
+            msg["IFLA_ADDRESS"] = data[a + 4:b]
         elif atype == IFLA_LINKINFO:
             # Only the kind; IFLA_INFO_SLAVE_KIND names a bridge port's
             # master's kind and is deliberately not read (see linkmsg).
@@ -141,10 +150,10 @@ def parse_messages(data: bytes, malformed: list[str] | None = None) -> list[RtMs
     """Every netlink message of one datagram as a dict (see the module docstring).
 
     RTM_NEWLINK/RTM_DELLINK get the ifinfomsg fields and IFLA_IFNAME,
-    IFLA_LINKINFO (``{"IFLA_INFO_KIND": kind}``, ``{}`` without a kind, None
-    when absent), IFLA_LINK, IFLA_MASTER, IFLA_LINK_NETNSID and IFLA_NEW_NETNSID;
-    NLMSG_ERROR and NLMSG_DONE get
-    ``error`` (0 or a negative errno); any other message only its header.
+    IFLA_MTU, IFLA_ADDRESS (bytes), IFLA_LINKINFO (``{"IFLA_INFO_KIND":
+    kind}``, ``{}`` without a kind, None when absent), IFLA_LINK,
+    IFLA_MASTER, IFLA_LINK_NETNSID and IFLA_NEW_NETNSID; NLMSG_ERROR and
+    NLMSG_DONE get ``error`` (0 or a negative errno); any other message only its header.
     A message that cannot be read is left out and, if `malformed` is given,
     a reason is appended to it; the rest of the datagram is still read
     when the message's length allows finding the next one.

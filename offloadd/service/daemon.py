@@ -424,6 +424,8 @@ class Daemon:
         """Feeds link snapshots to the loop; a failed watcher is restarted, not fatal."""
         while True:
             snaps = self.link_source.snapshots()
+            # Each watcher counts its own flushes from 0.
+            flushes_seen = 0
             try:
                 async for snap in snaps:
                     if snap.resync and self.status.links:
@@ -432,12 +434,16 @@ class Daemon:
                                     "from a full dump")
                     gone = ({ln.index for ln in self.status.links}
                             - {ln.index for ln in snap.links})
-                    self.status.links = tuple(snap.links)
-                    if gone and self.repairer is not None:
-                        # A device unregistering flushes the route cache,
-                        # which is what leaves flows behind on some kernels.
-                        self.repairer.links_removed()
-                    self._wake.set()
+                    flushed = bool(gone) or snap.route_flushes > flushes_seen
+                    flushes_seen = snap.route_flushes
+                    if flushed and self.repairer is not None:
+                        # A route cache flush (a device gone, up or down, a
+                        # carrier, MTU or address change) is what leaves
+                        # flows behind on some kernels.
+                        self.repairer.route_cache_flushed()
+                    if snap.resync or snap.links != self.status.links:
+                        self.status.links = tuple(snap.links)
+                        self._wake.set()
                 return
             except OffloaddError as e:
                 self._record_error(f"link watcher: {e}")

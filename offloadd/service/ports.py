@@ -24,6 +24,10 @@ class Snapshot(Protocol):
     @property
     def resync(self) -> bool: ...
 
+    @property
+    def route_flushes(self) -> int:
+        """Link events so far (this watcher's) that flush the IPv4 route cache."""
+
 
 class Notify(Protocol):
     """The service manager (systemd) side: readiness, status, watchdog."""

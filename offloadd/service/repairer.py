@@ -4,12 +4,13 @@ Why its own unit: the Daemon only tells it that links went away; when to
 look, what a scan found, the decision (offloadd.core.repair) and the one-batch
 replacement with its read-back live here, with their own tests.
 
-When it looks: a route cache flush is what leaves flows behind, and a device
-going away is the flush offloadd sees, so a check follows each removal
+When it looks: a route cache flush is what leaves flows behind, and link
+events are the flushes offloadd sees (a device gone, up or down, a carrier,
+MTU or address change: offloadd.kernel.linkmsg), so a check follows each
 (after the flows' next packets: by default 1 s and 3 s later). Flushes it
 cannot see (an admin's ``net.ipv4.route.flush``, routing daemons) are caught
 by a periodic check (Timing.repair_periodic_s, 30 s) — only on a kernel that
-has been seen leaving flows behind (a check after a removal found some): a
+has been seen leaving flows behind (a check after a flush found some): a
 kernel without the regression (all but 7.3 in the lab) never pays a periodic
 walk of its conntrack table. Which kernel leaves flows behind cannot be
 probed from the unit (a scratch namespace needs CAP_SYS_ADMIN), so it is
@@ -92,8 +93,8 @@ class Repairer:
             self._forced[name] = why
         self.check_in(0.0)
 
-    def links_removed(self) -> None:
-        for delay in self._timing.repair_after_removal_s:
+    def route_cache_flushed(self) -> None:
+        for delay in self._timing.repair_after_flush_s:
             self.check_in(delay)
 
     def flowtables_replaced(self, _names: tuple[str, ...] = ()) -> None:

@@ -59,9 +59,9 @@ class Timing:
     task_stall_s: float = 300.0
 
     # -- flows left behind (Repairer) ------------------------------------------------
-    # Checks after a device went away (after the flows' next packets) and
+    # Checks after a link event that flushed the route cache (after the flows' next packets) and
     # after a replacement (a busy flow can lose the mark again a moment later).
-    repair_after_removal_s: tuple[float, ...] = (1.0, 3.0)
+    repair_after_flush_s: tuple[float, ...] = (1.0, 3.0)
     repair_after_repair_s: tuple[float, ...] = (2.5, 4.0)
     # Between deleting a flowtable and creating it again: how often to look
     # whether the kernel released the entries it held, and for how long at most.

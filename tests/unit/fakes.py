@@ -107,20 +107,24 @@ class FakeBackend:
 class Snap:
     links: tuple[Link, ...]
     resync: bool = False
+    route_flushes: int = 0
 
 
 class FakeLinks:
     """Yields the snapshots pushed into it, like the watcher after a quiet point."""
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[tuple[Link, ...]] = asyncio.Queue()
+        self.queue: asyncio.Queue[Snap] = asyncio.Queue()
+        self.route_flushes = 0
 
-    def push(self, *links: Link) -> None:
-        self.queue.put_nowait(tuple(links))
+    def push(self, *links: Link, flushes: int = 0) -> None:
+        """A snapshot of these links, after `flushes` more route cache flushes."""
+        self.route_flushes += flushes
+        self.queue.put_nowait(Snap(tuple(links), route_flushes=self.route_flushes))
 
     async def snapshots(self) -> AsyncIterator[Snap]:
         while True:
-            yield Snap(await self.queue.get())
+            yield await self.queue.get()
 
 
 class NetlinkPeer(Protocol):

@@ -133,6 +133,64 @@ def test_table_netns_move_and_bridge_port_messages() -> None:
     assert len(t) == 1
 
 
+IFF_UP, IFF_RUNNING, IFF_LOWER_UP = 0x1, 0x40, 0x10000
+
+
+def _flushes_after(t: LinkTable, msg: dict[str, Any]) -> int:
+    before = t.route_flushes
+    t.apply(msg)
+    return t.route_flushes - before
+
+
+def test_table_counts_the_link_events_that_flush_the_route_cache() -> None:
+    """The events after which Linux 7.3 leaves offloaded IPv4 flows behind
+    (offloadd.core.repair): what fib_netdev_event and arp_netdev_event
+    flush the route cache for, read from link messages."""
+    t = LinkTable()
+    up = IFF_UP | IFF_RUNNING | IFF_LOWER_UP
+    # A device registered down flushes nothing; coming up does.
+    assert _flushes_after(t, newlink(3, "lan9", "veth", IFLA_MTU=1500)) == 0
+    assert _flushes_after(t, newlink(3, "lan9", "veth", up=True, IFLA_MTU=1500)) == 1
+    # One first seen already up (its events coalesced) counts as having come up.
+    assert _flushes_after(t, newlink(4, "br-lan", "bridge", flags=up, IFLA_MTU=1500,
+                                     IFLA_ADDRESS=b"\x02\0\0\0\0\x01")) == 1
+    br: dict[str, Any] = {"flags": up, "IFLA_MTU": 1500, "IFLA_ADDRESS": b"\x02\0\0\0\0\x01"}
+    assert _flushes_after(t, newlink(4, "br-lan", "bridge", **br)) == 0  # stats, nothing else
+    # A port joining or leaving may change the bridge's address (the lowest
+    # of its ports'): ARP flushes the route cache for it.
+    assert _flushes_after(t, newlink(4, "br-lan", "bridge",
+                                     **{**br, "IFLA_ADDRESS": b"\x02\0\0\0\0\x00"})) == 1
+    assert _flushes_after(t, newlink(4, "br-lan", "bridge",
+                                     **{**br, "IFLA_ADDRESS": b"\x02\0\0\0\0\x00",
+                                        "flags": IFF_UP})) == 1  # carrier lost
+    assert _flushes_after(t, newlink(4, "br-lan", "bridge",
+                                     **{**br, "IFLA_ADDRESS": b"\x02\0\0\0\0\x00",
+                                        "flags": IFF_UP, "IFLA_MTU": 9000})) == 1
+    # A rename, a new master: no flush.
+    assert _flushes_after(t, newlink(3, "lan8", "veth", up=True, IFLA_MTU=1500)) == 0
+    assert _flushes_after(t, newlink(3, "lan8", "veth", up=True, IFLA_MTU=1500,
+                                     IFLA_MASTER=4)) == 0
+    # Bridge-port reports and loopback say nothing of the device.
+    assert _flushes_after(t, newlink(3, "lan8", family=AF_BRIDGE, flags=0)) == 0
+    assert _flushes_after(t, dellink(3, family=AF_BRIDGE)) == 0
+    assert _flushes_after(t, newlink(1, "lo", ifi_type=ARPHRD_LOOPBACK, up=True)) == 0
+    # Gone: unregistering flushes; a second DELLINK for it does not count again.
+    assert _flushes_after(t, dellink(3)) == 1
+    assert _flushes_after(t, dellink(3)) == 0
+
+
+def test_table_replace_counts_a_flush_only_after_missed_events() -> None:
+    t = LinkTable()
+    t.replace([newlink(3, "a", up=True, IFLA_MTU=1500), newlink(4, "b", up=True)])
+    assert t.route_flushes == 0  # the first dump: nothing was missed
+    t.replace([newlink(3, "a", up=True, IFLA_MTU=1500), newlink(4, "b", up=True)])
+    assert t.route_flushes == 0  # a resync that finds everything as it was
+    t.replace([newlink(3, "a", up=True, IFLA_MTU=1400), newlink(4, "b", up=True)])
+    assert t.route_flushes == 1
+    t.replace([newlink(3, "a", up=True, IFLA_MTU=1400)])
+    assert t.route_flushes == 2
+
+
 def test_table_replace_reports_change() -> None:
     t = LinkTable([Link(3, "a", None, False)])
     assert not t.replace([newlink(3, "a"), newlink(1, "lo", ifi_type=ARPHRD_LOOPBACK)])
@@ -186,9 +244,10 @@ class FakeKernel:
         self.links[index] = Link(index, kw.get("name", old.name), old.kind, kw.get("up", old.up))
         self._emit(self.msg(self.links[index]))
 
-    def touch(self, index: int) -> None:
-        """A NEWLINK that changes nothing visible (mtu, carrier, stats)."""
-        self._emit(self.msg(self.links[index]))
+    def touch(self, index: int, **extra: Any) -> None:
+        """A NEWLINK that changes nothing visible (stats; or, with `extra`,
+        the carrier flags or MTU)."""
+        self._emit({**self.msg(self.links[index]), **extra})
 
     def delete(self, index: int, to_netns: int | None = None) -> None:
         link = self.links.pop(index)
@@ -437,6 +496,31 @@ def test_invisible_changes_yield_nothing_but_count() -> None:
 
     run_virtual(main)
     assert watcher.stats.events_total == 6 and watcher.stats.snapshots_total == 4
+
+
+def test_a_carrier_change_yields_a_snapshot_that_counts_a_route_flush() -> None:
+    """No link changes as Link says (snapshots stay quiet on stats), but the
+    route cache was flushed: the snapshot says so, for the repair's check."""
+    kernel = FakeKernel()
+    idx = kernel.add("a", up=True)
+    watcher = LinkWatcher(socket_factory=kernel.factory)
+
+    async def script() -> None:
+        kernel.touch(idx, flags=0x1 | 0x40 | 0x10000)  # carrier up
+        await asyncio.sleep(0.2)
+        kernel.touch(idx, flags=0x1 | 0x40 | 0x10000)  # stats only
+        await asyncio.sleep(0.2)
+        kernel.touch(idx, flags=0x1, IFLA_MTU=1400)  # carrier lost, MTU changed
+
+    async def main() -> None:
+        got = await watch(kernel, watcher, script)
+        assert [(s.links, s.route_flushes) for _, s in got] == [
+            ((Link(idx, "a", "veth", True),), 0),
+            ((Link(idx, "a", "veth", True),), 1),
+            ((Link(idx, "a", "veth", True),), 2),
+        ]
+
+    run_virtual(main)
 
 
 def test_overrun_resyncs_to_the_kernel_state() -> None:

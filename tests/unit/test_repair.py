@@ -325,14 +325,14 @@ def test_a_failed_replacement_keeps_the_state_and_is_reported(tmp_path: Path) ->
     assert "repair failed" in d.status.last_error
 
 
-def test_a_link_removal_schedules_checks(tmp_path: Path) -> None:
+def test_a_route_cache_flush_schedules_checks(tmp_path: Path) -> None:
     scanner = FakeScanner()
     seen_at: list[int] = []
 
     async def go() -> None:
         d, _b = _on_loop(tmp_path, scanner)
         assert d.repairer is not None
-        d.repairer.links_removed()
+        d.repairer.route_cache_flushed()
         task = asyncio.create_task(d.repairer.run())
         for t in (0.9, 1.1, 2.9, 3.4):
             await asyncio.sleep(t - asyncio.get_running_loop().time())
@@ -341,6 +341,40 @@ def test_a_link_removal_schedules_checks(tmp_path: Path) -> None:
 
     run_virtual(go)
     assert seen_at == [0, 1, 1, 2]  # 1 s and 3 s after the removal
+
+
+def test_a_link_event_that_flushes_the_route_cache_schedules_checks(tmp_path: Path) -> None:
+    """A bridge port joining flushes the route cache (the port comes up, the
+    bridge's address may change) without any link going away, and on 7.3 that
+    leaves the IPv4 flows behind: the snapshot's flush count makes the
+    running daemon look 1 s and 3 s later, without a reconcile pass; a
+    snapshot with no new flush schedules nothing."""
+    scanner = FakeScanner()
+    links = (Link(1, "lan0", "veth"), Link(2, "wan0", "veth"))
+
+    async def go() -> tuple[list[int], int]:
+        d, _b = _on_loop(tmp_path, scanner)
+        source = d.link_source
+        assert isinstance(source, FakeLinks)
+        task = asyncio.create_task(d.run(signals=(), control=False))
+        source.push(*links)
+        await asyncio.sleep(10)
+        counts = [len(scanner.seen)]
+        passes = d.status.reconciles_total
+        source.push(*links, flushes=1)
+        await asyncio.sleep(3.5)
+        counts.append(len(scanner.seen))
+        source.push(*links)  # e.g. a resync's dump that found nothing missed
+        await asyncio.sleep(10)
+        counts.append(len(scanner.seen))
+        flush_passes = d.status.reconciles_total - passes
+        d.request_stop()
+        await asyncio.wait_for(task, 2)
+        return counts, flush_passes
+
+    counts, flush_passes = run_virtual(go)
+    assert counts[1] - counts[0] == 2 and counts[2] == counts[1], counts
+    assert flush_passes == 0
 
 
 def test_no_periodic_check_until_the_kernel_leaves_a_flow_behind(tmp_path: Path) -> None:
@@ -356,7 +390,7 @@ def test_no_periodic_check_until_the_kernel_leaves_a_flow_behind(tmp_path: Path)
         task = asyncio.create_task(d.repairer.run())
         await asyncio.sleep(100)
         seen_at.append(len(scanner.seen))  # 100 s, no event: no check
-        d.repairer.links_removed()  # checks 1 s and 3 s later: the second finds them
+        d.repairer.route_cache_flushed()  # checks 1 s and 3 s later: the second finds them
         await asyncio.sleep(10)
         seen_at.append(len(scanner.seen))
         assert d.status.repair.leaves_behind_since is not None

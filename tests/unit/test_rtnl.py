@@ -143,6 +143,9 @@ def test_attribute_numbers_match_pyroute2_and_if_link_h() -> None:
     assert _nla_number(ifinfmsg.nla_map, "IFLA_LINKINFO") == rtnl.IFLA_LINKINFO
     assert _nla_number(ifinfmsg.nla_map, "IFLA_NEW_NETNSID") == rtnl.IFLA_NEW_NETNSID
     assert _nla_number(ifinfmsg.ifinfo.nla_map, "IFLA_INFO_KIND") == rtnl.IFLA_INFO_KIND
+    assert (rtnl.IFLA_ADDRESS, rtnl.IFLA_MTU) == (1, 4)
+    for name in ("IFLA_ADDRESS", "IFLA_MTU"):
+        assert _nla_number(ifinfmsg.nla_map, name) == getattr(rtnl, name)
     assert rtnl.IFINFOMSG.size == 16 and rtnl.NLMSG_HDR.size == 16
 
 
@@ -161,6 +164,10 @@ def test_parse_agrees_with_pyroute2(case: str) -> None:
     else:
         assert msg["IFLA_LINKINFO"].get("IFLA_INFO_KIND") == ref_info.get("IFLA_INFO_KIND")
     assert ("IFLA_NEW_NETNSID" in msg) == (ref.get("IFLA_NEW_NETNSID") is not None)
+    # What a route cache flush is read from (LinkTable.route_flushes).
+    assert msg.get("IFLA_MTU") == ref.get("IFLA_MTU")
+    address = msg.get("IFLA_ADDRESS")
+    assert (address.hex(":") if address is not None else None) == ref.get("IFLA_ADDRESS")
     assert link_from_msg(msg) == link_from_msg(ref)
     for start in ([], [Link(5, "v0", "veth"), Link(1, "lo", None)], [Link(4, "old", None)]):
         mine, theirs = LinkTable(start), LinkTable(start)
