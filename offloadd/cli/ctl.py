@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("revalidate", help="send every offloaded flow through the forward chains "
                                       "again, e.g. after changing iptables-legacy rules "
                                       "(which send no nftables event)")
+    rp = sub.add_parser("repair", help="replace flowtables now as a repair does: their flows "
+                                       "take the forward path once and are offloaded again "
+                                       "(flows stuck after a route flush no event announced)")
+    rp.add_argument("flowtable", nargs="?", help="a kernel flowtable's name as status shows "
+                                                 "it (default: all of offloadd's)")
     fl = sub.add_parser("flows", help="offloaded flows, largest first (read from conntrack)")
     fl.add_argument("--top", type=_positive, default=20, metavar="N",
                     help="show the N largest (default 20)")
@@ -88,8 +93,8 @@ def _positive(text: str) -> int:
 
 
 # Only flows, explain, check and a status without the daemon read the kernel
-# (offloadd.cli.ctlkernel, imported by them alone): status, reload and
-# revalidate start without libnftables, conntrack, rtnetlink or the planner.
+# (offloadd.cli.ctlkernel, imported by them alone): status, reload,
+# revalidate and repair start without libnftables, conntrack, rtnetlink or the planner.
 KERNEL_COMMANDS = ("check", "flows", "explain")
 
 
@@ -122,6 +127,8 @@ def main(argv: list[str] | None = None, *, default_config: Path = DEFAULT_CONFIG
             return cmd_status(args, config, sock)
         if args.command == "revalidate":
             return cmd_revalidate(args, sock)
+        if args.command == "repair":
+            return cmd_repair(args, sock)
         return cmd_reload(args, sock)
     except ConfigError as e:
         return fail(EXIT_USAGE, str(e))
@@ -208,10 +215,10 @@ def cmd_status(args: argparse.Namespace, config: Config | None, sock: Path) -> i
 
 
 # -- reload ---------------------------------------------------------------------
-def _ask(sock: Path, command: str) -> dict[str, Any] | int:
+def _ask(sock: Path, command: str, **args: Any) -> dict[str, Any] | int:
     """The daemon's answer to ``command``, or the exit code of why there is none."""
     try:
-        answer: dict[str, Any] = request(sock, command)
+        answer: dict[str, Any] = request(sock, command, **args)
     except NotRunningError as e:
         return fail(EXIT_DOWN, str(e))
     except ControlError as e:
@@ -239,6 +246,17 @@ def cmd_revalidate(args: argparse.Namespace, sock: Path) -> int:
         human = ("re-validation scheduled: offloaded flows meet the current policy "
                  "(nftables and iptables-legacy) at their next packet\n")
     emit(args, result, human)
+    return EXIT_OK
+
+
+# -- repair -----------------------------------------------------------------------
+def cmd_repair(args: argparse.Namespace, sock: Path) -> int:
+    result = _ask(sock, "repair", flowtables=[args.flowtable] if args.flowtable else [])
+    if isinstance(result, int):
+        return result
+    emit(args, result, f"replacement scheduled for {', '.join(result['flowtables'])}: their "
+                       "flows take the forward path once and are offloaded again (the "
+                       "current policy applies); offloadctl status shows the repair\n")
     return EXIT_OK
 
 

@@ -367,7 +367,31 @@ class Daemon:
     # -- control socket commands ----------------------------------------------
     def control_handlers(self) -> dict[str, Handler]:
         return {"status": self._cmd_status, "reload": self._cmd_reload,
-                "revalidate": self._cmd_revalidate}
+                "revalidate": self._cmd_revalidate, "repair": self._cmd_repair}
+
+    async def _cmd_repair(self, req: Mapping[str, Any]) -> Any:
+        """Replaces flowtables now as a repair does (two steps: their flows are
+        released through the forward path, then the flowtable is created
+        again), whatever the last check found: for flows an operator sees stuck
+        (a flush no event announced) without waiting for the periodic check.
+        Refused with the reason when it cannot run; nothing is changed then."""
+        desired = self.status.desired
+        if self.repairer is None or desired is None:
+            raise ConfigError("repair: offloadd has not built its table yet; try again "
+                              "once `offloadctl status` says ready")
+        known = [ft.name for ft in desired.table.flowtables]
+        asked = req.get("flowtables") or known
+        if not isinstance(asked, list) or not all(isinstance(n, str) for n in asked):
+            raise ConfigError("repair: 'flowtables' must be a list of flowtable names")
+        unknown = sorted(set(asked) - set(known))
+        if unknown:
+            raise ConfigError(f"repair: no flowtable {', '.join(map(repr, unknown))} in "
+                              f"offloadd's table; its flowtables: {', '.join(known) or 'none'}")
+        who = str(req.get("by") or "offloadctl")
+        names = sorted(set(asked))
+        self.repairer.replace_soon(names, f"a request ({who} repair)")
+        return {"scheduled": True, "flowtables": names,
+                "repairs_total": self.status.repair.repairs_total}
 
     async def _cmd_revalidate(self, req: Mapping[str, Any]) -> Any:
         """Re-validates as after a change by others (legacy rules send no event);

@@ -233,7 +233,7 @@ class Repairer:
             self.counts.last = {"time": time.time(), "flowtables": list(names), "flows": flows,
                                 "reason": "; ".join(dict.fromkeys(why[n] for n in names))}
             for name in names:
-                log.warning("flowtable %s: replaced to free the flows of a refused path (%s); "
+                log.warning("flowtable %s: replaced to free its flows (%s); "
                             "each is offloaded again at its next packet (replacement %.0f ms)",
                             name, why[name], (self._clock() - t1) * 1000,
                             extra={"FLOWTABLE": name, "OPERATION": "repair"})

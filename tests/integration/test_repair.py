@@ -13,7 +13,8 @@ replaced the flowtable where the control round showed the kernel needs it,
 and never where it does not. The first repair's second transaction (its offload
 rules put back) is refused (an injected fault): the chain is then without them,
 and the reconcile that failure asks for must put them back, so the flows are
-offloaded again all the same.
+offloaded again all the same. On a kernel that needs no repair, the operator's
+``offloadctl repair`` makes the same two steps, and the same refusal is healed.
 
 How soon the flows come back is a figure, printed (and in `make bench`), not
 a bound: each wait is generous (SETTLE_S), so a slow machine passes.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.lab import conntrack
 from tests.lab.daemon import RunningDaemon, offloadd
@@ -104,6 +106,45 @@ def _remove_and_time(lab: Lab, d: RunningDaemon, name: str, ids: set[int],
     return None
 
 
+def _without_repair(lab: Lab, d: RunningDaemon, ids: set[int], faults: Path, *,
+                    rep: dict[str, object], rec: dict[str, Any]) -> None:
+    """A kernel that never left a flow behind: nothing was replaced; then the
+    operator asks for a repair (offloadctl repair), whose second step the
+    injected fault refuses, and the reconcile it asks for heals it here too."""
+    # Nothing to repair: no replacement, so no extra slow-path trips.
+    assert rep["repairs_total"] == 0, rep
+    assert rep["left_behind_flows"] == 0, rep
+    # The injected fault still waits for a repair that never came.
+    # The one write failure allowed: a removed device that vanished
+    # between a pass's plan and its apply (ENOENT; the kernel applied
+    # nothing and the pass is planned again; once on 6.12, 2026-12-03).
+    assert faults.read_text() == "fail-chain-replace 1\n"
+    replanned = d.log_text().count("re-planning shortly")
+    assert rec["write_failures_total"] == replanned, (rec, replanned)
+    healed = _operator_repair_healed(lab, d, ids, faults)
+    rec = d.status()["reconcile"]
+    assert rec["write_failures_total"] == replanned + 1, rec
+    assert any("repair failed" in e and "injected" in e for e in rec["recent_errors"]), rec
+    print(f"offloadctl repair with its second step refused: rule back and "
+          f">= 99 % of the flows offloaded again after {healed:.1f} s")
+
+
+def _operator_repair_healed(lab: Lab, d: RunningDaemon, ids: set[int], faults: Path) -> float:
+    """`offloadctl repair` with the second step refused: seconds until the rule
+    is back and >= 99 % of the flows are offloaded again under their entries."""
+    t0 = time.monotonic()
+    out = d.ctl("repair", check=True).stdout
+    assert out.startswith("replacement scheduled for ft"), out
+    wait_for(lambda: faults.read_text() == "fail-chain-replace 0\n", SETTLE_S, interval=0.2,
+             what="the repair's second step (refused by the injected fault)")
+    wait_for(lambda: "flow add @ft" in lab.router.out("nft", "list", "chain", "inet",
+                                                      "offloadd", "forward"),
+             SETTLE_S, interval=0.2, what="offloadd's flow add rules back after the refusal")
+    wait_for(lambda: _offloaded_share(lab, ids) >= 0.99, SETTLE_S, interval=0.2,
+             what=">= 99 % of the flows offloaded again after the refused repair")
+    return time.monotonic() - t0
+
+
 def test_flows_offloaded_again_after_device_removals(lab: Lab, tmp_path: Path) -> None:
     r = lab.router
     r.nft(WITNESS)
@@ -177,16 +218,7 @@ def test_flows_offloaded_again_after_device_removals(lab: Lab, tmp_path: Path) -
                 assert any("repair failed" in e and "injected" in e
                            for e in rec["recent_errors"]), rec
             else:
-                # Nothing to repair: no replacement, so no extra slow-path trips.
-                assert rep["repairs_total"] == 0, rep
-                assert rep["left_behind_flows"] == 0, rep
-                # The injected fault still waits for a repair that never came.
-                # The one write failure allowed: a removed device that vanished
-                # between a pass's plan and its apply (ENOENT; the kernel applied
-                # nothing and the pass is planned again; once on 6.12, 2026-12-03).
-                assert faults.read_text() == "fail-chain-replace 1\n"
-                replanned = d.log_text().count("re-planning shortly")
-                assert rec["write_failures_total"] == replanned, (rec, replanned)
+                _without_repair(lab, d, ids, faults, rep=rep, rec=rec)
         finally:
             for g in gens:
                 g.stop()

@@ -50,10 +50,10 @@ def _complete(words: list[str], cwd: Path) -> list[str]:
 
 CASES = [
     (["offloadctl", "st"], ["status"]),
-    (["offloadctl", ""], ["check", "explain", "flows", "reload", "revalidate", "status"]),
+    (["offloadctl", ""], ["check", "explain", "flows", "reload", "repair", "revalidate", "status"]),
     (["offloadctl", "--j"], ["--json"]),
     # an option's value is skipped
-    (["offloadctl", "-c", "/etc/x.toml", "re"], ["reload", "revalidate"]),
+    (["offloadctl", "-c", "/etc/x.toml", "re"], ["reload", "repair", "revalidate"]),
     (["offloadctl", "--config", "=", "a"], ["a.toml"]),  # --config=a, split by bash at '='
     (["offloadctl", "--socket", ""], ["a.toml", "b.toml", "sub"]),
     (["offloadctl", "--json", "explain", ""], ["icmp", "sctp", "tcp", "udp"]),

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from offloadd.cli import ctl, ctlkernel
+from offloadd.core.errors import ConfigError
 from offloadd.service.control import ControlServer, Handler
 
 
@@ -87,6 +88,29 @@ def test_without_config_a_running_daemon_answers(
         assert json.loads(capsys.readouterr().out)["daemon"]["running"] is True
         assert _main(tmp_path, "reload") == ctl.EXIT_OK
         assert capsys.readouterr().out == "reloaded /x.toml\n"
+
+
+def test_repair_asks_for_the_named_flowtable_and_says_what_follows(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    asked: list[Any] = []
+
+    async def repair(req: Mapping[str, Any]) -> Any:
+        asked.append(req.get("flowtables"))
+        if req.get("flowtables") == ["nope"]:
+            raise ConfigError("repair: no flowtable 'nope' in offloadd's table; its "
+                              "flowtables: ft")
+        return {"scheduled": True, "flowtables": req.get("flowtables") or ["ft"],
+                "repairs_total": 0}
+
+    with _daemon(tmp_path / "run" / "control.sock", {"repair": repair}):
+        assert _main(tmp_path, "repair") == ctl.EXIT_OK
+        assert capsys.readouterr().out.startswith(
+            "replacement scheduled for ft: their flows take the forward path once")
+        assert _main(tmp_path, "repair", "nope") == ctl.EXIT_FAILED
+        assert "no flowtable 'nope'" in _err_line(capsys)
+        assert _main(tmp_path, "--json", "repair", "ft") == ctl.EXIT_OK
+        assert json.loads(capsys.readouterr().out)["flowtables"] == ["ft"]
+    assert asked == [[], ["nope"], ["ft"]]
 
 
 def test_a_stale_socket_is_not_running(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,11 +10,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from offloadd.cli.format import format_repair
 from offloadd.core.configparse import parse_config
+from offloadd.core.errors import ConfigError
 from offloadd.core.flows import IPS_OFFLOAD
 from offloadd.core.model import ChainState, FlowtableState, Link, SetState, TableState
 from offloadd.core.plan import (
@@ -270,6 +272,41 @@ def test_repairer_replaces_the_flowtable_and_reports_it(tmp_path: Path) -> None:
     assert len(scanner.seen) == 2  # the first look after the delete saw them released
     assert d.status.repair.repairs_total == 1 and d.status.repair.left_behind_flows == 3
     assert d.status.repair.last is not None and d.status.repair.last["flowtables"] == ["ft"]
+
+
+def test_offloadctl_repair_replaces_the_flowtables_it_names_now(tmp_path: Path) -> None:
+    """The operator's `offloadctl repair`: the repair's two steps at the next
+    check whatever the scan finds (here: nothing left behind); a name that is
+    none of offloadd's flowtables is refused with the names there are, and
+    nothing is scheduled."""
+    scanner = FakeScanner()
+
+    async def go() -> tuple[Daemon, FakeBackend, TableState | None, dict[str, Any]]:
+        d, b = _on_loop(tmp_path, scanner)
+        before = b.state
+        handler = d.control_handlers()["repair"]
+        with pytest.raises(ConfigError, match="no flowtable 'lan' in offloadd's table; "
+                                              "its flowtables: ft"):
+            await handler({"flowtables": ["lan"]})
+        with pytest.raises(ConfigError, match="must be a list"):
+            await handler({"flowtables": "ft"})
+        assert d.repairer is not None
+        await d.repairer.check()
+        assert b.applied[-1:] == b.applied[:1]  # nothing but the first reconcile
+        out = await handler({"by": "offloadctl", "flowtables": []})
+        await d.repairer.check()
+        return d, b, before, out
+
+    d, b, before, out = run_virtual(go)
+    assert out == {"scheduled": True, "flowtables": ["ft"], "repairs_total": 0}
+    assert b.state == before
+    release, create = b.applied[-2:]
+    assert [type(op) for op in release.ops] == [DeleteChain, DeleteFlowtable, CreateFlowtable,
+                                                CreateChain]
+    assert [type(op) for op in create.ops] == [DeleteChain, CreateChain]
+    assert d.status.repair.repairs_total == 1
+    last = d.status.repair.last
+    assert last is not None and last["reason"] == "a request (offloadctl repair)", last
 
 
 def test_entries_never_released_still_get_their_flowtable_back(tmp_path: Path) -> None:
