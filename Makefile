@@ -37,8 +37,9 @@ space := $(empty) $(empty)
 # re-validation (NOT_ON_61; but the change watcher's restart runs on all); 6.1
 # alone the firewalls-beside test (6.1 refuses the kernel's hook list: its
 # fallback is tested there, 7.x lists it), device following, survival,
-# metrics, attach, hardware and the gate's key and size (NOT_ON_612: the same
-# nftables 1.0.6 as 6.12; 7.x has 1.1.3). 7.x runs all of them. The gateway
+# metrics, attach and hardware (NOT_ON_612: the same nftables 1.0.6 as 6.12;
+# 7.x has 1.1.3). The gate's key, size and cost (test_gate, test_gate_scale)
+# run on every kernel (issue 23). 7.x runs all of them. The gateway
 # lab's facts (FACTS: plain nft, no offloadd; a record
 # of what a kernel's flowtable does, the same on 6.1 and 6.12 in every run)
 # are not part of make test: run them when a lab kernel changes, with
@@ -50,7 +51,6 @@ NOT_ON_61 := tests/integration/test_gateway_facts.py \
 	  test_bursts_are_coalesced_and_own_changes_do_not_count \
 	  test_a_rule_for_one_direction_is_not_skipped_when_the_other_keeps_flowing)
 NOT_ON_612 := tests/integration/test_gateway_facts.py tests/integration/test_beside.py \
-	tests/integration/test_gate.py \
 	tests/integration/test_survival.py tests/integration/test_metrics.py \
 	tests/integration/test_attach.py tests/integration/test_hardware.py \
 	$(addprefix tests/integration/test_daemon.py::,\
