@@ -38,8 +38,10 @@ def pause_after(period_s: float, walk_s: float) -> float:
     period apart, so a scrape's count is never older than the period (the age
     counts from a walk's end); but a walk that took more than half the period
     (millions of entries under emulation) is followed by a pause as long as
-    itself, so the walks never take more than half a CPU."""
-    return max(period_s - walk_s, walk_s)
+    itself, at most a period: the walks take at most about half a CPU, and one
+    walk slowed by a busy machine (330 s beside `conntrack -L` at 1M flows)
+    does not hold the next one back as long (the count was 355 s old)."""
+    return max(period_s - walk_s, min(walk_s, period_s))
 
 
 class Walker(Protocol):
