@@ -121,7 +121,7 @@ def _link(data: bytes, pos: int, end: int, msg: RtMsg) -> None:
         if atype == IFLA_IFNAME:
             msg["IFLA_IFNAME"] = _string(data, a + 4, b)
         elif atype == IFLA_MTU:
-            if alen < 4 + S32.size:
+            if alen < 4 + U32.size:
                 raise _MalformedError("IFLA_MTU shorter than 4 bytes")
             msg["IFLA_MTU"] = U32.unpack_from(data, a + 4)[0]
         elif atype == IFLA_ADDRESS:

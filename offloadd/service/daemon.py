@@ -458,6 +458,8 @@ class Daemon:
                                     "from a full dump")
                     gone = ({ln.index for ln in self.status.links}
                             - {ln.index for ln in snap.links})
+                    # A restarted watcher's first dump counts no flush: what
+                    # went missing meanwhile is seen as links gone.
                     flushed = bool(gone) or snap.route_flushes > flushes_seen
                     flushes_seen = snap.route_flushes
                     if flushed and self.repairer is not None:
