@@ -202,7 +202,15 @@ def format_repair(rep: dict[str, Any]) -> str:
                  + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
                  if since is not None else
                  "\n  periodic check: off until this kernel leaves a flow behind (checks "
-                 "follow device removals and re-validations)")
+                 "follow route cache flushes and re-validations)")
+        scan = rep.get("last_scan_seconds")
+        if scan is not None:
+            line += (f"\n  last scan {scan:.2f} s ({rep.get('last_scan_cpu_seconds') or 0:.2f} s "
+                     "CPU)")
+            deferred = rep.get("flush_checks_deferred_total", 0)
+            if deferred and since is None:
+                line += (f"; {deferred} route cache flush(es) checked later than asked, "
+                         "scans kept to a small share of the time until a flow is left behind")
     if rep.get("held"):
         line += f"\n  held back: {rep['held']}"
     return line

@@ -16,6 +16,17 @@ walk of its conntrack table. Which kernel leaves flows behind cannot be
 probed from the unit (a scratch namespace needs CAP_SYS_ADMIN), so it is
 learnt, and shown by offloadctl status. A check is one filtered conntrack
 dump in a worker thread; the loop only decides and applies.
+
+What a check costs grows with the conntrack table (the kernel walks every
+entry to filter it: at a million entries, seconds of one CPU under the lab's
+TCG, during which a one-CPU box answers nothing else). So until the kernel is
+seen leaving flows behind, the checks that follow flushes are kept to
+Timing.repair_flush_scan_share of the time: the next waits for the last
+scan's duration times (1 - share) / share after it, and every flush in
+between is answered by that one check. A small table's scan takes
+milliseconds and is never held back; a big one on a box whose links churn
+is no longer walked twice per event. On a kernel that does leave flows
+behind (7.3) a check follows every flush as asked.
 """
 
 from __future__ import annotations
@@ -60,6 +71,7 @@ class Repairer:
                  enabled: Callable[[], bool] = lambda: True,
                  timing: Timing = Timing(),
                  clock: Callable[[], float] = time.monotonic,
+                 scan_clock: Callable[[], float] = time.monotonic,
                  step: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
                  ) -> None:
         self._enabled = enabled
@@ -75,9 +87,16 @@ class Repairer:
         self._timing = timing
         # The event loop's clock: the due times are waited for on it.
         self._clock = clock
+        # Times a scan on the worker (wall): its cost, which the budget of
+        # checks after flushes is kept from.
+        self._scan_clock = scan_clock
         self._records: Mapping[str, FlowtableRecord] = {}
         self._previous: Scan | None = None
         self._due: list[float] = []  # when the checks asked for are due (on _clock)
+        # Checks after route cache flushes: held to the scan budget until the
+        # kernel is seen leaving flows behind (then due like the others).
+        self._flush_due: list[float] = []
+        self._flush_checks_from = 0.0  # the budget's earliest next one (on _clock)
         self._kick = asyncio.Event()
         self._scan_failed = False
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offloadd-scan",
@@ -94,8 +113,25 @@ class Repairer:
         self.check_in(0.0)
 
     def route_cache_flushed(self) -> None:
-        for delay in self._timing.repair_after_flush_s:
-            self.check_in(delay)
+        now = self._clock()
+        asked = [now + delay for delay in self._timing.repair_after_flush_s]
+        if not asked:
+            return
+        if not self._known_to_leave_behind() and asked[0] < self._flush_checks_from:
+            self.counts.flush_checks_deferred_total += 1
+        self._flush_due += asked
+        self._kick.set()
+
+    def _known_to_leave_behind(self) -> bool:
+        return self.counts.leaves_behind_since is not None
+
+    def _flush_wake(self) -> float | None:
+        if not self._flush_due:
+            return None
+        first = min(self._flush_due)
+        if self._known_to_leave_behind():
+            return first
+        return max(first, self._flush_checks_from)
 
     def flowtables_replaced(self, _names: tuple[str, ...] = ()) -> None:
         """Someone else (the re-validation) replaced flowtables: look as after a repair."""
@@ -113,8 +149,9 @@ class Repairer:
             now = self._clock()
             if next_periodic is None and self.counts.leaves_behind_since is not None:
                 next_periodic = now + periodic_s
-            wake = min([*([next_periodic] if next_periodic is not None else []), *self._due],
-                       default=None)
+            flush_wake = self._flush_wake()
+            wake = min([*([next_periodic] if next_periodic is not None else []), *self._due,
+                        *([flush_wake] if flush_wake is not None else [])], default=None)
             # Within a microsecond is due (a float sum can sit 1e-17 s past
             # the clock's: waiting that out spins).
             if wake is None or wake > now + 1e-6:
@@ -123,7 +160,9 @@ class Repairer:
                     await asyncio.wait_for(self._kick.wait(),
                                            None if wake is None else wake - now)
                 continue
+            # Whatever woke it, this check answers every request due by now.
             self._due = [t for t in self._due if t > now + 1e-6]
+            self._flush_due = [t for t in self._flush_due if t > now + 1e-6]
             if next_periodic is not None and next_periodic <= now + 1e-6:
                 next_periodic = now + periodic_s
             try:
@@ -146,8 +185,8 @@ class Repairer:
         t0 = self._clock()
         try:
             with self._step():
-                scan = await asyncio.get_running_loop().run_in_executor(
-                    self._worker, self._source.scan, flowtable_of)
+                scan, wall_s, cpu_s = await asyncio.get_running_loop().run_in_executor(
+                    self._worker, self._timed_scan, flowtable_of)
         except OffloaddError as e:
             if not self._scan_failed:
                 log.error("cannot check for flows left behind: %s", e)
@@ -155,6 +194,10 @@ class Repairer:
             return
         self._scan_failed = False
         self.counts.checks_total += 1
+        self.counts.last_scan_s = wall_s
+        self.counts.last_scan_cpu_s = cpu_s
+        share = self._timing.repair_flush_scan_share
+        self._flush_checks_from = self._clock() + wall_s * (1 - share) / share
         previous, self._previous = self._previous, scan
         found = left_behind(scan, previous, self._policy.stale_gap_s)
         flows = sum(len(ids) for ids in found.values())
@@ -188,6 +231,13 @@ class Repairer:
                                flowtable_of)
         if decision.recheck_in is not None:
             self.check_in(decision.recheck_in)
+
+    def _timed_scan(self, flowtable_of: Mapping[str, str]) -> tuple[Scan, float, float]:
+        """On the worker: a scan, its wall and CPU seconds (the thread's,
+        the kernel's walk for it included)."""
+        wall0, cpu0 = self._scan_clock(), time.thread_time()
+        scan = self._source.scan(flowtable_of)
+        return scan, self._scan_clock() - wall0, time.thread_time() - cpu0
 
     async def _replace_forced(self, table: TableState, flowtable_of: Mapping[str, str]) -> None:
         if self._writer.read() != table:

@@ -112,6 +112,9 @@ def status_report(status: Status, table_name: str, family: str,
             "held": status.repair.held,
             # The periodic check runs once the kernel was seen leaving flows behind.
             "leaves_behind_since": status.repair.leaves_behind_since,
+            "last_scan_seconds": _rounded(status.repair.last_scan_s),
+            "last_scan_cpu_seconds": _rounded(status.repair.last_scan_cpu_s),
+            "flush_checks_deferred_total": status.repair.flush_checks_deferred_total,
         },
         "legacy": _legacy(status, kernel),
         "guard": {
@@ -158,3 +161,7 @@ def _legacy(status: Status, kernel: TableState | None) -> dict[str, Any]:
             "unreadable": legacy.unreadable, "summary": legacy.describe(),
             # Legacy FORWARD hooks that offloadd's chain does not run after.
             "before": sorted(n for n, p in hooks.items() if prio is not None and p >= prio)}
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)

@@ -41,6 +41,11 @@ class RepairCounts:
     # When this kernel was first seen leaving flows behind (wall clock): from
     # then on the periodic check runs; before, only events call for one.
     leaves_behind_since: float | None = None
+    # The last check's scan (wall and CPU seconds), and route cache flushes
+    # whose check waited for the scan budget (Timing.repair_flush_scan_share).
+    last_scan_s: float | None = None
+    last_scan_cpu_s: float | None = None
+    flush_checks_deferred_total: int = 0
 
 
 @dataclass

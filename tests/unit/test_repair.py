@@ -42,6 +42,7 @@ from offloadd.core.repair import (
 )
 from offloadd.core.simulate import apply_plan
 from offloadd.service.daemon import Daemon
+from offloadd.service.repairer import Repairer
 from offloadd.service.report import status_report
 from offloadd.service.timing import Timing
 from tests.unit.fakes import FakeBackend, FakeLinks
@@ -412,6 +413,111 @@ def test_a_link_event_that_flushes_the_route_cache_schedules_checks(tmp_path: Pa
     counts, flush_passes = run_virtual(go)
     assert counts[1] - counts[0] == 2 and counts[2] == counts[1], counts
     assert flush_passes == 0
+
+
+@dataclass
+class CostlyScan:
+    """A scanner whose every scan takes ``cost_s`` on the clock the repairer
+    times scans with (a million-entry walk: seconds under TCG)."""
+
+    inner: FakeScanner
+    cost_s: float
+    elapsed: float = 0.0
+
+    def scan(self, flowtable_of: Mapping[str, str]) -> Scan:
+        self.elapsed += self.cost_s
+        return self.inner.scan(flowtable_of)
+
+    def clock(self) -> float:
+        return self.elapsed
+
+
+def _costly_repairer(d: Daemon, scanner: CostlyScan) -> Repairer:
+    return Repairer(d.writer, scanner, d.status, timing=d.timing,
+                    clock=asyncio.get_running_loop().time, scan_clock=scanner.clock)
+
+
+def test_checks_after_flushes_keep_to_the_scan_budget(tmp_path: Path) -> None:
+    """A 2-s scan (a million entries) on a kernel not seen leaving flows
+    behind: the first flush is checked 1 s later as asked, the next check
+    waits 2 s x 19 after that scan (5 % of the time), and the flushes
+    meanwhile (a link flapping) are all answered by that one check."""
+    inner = FakeScanner()
+    costly = CostlyScan(inner, 2.0)
+
+    async def go() -> tuple[list[int], Repairer]:
+        d, _b = _on_loop(tmp_path, inner)
+        rep = _costly_repairer(d, costly)
+        task = asyncio.create_task(rep.run())
+        counts = []
+        for at, flush in ((0.0, True), (1.1, False), (5.0, True), (10.0, True), (20.0, True),
+                          (38.9, False), (39.2, False), (150.0, False)):
+            await asyncio.sleep(at - asyncio.get_running_loop().time())
+            if flush:
+                rep.route_cache_flushed()
+            else:
+                counts.append(len(inner.seen))
+        task.cancel()
+        return counts, rep
+
+    counts, rep = run_virtual(go)
+    assert counts == [1, 1, 2, 2], counts
+    assert rep.counts.flush_checks_deferred_total == 3
+    assert rep.counts.last_scan_s == 2.0
+    report = {"mode": "auto", "repairs_total": 0, "checks_total": rep.counts.checks_total,
+              "left_behind_flows": 0, "leaves_behind_since": None,
+              "last_scan_seconds": rep.counts.last_scan_s, "last_scan_cpu_seconds": 0.01,
+              "flush_checks_deferred_total": rep.counts.flush_checks_deferred_total}
+    line = format_repair(report)
+    assert "last scan 2.00 s (0.01 s CPU); 3 route cache flush(es) checked later" in line
+
+
+def test_a_cheap_scan_never_holds_a_check_back(tmp_path: Path) -> None:
+    inner = FakeScanner()
+    costly = CostlyScan(inner, 0.005)  # a few thousand entries
+
+    async def go() -> tuple[list[int], Repairer]:
+        d, _b = _on_loop(tmp_path, inner)
+        rep = _costly_repairer(d, costly)
+        task = asyncio.create_task(rep.run())
+        counts = []
+        for at in (0.0, 1.05, 3.05, 4.0, 5.05, 7.05):
+            await asyncio.sleep(at - asyncio.get_running_loop().time())
+            if at in (0.0, 4.0):
+                rep.route_cache_flushed()
+            else:
+                counts.append(len(inner.seen))
+        task.cancel()
+        return counts, rep
+
+    counts, rep = run_virtual(go)
+    assert counts == [1, 2, 3, 4], counts
+    assert rep.counts.flush_checks_deferred_total == 0
+
+
+def test_a_kernel_that_leaves_flows_behind_is_checked_after_every_flush(
+        tmp_path: Path) -> None:
+    """Once seen (7.3), prompt beats cheap: a flow left behind skips every
+    later policy check, so the budget no longer holds checks back."""
+    inner = FakeScanner()
+    costly = CostlyScan(inner, 2.0)
+
+    async def go() -> list[int]:
+        d, _b = _on_loop(tmp_path, inner)
+        rep = _costly_repairer(d, costly)
+        rep.counts.leaves_behind_since = time.time()
+        task = asyncio.create_task(rep.run())
+        counts = []
+        for at in (0.0, 1.05, 3.05, 4.0, 5.05, 7.05):
+            await asyncio.sleep(at - asyncio.get_running_loop().time())
+            if at in (0.0, 4.0):
+                rep.route_cache_flushed()
+            else:
+                counts.append(len(inner.seen))
+        task.cancel()
+        return counts
+
+    assert run_virtual(go) == [1, 2, 3, 4]
 
 
 def test_no_periodic_check_until_the_kernel_leaves_a_flow_behind(tmp_path: Path) -> None:
