@@ -102,6 +102,20 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def busy_share(seconds: float) -> float:
+    """The share of the machine's CPU time not idle over ``seconds`` (the
+    kernel's own work included: set garbage collection, conntrack walks)."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v) - v[3] - v[4], sum(v)
+
+    b0, t0 = sample()
+    time.sleep(seconds)
+    b1, t1 = sample()
+    return round((b1 - b0) / max(t1 - t0, 1), 3)
+
+
 def sysctl_init(key: str, value: int) -> None:
     """Sets a sysctl in the namespace this process runs in (the guest's initial one)."""
     Path("/proc/sys/" + key.replace(".", "/")).write_text(f"{value}\n")

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import cpu_s, rss_mb
+from bench.common import busy_share, cpu_s, rss_mb
 from bench.gate import MARKER, SETS, _ifs, _revalidate
 from offloadd.core.gate import element
 from tests.lab.daemon import RunningDaemon, offloadd
@@ -58,6 +58,7 @@ FIRST_SPORT = 1024
 DPORT = 9  # discard: nobody listens, both ends drop it on input
 SCRAPE_EVERY_S = 15.0
 ATTACH_SAMPLES = 10
+BUSY_S = 30.0  # the idle box's CPU measured over this long (3 gate collections)
 # Conntrack and gate sizes for 1M flows (bench.run sets them in the guest's
 # initial namespace before any other exists when this case is asked for).
 CT_MAX = 1_300_000
@@ -335,9 +336,11 @@ def run(workdir: Path, flows: int = FLOWS, soak_s: float = SOAK_S) -> dict[str, 
             # sets holding a million ids each (an hour's timeout: what a burst
             # of new flows, or a restart of a busy gateway, leaves): the
             # ratio is the gate's own cost.
-            repair0 = d.status()["repair"]
+            repair_soak = d.status()["repair"]
+            busy_drained = busy_share(BUSY_S)
             attach_flows = _attach(r)
-            repairs = d.status()["repair"]["repairs_total"] - repair0["repairs_total"]
+            repair_flows = d.status()["repair"]
+            repairs = repair_flows["repairs_total"] - repair_soak["repairs_total"]
             print("  scale: soak done; attach with the gate drained", flush=True)
         # Filled while offloadd is stopped (its table kept, the flows stay
         # offloaded), as a restart of a busy gateway finds it: filled under a
@@ -351,6 +354,7 @@ def run(workdir: Path, flows: int = FLOWS, soak_s: float = SOAK_S) -> dict[str, 
             d.wait_devices("ft", {"lan0", "lan1", "wan0"})
             repair0 = d.status()["repair"]
             gate_kept = sum(_gate_set_size(r, name) for name in SETS)
+            busy_full = busy_share(BUSY_S)
             attach_full = _attach(r)
             repair1 = d.status()["repair"]
             repairs += repair1["repairs_total"] - repair0["repairs_total"]
@@ -392,6 +396,17 @@ def run(workdir: Path, flows: int = FLOWS, soak_s: float = SOAK_S) -> dict[str, 
         **{f"soak_{k}": v for k, v in soak.items()},
         **reval,
         "repairs_during_attach": repairs,
+        # The idle box's CPU (the kernel's set garbage collection: a walk of
+        # every element each gc-interval) with the gate drained and full.
+        "busy_share_drained": busy_drained,
+        "busy_share_full": busy_full,
+        # The left-behind checks the attaches' link events called for (kept
+        # to a share of the time on a kernel not seen leaving flows behind),
+        # and what the last one cost at this table size.
+        "repair_checks_during_attach": repair_flows["checks_total"]
+                                       - repair_soak["checks_total"],
+        "repair_scan_s": repair_flows.get("last_scan_seconds"),
+        "repair_scan_cpu_s": repair_flows.get("last_scan_cpu_seconds"),
         "leaves_behind_since": repair1.get("leaves_behind_since"),
         "repair_checks_total": repair1["checks_total"],
     }

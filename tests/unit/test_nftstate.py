@@ -110,11 +110,13 @@ def test_a_gate_set_declared_otherwise_reads_as_other() -> None:
         assert state is not None and state.set("passed_original") is not None
         assert state.set("passed_original").kind is SetKind.OTHER  # type: ignore[union-attr]
         assert state.set("passed_reply").kind is SetKind.PASSED  # type: ignore[union-attr]
-    # What JSON shows: the timeout.
-    changed = [{"set": {**i["set"], "timeout": 60}} if "set" in i else i  # type: ignore[dict-item]
-               for i in items]
-    state = parse_table(changed, text, "inet", "offloadd", {})
-    assert state is not None and all(s.kind is not SetKind.PASSED for s in state.sets)
+    # What JSON shows: the timeout, and how often expired elements are
+    # collected (a set of an offloadd before that was declared: re-created).
+    for key, value in (("timeout", 60), ("gc-interval", None)):
+        changed = [{"set": {**i["set"], key: value}} if "set" in i else i  # type: ignore[dict-item]
+                   for i in items]
+        state = parse_table(changed, text, "inet", "offloadd", {})
+        assert state is not None and all(s.kind is not SetKind.PASSED for s in state.sets)
 
 
 def _resized(items: list[dict[str, object]], name: str,
