@@ -21,8 +21,8 @@ What a check costs grows with the conntrack table (the kernel walks every
 entry to filter it: at a million entries, seconds of one CPU under the lab's
 TCG, during which a one-CPU box answers nothing else). So until the kernel is
 seen leaving flows behind, the checks that follow flushes are kept to
-Timing.repair_flush_scan_share of the time: the next waits for the last
-scan's duration times (1 - share) / share after it, and every flush in
+Timing.repair_flush_scan_share of a CPU: the next waits for the last
+scan's CPU seconds times (1 - share) / share after it, and every flush in
 between is answered by that one check. A small table's scan takes
 milliseconds and is never held back; a big one on a box whose links churn
 is no longer walked twice per event. On a kernel that does leave flows
@@ -71,7 +71,7 @@ class Repairer:
                  enabled: Callable[[], bool] = lambda: True,
                  timing: Timing = Timing(),
                  clock: Callable[[], float] = time.monotonic,
-                 scan_clock: Callable[[], float] = time.monotonic,
+                 scan_cpu_clock: Callable[[], float] = time.thread_time,
                  step: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
                  ) -> None:
         self._enabled = enabled
@@ -87,9 +87,10 @@ class Repairer:
         self._timing = timing
         # The event loop's clock: the due times are waited for on it.
         self._clock = clock
-        # Times a scan on the worker (wall): its cost, which the budget of
-        # checks after flushes is kept from.
-        self._scan_clock = scan_clock
+        # The worker thread's CPU clock (the kernel's walk for the scan
+        # included): a scan's cost, which the budget of checks after flushes
+        # is kept from (wall time would also count the waits of a busy box).
+        self._scan_cpu_clock = scan_cpu_clock
         self._records: Mapping[str, FlowtableRecord] = {}
         self._previous: Scan | None = None
         self._due: list[float] = []  # when the checks asked for are due (on _clock)
@@ -197,7 +198,7 @@ class Repairer:
         self.counts.last_scan_s = wall_s
         self.counts.last_scan_cpu_s = cpu_s
         share = self._timing.repair_flush_scan_share
-        self._flush_checks_from = self._clock() + wall_s * (1 - share) / share
+        self._flush_checks_from = self._clock() + cpu_s * (1 - share) / share
         previous, self._previous = self._previous, scan
         found = left_behind(scan, previous, self._policy.stale_gap_s)
         flows = sum(len(ids) for ids in found.values())
@@ -235,9 +236,9 @@ class Repairer:
     def _timed_scan(self, flowtable_of: Mapping[str, str]) -> tuple[Scan, float, float]:
         """On the worker: a scan, its wall and CPU seconds (the thread's,
         the kernel's walk for it included)."""
-        wall0, cpu0 = self._scan_clock(), time.thread_time()
+        wall0, cpu0 = time.monotonic(), self._scan_cpu_clock()
         scan = self._source.scan(flowtable_of)
-        return scan, self._scan_clock() - wall0, time.thread_time() - cpu0
+        return scan, time.monotonic() - wall0, self._scan_cpu_clock() - cpu0
 
     async def _replace_forced(self, table: TableState, flowtable_of: Mapping[str, str]) -> None:
         if self._writer.read() != table:

@@ -63,7 +63,7 @@ class Timing:
     # after a replacement (a busy flow can lose the mark again a moment later).
     repair_after_flush_s: tuple[float, ...] = (1.0, 3.0)
     # Until the kernel is seen leaving flows behind, those checks take at most
-    # this share of the time (each waits for the last scan's cost times
+    # this share of a CPU (each waits for the last scan's CPU seconds times
     # (1 - share) / share: 2 s at a million entries under TCG -> 38 s).
     repair_flush_scan_share: float = 0.05
     repair_after_repair_s: tuple[float, ...] = (2.5, 4.0)

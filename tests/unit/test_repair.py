@@ -417,8 +417,8 @@ def test_a_link_event_that_flushes_the_route_cache_schedules_checks(tmp_path: Pa
 
 @dataclass
 class CostlyScan:
-    """A scanner whose every scan takes ``cost_s`` on the clock the repairer
-    times scans with (a million-entry walk: seconds under TCG)."""
+    """A scanner whose every scan takes ``cost_s`` on the CPU clock the
+    repairer times scans with (a million-entry walk: seconds under TCG)."""
 
     inner: FakeScanner
     cost_s: float
@@ -434,7 +434,7 @@ class CostlyScan:
 
 def _costly_repairer(d: Daemon, scanner: CostlyScan) -> Repairer:
     return Repairer(d.writer, scanner, d.status, timing=d.timing,
-                    clock=asyncio.get_running_loop().time, scan_clock=scanner.clock)
+                    clock=asyncio.get_running_loop().time, scan_cpu_clock=scanner.clock)
 
 
 def test_checks_after_flushes_keep_to_the_scan_budget(tmp_path: Path) -> None:
@@ -463,13 +463,13 @@ def test_checks_after_flushes_keep_to_the_scan_budget(tmp_path: Path) -> None:
     counts, rep = run_virtual(go)
     assert counts == [1, 1, 2, 2], counts
     assert rep.counts.flush_checks_deferred_total == 3
-    assert rep.counts.last_scan_s == 2.0
+    assert rep.counts.last_scan_cpu_s == 2.0
     report = {"mode": "auto", "repairs_total": 0, "checks_total": rep.counts.checks_total,
               "left_behind_flows": 0, "leaves_behind_since": None,
-              "last_scan_seconds": rep.counts.last_scan_s, "last_scan_cpu_seconds": 0.01,
+              "last_scan_seconds": 2.5, "last_scan_cpu_seconds": rep.counts.last_scan_cpu_s,
               "flush_checks_deferred_total": rep.counts.flush_checks_deferred_total}
     line = format_repair(report)
-    assert "last scan 2.00 s (0.01 s CPU); 3 route cache flush(es) checked later" in line
+    assert "last scan 2.50 s (2.00 s CPU); 3 route cache flush(es) checked later" in line
 
 
 def test_a_cheap_scan_never_holds_a_check_back(tmp_path: Path) -> None:
