@@ -120,6 +120,11 @@ class Repairer:
             return
         if not self._known_to_leave_behind() and asked[0] < self._flush_checks_from:
             self.counts.flush_checks_deferred_total += 1
+            log.debug("route cache flushed: checked in %.1f s (the scan budget)",
+                      self._flush_checks_from - now)
+        else:
+            log.debug("route cache flushed: checks in %s s",
+                      ", ".join(f"{d:g}" for d in self._timing.repair_after_flush_s))
         self._flush_due += asked
         self._kick.set()
 
@@ -199,6 +204,8 @@ class Repairer:
         self.counts.last_scan_cpu_s = cpu_s
         share = self._timing.repair_flush_scan_share
         self._flush_checks_from = self._clock() + cpu_s * (1 - share) / share
+        log.debug("checked for flows left behind: %d held without the offload mark, scan "
+                  "%.3f s (%.3f s CPU)", len(scan.held), wall_s, cpu_s)
         previous, self._previous = self._previous, scan
         found = left_behind(scan, previous, self._policy.stale_gap_s)
         flows = sum(len(ids) for ids in found.values())
