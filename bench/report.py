@@ -165,7 +165,7 @@ HEADLINE = {
               "revalidation_replace_s", "reoffloaded_ratio", "reoffload_traffic_s",
               "slow_path_packets_per_flow", "generator_pps", "open_s",
               "repairs_during_attach", "attach_ms_p50_flows", "attach_p50_flows_vs_none",
-              "busy_share_drained", "busy_share_full", "repair_checks_during_attach",
+              "busy_share_drained", "busy_share_full", "repair_checks_after_attach",
               "repair_scan_s", "repair_scan_cpu_s", "reoffload_sample",
               "reoffload_sample_sent_s", "reoffload_sample_ratio"],
     "gate": ["gate_ids", "attach_ms_p50_empty", "attach_ms_p50_full", "attach_p50_ratio",
