@@ -95,6 +95,10 @@ def format_fill(fill: dict[str, Any], size: int) -> str:
     held = " / ".join(str(elements.get(name, "?")) for name in PASSED_SETS)
     text = (f"holds {held} ({100 * max(elements.values()) / size:.1f} %), "
             f"counted {_ago(fill['age_seconds'] or 0)} ago")
+    took = fill.get("duration_seconds") or 0.0
+    if took >= 1.0:
+        # Worth saying only when large: the kernel's walk of a big gate.
+        text += f" (a {took:.1f}-s count)"
     if max(elements.values()) >= size:
         text += ("; FULL: flows it cannot record stay on the slow path (never offloaded "
                  "unchecked) until entries expire")

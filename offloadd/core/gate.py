@@ -108,6 +108,10 @@ class GateFill:
     elements: Mapping[str, int] = field(default_factory=dict)
     time: float = 0.0  # Unix time of that count; 0: none yet
     error: str = ""  # why the latest count failed; "": the latest is this one
+    # How long that count took (the kernel's walk of the sets, mostly: it
+    # grows with the square of the elements); 0: not timed. Not part of
+    # what a fill is (two counts of the same elements are the same fill).
+    duration_s: float = field(default=0.0, compare=False)
 
     @property
     def stale(self) -> bool:
@@ -115,7 +119,7 @@ class GateFill:
 
     def failed(self, why: str) -> GateFill:
         """This fill after a count that failed: the same elements, now stale."""
-        return GateFill(self.elements, self.time, why)
+        return GateFill(self.elements, self.time, why, self.duration_s)
 
 
 def passed_declaration(size: int) -> str:

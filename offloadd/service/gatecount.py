@@ -111,7 +111,8 @@ class GateCounter:
                      extra={"OPERATION": "gate"})
         self._failing = False
         self.counts_total += 1
-        self._status.gate.fill = GateFill(elements, self._wall())
+        self._status.gate.fill = GateFill(elements, self._wall(),
+                                          duration_s=self.last_cost_s)
 
     def _count_sets(self) -> dict[str, int]:
         """On the worker thread; its real duration is the count's cost (the

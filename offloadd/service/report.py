@@ -145,7 +145,8 @@ def fill_report(fill: GateFill | None, now: float) -> dict[str, Any] | None:
     return {"elements": dict(fill.elements),
             "timestamp": fill.time,
             "age_seconds": round(max(0.0, now - fill.time), 1) if fill.time else None,
-            "stale": fill.stale, "error": fill.error}
+            "stale": fill.stale, "error": fill.error,
+            "duration_seconds": round(fill.duration_s, 3)}
 
 
 def _legacy(status: Status, kernel: TableState | None) -> dict[str, Any]:

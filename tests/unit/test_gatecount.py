@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from offloadd.cli.format import format_gate, format_status
+from offloadd.cli.format import format_fill, format_gate, format_status
 from offloadd.core.configparse import parse_config
 from offloadd.core.gate import PASSED_ORIGINAL, PASSED_REPLY, GateFill
 from offloadd.core.model import Link
@@ -156,7 +156,17 @@ def test_status_report_carries_the_fill() -> None:
     status.gate.fill = GateFill(HELD, WALL0).failed("boom")
     fill = status_report(status, "offloadd", "inet", None, now=WALL0 + 61.25)["gate"]["fill"]
     assert fill == {"elements": HELD, "timestamp": WALL0, "age_seconds": 61.2,
-                    "stale": True, "error": "boom"}
+                    "stale": True, "error": "boom", "duration_seconds": 0.0}
+
+
+def test_a_long_count_is_shown_with_its_duration() -> None:
+    """At a million elements the kernel's walk takes seconds: the gate line
+    says so (a short count says nothing)."""
+    status = Status(config_path=Path("/x"), reconcile=ReconcileState(gate_size=2_097_152))
+    status.gate.fill = GateFill(HELD, WALL0, duration_s=3.14)
+    rep = status_report(status, "offloadd", "inet", None, now=WALL0 + 5)
+    assert rep["gate"]["fill"]["duration_seconds"] == 3.14
+    assert format_fill(rep["gate"]["fill"], 2_097_152).endswith("counted 5s ago (a 3.1-s count)")
 
 
 def test_the_daemon_counts_its_gate_soon_after_the_first_pass(tmp_path: Path) -> None:
