@@ -41,17 +41,27 @@ class RunningDaemon:
         return self.log.read_text(errors="replace")
 
     def members(self, flowtable: str) -> tuple[frozenset[str] | None, frozenset[str] | None]:
-        """(flowtable devices, ifname set elements) as the kernel lists them now."""
+        """(flowtable devices, ifname set elements) as the kernel lists them now.
+
+        The ruleset tersely, then the one ifname set with its elements: a
+        full listing carries the gate's elements too (2M in the scale bench:
+        `nft -j list ruleset` ran past 300 s under TCG)."""
         devs = elems = None
-        for item in nft_list(self.ns, "ruleset"):
+        family = None
+        for item in nft_list(self.ns, "ruleset", terse=True):
             ft = item.get("flowtable")
             if ft and ft["table"] == self.table and ft["name"] == flowtable:
                 dev = ft.get("dev", [])
                 devs = frozenset([dev] if isinstance(dev, str) else dev)
             st = item.get("set")
             if st and st["table"] == self.table and st["name"] == f"{flowtable}_ifs":
-                el = st.get("elem", [])
-                elems = frozenset([el] if isinstance(el, str) else el)
+                family = st["family"]
+        if family is not None:
+            for item in nft_list(self.ns, f"set {family} {self.table} {flowtable}_ifs"):
+                st = item.get("set")
+                if st:
+                    el = st.get("elem", [])
+                    elems = frozenset([el] if isinstance(el, str) else el)
         return devs, elems
 
     def flowtable_devices(self, name: str) -> frozenset[str] | None:
@@ -139,7 +149,7 @@ def offloadd(ns: Netns, config_text: str, workdir: Path, *, table: str = "offloa
         # A failing test's daemon log and table go to its captured output
         # (JUnit): the log file lives in the guest's /tmp and dies with it.
         lines = d.log_text().splitlines()
-        table_now = ns.run("nft", "list", "table", "inet", table, check=False)
+        table_now = ns.run("nft", "-t", "list", "table", "inet", table, check=False)
         print(f"--- offloadd log ({log}, last {min(len(lines), LOG_TAIL)} of {len(lines)} "
               "lines) ---\n" + "\n".join(lines[-LOG_TAIL:]) + f"\n--- nft list table inet "
               f"{table} ---\n{table_now.stdout or table_now.stderr}")

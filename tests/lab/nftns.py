@@ -28,10 +28,11 @@ def nft_apply(ns: Netns, script: str) -> None:
     ns.run(sys.executable, "-c", _APPLY, input=script)
 
 
-def nft_list(ns: Netns, what: str = "ruleset") -> list[dict[str, Any]]:
+def nft_list(ns: Netns, what: str = "ruleset", *, terse: bool = False) -> list[dict[str, Any]]:
     """The kernel's view through the nft command itself: an oracle independent of
-    offloadd's own libnftables code (and a C binary starts fast in the VM)."""
-    data = json.loads(ns.out("nft", "-j", "list", *what.split()))
+    offloadd's own libnftables code (and a C binary starts fast in the VM).
+    ``terse``: without set elements."""
+    data = json.loads(ns.out("nft", *(["-t"] if terse else []), "-j", "list", *what.split()))
     return [i for i in data.get("nftables", []) if "metainfo" not in i]
 
 
