@@ -432,6 +432,22 @@ class CostlyScan:
         return self.elapsed
 
 
+async def _flush_and_look(rep: Repairer, inner: FakeScanner,
+                          steps: tuple[tuple[float, bool], ...]) -> list[int]:
+    """Runs the repairer; at each (time, flush) step a route cache flush, or
+    a look at how many scans it made so far (the looks are returned)."""
+    task = asyncio.create_task(rep.run())
+    counts = []
+    for at, flush in steps:
+        await asyncio.sleep(at - asyncio.get_running_loop().time())
+        if flush:
+            rep.route_cache_flushed()
+        else:
+            counts.append(len(inner.seen))
+    task.cancel()
+    return counts
+
+
 def _costly_repairer(d: Daemon, scanner: CostlyScan) -> Repairer:
     return Repairer(d.writer, scanner, d.status, timing=d.timing,
                     clock=asyncio.get_running_loop().time, scan_cpu_clock=scanner.clock)
@@ -448,16 +464,9 @@ def test_checks_after_flushes_keep_to_the_scan_budget(tmp_path: Path) -> None:
     async def go() -> tuple[list[int], Repairer]:
         d, _b = _on_loop(tmp_path, inner)
         rep = _costly_repairer(d, costly)
-        task = asyncio.create_task(rep.run())
-        counts = []
-        for at, flush in ((0.0, True), (1.1, False), (5.0, True), (10.0, True), (20.0, True),
-                          (38.9, False), (39.2, False), (150.0, False)):
-            await asyncio.sleep(at - asyncio.get_running_loop().time())
-            if flush:
-                rep.route_cache_flushed()
-            else:
-                counts.append(len(inner.seen))
-        task.cancel()
+        counts = await _flush_and_look(rep, inner, ((0.0, True), (1.1, False), (5.0, True),
+                                                    (10.0, True), (20.0, True), (38.9, False),
+                                                    (39.2, False), (150.0, False)))
         return counts, rep
 
     counts, rep = run_virtual(go)
@@ -479,15 +488,8 @@ def test_a_cheap_scan_never_holds_a_check_back(tmp_path: Path) -> None:
     async def go() -> tuple[list[int], Repairer]:
         d, _b = _on_loop(tmp_path, inner)
         rep = _costly_repairer(d, costly)
-        task = asyncio.create_task(rep.run())
-        counts = []
-        for at in (0.0, 1.05, 3.05, 4.0, 5.05, 7.05):
-            await asyncio.sleep(at - asyncio.get_running_loop().time())
-            if at in (0.0, 4.0):
-                rep.route_cache_flushed()
-            else:
-                counts.append(len(inner.seen))
-        task.cancel()
+        counts = await _flush_and_look(rep, inner, ((0.0, True), (1.05, False), (3.05, False),
+                                                    (4.0, True), (5.05, False), (7.05, False)))
         return counts, rep
 
     counts, rep = run_virtual(go)
@@ -506,15 +508,8 @@ def test_a_kernel_that_leaves_flows_behind_is_checked_after_every_flush(
         d, _b = _on_loop(tmp_path, inner)
         rep = _costly_repairer(d, costly)
         rep.counts.leaves_behind_since = time.time()
-        task = asyncio.create_task(rep.run())
-        counts = []
-        for at in (0.0, 1.05, 3.05, 4.0, 5.05, 7.05):
-            await asyncio.sleep(at - asyncio.get_running_loop().time())
-            if at in (0.0, 4.0):
-                rep.route_cache_flushed()
-            else:
-                counts.append(len(inner.seen))
-        task.cancel()
+        counts = await _flush_and_look(rep, inner, ((0.0, True), (1.05, False), (3.05, False),
+                                                    (4.0, True), (5.05, False), (7.05, False)))
         return counts
 
     assert run_virtual(go) == [1, 2, 3, 4]
