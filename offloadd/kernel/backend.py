@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from offloadd.core.config import device_name_problem
@@ -79,11 +80,13 @@ class NftBackend:
         return (self.nft.has_element(f"{where} {PASSED_ORIGINAL}", key),
                 self.nft.has_element(f"{where} {PASSED_REPLY}", key))
 
-    def count_elements(self, name: str) -> int | None:
+    def count_elements(self, name: str,
+                       after_datagram: Callable[[float], None] | None = None) -> int | None:
         """Elements of set ``name`` (None: absent), by a raw netlink dump of
         its own: never through libnftables, which would decode and print
         each one; so any thread may call it."""
-        return setcount.count_elements(self.family, self.table, name)
+        return setcount.count_elements(self.family, self.table, name,
+                                       after_datagram=after_datagram)
 
     def other_forward_priorities(self) -> list[int]:
         items = self.nft.list_json("chains")

@@ -7,7 +7,7 @@ kernel edges stay swappable (e.g. a backend for --check that only plans).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from offloadd.core.model import Link, TableState
@@ -70,10 +70,12 @@ class Backend(Protocol):
     def conntrack_limit(self) -> int | None:
         """nf_conntrack_max (None: not readable), which the gate's size follows."""
 
-    def count_elements(self, name: str) -> int | None:
+    def count_elements(self, name: str,
+                       after_datagram: Callable[[float], None] | None = None) -> int | None:
         """The elements set ``name`` of offloadd's table holds now (None: no
-        such set or table), without listing them. Called from a worker
-        thread: it must share no libnftables context with the loop."""
+        such set or table), without listing them; ``after_datagram`` paces it
+        (offloadd.kernel.setcount). Called from a worker thread: it must share
+        no libnftables context with the loop."""
 
     def apply(self, plan: Plan) -> str: ...
 

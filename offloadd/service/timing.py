@@ -90,6 +90,12 @@ class Timing:
     # this share of the interval (the kernel's dump is quadratic in the
     # elements, seconds at 10^6) pushes the next one out (gatecount.next_delay).
     gate_count_max_duty: float = 0.01
+    # ... and at most this share while a count runs: after each datagram the
+    # count waits (1/share - 1) times the CPU the kernel's walk for it took.
+    # Unpaced, the first count after a restart on 2 x 200k elements kept the
+    # lab VM's CPU 83 % busy for 12 s (6.12) to 25 s (7.3.4), and attaches
+    # meanwhile took 3x as long; with 2 x 1M it would be 25 times that.
+    gate_count_cpu_share: float = 0.1
 
     # -- re-validation (Revalidator) -------------------------------------------------
     # Out of sync: looks again after this, once the requested reconcile ran.

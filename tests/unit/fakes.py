@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -47,6 +47,8 @@ class FakeBackend:
     elements: dict[str, int] = field(default_factory=dict)
     count_fail: str = ""  # count_elements raises KernelError with this
     counts: int = 0  # count_elements calls
+    # The CPU seconds of each datagram's walk a count reports to its pacing.
+    count_walks: tuple[float, ...] = ()
 
     def read(self) -> TableState | None:
         if self.corrupt_reads and self.state is not None:
@@ -69,8 +71,12 @@ class FakeBackend:
     def conntrack_limit(self) -> int | None:
         return self.conntrack_max
 
-    def count_elements(self, name: str) -> int | None:
+    def count_elements(self, name: str,
+                       after_datagram: Callable[[float], None] | None = None) -> int | None:
         self.counts += 1
+        if after_datagram is not None:
+            for cpu_s in self.count_walks:
+                after_datagram(cpu_s)
         if self.count_fail:
             raise KernelError(self.count_fail)
         return self.elements.get(name)

@@ -9,7 +9,9 @@ delays: a minute passes in no time, and each count's moment is exact.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -105,6 +107,46 @@ def test_a_failed_count_is_logged_once_and_keeps_the_last_marked_stale(
                         "count is kept, marked stale)"]
     assert "gate count: counted again (passed_original 2000, passed_reply 567)" in (
         caplog.messages)
+
+
+def test_a_count_waits_after_each_datagram_for_its_cpu_share() -> None:
+    """Share 0.25: each datagram whose walk took 10 ms of CPU is followed by
+    30 ms of waiting. The duty counts the count's CPU, status its duration."""
+    async def scenario() -> None:
+        b = FakeBackend(elements=dict(HELD), count_walks=(0.01, 0.01))
+        status = Status(config_path=Path("/x"))
+        status.reconcile.gate_size = 1_048_576
+        cpu = iter([3.0, 3.5])
+        counter = GateCounter(b, status, timing=Timing(gate_count_cpu_share=0.25),
+                              cpu=lambda: next(cpu))
+        await counter.count()
+        assert counter.last_cost_s == 0.5
+        assert counter.last_wall_s >= 4 * 0.03  # 2 sets x 2 datagrams
+        assert _fill(status).duration_s == counter.last_wall_s
+        assert next_delay(counter._timing, counter.last_cost_s) == 60.0
+
+    asyncio.run(scenario())
+
+
+def test_a_stopping_daemon_ends_a_count_at_its_next_wait() -> None:
+    """A paced count on a full gate may have minutes to go; the daemon's
+    stop (its task cancelled) must not wait for it."""
+    async def scenario() -> None:
+        b = FakeBackend(elements=dict(HELD), count_walks=(60.0, 60.0))  # 9 min waits
+        status = Status(config_path=Path("/x"))
+        status.reconcile.gate_size = 1_048_576
+        counter = GateCounter(b, status)
+        task = asyncio.create_task(counter.run())
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        t0 = time.monotonic()
+        counter._worker.shutdown(wait=True)
+        assert time.monotonic() - t0 < 5
+        assert status.gate_fill is None and b.counts == 1
+
+    asyncio.run(scenario())
 
 
 def test_a_missing_set_or_a_first_count_that_fails_is_stale_too() -> None:
