@@ -133,7 +133,8 @@ class Daemon:
                       if flow_samples is not None else None)
         # How full the gate is, counted now and then into status.gate_fill.
         self.gate_counter = GateCounter(backend, self.status, timing=timing,
-                                        step=lambda: steps.running("gate-count"))
+                                        step=lambda: steps.running("gate-count"),
+                                        progress=lambda: steps.progressed("gate-count"))
         # Flowtables to replace once the next pass applied a refusal.
         self._replace_after_pass: dict[str, str] = {}
         # What each stacked device was at the last pass.

@@ -88,8 +88,10 @@ class GateCounter:
     def __init__(self, source: ElementCounter, status: Status, *,
                  timing: Timing = Timing(), wall: Callable[[], float] = time.time,
                  step: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
-                 cpu: Callable[[], float] = time.thread_time) -> None:
+                 cpu: Callable[[], float] = time.thread_time,
+                 progress: Callable[[], None] = lambda: None) -> None:
         self._source = source
+        self._progress = progress  # each datagram: the step is not stalled (Supervisor)
         self._cpu = cpu  # the worker thread's CPU, the kernel's walk included
         self._step = step  # marks each count (a kernel dump): see Supervisor
         self._status = status
@@ -149,6 +151,7 @@ class GateCounter:
 
     def _pause(self, walked_cpu_s: float) -> None:
         """After each datagram, on the worker thread."""
+        self._progress()
         share = self._timing.gate_count_cpu_share
         if self._stopping.wait(walked_cpu_s * (1.0 / share - 1.0)):
             raise GateCountStoppedError("offloadd is stopping")

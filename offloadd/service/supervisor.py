@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -74,23 +75,37 @@ class TaskState:
 
 class Steps:
     """When each task's current blocking step began (a kernel dump on a worker
-    thread). Written on the event loop, read from the scrape thread."""
+    thread), or last made progress. Entered on the event loop, read from the
+    scrape thread; progress comes from the worker (hence the lock)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._since: dict[str, float] = {}
+        self._lock = threading.Lock()
 
     @contextmanager
     def running(self, task: str) -> Iterator[None]:
-        self._since[task] = self._clock()
+        with self._lock:
+            self._since[task] = self._clock()
         try:
             yield
         finally:
-            self._since.pop(task, None)
+            with self._lock:
+                self._since.pop(task, None)
+
+    def progressed(self, task: str) -> None:
+        """The task's step is still at work (a paced gate count between two
+        datagrams: minutes on a full gate): its age starts again. Nothing
+        if the step has ended. Any thread."""
+        with self._lock:
+            if task in self._since:
+                self._since[task] = self._clock()
 
     def ages(self) -> dict[str, float]:
         now = self._clock()
-        return {task: now - since for task, since in dict(self._since).items()}
+        with self._lock:
+            since = dict(self._since)
+        return {task: now - t for task, t in since.items()}
 
 
 TaskFactory = Callable[[bool], Awaitable[None]]

@@ -117,9 +117,11 @@ def test_a_count_waits_after_each_datagram_for_its_cpu_share() -> None:
         status = Status(config_path=Path("/x"))
         status.reconcile.gate_size = 1_048_576
         cpu = iter([3.0, 3.5])
+        progress: list[int] = []
         counter = GateCounter(b, status, timing=Timing(gate_count_cpu_share=0.25),
-                              cpu=lambda: next(cpu))
+                              cpu=lambda: next(cpu), progress=lambda: progress.append(1))
         await counter.count()
+        assert len(progress) == 4  # each datagram tells the supervisor: not stalled
         assert counter.last_cost_s == 0.5
         assert counter.last_wall_s >= 4 * 0.03  # 2 sets x 2 datagrams
         assert _fill(status).duration_s == counter.last_wall_s

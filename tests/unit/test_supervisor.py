@@ -26,7 +26,7 @@ from offloadd.kernel.nft import parse_json_listing
 from offloadd.service.daemon import Daemon
 from offloadd.service.metrics import StatusView
 from offloadd.service.report import status_report
-from offloadd.service.supervisor import Backoff, Supervisor, TaskState
+from offloadd.service.supervisor import Backoff, Steps, Supervisor, TaskState
 from offloadd.service.timing import Timing
 from tests.unit.fakes import FakeBackend, FakeLinks
 from tests.unit.test_metrics import scrape_view
@@ -391,3 +391,18 @@ def test_the_faulty_watcher_fails_on_a_batch_with_changes_only(tmp_path: Path) -
         return got
 
     assert asyncio.run(go()) == [NftChanges(()), NftChanges(())]
+
+
+def test_a_step_that_progresses_is_not_stalled_and_an_ended_one_stays_ended() -> None:
+    """A paced gate count on a full gate runs for minutes, a datagram at a
+    time: each one restarts its step's age; progress after the step ended
+    (a late worker) brings nothing back."""
+    now = [0.0]
+    steps = Steps(clock=lambda: now[0])
+    with steps.running("gate-count"):
+        now[0] = 250.0
+        steps.progressed("gate-count")
+        now[0] = 400.0
+        assert steps.ages() == {"gate-count": 150.0}
+    steps.progressed("gate-count")
+    assert steps.ages() == {}
