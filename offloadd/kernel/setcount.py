@@ -23,7 +23,11 @@ The kernel's side is not free: for each datagram it walks a hash set from
 its first element again, skipping those already sent, so a million elements
 cost it more than they cost offloadd. Hence a count a minute
 (offloadd.service.gatecount), never one per scrape. Expired elements the
-kernel has not collected yet are not sent, so not counted.
+kernel has not collected yet are not sent, so not counted. A count while the
+set's hash is resized (it grows as it fills) walks a changed order from one
+datagram to the next and may miss or repeat elements (7.3.4, right after
+2 x 62.5k were added: 104,406 of 125,000; counted again a minute later,
+all of them): a count says how full the set is, not an exact figure.
 
 A set (or its table) that does not exist counts as None, not as an error:
 the caller knows whether it expected one. The dump needs CAP_NET_ADMIN and
