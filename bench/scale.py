@@ -399,6 +399,9 @@ def run(workdir: Path, flows: int = FLOWS, soak_s: float = SOAK_S) -> dict[str, 
             busy_drained = busy_share(BUSY_S)
             scan_cost = _scan_cost(r)
             attach_flows = _attach(r)
+            # Offloaded while measured (conntrack, the oracle): the phases
+            # compare only if both held the flows in the flowtable.
+            offloaded_drained = _offloaded(r)
             # The checks the last removals asked for run 1 s and 3 s later.
             time.sleep(5)
             repair_flows = d.status()["repair"]
@@ -418,6 +421,7 @@ def run(workdir: Path, flows: int = FLOWS, soak_s: float = SOAK_S) -> dict[str, 
             gate_kept = sum(_gate_set_size(r, name) for name in SETS)
             busy_full = busy_share(BUSY_S)
             attach_full = _attach(r)
+            offloaded_full = _offloaded(r)
             repair1 = d.status()["repair"]
             repairs += repair1["repairs_total"] - repair0["repairs_total"]
             print(f"  scale: attach ms, flows {attach_flows}, full gate ({gate_kept}) "
@@ -447,6 +451,10 @@ def run(workdir: Path, flows: int = FLOWS, soak_s: float = SOAK_S) -> dict[str, 
         "attach_ms_p50_empty": statistics.median(attach_empty),
         "attach_ms_p50_flows": statistics.median(attach_flows),
         "attach_ms_p50_full": statistics.median(attach_full),
+        # The flows offloaded right after each of those two phases' attaches:
+        # their ratio is the gate's cost only where both are the million.
+        "offloaded_at_attach_drained": offloaded_drained,
+        "offloaded_at_attach_full": offloaded_full,
         # The gate's cost: 1M flows with 2x1M gate elements vs 1M flows alone.
         "attach_p50_ratio": round(statistics.median(attach_full)
                                   / statistics.median(attach_flows), 2),
