@@ -170,9 +170,14 @@ def _prepare(lab: Lab, flows: int) -> Flows:
     # stream timeout above the flowtable's: a flow the replacement sends back
     # to the slow path keeps the difference (6.12 gave it 0 with both at 3600:
     # every entry expired and the re-offload counted 0 of 1M under their ids).
-    for key, value in (("net.netfilter.nf_conntrack_udp_timeout", 7200),
-                       ("net.netfilter.nf_conntrack_udp_timeout_stream", 7200),
-                       ("net.netfilter.nf_flowtable_udp_timeout", 3600)):
+    # The case runs 60-75 min at 1M: with the flowtable's at 3600 s the first
+    # blocks probably left the flowtable before the full-gate attaches (the
+    # idle box 87 % busy with the gate drained, 35 % with it full on 6.12,
+    # 86 / 13 % on 7.3.4, 2026-12-04 16:20; offloaded_at_attach_* now say),
+    # so 4 h and 8 h.
+    for key, value in (("net.netfilter.nf_conntrack_udp_timeout", 28800),
+                       ("net.netfilter.nf_conntrack_udp_timeout_stream", 28800),
+                       ("net.netfilter.nf_flowtable_udp_timeout", 14400)):
         r.sysctl(key, value)
     r.nft(ADMIN)
     lab.client.run("modprobe", "pktgen")
