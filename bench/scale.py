@@ -170,11 +170,11 @@ def _prepare(lab: Lab, flows: int) -> Flows:
     # stream timeout above the flowtable's: a flow the replacement sends back
     # to the slow path keeps the difference (6.12 gave it 0 with both at 3600:
     # every entry expired and the re-offload counted 0 of 1M under their ids).
-    # The case runs 60-75 min at 1M: with the flowtable's at 3600 s the first
-    # blocks probably left the flowtable before the full-gate attaches (the
-    # idle box 87 % busy with the gate drained, 35 % with it full on 6.12,
-    # 86 / 13 % on 7.3.4, 2026-12-04 16:20; offloaded_at_attach_* now say),
-    # so 4 h and 8 h.
+    # The case runs 60-75 min at 1M: with the flowtable's at 3600 s the oldest
+    # flows neared it by the full-gate attaches (6.12, 2026-12-04 16:20), so
+    # 4 h and 8 h. (7.3.4 apparently lost most flows from the flowtable between
+    # the two attach phases at every size tried, long before any timeout:
+    # offloaded_at_attach_* now say.)
     for key, value in (("net.netfilter.nf_conntrack_udp_timeout", 28800),
                        ("net.netfilter.nf_conntrack_udp_timeout_stream", 28800),
                        ("net.netfilter.nf_flowtable_udp_timeout", 14400)):
