@@ -7,6 +7,13 @@ whenever nf_tables announces a change (a netlink socket subscribed to the
 NFNLGRP_NFTABLES group), not in a busy loop: polling libnftables every few
 milliseconds under TCG ate the CPU the daemon needed and slowed what it
 measured.
+
+Each sample's link leaves the flowtable again before the next: deleted, or
+with ``--detach rename`` renamed out of the config's patterns (``lanh<i>`` →
+``xh<i>``, left for the caller to delete). On 7.3.4 every link deletion (any
+link's: a route cache flush) tears down every idle IPv4 offloaded flow —
+they come back at their next packets — so a case that measures attaches
+beside offloaded flows renames.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ def main() -> int:
     ap.add_argument("--table", default="offloadd")
     ap.add_argument("--flowtable", default="ft")
     ap.add_argument("--samples", type=int, default=100)
+    ap.add_argument("--detach", choices=("delete", "rename"), default="delete")
     a = ap.parse_args()
     nft = Nft()
     samples = []
@@ -38,7 +46,10 @@ def main() -> int:
             t1 = wait_until(nft, events, a.table, a.flowtable,
                             lambda d, n=name: n in d, timeout=30)  # type: ignore[misc]
             samples.append((t1 - t0) * 1000)
-            ipr.link("del", ifname=name)
+            if a.detach == "rename":
+                ipr.link("set", index=ipr.link_lookup(ifname=name)[0], ifname=f"xh{i}")
+            else:
+                ipr.link("del", ifname=name)
             wait_until(nft, events, a.table, a.flowtable,
                        lambda d, n=name: n not in d, timeout=30)  # type: ignore[misc]
     json.dump({"attach_ms": samples}, sys.stdout)

@@ -18,7 +18,13 @@ default):
   offloadd is stopped with ``on_exit = "keep"``, an hour's timeout); offloadd
   is started again on that table before each of these two, so the gate is
   their only difference: their ratio is the gate's cost, the first two's the
-  cost of holding the flows;
+  cost of holding the flows. The probe detaches its links by renaming them:
+  on 7.3.4 any link deletion (a route cache flush) tears down every idle IPv4
+  offloaded flow (measured at 62.5k: 0 left; their next packets offload them
+  again), so a probe that deleted would measure without the flows. The
+  renamed links are deleted after each phase, and the flows are sent again
+  where that tore them down, so both phases hold the million (conntrack, the
+  oracle, counts them after each);
 - /metrics scrapes vs ``conntrack -L -u OFFLOAD | wc -l`` (bench.scrape_probe),
   the count's age and the gate's elements as the metrics say;
 - a soak of ``SOAK_S`` seconds (a scrape every 15 s, as Prometheus would):
@@ -224,12 +230,14 @@ def _fill_chunked(r: Netns, workdir: Path, ids: int, chunk: int = 100_000) -> fl
     return time.monotonic() - t0
 
 
-def _gate_set_size(r: Netns, name: str) -> int:
-    """Elements of one gate set, from a raw dump (offloadd's own counter: a
-    listing of 10^6 elements by nft takes minutes under TCG)."""
-    code = ("from offloadd.kernel.setcount import count_elements as c;"
-            f"print(c('inet', 'offloadd', '{name}') or 0)")
-    return int(r.out(sys.executable, "-c", code, timeout=1200).strip())
+def _gate_handles(r: Netns) -> dict[str, int]:
+    """Each gate set's handle (a terse listing: no elements fetched). The same
+    handles before and after a phase: the sets filled are the sets measured
+    (offloadd's start did not replace them; a re-validation would). Counting
+    2 x 10^6 elements instead took ~10 min per count on 7.3.4 under TCG."""
+    out = json.loads(r.out("nft", "-t", "-j", "list", "ruleset", "inet"))
+    return {i["set"]["name"]: int(i["set"]["handle"]) for i in out["nftables"]
+            if "set" in i and i["set"]["table"] == "offloadd" and i["set"]["name"] in SETS}
 
 
 def _scan_cost(r: Netns) -> dict[str, float]:
@@ -250,10 +258,28 @@ def _forward_packets(r: Netns) -> int:
                for e in i["rule"]["expr"] if "counter" in e)
 
 
-def _attach(r: Netns) -> list[float]:
+def _attach(r: Netns, detach: str = "delete") -> list[float]:
     out = r.run(sys.executable, "-m", "bench.attach_probe", "--samples",
-                str(ATTACH_SAMPLES), timeout=1800).stdout
+                str(ATTACH_SAMPLES), "--detach", detach, timeout=1800).stdout
     return [round(a, 1) for a in json.loads(out)["attach_ms"]]
+
+
+def _remove_renamed(r: Netns) -> None:
+    """The links a renaming probe left (``xh<i>``)."""
+    r.sh("".join(f"ip link del xh{i}\n" for i in range(ATTACH_SAMPLES)))
+
+
+def _offloaded_again(f: Flows, flows: int) -> dict[str, Any]:
+    """The probe's renamed links deleted, then the flows in the flowtable again
+    where that tore them down (7.3.4): counted, and if fewer than 99.9 %, sent
+    once more (offloadd may be stopped: its table, kept, offloads them)."""
+    _remove_renamed(f.lab.router)
+    before = _offloaded(f.lab.router)
+    if before >= 0.999 * flows:
+        return {"offloaded_before": before, "rounds": 0, "offloaded": before}
+    opened, after = _open(f, flows)
+    return {"offloaded_before": before, "rounds": opened["open_rounds"],
+            "s": opened["open_s"], "offloaded": after}
 
 
 def _scrapes(r: Netns, rounds: int) -> list[dict[str, Any]]:
@@ -403,7 +429,7 @@ def run(workdir: Path, flows: int = FLOWS, soak_s: float = SOAK_S) -> dict[str, 
             repair_soak = d.status()["repair"]
             busy_drained = busy_share(BUSY_S)
             scan_cost = _scan_cost(r)
-            attach_flows = _attach(r)
+            attach_flows = _attach(r, "rename")
             # Offloaded while measured (conntrack, the oracle): the phases
             # compare only if both held the flows in the flowtable.
             offloaded_drained = _offloaded(r)
@@ -412,25 +438,35 @@ def run(workdir: Path, flows: int = FLOWS, soak_s: float = SOAK_S) -> dict[str, 
             repair_flows = d.status()["repair"]
             repairs = repair_flows["repairs_total"] - repair_soak["repairs_total"]
             print("  scale: soak done; attach with the gate drained", flush=True)
+        # The probe's renamed links deleted, the flows sent again before the
+        # fill (the sets then hold their ids for the 2 minutes a gate element
+        # lives, beside the 1M filled: 2 x nf_conntrack_max fits both).
+        again = _offloaded_again(f, flows)
+        print(f"  scale: before the full gate {json.dumps(again)}", flush=True)
         # Filled while offloadd is stopped (its table kept, the flows stay
         # offloaded), as a restart of a busy gateway finds it: filled under a
         # running offloadd, the 100k notifications of each nft run overran its
         # nf_tables socket, and an overrun (what changed is unknown) is
         # re-validated, which empties the gate (7.3.4: 0 left to measure).
+        # Each nft run fails unless all its elements went in.
         fill_s = _fill_chunked(r, workdir, flows)
-        gate = sum(_gate_set_size(r, name) for name in SETS)
+        gate = len(SETS) * flows
+        handles = _gate_handles(r)
         print(f"  scale: gate filled in {fill_s:.0f} s ({gate} elements)", flush=True)
         with offloadd(r, CONFIG, workdir) as d:
             d.wait_devices("ft", {"lan0", "lan1", "wan0"})
             repair0 = d.status()["repair"]
-            gate_kept = sum(_gate_set_size(r, name) for name in SETS)
+            rv_full = _revalidate(d)["revalidations_total"]
             busy_full = busy_share(BUSY_S)
-            attach_full = _attach(r)
+            attach_full = _attach(r, "rename")
             offloaded_full = _offloaded(r)
             repair1 = d.status()["repair"]
             repairs += repair1["repairs_total"] - repair0["repairs_total"]
-            print(f"  scale: attach ms, flows {attach_flows}, full gate ({gate_kept}) "
-                  f"{attach_full}", flush=True)
+            # The filled sets throughout: not replaced at the start nor since.
+            gate_kept = (_gate_handles(r) == handles and len(handles) == len(SETS)
+                         and _revalidate(d)["revalidations_total"] == rv_full)
+            print(f"  scale: attach ms, flows {attach_flows}, full gate ({gate}, kept: "
+                  f"{gate_kept}) {attach_full}", flush=True)
             # One foreign change with the gate full: one re-validation.
             reval = _revalidation(lab, d, f, flows)
     scrape_s = statistics.median(x["scrape_s"] for x in rows)
@@ -446,7 +482,12 @@ def run(workdir: Path, flows: int = FLOWS, soak_s: float = SOAK_S) -> dict[str, 
         **opened,
         "offloaded_flows": offloaded,
         "gate_elements": gate,
-        "gate_elements_after_restart": gate_kept,
+        # The filled sets were the ones measured (same handles, no re-validation).
+        "gate_sets_kept": gate_kept,
+        # Flows offloaded before the full-gate phase, and the rounds sent to
+        # get there (0: none was needed).
+        "offloaded_before_full": again["offloaded_before"],
+        "reoffload_before_full_rounds": again["rounds"],
         "scrape_s": scrape_s,
         "scrape_s_max": max(x["scrape_s"] for x in rows + soak_rows),
         "conntrack_s": ct_s,
