@@ -41,6 +41,7 @@ from offloadd.service.flowcount import CachedFlowCounter
 from offloadd.service.metrics import StatusView, register
 from offloadd.service.preview import preview
 from offloadd.service.sdnotify import Notifier, journal_logging
+from offloadd.service.tableseen import TableSeen
 from offloadd.service.timing import Timing
 
 EXIT_OK = 0
@@ -163,9 +164,13 @@ async def run(config_path: Path, config: Config) -> int:
     log.info("kernel: %s", hooks.wildcards_reason)
     # The lab's fault injection (kernel/faults.py); never set in a deployment.
     faults = Faults.from_environ()
-    backend = (NftBackend(config.daemon.family.value, config.daemon.table, nft)
+    # Every read of the table by the event loop, for the scrape (see tableseen).
+    seen = TableSeen()
+    backend = (NftBackend(config.daemon.family.value, config.daemon.table, nft,
+                          on_read=seen.record)
                if faults is None else
-               FaultyBackend(config.daemon.family.value, config.daemon.table, nft, faults))
+               FaultyBackend(config.daemon.family.value, config.daemon.table, nft, faults,
+                             on_read=seen.record))
     # The lab's full-gate test: a gate this small (never set in a deployment).
     # A gate this small fills within seconds, so it is also counted every 2 s.
     lab_gate = os.environ.get("OFFLOADD_LAB_GATE_SIZE", "")
@@ -194,7 +199,7 @@ async def run(config_path: Path, config: Config) -> int:
                     notify=Notifier.from_environ(), nft_changes=nft_changes,
                     left_behind=ConntrackScanner(), flow_samples=FlowSampler())
     daemon.status.hooks = hooks
-    close_metrics = _start_metrics(config, daemon, watcher)
+    close_metrics = _start_metrics(config, daemon, watcher, seen)
     try:
         await daemon.run()
     finally:
@@ -204,8 +209,8 @@ async def run(config_path: Path, config: Config) -> int:
     return EXIT_OK
 
 
-def _start_metrics(config: Config, daemon: Daemon,
-                   watcher: LinkWatcher) -> Callable[[], None] | None:
+def _start_metrics(config: Config, daemon: Daemon, watcher: LinkWatcher,
+                   seen: TableSeen) -> Callable[[], None] | None:
     if not config.metrics.enabled:
         return None
     m = config.metrics
@@ -213,13 +218,21 @@ def _start_metrics(config: Config, daemon: Daemon,
     if m.tls_cert_file is not None and m.tls_key_file is not None:
         tls = TlsOptions(m.tls_cert_file, m.tls_key_file, m.tls_client_ca_file,
                          m.tls_client_auth_required)
-    # The scrape runs in the exporter's thread: it gets its own libnftables
-    # context, never the event loop's.
-    scrape_backend = NftBackend(config.daemon.family.value, config.daemon.table)
+    # The scrape runs in the exporter's thread: when it must read the table
+    # itself, with its own libnftables context, never the event loop's.
+    scrape_backend = NftBackend(config.daemon.family.value, config.daemon.table,
+                                on_read=seen.record)
+    timing = daemon.timing
+
+    def max_age_s() -> float:
+        # The running config's (a reload may change the interval).
+        every = daemon.config.daemon.check_interval or timing.table_seen_without_check_s
+        return every + timing.table_seen_margin_s
     registry = CollectorRegistry()
     connections = ConnectionTable("metrics", METRICS_LIMITS)
     flows = CachedFlowCounter(ConntrackCounter(), m.flow_count_interval, timing=daemon.timing)
-    register(registry, StatusView(daemon.status, scrape_backend.read, watcher.stats),
+    register(registry, StatusView(daemon.status, scrape_backend.read, watcher.stats,
+                                  seen=seen, max_age_s=max_age_s),
              flows, endpoints=(connections, daemon.control_connections))
     exporter = start_exporter(m, registry, tls=tls, connections=connections,
                               reap_s=daemon.timing.connection_reap_s)

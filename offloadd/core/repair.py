@@ -32,6 +32,10 @@ from offloadd.core.flows import IPS_OFFLOAD
 NF_CT_DAY_S = 86400
 
 
+# A flowtable's entry holds a reference of its own beside conntrack's.
+HELD_MIN_USE = 2
+
+
 def held_without_offload(status: int, timeout: int | None, use: int | None) -> bool:
     """An entry some flowtable holds (a second reference) that is not marked offloaded.
 
@@ -39,7 +43,8 @@ def held_without_offload(status: int, timeout: int | None, use: int | None) -> b
     flowtable's garbage collection (about a second), and a packet in flight
     holds a reference too. ``left_behind`` judges.
     """
-    return not status & IPS_OFFLOAD and timeout is not None and use is not None and use >= 2
+    return (not status & IPS_OFFLOAD and timeout is not None and use is not None
+            and use >= HELD_MIN_USE)
 
 
 def day_timeout(timeout: int) -> bool:

@@ -37,12 +37,22 @@ log = logging.getLogger("offloadd")
 
 
 class NftBackend:
-    def __init__(self, family: str, table: str, nft: Nft | None = None) -> None:
+    def __init__(self, family: str, table: str, nft: Nft | None = None, *,
+                 on_read: Callable[[TableState | None], None] | None = None) -> None:
         self.family = family
         self.table = table
         self.nft = nft or Nft()
+        # Told every table read (None: no table): the scrape serves the event
+        # loop's latest (offloadd.service.tableseen) instead of reading again.
+        self._on_read = on_read
 
     def read(self) -> TableState | None:
+        state = self._read()
+        if self._on_read is not None:
+            self._on_read(state)
+        return state
+
+    def _read(self) -> TableState | None:
         # Terse "list ruleset <family>": with nftables 1.0.6 it is the one
         # listing that fetches no named set's elements (terse "list table" and
         # "list chain" still fetch them: 6.8 s under the lab's TCG with 100k

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from offloadd.core.errors import KernelError, NftError
@@ -70,8 +70,9 @@ class Faults:
 class FaultyBackend(NftBackend):
     """NftBackend with the garbage-read, misshapen-read and fail-chain-replace faults."""
 
-    def __init__(self, family: str, table: str, nft: Nft | None, faults: Faults) -> None:
-        super().__init__(family, table, nft)
+    def __init__(self, family: str, table: str, nft: Nft | None, faults: Faults, *,
+                 on_read: Callable[[TableState | None], None] | None = None) -> None:
+        super().__init__(family, table, nft, on_read=on_read)
         self._faults = faults
 
     def read(self) -> TableState | None:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from offloadd.core.flows import IPS_OFFLOAD
-from offloadd.core.repair import HeldEntry, Scan, held_without_offload
+from offloadd.core.repair import HELD_MIN_USE, HeldEntry, Scan, held_without_offload
 from offloadd.kernel.conntrack import entries_by_status
 from offloadd.kernel.ctnetlink import SocketFactory, open_ctnetlink
 
@@ -74,7 +74,8 @@ class ConntrackScanner:
             found += [(e.id, e.timeout or 0, e.orig.src, e.orig.dst)
                       for e in entries_by_status(family, 0, IPS_OFFLOAD,
                                                  socket_factory=self._factory,
-                                                 keep=held_without_offload)]
+                                                 keep=held_without_offload,
+                                                 min_use=HELD_MIN_USE)]
         at = time.monotonic()
         if not found:
             return Scan(at=at)

@@ -1,8 +1,11 @@
 """Prometheus metrics for offloadd, read from their sources at scrape time.
 
 Why: the values that matter (offloaded flows, attached devices) live in the
-kernel and change without offloadd doing anything, so they are read when
-Prometheus asks rather than pushed from the loop. Each source sits behind a
+kernel and change without offloadd doing anything, so they are collected when
+Prometheus asks rather than pushed from the loop — from memory where the
+daemon already holds them fresh (the flow count's background walk, the
+gate's count, the event loop's latest read of the table), so a scrape waits
+on no kernel walk. Each source sits behind a
 small Protocol so the collector is testable with fakes; a failing source
 reports ``offloadd_source_up 0`` and drops only its own metrics, so a scrape
 never fails because conntrack or nftables could not be read. The HTTP(S)
@@ -26,6 +29,7 @@ from offloadd.core.attach import wildcard_covering
 from offloadd.core.model import DesiredResult, TableState
 from offloadd.kernel.conntrack import ConntrackTotals, OffloadCounts
 from offloadd.service.status import Status
+from offloadd.service.tableseen import TableSeen
 
 log = logging.getLogger("offloadd.service.metrics")
 
@@ -96,6 +100,9 @@ class DaemonCounters:
     # count's age in seconds (None: none yet).
     gate_elements: Mapping[str, int] = field(default_factory=dict)
     gate_count_age_s: float | None = None
+    # Seconds since offloadd's table was last read (what the table's metrics
+    # show); None: not read yet.
+    table_read_age_s: float | None = None
 
 
 def _time_of(record: dict[str, object] | None) -> float:
@@ -121,17 +128,22 @@ class DaemonView(Protocol):
 class StatusView:
     """DaemonView over the daemon's Status.
 
-    read_table runs in the scrape thread: it must not share a libnftables
-    context with the event loop (contexts are not thread-safe), so give it its
-    own (or a lock).
+    The table is the event loop's latest read (``seen``) while that is at most
+    ``max_age_s()`` old; else read_table reads it, in the scrape thread: it
+    must not share a libnftables context with the event loop (contexts are
+    not thread-safe), so give it its own (or a lock).
     """
 
     def __init__(self, status: Status, read_table: Callable[[], TableState | None],
-                 link_stats: LinkStats, wall: Callable[[], float] = time.time) -> None:
+                 link_stats: LinkStats, wall: Callable[[], float] = time.time, *,
+                 seen: TableSeen | None = None,
+                 max_age_s: Callable[[], float] = lambda: 0.0) -> None:
         self._status = status
         self._read_table = read_table
         self._link_stats = link_stats
         self._wall = wall
+        self._seen = seen
+        self._max_age_s = max_age_s
 
     def counters(self) -> DaemonCounters:
         s = self._status
@@ -161,12 +173,17 @@ class StatusView:
             policy_changes_skipped_total=s.revalidation.policy_changes_skipped_total,
             drift_repairs_total=s.drift_repairs_total,
             revalidations_total=s.revalidation.revalidations_total,
-            last_revalidation_time=_time_of(s.revalidation.last))
+            last_revalidation_time=_time_of(s.revalidation.last),
+            table_read_age_s=self._seen.age_s() if self._seen is not None else None)
 
     def desired(self) -> DesiredResult | None:
         return self._status.desired
 
     def attached(self) -> TableState | None:
+        if self._seen is not None:
+            recent = self._seen.recent(self._max_age_s())
+            if recent is not None:
+                return recent.table
         return self._read_table()
 
     def links(self) -> LinkStats:
@@ -276,6 +293,11 @@ STACK_FAST_PATH = _g("offloadd_stack_fast_path_refused",
                      "device itself is used until a reload, else 0.", "device")
 GUARD_REFUSALS = _c("offloadd_stack_guard_refusals_total",
                     "Fast paths beneath a selected device that the stack guard refused.")
+TABLE_AGE = _g("offloadd_table_read_age_seconds",
+               "Seconds since offloadd last read its table from the kernel: the table's "
+               "metrics (flowtable devices attached, in sync) come from that read. The "
+               "event loop reads it at every pass and nf_tables event about it and every "
+               "daemon.check_interval; a scrape reads it itself when that read is older.")
 GATE_CAPACITY = _g("offloadd_gate_capacity",
                    "Elements each gate set (passed_original, passed_reply) holds at most; a "
                    "full set leaves new flows on the slow path.")
@@ -303,7 +325,8 @@ SPECS = (BUILD_INFO, START_TIME, SOURCE_UP, OFFLOADED, OFFLOADED_AGE, CT_ENTRIES
          POLICY_CHANGES, POLICY_CHANGES_SKIPPED, REVALIDATIONS, LAST_REVALIDATION,
          CONNECTIONS_DROPPED, DRIFT_REPAIRS, WRITE_FAILURES, TASK_UP, TASK_RESTARTS,
          TASK_STALLED,
-         STACK_FAST_PATH, GUARD_REFUSALS, GATE_CAPACITY, GATE_ELEMENTS, GATE_ELEMENTS_AGE)
+         STACK_FAST_PATH, GUARD_REFUSALS, GATE_CAPACITY, GATE_ELEMENTS, GATE_ELEMENTS_AGE,
+         TABLE_AGE)
 
 
 class OffloaddCollector:
@@ -328,9 +351,10 @@ class OffloaddCollector:
         with self._lock:
             fams = {spec.name: spec.family() for spec in SPECS}
             fams[BUILD_INFO.name].add_metric([self._version], 1)
-            counters = self._view.counters()
             up = {"conntrack": self._conntrack(fams), "nftables": self._nftables(fams),
                   "links": self._links(fams)}
+            # After the sources: the table's age then counts a read this scrape made.
+            counters = self._view.counters()
             self._daemon(fams, counters)
             for ep in self._endpoints:
                 for reason, n in sorted(ep.dropped().items()):
@@ -434,6 +458,8 @@ class OffloaddCollector:
             fams[GATE_ELEMENTS.name].add_metric([name], n)
         if c.gate_count_age_s is not None:
             fams[GATE_ELEMENTS_AGE.name].add_metric([], round(c.gate_count_age_s, 3))
+        if c.table_read_age_s is not None:
+            fams[TABLE_AGE.name].add_metric([], round(c.table_read_age_s, 3))
         for dev in sorted({*c.guard_watched, *c.guard_refused}):
             fams[STACK_FAST_PATH.name].add_metric([dev], 1 if dev in c.guard_refused else 0)
         for task, (up, restarts) in sorted(c.tasks.items()):

@@ -110,6 +110,12 @@ class Timing:
     # How often each looks for connections past their whole-request deadline
     # (the exporter's accept loop polls as often).
     connection_reap_s: float = 0.5
+    # A scrape serves the event loop's latest read of the table while it is at
+    # most daemon.check_interval (with 0: table_seen_without_check_s) plus this
+    # old: the loop reads at least that often, so only a loop stuck in a long
+    # transaction (or before its first pass) leaves the scrape to read.
+    table_seen_margin_s: float = 5.0
+    table_seen_without_check_s: float = 60.0
 
     # -- the link watcher (kernel.links) ---------------------------------------------
     # A link dump overrun again and again (a storm of changes) is retried after

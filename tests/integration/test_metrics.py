@@ -15,7 +15,7 @@ from tests.lab import conntrack
 from tests.lab.daemon import offloadd
 from tests.lab.prom import http_get, prometheus, query
 from tests.lab.topology import Lab
-from tests.lab.traffic import offloaded_udp_flows, udp_echo_server, wait_for
+from tests.lab.traffic import SETTLE_S, offloaded_udp_flows, udp_echo_server, wait_for
 
 CONFIG = """
 [metrics]
@@ -81,3 +81,30 @@ def test_offloaded_flows_metric_equals_conntrack_and_prometheus(lab: Lab, tmp_pa
                 # Scrapes succeed (an emulated CPU may miss one now and then).
                 up = query(r, base, 'max_over_time(up{job="offloadd"}[5m])')
                 assert up and up[0]["value"][1] == "1"
+
+
+def test_the_tables_metrics_follow_a_new_link_from_the_loops_read(lab: Lab,
+                                                                   tmp_path: Path) -> None:
+    """The table's metrics come from the event loop's latest read (a scrape
+    reads the table only when that is older than check_interval + 5 s): a
+    device attached shows at once, with the read's age."""
+    r = lab.router
+    url = "http://127.0.0.1:9468/metrics"
+    with offloadd(r, CONFIG, tmp_path) as d:
+        d.wait_devices("ft", {"lan0", "lan1", "wan0"})
+        text = http_get(r, url)
+        assert _metric(text, "offloadd_flowtable_devices", flowtable="ft",
+                       state="attached") == 3, text
+        assert _metric(text, "offloadd_kernel_state_matches") == 1, text
+        age = _metric(text, "offloadd_table_read_age_seconds")
+        assert age is not None and 0 <= age <= 60 + 5, text  # check_interval 60 (default)
+        r.run("ip", "link", "add", "lan7", "type", "veth", "peer", "name", "plan7")
+
+        def four() -> str | None:
+            text = http_get(r, url)
+            n = _metric(text, "offloadd_flowtable_devices", flowtable="ft", state="attached")
+            return text if n == 4 else None
+
+        text = wait_for(four, SETTLE_S, interval=0.5, what="lan7 attached in the metrics")
+        assert d.flowtable_devices("ft") == frozenset({"lan0", "lan1", "lan7", "wan0"})
+        assert _metric(text, "offloadd_kernel_state_matches") == 1, text

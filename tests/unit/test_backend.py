@@ -130,3 +130,16 @@ def test_chain_listings_of_an_unexpected_shape_are_offloadd_errors() -> None:
     backend, _ = _backend({("list chains", True): json.dumps({"nftables": [{"chain": 3}]})})
     with pytest.raises(NftOutputError, match="list chains"):
         backend.base_chain_hooks()
+
+
+def test_each_read_is_told_to_on_read_and_a_failed_one_is_not() -> None:
+    told: list[object] = []
+    ctx = FakeCtx(_captured())
+    nft = Nft(SimpleNamespace(Nftables=lambda: ctx))  # type: ignore[arg-type]
+    backend = NftBackend("inet", "offloadd", nft, on_read=told.append)
+    state = backend.read()
+    assert state is not None and told == [state]
+    ctx.outputs = {}  # the kernel refuses the listing: raised, nothing told
+    with pytest.raises(OffloaddError):
+        backend.read()
+    assert told == [state]

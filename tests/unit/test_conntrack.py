@@ -409,3 +409,21 @@ def test_flow_sampler_counts_offloaded_flows_and_the_devices_they_cross() -> Non
     }
     assert k.closed == k.sockets
     assert list(FlowSampler(k.factory, FakeRoutes, at_most=1).sample().flows) == [1]
+
+
+def test_min_use_drops_entries_before_keep_reads_them() -> None:
+    """A scan's prefilter on CTA_USE alone: ``keep`` sees only the entries
+    with a second reference (and one without CTA_USE is dropped)."""
+    k = FakeKernel([E(PLAIN, timeout=100, use=1, id=1), E(PLAIN, timeout=100, use=2, id=2),
+                    E(PLAIN, timeout=100, id=3), E(PLAIN, timeout=90, use=3, id=4)],
+                   filters_status=True)
+    seen: list[tuple[int, int | None, int | None]] = []
+
+    def keep(status: int, timeout: int | None, use: int | None) -> bool:
+        seen.append((status, timeout, use))
+        return timeout == 100
+
+    got = [e.id for e in ct.entries_by_status(socket.AF_INET, 0, SW, socket_factory=k.factory,
+                                              keep=keep, min_use=2)]
+    assert got == [2]
+    assert seen == [(PLAIN, 100, 2), (PLAIN, 90, 3)]

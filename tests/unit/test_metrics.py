@@ -41,6 +41,7 @@ from offloadd.service.metrics import (
 )
 from offloadd.service.status import ReconcileState, Status
 from offloadd.service.supervisor import TaskState
+from offloadd.service.tableseen import TableSeen
 from offloadd.service.writer import WriteCounts
 
 
@@ -380,3 +381,50 @@ def test_connections_dropped_per_endpoint_and_reason() -> None:
         'offloadd_connections_dropped_total{endpoint="control",reason="deadline"} 0.0',
     }
     assert "# TYPE offloadd_connections_dropped_total counter" in text
+
+
+def test_the_table_comes_from_the_loops_latest_read_while_it_is_recent() -> None:
+    """A scrape serves the event loop's latest read of the table (no kernel
+    read: half a scrape's time under TCG) while it is at most max_age_s old,
+    reads the kernel itself when older or before any read, and says how old
+    the read it shows is."""
+    st = Status(config_path=Path("/etc/offloadd.toml"), reconcile=ReconcileState(desired=DESIRED))
+    now = [100.0]
+    seen = TableSeen(clock=lambda: now[0])
+    reads: list[float] = []
+
+    def read() -> TableState | None:
+        # What the scrape's own backend does: read, and record what it read.
+        reads.append(now[0])
+        seen.record(None)
+        return None
+
+    view = StatusView(st, read, WatcherStats(), seen=seen, max_age_s=lambda: 65.0)
+    assert view.attached() is None and reads == [100.0]  # nothing read yet: reads
+    seen.record(DESIRED.table)  # the loop's pass
+    now[0] = 160.0
+    got = samples(scrape_view(view))
+    assert reads == [100.0]
+    assert "offloadd_kernel_state_matches 1.0" in got
+    assert "offloadd_table_read_age_seconds 60.0" in got
+    now[0] = 170.0  # 70 s: older than max_age_s, read again
+    got = samples(scrape_view(view))
+    assert reads == [100.0, 170.0]
+    assert "offloadd_kernel_state_matches 0.0" in got  # the table the scrape found: none
+    assert "offloadd_table_read_age_seconds 0.0" in got  # the read this scrape made
+
+
+def test_table_seen_is_the_latest_read_and_its_age() -> None:
+    now = [5.0]
+    seen = TableSeen(clock=lambda: now[0])
+    assert seen.recent(1e9) is None and seen.age_s() is None
+    seen.record(DESIRED.table)
+    now[0] = 7.5
+    recent = seen.recent(2.5)
+    assert recent is not None and recent.table is DESIRED.table and recent.at == 5.0
+    assert seen.age_s() == 2.5
+    now[0] = 7.6
+    assert seen.recent(2.5) is None
+    seen.record(None)  # the table gone: a read that found none is a read too
+    recent = seen.recent(0.0)
+    assert recent is not None and recent.table is None
