@@ -1,4 +1,4 @@
-"""Prometheus metrics for offloadd, read from their sources at scrape time.
+"""Prometheus metrics for offloadd, collected at scrape time.
 
 Why: the values that matter (offloaded flows, attached devices) live in the
 kernel and change without offloadd doing anything, so they are collected when
