@@ -28,6 +28,9 @@ from pyroute2 import IPRoute
 from offloadd.kernel.nft import Nft
 from tests.lab.ftwatch import nftables_events, wait_until
 
+# What ``--detach rename`` renames sample i's link to (out of "lan*").
+RENAMED = "xh{}"
+
 
 def main() -> int:
     ap = argparse.ArgumentParser()
@@ -47,7 +50,7 @@ def main() -> int:
                             lambda d, n=name: n in d, timeout=30)  # type: ignore[misc]
             samples.append((t1 - t0) * 1000)
             if a.detach == "rename":
-                ipr.link("set", index=ipr.link_lookup(ifname=name)[0], ifname=f"xh{i}")
+                ipr.link("set", index=ipr.link_lookup(ifname=name)[0], ifname=RENAMED.format(i))
             else:
                 ipr.link("del", ifname=name)
             wait_until(nft, events, a.table, a.flowtable,

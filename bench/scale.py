@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.attach_probe import RENAMED
 from bench.common import busy_share, cpu_s, rss_mb
 from bench.gate import MARKER, SETS, _ifs, _revalidate
 from offloadd.core.gate import element
@@ -178,9 +179,8 @@ def _prepare(lab: Lab, flows: int) -> Flows:
     # every entry expired and the re-offload counted 0 of 1M under their ids).
     # The case runs 60-75 min at 1M: with the flowtable's at 3600 s the oldest
     # flows neared it by the full-gate attaches (6.12, 2026-12-04 16:20), so
-    # 4 h and 8 h. (7.3.4 apparently lost most flows from the flowtable between
-    # the two attach phases at every size tried, long before any timeout:
-    # offloaded_at_attach_* now say.)
+    # 4 h and 8 h. (7.3.4's flows left the flowtable at the attach probe's
+    # first link deletion, long before any timeout: the probe now renames.)
     for key, value in (("net.netfilter.nf_conntrack_udp_timeout", 28800),
                        ("net.netfilter.nf_conntrack_udp_timeout_stream", 28800),
                        ("net.netfilter.nf_flowtable_udp_timeout", 14400)):
@@ -265,8 +265,8 @@ def _attach(r: Netns, detach: str = "delete") -> list[float]:
 
 
 def _remove_renamed(r: Netns) -> None:
-    """The links a renaming probe left (``xh<i>``)."""
-    r.sh("".join(f"ip link del xh{i}\n" for i in range(ATTACH_SAMPLES)))
+    """The links a renaming probe left."""
+    r.sh("".join(f"ip link del {RENAMED.format(i)}\n" for i in range(ATTACH_SAMPLES)))
 
 
 def _offloaded_again(f: Flows, flows: int) -> dict[str, Any]:
