@@ -97,6 +97,8 @@ class Daemon:
         self.supervisor = Supervisor(timing=timing, clock=clock, on_failure=self._task_failed)
         self.status.tasks = lambda: self.supervisor.states
         self._refused_retry: asyncio.TimerHandle | None = None
+        # The retry a failed pass scheduled; a pass that succeeds first drops it.
+        self._retry: asyncio.TimerHandle | None = None
         # ENOENT answers in a row with the same links (see _safe_reconcile).
         self._vanished_in_a_row = 0
         self._vanished_links: tuple[Link, ...] = ()
@@ -186,6 +188,11 @@ class Daemon:
             plan = self.reconcile()
             self._vanished_in_a_row = 0
             self._failing_until = 0.0
+            if self._retry is not None:
+                # Its retry is done: woken later for nothing, a pass would
+                # find an unannounced change without comparing (no drift).
+                self._retry.cancel()
+                self._retry = None
             if self.reconciler.refusals and self._refused_retry is None:
                 # No link event may come; the refused devices get their retry anyway.
                 self._refused_retry = asyncio.get_running_loop().call_later(
@@ -245,7 +252,13 @@ class Daemon:
         announced, self._announced = self._announced, False
         verified = self.reconciler.verified
         plan = self._safe_reconcile()
-        if plan is not None:
+        if plan is None:
+            # A failed pass compared nothing: the pass that retries it (or
+            # whatever wakes one first) compares in its place.
+            self._check_due = self._check_due or check
+            self._found_by_read = self._found_by_read or found
+            self._announced = self._announced or announced
+        else:
             self._free_stale_stacks()
         if plan is not None and self._replace_after_pass and self.repairer is not None:
             # The refused device is attached as it is now: free the flows the
@@ -362,7 +375,9 @@ class Daemon:
         self._wake.set()
 
     def _retry_later(self, delay: float | None = None) -> None:
-        asyncio.get_running_loop().call_later(
+        if self._retry is not None:
+            self._retry.cancel()
+        self._retry = asyncio.get_running_loop().call_later(
             self.timing.retry_vanished_s if delay is None else delay, self._wake.set)
 
     # -- control socket commands ----------------------------------------------

@@ -49,8 +49,15 @@ class FakeBackend:
     counts: int = 0  # count_elements calls
     # The CPU seconds of each datagram's walk a count reports to its pacing.
     count_walks: tuple[float, ...] = ()
+    # The table is deleted (its event lost) just before the Nth read from
+    # now, counted down; 0: never.
+    delete_table_at_read: int = 0
 
     def read(self) -> TableState | None:
+        if self.delete_table_at_read:
+            self.delete_table_at_read -= 1
+            if not self.delete_table_at_read:
+                self.state = None
         if self.corrupt_reads and self.state is not None:
             return TableState(self.state.name, self.state.family)
         return self.state

@@ -560,6 +560,38 @@ def test_a_failed_write_of_its_own_is_no_drift(tmp_path: Path) -> None:
     run_virtual(scenario)
 
 
+def test_a_checks_failed_pass_hands_its_compare_on_and_its_retry_is_dropped_once_healed(
+        tmp_path: Path) -> None:
+    """A periodic check whose read-back met a table deleted after its read
+    (its event lost) fails; the pass that heals it compares in its place and
+    counts the drift. The failed pass's retry, due later, is dropped once a
+    pass succeeded: woken for nothing, it would have healed a table deleted
+    after that without comparing, and no drift would have been counted (seen
+    in CI on 7.3.4)."""
+    async def go() -> None:
+        d, b = _on_loop(tmp_path)
+        d.status.links = (LAN0, WAN0)
+        d._pass()
+        assert b.state is not None and d.status.reconciles_total == 1
+        b.delete_table_at_read = 2  # the check's read sees it, its read-back does not
+        d._check_due = True
+        d._pass()
+        assert d.status.reconcile_failures_total == 1 and d.status.drift_repairs_total == 0
+        d._wake.clear()
+        d._pass()  # woken before the retry (by a check, a link, anything)
+        assert b.state is not None and d.status.drift_repairs_total == 1
+        assert d.status.last_drift is not None
+        assert d.status.last_drift["found_by"] == "periodic check"
+        await asyncio.sleep(d.timing.retry_failed_s * 2)
+        assert not d._wake.is_set()  # no retry left to wake a pass that does not compare
+        b.state = None  # deleted again, its event lost
+        d._check_due = True
+        d._pass()
+        assert b.state is not None and d.status.drift_repairs_total == 2
+
+    run_virtual(go)
+
+
 class _Changes:
     """nf_tables change batches, as the test hands them over."""
 
