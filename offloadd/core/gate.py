@@ -55,10 +55,12 @@ PASSED_TIMEOUT_S = 120
 # How often the kernel collects a gate set's expired elements. Its default is
 # every second, and each collection walks every element: with 2 x 500k
 # elements that kept 16-18 % of a TCG vCPU busy on an idle box (6.12 and
-# 7.3.4, measured). Expired elements no longer match (every lookup checks),
-# so collecting them later only leaves them in memory (and counted against
-# the size) up to this much longer: 10 s on top of the 2-minute timeout.
-PASSED_GC_INTERVAL_S = 10
+# 7.3.4, measured); at 10 s each walk of a 1M-element set was still one
+# 0.33-s stretch in which 6.12's vCPU ran nothing else (7.3.4 preempts it).
+# Expired elements no longer match (every lookup checks), so collecting them
+# later only leaves them in memory (and counted against the size) up to this
+# much longer: 1 minute on top of the 2-minute timeout.
+PASSED_GC_INTERVAL_S = 60
 
 PASSED_TYPEOF = "typeof ct id . th sport . th dport"
 
@@ -70,7 +72,10 @@ def gate_size(conntrack_max: int | None) -> int:
     Why twice: an element lives up to PASSED_TIMEOUT_S after its flow's last
     slow-path packet, so besides the live flows' (at most nf_conntrack_max)
     the set holds those of flows that ended in the last two minutes (and
-    PASSED_GC_INTERVAL_S more until collected). The cap
+    PASSED_GC_INTERVAL_S more until collected): twice is enough while at
+    most nf_conntrack_max flows end in any three minutes (5,500 a second at
+    a limit of 1M); beyond that a full set leaves new flows on the slow path
+    (offloadd_gate_elements, alert OffloaddGateNearlyFull). The cap
     costs little until used: the kernel's hash starts small (its first size
     is bounded whatever the cap) and grows with its elements."""
     if conntrack_max is None or conntrack_max <= 0:
