@@ -173,7 +173,7 @@ HEADLINE = {
               "repairs_during_attach", "attach_ms_p50_flows", "attach_p50_flows_vs_none",
               "busy_share_drained", "busy_share_full", "repair_checks_after_attach",
               "repair_scan_s", "repair_scan_cpu_s", "reoffload_sample",
-              "reoffload_sample_sent_s", "reoffload_sample_ratio",
+              "reoffload_sample_seen_s", "reoffload_sample_sent_s", "reoffload_sample_ratio",
               "offloaded_at_attach_drained", "offloaded_at_attach_full", "gate_sets_kept",
               "offloaded_before_full", "reoffload_before_full_rounds"],
     "gate": ["gate_ids", "attach_ms_p50_empty", "attach_ms_p50_full", "attach_p50_ratio",
