@@ -48,18 +48,18 @@ class FlowSampler:
             self._lookup = self._routes()
         routes = self._lookup
         routes.forget()
-        for family in (socket.AF_INET, socket.AF_INET6):
+        # Both families in one dump: the kernel walks its whole table per dump.
+        for e in entries_by_status(socket.AF_UNSPEC, IPS_OFFLOAD, IPS_OFFLOAD,
+                                   socket_factory=self._factory):
+            if e.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            if e.orig_packets is None or e.reply_packets is None:
+                continue  # begun before accounting was on: nothing to judge by
+            devices = frozenset(d for d in (routes.device_towards(e.orig.src),
+                                            routes.device_towards(e.orig.dst))
+                                if d is not None)
+            flows[e.id] = FlowCounts(e.id, e.orig_packets, e.reply_packets, devices,
+                                     4 if e.family == socket.AF_INET else 6)
             if len(flows) >= self._at_most:
                 break
-            for e in entries_by_status(family, IPS_OFFLOAD, IPS_OFFLOAD,
-                                       socket_factory=self._factory):
-                if e.orig_packets is None or e.reply_packets is None:
-                    continue  # begun before accounting was on: nothing to judge by
-                devices = frozenset(d for d in (routes.device_towards(e.orig.src),
-                                                routes.device_towards(e.orig.dst))
-                                    if d is not None)
-                flows[e.id] = FlowCounts(e.id, e.orig_packets, e.reply_packets, devices,
-                                         4 if family == socket.AF_INET else 6)
-                if len(flows) >= self._at_most:
-                    break
         return Look(at=time.monotonic(), flows=flows)

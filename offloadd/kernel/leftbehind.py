@@ -69,13 +69,14 @@ class ConntrackScanner:
 
     def scan(self, flowtable_of: Mapping[str, str]) -> Scan:
         """``flowtable_of`` maps each of offloadd's devices to its flowtable."""
-        found: list[tuple[int, int, str, str]] = []  # (id, timeout, orig src, orig dst)
-        for family in (socket.AF_INET, socket.AF_INET6):
-            found += [(e.id, e.timeout or 0, e.orig.src, e.orig.dst)
-                      for e in entries_by_status(family, 0, IPS_OFFLOAD,
-                                                 socket_factory=self._factory,
-                                                 keep=held_without_offload,
-                                                 min_use=HELD_MIN_USE)]
+        # Both families in one dump: the kernel walks its whole table per dump
+        # whatever the family asked (1M entries: ~0.85 s of CPU under TCG).
+        found = [(e.id, e.timeout or 0, e.orig.src, e.orig.dst)  # id, timeout, src, dst
+                 for e in entries_by_status(socket.AF_UNSPEC, 0, IPS_OFFLOAD,
+                                            socket_factory=self._factory,
+                                            keep=held_without_offload,
+                                            min_use=HELD_MIN_USE)
+                 if e.family in (socket.AF_INET, socket.AF_INET6)]
         at = time.monotonic()
         if not found:
             return Scan(at=at)

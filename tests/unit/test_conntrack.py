@@ -375,6 +375,8 @@ def test_scanner_reports_held_entries_and_their_flowtable(filters: bool) -> None
     scan = scanner.scan({"lan0": "ft", "wan0": "ft"})
     assert scan.held == {1: HeldEntry(86392, "ft"), 2: HeldEntry(115, "ft"),
                          6: HeldEntry(86392, None)}
+    # Both families from one dump (the kernel walks its whole table per dump).
+    assert k.sockets == 1 and [r[16] for r in k.sent] == [socket.AF_UNSPEC]
     assert k.closed == k.sockets  # every dump socket closed
     # The route lookup is opened once and kept (opening it costs seconds under
     # TCG), its answers forgotten at each scan (routes change).
@@ -407,6 +409,7 @@ def test_flow_sampler_counts_offloaded_flows_and_the_devices_they_cross() -> Non
         1: FlowCounts(1, 50, 0, frozenset({"lan0", "wan0"}), 4),
         2: FlowCounts(2, 9, 8, frozenset({"eth7", "wan0"}), 6),
     }
+    assert k.sockets == 1 and [r[16] for r in k.sent] == [socket.AF_UNSPEC]  # one dump
     assert k.closed == k.sockets
     assert list(FlowSampler(k.factory, FakeRoutes, at_most=1).sample().flows) == [1]
 
