@@ -5,8 +5,9 @@ Why: "offloaded again within 10 s of a re-validation" needs packets right
 after the replacement. At 1M flows under TCG the box is ~90 % busy, and the
 harness's own steps (a status poll each second, the generator set up through
 a shell) took 18-29 s before the first packet left. Here the generators are
-configured ahead, this process is subscribed to nf_tables' events before the
-change that causes the re-validation, and the transaction that deletes and
+configured ahead, a shell waits in each generator's namespace, this process is
+subscribed to nf_tables' events before the change that causes the
+re-validation, and the transaction that deletes and
 adds a flowtable of the table (a re-validation's replacement; an attach only
 adds devices) starts them, in the order given (the original direction
 first: the gate offloads a flow at its reply).
@@ -44,6 +45,13 @@ def main() -> int:
                     help="a namespace whose prepared pktgen devices to start (in order)")
     ap.add_argument("--timeout", type=float, default=900)
     args = ap.parse_args()
+    # One shell per namespace, started now and waiting on its stdin: at the
+    # replacement each only writes to pktgen (two process starts under TCG
+    # on a box 85 % busy took 16 s).
+    starters = [subprocess.Popen(
+        ["ip", "netns", "exec", ns, "sh", "-c",
+         "read go && echo start > /proc/net/pktgen/pgctrl && echo sent"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for ns in args.start]
     events = nftables_events()
     reader = TransactionReader()
     print("ready", flush=True)
@@ -52,6 +60,8 @@ def main() -> int:
     while not seen:
         left = deadline - time.monotonic()
         if left <= 0:
+            for starter in starters:
+                starter.kill()
             print(json.dumps({"error": f"no replacement of a flowtable of {args.table} "
                                        f"in {args.timeout:.0f} s"}), flush=True)
             return 1
@@ -65,9 +75,14 @@ def main() -> int:
             continue
         if any(replaces_flowtable(tx, args.table) for tx in reader.feed(data)):
             seen = time.time()
-    for ns in args.start:
-        subprocess.run(["ip", "netns", "exec", ns, "sh", "-c",
-                        "echo start > /proc/net/pktgen/pgctrl"], check=True, timeout=900)
+    for ns, starter in zip(args.start, starters, strict=True):
+        assert starter.stdin is not None and starter.stdout is not None
+        starter.stdin.write("go\n")
+        starter.stdin.flush()
+        if starter.stdout.readline().strip() != "sent":
+            print(json.dumps({"error": f"pktgen in {ns} did not start"}), flush=True)
+            return 1
+        starter.wait(timeout=60)
     print(json.dumps({"seen": seen, "sent": time.time()}), flush=True)
     return 0
 
