@@ -51,8 +51,6 @@ class FlowSampler:
         # Both families in one dump: the kernel walks its whole table per dump.
         for e in entries_by_status(socket.AF_UNSPEC, IPS_OFFLOAD, IPS_OFFLOAD,
                                    socket_factory=self._factory):
-            if e.family not in (socket.AF_INET, socket.AF_INET6):
-                continue
             if e.orig_packets is None or e.reply_packets is None:
                 continue  # begun before accounting was on: nothing to judge by
             devices = frozenset(d for d in (routes.device_towards(e.orig.src),

@@ -76,8 +76,7 @@ class ConntrackScanner:
                  for e in entries_by_status(socket.AF_UNSPEC, 0, IPS_OFFLOAD,
                                             socket_factory=self._factory,
                                             keep=held_without_offload,
-                                            min_use=HELD_MIN_USE)
-                 if e.family in (socket.AF_INET, socket.AF_INET6)]
+                                            min_use=HELD_MIN_USE)]
         at = time.monotonic()
         if not found:
             return Scan(at=at)
