@@ -12,7 +12,10 @@ small enough that no entry or gate element ages out between its packets.
 
 Then, in the router, with offloadd running (``flow_count_interval`` 15 s, the
 default):
-- attach p50 (bench.attach_probe) before any flow, with 1M flows and the gate
+- attach p50 (bench.attach_probe) before any flow with the gate empty and
+  with both gate sets holding 1M ids each (filled as below; then one foreign
+  change replaces them, empty, before the flows open): their ratio is the
+  gate's own cost; then with 1M flows and the gate
   drained (its elements expire 2 minutes after a flow's last slow-path packet),
   and with 1M flows and both gate sets holding 1M ids each (nft -f while
   offloadd is stopped with ``on_exit = "keep"``, an hour's timeout); offloadd
@@ -66,7 +69,10 @@ PER_ADDR = 62_500  # source ports 1024..63523 per client address
 FIRST_SPORT = 1024
 DPORT = 9  # discard: nobody listens, both ends drop it on input
 SCRAPE_EVERY_S = 15.0
-ATTACH_SAMPLES = 30  # a median of 10 moved 30 % between runs on 7.3.4 under TCG
+# A median of 10 moved 30 % between runs on 7.3.4 under TCG; of 30, with
+# 1M flows held, 10-20 % (6.12 and 7.3.4, 2026-12-04: a third of its samples
+# seconds long on 6.12).
+ATTACH_SAMPLES = 90
 # Flows sent at once after the re-validation: offloaded again within 10 s?
 SAMPLE = 10_000
 BUSY_S = 30.0  # the idle box's CPU measured over this long (3 gate collections)
@@ -267,16 +273,84 @@ def _scan_cost(r: Netns) -> dict[str, float]:
     return row
 
 
-def _forward_packets(r: Netns) -> int:
+def _forward_by_way(r: Netns) -> list[int]:
+    """The witness's counters in rule order: originals (dport 9), replies."""
     out = json.loads(r.out("nft", "-j", "list", "chain", "inet", "admin", "witness"))
-    return sum(e["counter"]["packets"] for i in out["nftables"] if "rule" in i
-               for e in i["rule"]["expr"] if "counter" in e)
+    return [e["counter"]["packets"] for i in out["nftables"] if "rule" in i
+            for e in i["rule"]["expr"] if "counter" in e]
+
+
+def _forward_packets(r: Netns) -> int:
+    return sum(_forward_by_way(r))
+
+
+def _drop_counters(lab: Lab) -> dict[str, int]:
+    """Every counter a generated packet can be dropped under on its way to
+    the router's forward hook: the backlog a veth hands it to (softnet, one
+    for the whole guest), both veth ends of each link, the router's IP input
+    and conntrack."""
+    c: dict[str, int] = {}
+    for cpu in lab.router.out("cat", "/proc/net/softnet_stat").splitlines():
+        cols = [int(x, 16) for x in cpu.split()]
+        c["softnet_dropped"] = c.get("softnet_dropped", 0) + cols[1]
+        c["softnet_time_squeeze"] = c.get("softnet_time_squeeze", 0) + cols[2]
+    for role, ns, dev in (("client", lab.client, "eth0"), ("router", lab.router, "lan0"),
+                          ("router", lab.router, "wan0"), ("server", lab.server, "eth0")):
+        st = json.loads(ns.out("ip", "-j", "-s", "link", "show", "dev", dev))[0]["stats64"]
+        for way in ("rx", "tx"):
+            for k in ("dropped", "errors"):
+                c[f"{role}_{dev}_{way}_{k}"] = int(st[way][k])
+    snmp = lab.router.out("cat", "/proc/net/snmp").splitlines()
+    ip = dict(zip(snmp[0].split()[1:], snmp[1].split()[1:], strict=True))
+    for k in ("InHdrErrors", "InAddrErrors", "InDiscards", "InUnknownProtos"):
+        c[f"router_ip_{k}"] = int(ip[k])
+    for cpu in lab.router.out("conntrack", "-S").splitlines():
+        for kv in cpu.split()[1:]:
+            k, _, v = kv.partition("=")
+            if k in ("invalid", "insert_failed", "drop", "early_drop", "error"):
+                c[f"router_ct_{k}"] = c.get(f"router_ct_{k}", 0) + int(v)
+    return c
 
 
 def _attach(r: Netns, detach: str = "delete") -> list[float]:
     out = r.run(sys.executable, "-m", "bench.attach_probe", "--samples",
                 str(ATTACH_SAMPLES), "--detach", detach, timeout=1800).stdout
     return [round(a, 1) for a in json.loads(out)["attach_ms"]]
+
+
+def _attach_without_flows(r: Netns, workdir: Path, ids: int) -> dict[str, Any]:
+    """Attaches with no flow held: with the gate empty, then with both sets
+    filled while offloadd is stopped (its table kept) and offloadd started on
+    them as on the empty gate, so the gate is the only difference between the
+    two phases (the kernel's work for a million flows, which slows some
+    attaches by seconds on 6.12, is in neither). Then one foreign change
+    replaces the sets, empty, before any flow opens."""
+    with offloadd(r, CONFIG, workdir) as d:
+        d.wait_devices("ft", {"lan0", "lan1", "wan0"})
+        empty = _attach(r, "rename")
+    _remove_renamed(r)
+    fill_s = _fill_chunked(r, workdir, ids)
+    handles = _gate_handles(r)
+    with offloadd(r, CONFIG, workdir) as d:
+        d.wait_devices("ft", {"lan0", "lan1", "wan0"})
+        rv = _revalidate(d)["revalidations_total"]
+        attach = _attach(r, "rename")
+        kept = (_gate_handles(r) == handles and len(handles) == len(SETS)
+                and _revalidate(d)["revalidations_total"] == rv)
+        _remove_renamed(r)
+        r.nft("add table inet foreign0\n")
+        wait_for(lambda: not set(_gate_handles(r).values()) & set(handles.values()),
+                 600, interval=1.0, what="the filled gate sets replaced")
+    print(f"  scale: attach ms, no flow, empty gate {empty}, full gate (kept: {kept}, "
+          f"filled in {fill_s:.0f} s) {attach}", flush=True)
+    return {"empty": empty, "attach": attach, "kept": kept, "fill_s": round(fill_s, 1)}
+
+
+def _slower_share(a: list[float], b: list[float]) -> float:
+    """P(a sample of ``a`` > one of ``b``), ties counted half (the
+    Mann-Whitney U over the pairs)."""
+    u = sum(1.0 if x > y else 0.5 if x == y else 0.0 for x in a for y in b)
+    return round(u / (len(a) * len(b)), 3)
 
 
 def _remove_renamed(r: Netns) -> None:
@@ -396,11 +470,13 @@ def _revalidation(lab: Lab, d: RunningDaemon, f: Flows, flows: int) -> dict[str,
     # Every flow's next original packet, then its reply: the gate offloads it
     # on the reply (both directions passed since the replacement). The
     # sample's flows get theirs again (the original on the fast path).
+    way0, drops0 = _forward_by_way(r), _drop_counters(lab)
     t0 = time.monotonic()
     for addr in f.addrs:
         f.original(addr)
         f.reply(addr)
     traffic_s = time.monotonic() - t0
+    way1, drops1 = _forward_by_way(r), _drop_counters(lab)
     again = _offloaded(r)
     counted_s = time.monotonic() - changed
     fwd1 = _forward_packets(r)
@@ -421,6 +497,11 @@ def _revalidation(lab: Lab, d: RunningDaemon, f: Flows, flows: int) -> dict[str,
         "reoffloaded_ratio": round(again / flows, 4),
         "reoffload_counted_s": round(counted_s, 1),
         "slow_path_packets_per_flow": round((fwd1 - fwd0) / flows, 2),
+        # Of those traffic rounds: originals and replies the forward hook saw
+        # per flow, and where the others were dropped (counters that moved).
+        "reoffload_originals_per_flow": round((way1[0] - way0[0]) / flows, 3),
+        "reoffload_replies_per_flow": round((way1[1] - way0[1]) / flows, 3),
+        "reoffload_drops": {k: v - drops0[k] for k, v in drops1.items() if v != drops0[k]},
         "reoffload_sample": sample,
         "reoffload_sample_seen_s": round(sample_seen_s, 2),
         "reoffload_sample_sent_s": round(sample_sent_s, 2),
@@ -433,9 +514,9 @@ def run(workdir: Path, flows: int = FLOWS, soak_s: float = SOAK_S) -> dict[str, 
         r = lab.router
         f = _prepare(lab, flows)
         flows = len(f.addrs) * PER_ADDR
+        alone = _attach_without_flows(r, workdir, flows)
         with offloadd(r, CONFIG, workdir) as d:
             d.wait_devices("ft", {"lan0", "lan1", "wan0"})
-            attach_empty = _attach(r)
             rss_empty = rss_mb(d.proc.pid)
             opened, offloaded = _open(f, flows)
             print(f"  scale: opened {json.dumps(opened)}", flush=True)
@@ -504,8 +585,8 @@ def run(workdir: Path, flows: int = FLOWS, soak_s: float = SOAK_S) -> dict[str, 
     ages = [x["count_age_s"] for x in soak_rows if x["count_age_s"] is not None]
     res: dict[str, Any] = {
         "case": "scale",
-        "samples": {"attach_empty": attach_empty, "attach_flows": attach_flows,
-                    "attach_full": attach_full,
+        "samples": {"attach_empty": alone["empty"], "attach_gate": alone["attach"],
+                    "attach_flows": attach_flows, "attach_full": attach_full,
                     "scrapes": rows, "soak": soak_rows},
         "flows": flows,
         **opened,
@@ -523,7 +604,13 @@ def run(workdir: Path, flows: int = FLOWS, soak_s: float = SOAK_S) -> dict[str, 
         "scrape_vs_conntrack_ratio": round(scrape_s / ct_s, 3),
         "count_age_s_max": max(ages) if ages else None,
         "gate_fill_s": round(fill_s, 1),
-        "attach_ms_p50_empty": statistics.median(attach_empty),
+        "attach_ms_p50_empty": statistics.median(alone["empty"]),
+        # The gate's cost alone: 2x1M gate elements vs none, no flow held.
+        "attach_ms_p50_gate": statistics.median(alone["attach"]),
+        "attach_p50_gate_vs_none": round(statistics.median(alone["attach"])
+                                         / statistics.median(alone["empty"]), 2),
+        "gate_alone_sets_kept": alone["kept"],
+        "gate_alone_fill_s": alone["fill_s"],
         "attach_ms_p50_flows": statistics.median(attach_flows),
         "attach_ms_p50_full": statistics.median(attach_full),
         # The flows offloaded right after each of those two phases' attaches:
@@ -533,10 +620,16 @@ def run(workdir: Path, flows: int = FLOWS, soak_s: float = SOAK_S) -> dict[str, 
         # The gate's cost: 1M flows with 2x1M gate elements vs 1M flows alone.
         "attach_p50_ratio": round(statistics.median(attach_full)
                                   / statistics.median(attach_flows), 2),
+        # The same two phases compared whole (their tails are seconds long
+        # and a p50 of a bimodal sample moves with a sample or two): the
+        # chance a full-gate attach is slower than a drained one, 0.5 when
+        # the gate changes nothing.
+        "attach_full_slower_share": _slower_share(attach_full, attach_flows),
+        "attach_gate_slower_share": _slower_share(alone["attach"], alone["empty"]),
         # What holding a million flows costs an attach (the kernel's garbage
         # collection walks them every second, the emulated CPU is one).
         "attach_p50_flows_vs_none": round(statistics.median(attach_flows)
-                                          / statistics.median(attach_empty), 2),
+                                          / statistics.median(alone["empty"]), 2),
         "rss_no_flows_mb": rss_empty,
         **{f"soak_{k}": v for k, v in soak.items()},
         **reval,
