@@ -498,9 +498,12 @@ def _revalidation(lab: Lab, d: RunningDaemon, f: Flows, flows: int) -> dict[str,
         "reoffload_counted_s": round(counted_s, 1),
         "slow_path_packets_per_flow": round((fwd1 - fwd0) / flows, 2),
         # Of those traffic rounds: originals and replies the forward hook saw
-        # per flow, and where the others were dropped (counters that moved).
-        "reoffload_originals_per_flow": round((way1[0] - way0[0]) / flows, 3),
-        "reoffload_replies_per_flow": round((way1[1] - way0[1]) / flows, 3),
+        # per flow outside the sample (whose flows are offloaded again by
+        # then: theirs take the fast path), and where the others were
+        # dropped (the counters that moved meanwhile).
+        "reoffload_originals_per_flow": round((way1[0] - way0[0])
+                                              / (flows - sample_again), 3),
+        "reoffload_replies_per_flow": round((way1[1] - way0[1]) / (flows - sample_again), 3),
         "reoffload_drops": {k: v - drops0[k] for k, v in drops1.items() if v != drops0[k]},
         "reoffload_sample": sample,
         "reoffload_sample_seen_s": round(sample_seen_s, 2),
