@@ -12,10 +12,20 @@ adds a flowtable of the table (a re-validation's replacement; an attach only
 adds devices) starts them, in the order given (the original direction
 first: the gate offloads a flow at its reply).
 
-``python -m bench.onreplace --start ns-client --start ns-server`` prints
-``ready`` once subscribed, then one JSON line: when the replacement was seen
-and when the last generator finished (Unix time, the VM's clock, as offloadd
-stamps its re-validation).
+Then the same sends again, round after round, until a round's packets took
+the fast path (at most ``--share`` of them counted by the admin's witness
+chain in the forward hook): flows that keep sending, as a gateway's do. At 1M
+flows on 6.12 the first round, sent within a second of the replacement, was
+offloaded 0 of 10,000 (2026-12-05): the kernel was still tearing down the old
+flowtable's million flows, and a flow keeps its conntrack entry's offload
+bit until then, so the new flowtable cannot take it. The rounds tell how
+long after the re-validation a sending flow is offloaded again.
+
+``python -m bench.onreplace --start ns-client --start ns-server --packets N``
+prints ``ready`` once subscribed, then one JSON line: when the replacement
+was seen and when the first round finished (Unix time, the VM's clock, as
+offloadd stamps its re-validation), and each round's end and its packets in
+the forward hook.
 """
 
 from __future__ import annotations
@@ -28,8 +38,12 @@ import sys
 import time
 
 from offloadd.core.revalidate import ObjectKind, Transaction, Verb
+from offloadd.kernel.nft import Nft
 from offloadd.kernel.nftwatch import TransactionReader
 from tests.lab.ftwatch import nftables_events
+
+# The admin's counters of every forwarded packet (bench.scale's witness).
+WITNESS = "chain inet admin witness"
 
 
 def replaces_flowtable(tx: Transaction, table: str) -> bool:
@@ -38,20 +52,44 @@ def replaces_flowtable(tx: Transaction, table: str) -> bool:
     return verbs == {Verb.ADD, Verb.DELETE}
 
 
+def forwarded(nft: Nft) -> int:
+    return sum(e["counter"]["packets"] for i in nft.list_json(WITNESS) if "rule" in i
+               for e in i["rule"]["expr"] if "counter" in e)
+
+
+def send_round(starters: list[subprocess.Popen[str]]) -> None:
+    """Each namespace's prepared pktgen run once, in order (a start returns
+    when its packets are sent)."""
+    for starter in starters:
+        assert starter.stdin is not None and starter.stdout is not None
+        starter.stdin.write("go\n")
+        starter.stdin.flush()
+        if starter.stdout.readline().strip() != "sent":
+            raise RuntimeError("pktgen did not start")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--table", default="offloadd")
     ap.add_argument("--start", action="append", default=[],
                     help="a namespace whose prepared pktgen devices to start (in order)")
     ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--packets", type=int, required=True,
+                    help="packets one round sends (all namespaces together)")
+    ap.add_argument("--share", type=float, default=0.01,
+                    help="a round whose forwarded packets are at most this share ends it")
+    ap.add_argument("--rounds-for", type=float, default=120,
+                    help="seconds after the replacement to send rounds for at most")
     args = ap.parse_args()
     # One shell per namespace, started now and waiting on its stdin: at the
     # replacement each only writes to pktgen (two process starts under TCG
-    # on a box 85 % busy took 16 s).
+    # on a box 85 % busy took 16 s). pktgen keeps a device's setup between
+    # runs, so each round sends the same packets.
     starters = [subprocess.Popen(
         ["ip", "netns", "exec", ns, "sh", "-c",
-         "read go && echo start > /proc/net/pktgen/pgctrl && echo sent"],
+         "while read go; do echo start > /proc/net/pktgen/pgctrl && echo sent; done"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for ns in args.start]
+    nft = Nft()
     events = nftables_events()
     reader = TransactionReader()
     print("ready", flush=True)
@@ -75,15 +113,24 @@ def main() -> int:
             continue
         if any(replaces_flowtable(tx, args.table) for tx in reader.feed(data)):
             seen = time.time()
-    for ns, starter in zip(args.start, starters, strict=True):
-        assert starter.stdin is not None and starter.stdout is not None
-        starter.stdin.write("go\n")
-        starter.stdin.flush()
-        if starter.stdout.readline().strip() != "sent":
-            print(json.dumps({"error": f"pktgen in {ns} did not start"}), flush=True)
-            return 1
-        starter.wait(timeout=60)
-    print(json.dumps({"seen": seen, "sent": time.time()}), flush=True)
+    rounds: list[tuple[float, int]] = []
+    try:
+        while True:
+            before = forwarded(nft)
+            send_round(starters)
+            rounds.append((time.time(), forwarded(nft) - before))
+            if ((len(rounds) > 1 and rounds[-1][1] <= args.share * args.packets)
+                    or time.time() - seen > args.rounds_for):
+                break
+    except RuntimeError as e:
+        print(json.dumps({"error": str(e)}), flush=True)
+        return 1
+    finally:
+        for starter in starters:
+            if starter.stdin is not None:
+                starter.stdin.close()
+            starter.wait(timeout=60)
+    print(json.dumps({"seen": seen, "sent": rounds[0][0], "rounds": rounds}), flush=True)
     return 0
 
 

@@ -438,6 +438,7 @@ def _revalidation(lab: Lab, d: RunningDaemon, f: Flows, flows: int) -> dict[str,
     starts = f.prepare_first(f.addrs[0], sample)
     sender = r.popen(sys.executable, "-m", "bench.onreplace",
                      *(a for ns in starts for a in ("--start", ns.name)),
+                     "--packets", str(2 * sample),
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert sender.stdout is not None
     ready = sender.stdout.readline().strip()
@@ -466,6 +467,13 @@ def _revalidation(lab: Lab, d: RunningDaemon, f: Flows, flows: int) -> dict[str,
     revalidated_at = float((seen_rv.get("last") or {})["time"])
     sample_seen_s = sent["seen"] - revalidated_at
     sample_sent_s = sent["sent"] - revalidated_at
+    # Round after round of the sample's packets (a flow that keeps sending)
+    # until one took the fast path. A flow not offloaded by round k sends
+    # both its packets of round k+1 through the forward hook; so the
+    # share offloaded by round k is 1 - forwarded(k+1) / (2 x sample).
+    rounds = [(round(t - revalidated_at, 2), n) for t, n in sent["rounds"]]
+    by_round = [round(1 - n / (2 * sample), 4) for _, n in rounds[1:]]
+    at_99 = next((rounds[k][0] for k, share in enumerate(by_round) if share >= 0.99), None)
     sample_again = _offloaded_first(r, f.addrs[0], sample)
     # Every flow's next original packet, then its reply: the gate offloads it
     # on the reply (both directions passed since the replacement). The
@@ -508,7 +516,14 @@ def _revalidation(lab: Lab, d: RunningDaemon, f: Flows, flows: int) -> dict[str,
         "reoffload_sample": sample,
         "reoffload_sample_seen_s": round(sample_seen_s, 2),
         "reoffload_sample_sent_s": round(sample_sent_s, 2),
-        "reoffload_sample_ratio": round(sample_again / sample, 4),
+        # Offloaded by the first round, sent right after the replacement.
+        "reoffload_sample_ratio": by_round[0] if by_round else None,
+        # When the round that offloaded 99 % of them had been sent, after
+        # the re-validation; and every round's end and forwarded packets.
+        "reoffload_sample_99_s": at_99,
+        "reoffload_sample_rounds": rounds,
+        # The oracle after the rounds: conntrack's offloaded sample entries.
+        "reoffload_sample_ratio_end": round(sample_again / sample, 4),
     }
 
 
