@@ -14,8 +14,9 @@ Then, in the router, with offloadd running (``flow_count_interval`` 15 s, the
 default):
 - attach p50 (bench.attach_probe) before any flow with the gate empty and
   with both gate sets holding 1M ids each (filled as below; then one foreign
-  change replaces them, empty, before the flows open): their ratio is the
-  gate's own cost; then with 1M flows and the gate
+  change replaces them, empty, and the empty gate is measured again before
+  the flows open): the full gate's vs both empty phases' is the gate's own
+  cost; then with 1M flows and the gate
   drained (its elements expire 2 minutes after a flow's last slow-path packet),
   and with 1M flows and both gate sets holding 1M ids each (nft -f while
   offloadd is stopped with ``on_exit = "keep"``, an hour's timeout); offloadd
@@ -33,7 +34,10 @@ default):
 - a soak of ``SOAK_S`` seconds (a scrape every 15 s, as Prometheus would):
   offloadd's RSS growth and CPU seconds, every scrape's time and count age;
 - one foreign change (``add table``) with the gate full: the re-validations it
-  caused (must be 1: the gate sets are replaced, never flushed), its duration; then every flow
+  caused (must be 1: the gate sets are replaced, never flushed), its duration;
+  a sample of 10,000 flows sent the moment the replacement shows, again and
+  again until a round takes the fast path (bench.onreplace): when 99 % of
+  flows that keep sending are offloaded again; then every flow
   sends its original and its reply packet once more: how many are offloaded
   again on those two packets (>= 99 % means offloadd added no wait of its own;
   how long that took is the generator's pace under TCG, not offloadd's) and
@@ -324,7 +328,10 @@ def _attach_without_flows(r: Netns, workdir: Path, ids: int) -> dict[str, Any]:
     them as on the empty gate, so the gate is the only difference between the
     two phases (the kernel's work for a million flows, which slows some
     attaches by seconds on 6.12, is in neither). Then one foreign change
-    replaces the sets, empty, before any flow opens."""
+    replaces the sets, empty, and the empty gate is measured again before any
+    flow opens: the VM's pace drifts by minutes (6.12, two runs of the same
+    code: the empty gate's p50 122 and 138 ms, the full gate's 138 and 137),
+    so the full gate is compared with both empty phases around it."""
     with offloadd(r, CONFIG, workdir) as d:
         d.wait_devices("ft", {"lan0", "lan1", "wan0"})
         empty = _attach(r, "rename")
@@ -341,9 +348,12 @@ def _attach_without_flows(r: Netns, workdir: Path, ids: int) -> dict[str, Any]:
         r.nft("add table inet foreign0\n")
         wait_for(lambda: not set(_gate_handles(r).values()) & set(handles.values()),
                  600, interval=1.0, what="the filled gate sets replaced")
+        after = _attach(r, "rename")
+        _remove_renamed(r)
     print(f"  scale: attach ms, no flow, empty gate {empty}, full gate (kept: {kept}, "
-          f"filled in {fill_s:.0f} s) {attach}", flush=True)
-    return {"empty": empty, "attach": attach, "kept": kept, "fill_s": round(fill_s, 1)}
+          f"filled in {fill_s:.0f} s) {attach}, empty again {after}", flush=True)
+    return {"empty": empty, "attach": attach, "after": after, "kept": kept,
+            "fill_s": round(fill_s, 1)}
 
 
 def _slower_share(a: list[float], b: list[float]) -> float:
@@ -604,6 +614,7 @@ def run(workdir: Path, flows: int = FLOWS, soak_s: float = SOAK_S) -> dict[str, 
     res: dict[str, Any] = {
         "case": "scale",
         "samples": {"attach_empty": alone["empty"], "attach_gate": alone["attach"],
+                    "attach_empty_after": alone["after"],
                     "attach_flows": attach_flows, "attach_full": attach_full,
                     "scrapes": rows, "soak": soak_rows},
         "flows": flows,
@@ -623,10 +634,13 @@ def run(workdir: Path, flows: int = FLOWS, soak_s: float = SOAK_S) -> dict[str, 
         "count_age_s_max": max(ages) if ages else None,
         "gate_fill_s": round(fill_s, 1),
         "attach_ms_p50_empty": statistics.median(alone["empty"]),
-        # The gate's cost alone: 2x1M gate elements vs none, no flow held.
+        "attach_ms_p50_empty_after": statistics.median(alone["after"]),
+        # The gate's cost alone: 2x1M gate elements vs none (both empty
+        # phases, before and after it), no flow held.
         "attach_ms_p50_gate": statistics.median(alone["attach"]),
         "attach_p50_gate_vs_none": round(statistics.median(alone["attach"])
-                                         / statistics.median(alone["empty"]), 2),
+                                         / statistics.median(alone["empty"]
+                                                             + alone["after"]), 2),
         "gate_alone_sets_kept": alone["kept"],
         "gate_alone_fill_s": alone["fill_s"],
         "attach_ms_p50_flows": statistics.median(attach_flows),
@@ -643,7 +657,8 @@ def run(workdir: Path, flows: int = FLOWS, soak_s: float = SOAK_S) -> dict[str, 
         # chance a full-gate attach is slower than a drained one, 0.5 when
         # the gate changes nothing.
         "attach_full_slower_share": _slower_share(attach_full, attach_flows),
-        "attach_gate_slower_share": _slower_share(alone["attach"], alone["empty"]),
+        "attach_gate_slower_share": _slower_share(alone["attach"],
+                                                  alone["empty"] + alone["after"]),
         # What holding a million flows costs an attach (the kernel's garbage
         # collection walks them every second, the emulated CPU is one).
         "attach_p50_flows_vs_none": round(statistics.median(attach_flows)
