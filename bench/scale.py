@@ -514,6 +514,8 @@ def _revalidation(lab: Lab, d: RunningDaemon, f: Flows, flows: int) -> dict[str,
         "reoffloaded": again,
         "reoffloaded_ratio": round(again / flows, 4),
         "reoffload_counted_s": round(counted_s, 1),
+        # Forward-hook packets per flow since the change, the sample's
+        # rounds included (at 1M they add ~0.1: 2 is the minimum without).
         "slow_path_packets_per_flow": round((fwd1 - fwd0) / flows, 2),
         # Of those traffic rounds: originals and replies the forward hook saw
         # per flow outside the sample (whose flows are offloaded again by
