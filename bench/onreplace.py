@@ -36,6 +36,7 @@ import select
 import subprocess
 import sys
 import time
+from typing import Any
 
 from offloadd.core.revalidate import ObjectKind, Transaction, Verb
 from offloadd.kernel.nft import Nft
@@ -52,9 +53,15 @@ def replaces_flowtable(tx: Transaction, table: str) -> bool:
     return verbs == {Verb.ADD, Verb.DELETE}
 
 
+def witness_counts(items: list[dict[str, Any]]) -> list[int]:
+    """The witness's counters in rule order (originals, replies), from its
+    JSON listing (``nft -j list`` WITNESS or libnftables')."""
+    return [e["counter"]["packets"] for i in items if "rule" in i
+            for e in i["rule"]["expr"] if "counter" in e]
+
+
 def forwarded(nft: Nft) -> int:
-    return sum(e["counter"]["packets"] for i in nft.list_json(WITNESS) if "rule" in i
-               for e in i["rule"]["expr"] if "counter" in e)
+    return sum(witness_counts(nft.list_json(WITNESS)))
 
 
 def send_round(starters: list[subprocess.Popen[str]]) -> None:

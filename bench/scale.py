@@ -61,6 +61,7 @@ from typing import Any
 from bench.attach_probe import RENAMED
 from bench.common import busy_share, cpu_s, rss_mb
 from bench.gate import MARKER, SETS, _ifs, _revalidate
+from bench.onreplace import WITNESS, witness_counts
 from offloadd.core.gate import element
 from tests.lab.daemon import RunningDaemon, offloadd
 from tests.lab.netns import Netns
@@ -279,9 +280,7 @@ def _scan_cost(r: Netns) -> dict[str, float]:
 
 def _forward_by_way(r: Netns) -> list[int]:
     """The witness's counters in rule order: originals (dport 9), replies."""
-    out = json.loads(r.out("nft", "-j", "list", "chain", "inet", "admin", "witness"))
-    return [e["counter"]["packets"] for i in out["nftables"] if "rule" in i
-            for e in i["rule"]["expr"] if "counter" in e]
+    return witness_counts(json.loads(r.out("nft", "-j", "list", *WITNESS.split()))["nftables"])
 
 
 def _forward_packets(r: Netns) -> int:
