@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from offloadd.core.countplan import Estimate, walk_family
 from offloadd.core.errors import KernelError
 from offloadd.core.flows import IPS_HW_OFFLOAD, IPS_OFFLOAD, OffloadedFlow
 from offloadd.kernel.ctnetlink import (
@@ -48,6 +49,7 @@ CT_MAX = Path("/proc/sys/net/netfilter/nf_conntrack_max")
 # Only the initial namespace has this one; a child may lack both max files.
 CT_MAX_INIT = Path("/proc/sys/net/nf_conntrack_max")
 _HW_BITS = IPS_OFFLOAD | IPS_HW_OFFLOAD
+_FAMS = (int(socket.AF_INET), int(socket.AF_INET6))
 
 
 @dataclass(frozen=True)
@@ -215,7 +217,6 @@ def _offloaded(family: int, factory: SocketFactory,
     # counted from headers alone; software = all - hardware. Reading every
     # entry's status instead cost 2.3x as much (100k entries, TCG VM). Older
     # kernels get one dump whose entries' status is read.
-    fams = (int(socket.AF_INET), int(socket.AF_INET6))
     trust = filtered if filtered is not None else kernel_filters_status()
     if trust:
         try:
@@ -224,11 +225,19 @@ def _offloaded(family: int, factory: SocketFactory,
         except _FilterIgnoredError:
             pass
         else:
-            # Two dumps are not one snapshot: a flow turning hardware between
-            # them must not make the software count negative.
-            return {f: FlowCounts(software=max(0, every[f] - hw[f]), hardware=hw[f])
-                    for f in fams}
-    counts = {f: [0, 0] for f in fams}
+            return _split(every, hw)
+    return _verified(family, factory)
+
+
+def _split(every: list[int], hw: list[int]) -> dict[int, FlowCounts]:
+    # Dumps are not one snapshot: a flow turning hardware between them must
+    # not make the software count negative.
+    return {f: FlowCounts(software=max(0, every[f] - hw[f]), hardware=hw[f]) for f in _FAMS}
+
+
+def _verified(family: int, factory: SocketFactory) -> dict[int, FlowCounts]:
+    """One dump whose every entry's status is read (kernels < 5.15 ignore the filter)."""
+    counts = {f: [0, 0] for f in _FAMS}
     with contextlib.closing(entries(family, IPS_OFFLOAD, IPS_OFFLOAD, factory)) as it:
         for buf, start, end, _first in it:
             st = entry_status(buf, start, end)
@@ -240,6 +249,31 @@ def _offloaded(family: int, factory: SocketFactory,
     return {f: FlowCounts(software=sw, hardware=hw_n) for f, (sw, hw_n) in counts.items()}
 
 
+def _derived(walk: int, factory: SocketFactory, total: Callable[[], int],
+             filtered: bool | None) -> dict[int, FlowCounts]:
+    """Both families' offloaded entries from the entries not offloaded and
+    `walk`'s offloaded ones (countplan says why): the other family's count is
+    the table's total minus both. Three dumps, each sending only what it
+    counts; the total is read around them (its mean: entries come and go
+    meanwhile, as they do during a direct count's dump)."""
+    trust = filtered if filtered is not None else kernel_filters_status()
+    if trust:
+        try:
+            before = total()
+            rest = _tally(socket.AF_UNSPEC, 0, IPS_OFFLOAD, factory, verify_all=False)
+            walked = _tally(walk, IPS_OFFLOAD, IPS_OFFLOAD, factory, verify_all=False)
+            hw = _tally(socket.AF_UNSPEC, _HW_BITS, _HW_BITS, factory, verify_all=False)
+            now = (before + total()) // 2
+        except _FilterIgnoredError:
+            pass
+        else:
+            other = int(socket.AF_INET if walk == socket.AF_INET6 else socket.AF_INET6)
+            walked[other] = max(0, now - sum(rest) - walked[walk])
+            return _split(walked, hw)
+    # Without the kernel's filter every entry is sent anyway: count them all.
+    return _verified(socket.AF_UNSPEC, factory)
+
+
 @dataclass(frozen=True)
 class OffloadCounts:
     """Offloaded entries of both address families, from one dump."""
@@ -249,13 +283,24 @@ class OffloadCounts:
 
 
 def count_offloaded(*, socket_factory: SocketFactory = open_ctnetlink,
-                    filtered: bool | None = None) -> OffloadCounts:
+                    filtered: bool | None = None, walk: int = socket.AF_UNSPEC,
+                    total: Callable[[], int] | None = None) -> OffloadCounts:
     """Offloaded entries (software vs hardware) of IPv4 and IPv6.
 
     filtered: whether the kernel applies the status filter (None: decide by
     the kernel version); a kernel that ignores it is detected either way.
+    walk: AF_UNSPEC counts every offloaded entry; AF_INET or AF_INET6 counts
+    that family's and the entries not offloaded, and derives the other
+    family's from ``total()`` (the table's entry count; offloadd.core.countplan
+    says which is cheaper when).
     """
-    got = _offloaded(socket.AF_UNSPEC, socket_factory, filtered)
+    if walk == socket.AF_UNSPEC:
+        got = _offloaded(socket.AF_UNSPEC, socket_factory, filtered)
+    elif walk in _FAMS:
+        got = _derived(walk, socket_factory, total or (lambda: conntrack_totals().count),
+                       filtered)
+    else:
+        raise ValueError(f"walk must be AF_UNSPEC, AF_INET or AF_INET6, got {walk}")
     return OffloadCounts(ipv4=got[int(socket.AF_INET)], ipv6=got[int(socket.AF_INET6)])
 
 
@@ -267,17 +312,32 @@ def count_flows(family: int, *, socket_factory: SocketFactory = open_ctnetlink,
     return _offloaded(family, socket_factory, filtered)[int(family)]
 
 
-@dataclass(frozen=True)
 class ConntrackCounter:
-    """The metrics FlowCounter over the running kernel (this process's netns)."""
+    """The metrics FlowCounter over the running kernel (this process's netns).
 
-    socket_factory: SocketFactory = open_ctnetlink
+    Each count picks its dumps by the last one (offloadd.core.countplan): the
+    offloaded entries, or the ones not offloaded and the table's total. Called
+    from one thread (the background walk) at a time.
+    """
+
+    def __init__(self, socket_factory: SocketFactory = open_ctnetlink,
+                 totals: Callable[[], ConntrackTotals] = conntrack_totals) -> None:
+        self.socket_factory = socket_factory
+        self._totals = totals
+        self._last: OffloadCounts | None = None
+        self.last_walk: int = socket.AF_UNSPEC  # what the last count dumped (AF_UNSPEC: direct)
 
     def offloaded(self) -> OffloadCounts:
-        return count_offloaded(socket_factory=self.socket_factory)
+        last = self._last
+        walk = walk_family(None if last is None else Estimate(
+            last.ipv4.total, last.ipv6.total, self._totals().count))
+        got = count_offloaded(socket_factory=self.socket_factory, walk=walk,
+                              total=lambda: self._totals().count)
+        self._last, self.last_walk = got, walk
+        return got
 
     def totals(self) -> ConntrackTotals:
-        return conntrack_totals()
+        return self._totals()
 
     def age_seconds(self) -> float | None:
         # Walked at each call: the count is as old as the call.

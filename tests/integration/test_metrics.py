@@ -7,15 +7,23 @@ once a walk after the flows were offloaded has ended, with its age.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 from tests.lab import conntrack
 from tests.lab.daemon import offloadd
 from tests.lab.prom import http_get, prometheus, query
 from tests.lab.topology import Lab
-from tests.lab.traffic import SETTLE_S, offloaded_udp_flows, udp_echo_server, wait_for
+from tests.lab.traffic import (
+    SETTLE_S,
+    offloaded_udp_flows,
+    udp_echo_server,
+    udp_flows,
+    wait_for,
+)
 
 CONFIG = """
 [metrics]
@@ -81,6 +89,48 @@ def test_offloaded_flows_metric_equals_conntrack_and_prometheus(lab: Lab, tmp_pa
                 # Scrapes succeed (an emulated CPU may miss one now and then).
                 up = query(r, base, 'max_over_time(up{job="offloadd"}[5m])')
                 assert up and up[0]["value"][1] == "1"
+
+
+# Counts offloaded entries in the namespace it runs in, each way the counter
+# can: directly (AF_UNSPEC), and from the entries not offloaded with the
+# table's total, dumping IPv6's (10) or IPv4's (2) offloaded entries.
+COUNT_EACH_WAY = (
+    "import json, socket; from offloadd.kernel import conntrack as ct\n"
+    "out = {}\n"
+    "for walk in (socket.AF_UNSPEC, socket.AF_INET6, socket.AF_INET):\n"
+    "    o = ct.count_offloaded(walk=walk)\n"
+    "    out[int(walk)] = [o.ipv4.software, o.ipv4.hardware, o.ipv6.software, o.ipv6.hardware]\n"
+    "print(json.dumps({'counts': out, 'total': ct.conntrack_totals().count}))\n")
+
+
+def test_offloaded_count_derived_from_the_rest_equals_conntrack(lab: Lab,
+                                                                tmp_path: Path) -> None:
+    # At 1M offloaded flows the counter dumps the entries *not* offloaded and
+    # derives the offloaded count from the kernel's total (offloadd.core.countplan):
+    # on a real table, beside entries that are not offloaded (unanswered UDP),
+    # each way gives conntrack's count.
+    r = lab.router
+    with offloadd(r, CONFIG, tmp_path) as d, udp_echo_server(lab.server, "::"):
+        d.wait_devices("ft", {"lan0", "lan1", "wan0"})
+        with offloaded_udp_flows(lab, V4, V6):
+            unanswered = [udp_flows(lab.client, lab.server_addr(fam), port=7001, flows=5,
+                                    seconds=60, interval=0.5) for fam in (4, 6)]
+            try:
+                def others() -> int | None:
+                    n = len(conntrack.entries(r, 4)) + len(conntrack.entries(r, 6)) - V4 - V6
+                    return n if n >= 10 else None
+
+                rest = wait_for(others, 30, what="10 entries that are not offloaded")
+                got = json.loads(r.out(sys.executable, "-c", COUNT_EACH_WAY))
+                oracle = [conntrack.offloaded_count(r, 4), conntrack.offloaded_count(r, 6)]
+            finally:
+                for g in unanswered:
+                    g.stop()
+    assert oracle == [V4, V6]
+    print(f"total {got['total']} entries, {V4}+{V6} offloaded: {got['counts']}")
+    assert got["total"] >= V4 + V6 + 10, got
+    for walk, counts in got["counts"].items():
+        assert counts == [V4, 0, V6, 0], (walk, counts, rest)
 
 
 def test_the_tables_metrics_follow_a_new_link_from_the_loops_read(lab: Lab,

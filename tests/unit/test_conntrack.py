@@ -307,10 +307,89 @@ def test_limit_alone(tmp_path: Path) -> None:
     assert ct.conntrack_limit((tmp_path / "nope", bad, mx)) == 4194304
 
 
+def _totals(k: FakeKernel) -> ct.ConntrackTotals:
+    return ct.ConntrackTotals(len(k.entries), None)
+
+
+def _walks(k: FakeKernel) -> list[tuple[int, int, int]]:
+    """(family, status, mask) of each dump request sent."""
+    return [(req[16], struct.unpack_from(">I", req, 24)[0], struct.unpack_from(">I", req, 32)[0])
+            for req in k.sent]
+
+
 def test_counter_is_the_metrics_source() -> None:
     k = FakeKernel(mixed())
-    counter = ct.ConntrackCounter(socket_factory=k.factory)
-    assert counter.offloaded().ipv4 == ct.FlowCounts(2, 1)
+    counter = ct.ConntrackCounter(socket_factory=k.factory, totals=lambda: _totals(k))
+    assert counter.offloaded() == ct.OffloadCounts(ipv4=ct.FlowCounts(2, 1),
+                                                   ipv6=ct.FlowCounts(1, 1))
+    assert counter.totals().count == 9
+
+
+@pytest.mark.parametrize("walk", [socket.AF_INET, socket.AF_INET6])
+def test_derived_count_equals_direct_one(walk: int) -> None:
+    # The other family's count is the total minus what the dumps sent; the
+    # dumps send only the entries not offloaded, `walk`'s offloaded, hardware.
+    k = FakeKernel(mixed())
+    got = ct.count_offloaded(socket_factory=k.factory, filtered=True, walk=walk,
+                             total=lambda: len(k.entries))
+    assert got == ct.count_offloaded(socket_factory=k.factory, filtered=True)
+    assert _walks(k)[:3] == [(socket.AF_UNSPEC, 0, SW), (walk, SW, SW), (socket.AF_UNSPEC, HW, HW)]
+
+
+@pytest.mark.parametrize("trust", [True, None])
+def test_derived_count_on_a_kernel_ignoring_the_filter_reads_every_status(
+        trust: bool | None) -> None:
+    k = FakeKernel(mixed(), filters_status=False)
+    got = ct.count_offloaded(socket_factory=k.factory, filtered=trust, walk=socket.AF_INET6,
+                             total=lambda: 1000)  # a total the answer must not use
+    assert got == ct.OffloadCounts(ipv4=ct.FlowCounts(2, 1), ipv6=ct.FlowCounts(1, 1))
+
+
+def test_derived_count_never_negative_when_entries_go_meanwhile() -> None:
+    # The total read before the dumps counted entries gone when they ran.
+    k = FakeKernel(mixed())
+    totals = iter([0, 0])
+    got = ct.count_offloaded(socket_factory=k.factory, filtered=True, walk=socket.AF_INET6,
+                             total=lambda: next(totals))
+    assert got.ipv4 == ct.FlowCounts(0, 1)
+    assert got.ipv6 == ct.FlowCounts(1, 1)
+
+
+def test_derived_count_uses_the_total_around_the_dumps() -> None:
+    # 2 IPv4 entries offloaded while the dumps ran (total 9 before, 11 after):
+    # half of them counted, as a direct dump might have seen them or not.
+    k = FakeKernel(mixed())
+    totals = iter([9, 11])
+    got = ct.count_offloaded(socket_factory=k.factory, filtered=True, walk=socket.AF_INET6,
+                             total=lambda: next(totals))
+    assert got.ipv4.total == 4
+
+
+def test_bad_walk_family_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="AF_UNSPEC, AF_INET or AF_INET6"):
+        ct.count_offloaded(walk=socket.AF_PACKET)
+
+
+def test_counter_dumps_the_smaller_side() -> None:
+    # Mostly offloaded: after the first count, the entries not offloaded and
+    # IPv6's offloaded are dumped (few) and IPv4's derived. Mostly not
+    # offloaded: the offloaded ones are dumped.
+    busy = [*(E(SW, sport=p) for p in range(1, 50)), E(PLAIN),
+            E(SW, family=V6, src="fd00::1", dst="fd00::2")]
+    k = FakeKernel(busy, per_datagram=8)
+    counter = ct.ConntrackCounter(socket_factory=k.factory, totals=lambda: _totals(k))
+    for _ in range(2):
+        k.sent.clear()
+        assert counter.offloaded() == ct.OffloadCounts(ipv4=ct.FlowCounts(49, 0),
+                                                       ipv6=ct.FlowCounts(1, 0))
+        assert counter.last_walk == socket.AF_INET6
+        assert (socket.AF_INET6, SW, SW) in _walks(k)
+    k.entries = [E(PLAIN, sport=p) for p in range(1, 50)] + [E(SW)]
+    counter.offloaded()
+    k.sent.clear()
+    assert counter.offloaded().ipv4 == ct.FlowCounts(1, 0)
+    assert counter.last_walk == socket.AF_UNSPEC
+    assert _walks(k) == [(socket.AF_UNSPEC, SW, SW), (socket.AF_UNSPEC, HW, HW)]
 
 
 def _sysctls(root: Path, **values: int) -> Path:
