@@ -84,8 +84,8 @@ TARGETS = [
     # Issue 23: carrier scale, a million offloaded flows.
     Target("scale", "offloaded_flows", ">=", 990_000, "a million flows offloaded (99 %)"),
     Target("scale", "scrape_s", "<=", 0.2, "a scrape at 1M offloaded flows within 0.2 s"),
-    Target("scale", "count_age_s_max", "<=", 30,
-           "the scraped count at most a period (15 s) + one walk old"),
+    Target("scale", "count_age_s_max", "<=", 15,
+           "the scraped count never older than its period (15 s)"),
     Target("scale", "attach_p50_gate_vs_none", "<=", 1.1,
            "attach p50 with the gate full (2x1M), no flow, within 10 % of an empty gate's"),
     Target("scale", "gate_alone_sets_kept", "==", 1,
@@ -171,6 +171,7 @@ HEADLINE = {
               "flows_kept_ratio", "forward_packets_per_flow", "daemon_cpu_s_per_change"],
     "scale": ["flows", "offloaded_flows", "gate_elements", "scrape_s", "scrape_s_max",
               "conntrack_s", "scrape_vs_conntrack_ratio", "count_age_s_max",
+              "count_age_s_p50", "count_age_s_first", "count_age_over_period",
               "attach_ms_p50_empty", "attach_ms_p50_gate", "attach_ms_p50_empty_after",
               "attach_p50_gate_vs_none", "attach_gate_slower_share", "attach_ms_p50_full",
               "attach_p50_ratio",

@@ -8,9 +8,9 @@ and its age (``offloadd_offloaded_flows_age_seconds``), and concurrent scrapes
 share it. With no scrape for a few periods the walks pause (a gateway nobody
 scrapes pays nothing; any scrape interval up to 5 minutes keeps them going);
 the next scrape gets the last count with its age and wakes them. Only the
-first scrape waits, for the first walk, at most a period. Walks start a
-period apart (``pause_after``): the count a scrape gets is at most a period
-old, unless a walk takes more than half the period.
+first scrape waits, for the first walk, at most a period. Walks are paced
+(``pause_after``) so that the count a scrape gets is at most a period old,
+unless a walk takes more than half the period.
 """
 
 from __future__ import annotations
@@ -34,14 +34,16 @@ IDLE_PERIODS = 4
 
 
 def pause_after(period_s: float, walk_s: float) -> float:
-    """Seconds from the end of a walk to the start of the next: walks start a
-    period apart, so a scrape's count is never older than the period (the age
-    counts from a walk's end); but a walk that took more than half the period
-    (millions of entries under emulation) is followed by a pause as long as
+    """Seconds from the end of a walk to the start of the next. The age counts
+    from a walk's end, so the next walk must end before the count is a period
+    old: it starts a period minus *two* walks after the last one ended, which
+    keeps that promise when the next walk takes up to twice as long (a busy
+    machine). A walk longer than a third of the period (millions of entries
+    under emulation, counted directly) is followed by a pause as long as
     itself, at most a period: the walks take at most about half a CPU, and one
     walk slowed by a busy machine (330 s beside `conntrack -L` at 1M flows)
     does not hold the next one back as long (the count was 355 s old)."""
-    return max(period_s - walk_s, min(walk_s, period_s))
+    return max(period_s - 2 * walk_s, min(walk_s, period_s))
 
 
 class Walker(Protocol):
