@@ -325,7 +325,6 @@ class ConntrackCounter:
         self.socket_factory = socket_factory
         self._totals = totals
         self._last: OffloadCounts | None = None
-        self.last_walk: int = socket.AF_UNSPEC  # what the last count dumped (AF_UNSPEC: direct)
 
     def offloaded(self) -> OffloadCounts:
         last = self._last
@@ -333,7 +332,7 @@ class ConntrackCounter:
             last.ipv4.total, last.ipv6.total, self._totals().count))
         got = count_offloaded(socket_factory=self.socket_factory, walk=walk,
                               total=lambda: self._totals().count)
-        self._last, self.last_walk = got, walk
+        self._last = got
         return got
 
     def totals(self) -> ConntrackTotals:
